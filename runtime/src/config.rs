@@ -1,0 +1,286 @@
+//! `config.json` of the supported architectures, mirrored as serde structs.
+//!
+//! Size fields are required (a config without them is rejected with the field's name); options
+//! that Hugging Face defaults are defaulted the same way here.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Errors reading or validating a model's config.json.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The directory does not exist or is not a directory.
+    #[error("{path}: not a model directory (expected a directory holding config.json and weights)")]
+    NotADirectory { path: PathBuf },
+    /// The directory has no config.json.
+    #[error("{path}: no config.json, so this is not a Hugging Face model directory")]
+    NoConfig { path: PathBuf },
+    /// config.json could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// config.json is not valid JSON or misses / mistypes a field.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    /// The `model_type` is not one cranformer compiles.
+    #[error("{path}: model_type {found:?} is not supported; cranformer supports bert, gpt2 and t5")]
+    Unsupported { path: PathBuf, found: String },
+}
+
+fn default_gelu() -> String {
+    "gelu".into()
+}
+fn default_gelu_new() -> String {
+    "gelu_new".into()
+}
+fn default_relu() -> String {
+    "relu".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_bert_eps() -> f64 {
+    1e-12
+}
+fn default_gpt2_eps() -> f64 {
+    1e-5
+}
+fn default_t5_eps() -> f64 {
+    1e-6
+}
+fn default_buckets() -> usize {
+    32
+}
+fn default_max_distance() -> usize {
+    128
+}
+fn default_abs() -> String {
+    "absolute".into()
+}
+fn default_gpt2_eos() -> Option<i64> {
+    Some(50256)
+}
+fn default_t5_eos() -> Option<i64> {
+    Some(1)
+}
+
+/// BERT (`BertModel` and its heads).
+#[derive(Clone, Debug, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_bert_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_abs")]
+    pub position_embedding_type: String,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    #[serde(default)]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+    #[serde(default)]
+    pub problem_type: Option<String>,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+}
+
+/// GPT-2 (`GPT2Model`, `GPT2LMHeadModel`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_gelu_new")]
+    pub activation_function: String,
+    #[serde(default = "default_gpt2_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_true")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default = "default_gpt2_eos")]
+    pub eos_token_id: Option<i64>,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+}
+
+/// T5 (`T5ForConditionalGeneration`): original T5 and v1.1 / flan-t5.
+#[derive(Clone, Debug, Deserialize)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    pub num_heads: usize,
+    #[serde(default = "default_buckets")]
+    pub relative_attention_num_buckets: usize,
+    #[serde(default = "default_max_distance")]
+    pub relative_attention_max_distance: usize,
+    #[serde(default = "default_t5_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_relu")]
+    pub feed_forward_proj: String,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    /// Newer transformers write this; older configs imply it from `tie_word_embeddings`.
+    #[serde(default)]
+    pub scale_decoder_outputs: Option<bool>,
+    #[serde(default)]
+    pub decoder_start_token_id: Option<i64>,
+    #[serde(default = "default_t5_eos")]
+    pub eos_token_id: Option<i64>,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+}
+
+impl T5Config {
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    /// `(activation, gated)` as Hugging Face derives them from `feed_forward_proj`.
+    pub fn feed_forward(&self) -> (String, bool) {
+        let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
+        let gated = parts.len() == 2 && parts[0] == "gated";
+        let act = if self.feed_forward_proj == "gated-gelu" {
+            "gelu_new".to_string()
+        } else {
+            parts.last().copied().unwrap_or("relu").to_string()
+        };
+        (act, gated)
+    }
+
+    /// Whether the decoder output is scaled by d_model^-0.5 before the (tied) LM head.
+    pub fn scales_decoder_output(&self) -> bool {
+        self.scale_decoder_outputs.unwrap_or(self.tie_word_embeddings)
+    }
+
+    pub fn start_token(&self) -> i64 {
+        self.decoder_start_token_id.or(self.pad_token_id).unwrap_or(0)
+    }
+}
+
+/// A parsed config.json of a supported architecture.
+#[derive(Clone, Debug)]
+pub enum ModelConfig {
+    Bert(BertConfig),
+    Gpt2(Gpt2Config),
+    T5(T5Config),
+}
+
+#[derive(Deserialize)]
+struct ModelTypeOnly {
+    model_type: Option<String>,
+}
+
+impl ModelConfig {
+    /// Reads `<dir>/config.json`.
+    pub fn load(dir: &Path) -> Result<ModelConfig, ConfigError> {
+        if !dir.is_dir() {
+            return Err(ConfigError::NotADirectory { path: dir.to_path_buf() });
+        }
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            return Err(ConfigError::NoConfig { path: dir.to_path_buf() });
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::Io { path: path.clone(), source })?;
+        ModelConfig::parse(&text, &path)
+    }
+
+    /// Parses config.json text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<ModelConfig, ConfigError> {
+        let invalid = |e: serde_json::Error| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let head: ModelTypeOnly = serde_json::from_str(text).map_err(invalid)?;
+        let model_type = head.model_type.ok_or_else(|| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: "missing field `model_type` (expected \"bert\", \"gpt2\" or \"t5\")".into(),
+        })?;
+        let config = match model_type.as_str() {
+            "bert" => ModelConfig::Bert(serde_json::from_str(text).map_err(invalid)?),
+            "gpt2" => ModelConfig::Gpt2(serde_json::from_str(text).map_err(invalid)?),
+            "t5" => ModelConfig::T5(serde_json::from_str(text).map_err(invalid)?),
+            other => {
+                return Err(ConfigError::Unsupported { path: path.to_path_buf(), found: other.into() })
+            }
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::Invalid { path: path.to_path_buf(), message });
+        match self {
+            ModelConfig::Bert(c) => {
+                if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+                    return bad(format!(
+                        "hidden_size {} is not a multiple of num_attention_heads {}",
+                        c.hidden_size, c.num_attention_heads
+                    ));
+                }
+                if c.position_embedding_type != "absolute" {
+                    return bad(format!(
+                        "position_embedding_type {:?} is not supported (only \"absolute\")",
+                        c.position_embedding_type
+                    ));
+                }
+            }
+            ModelConfig::Gpt2(c) => {
+                if c.n_head == 0 || c.n_embd % c.n_head != 0 {
+                    return bad(format!("n_embd {} is not a multiple of n_head {}", c.n_embd, c.n_head));
+                }
+            }
+            ModelConfig::T5(c) => {
+                if c.num_heads == 0 || c.d_kv == 0 {
+                    return bad("num_heads and d_kv must be positive".into());
+                }
+                if c.relative_attention_num_buckets < 4 {
+                    return bad("relative_attention_num_buckets must be at least 4".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            ModelConfig::Bert(_) => "bert",
+            ModelConfig::Gpt2(_) => "gpt2",
+            ModelConfig::T5(_) => "t5",
+        }
+    }
+
+    /// The most positions one sequence may have (T5 has no hard limit; its relative buckets
+    /// saturate, so cranformer caps it at a generous length).
+    pub fn max_positions(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.max_position_embeddings,
+            ModelConfig::Gpt2(c) => c.n_positions,
+            ModelConfig::T5(_) => 4096,
+        }
+    }
+}

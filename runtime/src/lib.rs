@@ -1,0 +1,12 @@
+//! cranformer's runtime: everything a compiled model needs besides its generated code.
+//!
+//! Linked into the `cranformer` command and into every compiled model executable, so it
+//! depends on no part of the compiler.
+
+pub mod config;
+pub mod tensor;
+pub mod tokenize;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use tensor::{Tensor, TensorData};
