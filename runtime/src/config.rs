@@ -11,19 +11,26 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The directory does not exist or is not a directory.
-    #[error("{path}: not a model directory (expected a directory holding config.json and weights)")]
+    #[error(
+        "{path}: not a model directory (expected a directory holding config.json and weights)"
+    )]
     NotADirectory { path: PathBuf },
     /// The directory has no config.json.
     #[error("{path}: no config.json, so this is not a Hugging Face model directory")]
     NoConfig { path: PathBuf },
     /// config.json could not be read.
     #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// config.json is not valid JSON or misses / mistypes a field.
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     /// The `model_type` is not one cranformer compiles.
-    #[error("{path}: model_type {found:?} is not supported; cranformer supports bert, gpt2 and t5")]
+    #[error(
+        "{path}: model_type {found:?} is not supported; cranformer supports bert, gpt2 and t5"
+    )]
     Unsupported { path: PathBuf, found: String },
 }
 
@@ -173,11 +180,14 @@ impl T5Config {
 
     /// Whether the decoder output is scaled by d_model^-0.5 before the (tied) LM head.
     pub fn scales_decoder_output(&self) -> bool {
-        self.scale_decoder_outputs.unwrap_or(self.tie_word_embeddings)
+        self.scale_decoder_outputs
+            .unwrap_or(self.tie_word_embeddings)
     }
 
     pub fn start_token(&self) -> i64 {
-        self.decoder_start_token_id.or(self.pad_token_id).unwrap_or(0)
+        self.decoder_start_token_id
+            .or(self.pad_token_id)
+            .unwrap_or(0)
     }
 }
 
@@ -198,14 +208,20 @@ impl ModelConfig {
     /// Reads `<dir>/config.json`.
     pub fn load(dir: &Path) -> Result<ModelConfig, ConfigError> {
         if !dir.is_dir() {
-            return Err(ConfigError::NotADirectory { path: dir.to_path_buf() });
+            return Err(ConfigError::NotADirectory {
+                path: dir.to_path_buf(),
+            });
         }
         let path = dir.join("config.json");
         if !path.is_file() {
-            return Err(ConfigError::NoConfig { path: dir.to_path_buf() });
+            return Err(ConfigError::NoConfig {
+                path: dir.to_path_buf(),
+            });
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| ConfigError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        })?;
         ModelConfig::parse(&text, &path)
     }
 
@@ -225,7 +241,10 @@ impl ModelConfig {
             "gpt2" => ModelConfig::Gpt2(serde_json::from_str(text).map_err(invalid)?),
             "t5" => ModelConfig::T5(serde_json::from_str(text).map_err(invalid)?),
             other => {
-                return Err(ConfigError::Unsupported { path: path.to_path_buf(), found: other.into() })
+                return Err(ConfigError::Unsupported {
+                    path: path.to_path_buf(),
+                    found: other.into(),
+                })
             }
         };
         config.validate(path)?;
@@ -233,7 +252,12 @@ impl ModelConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |message: String| Err(ConfigError::Invalid { path: path.to_path_buf(), message });
+        let bad = |message: String| {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            })
+        };
         match self {
             ModelConfig::Bert(c) => {
                 if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
@@ -251,7 +275,10 @@ impl ModelConfig {
             }
             ModelConfig::Gpt2(c) => {
                 if c.n_head == 0 || c.n_embd % c.n_head != 0 {
-                    return bad(format!("n_embd {} is not a multiple of n_head {}", c.n_embd, c.n_head));
+                    return bad(format!(
+                        "n_embd {} is not a multiple of n_head {}",
+                        c.n_embd, c.n_head
+                    ));
                 }
             }
             ModelConfig::T5(c) => {

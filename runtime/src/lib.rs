@@ -4,9 +4,13 @@
 //! depends on no part of the compiler.
 
 pub mod config;
+pub mod engine;
+pub mod model_info;
 pub mod tensor;
 pub mod tokenize;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use engine::{Engine, EngineError, Outputs};
+pub use model_info::ModelInfo;
 pub use tensor::{Tensor, TensorData};

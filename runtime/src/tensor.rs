@@ -18,13 +18,27 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor shape {shape:?}");
-        Tensor { shape, data: TensorData::F32(data) }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "tensor shape {shape:?}"
+        );
+        Tensor {
+            shape,
+            data: TensorData::F32(data),
+        }
     }
 
     pub fn i64(shape: Vec<usize>, data: Vec<i64>) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor shape {shape:?}");
-        Tensor { shape, data: TensorData::I64(data) }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "tensor shape {shape:?}"
+        );
+        Tensor {
+            shape,
+            data: TensorData::I64(data),
+        }
     }
 
     /// A `[rows.len(), width]` i64 tensor from equal-length rows.

@@ -1,0 +1,355 @@
+//! Text to token ids and back, matching the Hugging Face fast tokenizers called with defaults.
+//!
+//! A thin layer over the `tokenizers` crate: it loads `tokenizer.json` (or, for BERT and GPT-2,
+//! builds the same pipeline from the older vocabulary files the way `transformers` converts
+//! them), removes any truncation or padding the file configures, and rejects ids it cannot
+//! decode instead of dropping them. It knows nothing about models or batching.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, EncodeInput};
+
+/// The tokenizer family, which decides how a model directory without tokenizer.json is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenizerKind {
+    Bert,
+    Gpt2,
+    T5,
+}
+
+/// One encoded text (or pair), special tokens included; all three vectors have the same length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoding {
+    pub ids: Vec<i64>,
+    pub tokens: Vec<String>,
+    /// Segment ids: 0 for the first text, 1 for the second of a BERT pair.
+    pub type_ids: Vec<i64>,
+}
+
+/// Errors loading a tokenizer or converting between text and ids.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizeError {
+    /// The model directory lacks the files a tokenizer of this kind is built from.
+    #[error("{dir}: no tokenizer: {what}")]
+    Missing { dir: PathBuf, what: String },
+    /// A tokenizer file exists but cannot be read or is not a valid tokenizer.
+    #[error("{path}: cannot load tokenizer: {message}")]
+    Load { path: PathBuf, message: String },
+    /// The tokenizer failed on an input text.
+    #[error("cannot encode text: {message}")]
+    Encode { message: String },
+    /// An id is outside the vocabulary, or the decoder failed.
+    #[error("cannot decode ids: {message}")]
+    Decode { message: String },
+}
+
+/// A loaded tokenizer; cheap to share by reference, encoding needs no mutation.
+#[derive(Clone, Debug)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    kind: TokenizerKind,
+}
+
+/// What `from_json_bytes` reports as the file when the bytes do not parse.
+const EMBEDDED_JSON: &str = "<embedded tokenizer.json>";
+
+impl Tokenizer {
+    /// Loads `dir/tokenizer.json`; without it, builds BERT's WordPiece from `vocab.txt` or
+    /// GPT-2's byte-level BPE from `vocab.json` + `merges.txt`. T5 requires tokenizer.json.
+    pub fn from_model_dir(dir: &Path, kind: TokenizerKind) -> Result<Tokenizer, TokenizeError> {
+        let json = dir.join("tokenizer.json");
+        if json.is_file() {
+            let bytes = std::fs::read(&json).map_err(|e| load_error(&json, e))?;
+            return Self::parse(&bytes, kind, &json);
+        }
+        let inner = match kind {
+            TokenizerKind::Bert => build_bert(dir)?,
+            TokenizerKind::Gpt2 => build_gpt2(dir)?,
+            TokenizerKind::T5 => {
+                return Err(TokenizeError::Missing {
+                    dir: dir.to_path_buf(),
+                    what: "T5 needs tokenizer.json (spiece.model alone is not supported; \
+                           save the tokenizer with a fast Hugging Face tokenizer)"
+                        .into(),
+                })
+            }
+        };
+        Ok(Self::finish(inner, kind))
+    }
+
+    /// From the bytes of a tokenizer.json, e.g. the copy embedded in a compiled executable.
+    pub fn from_json_bytes(bytes: &[u8], kind: TokenizerKind) -> Result<Tokenizer, TokenizeError> {
+        Self::parse(bytes, kind, Path::new(EMBEDDED_JSON))
+    }
+
+    fn parse(bytes: &[u8], kind: TokenizerKind, path: &Path) -> Result<Tokenizer, TokenizeError> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| load_error(path, e))?;
+        Ok(Self::finish(inner, kind))
+    }
+
+    /// Hugging Face's `tokenizer(text)` neither truncates nor pads unless asked, whatever
+    /// tokenizer.json says (all-MiniLM-L6-v2's file pads and truncates to 128), so drop both.
+    fn finish(mut inner: tokenizers::Tokenizer, kind: TokenizerKind) -> Tokenizer {
+        inner.with_padding(None);
+        // Removing truncation cannot fail: only a stride too large for max_length is rejected.
+        let _ = inner.with_truncation(None);
+        Tokenizer { inner, kind }
+    }
+
+    /// The tokenizer.json text to embed in a compiled model (truncation and padding removed).
+    pub fn to_json(&self) -> Result<String, TokenizeError> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| TokenizeError::Load {
+                path: PathBuf::from(EMBEDDED_JSON),
+                message: format!("cannot serialize: {e}"),
+            })
+    }
+
+    /// Encodes with the special tokens Hugging Face adds by default (BERT [CLS] .. [SEP],
+    /// T5 a final </s>, GPT-2 none).
+    pub fn encode(&self, text: &str) -> Result<Encoding, TokenizeError> {
+        self.encode_input(EncodeInput::Single(text.into()))
+    }
+
+    /// Encodes a sentence pair (BERT: [CLS] a [SEP] b [SEP], type ids 0 then 1).
+    pub fn encode_pair(&self, a: &str, b: &str) -> Result<Encoding, TokenizeError> {
+        self.encode_input(EncodeInput::Dual(a.into(), b.into()))
+    }
+
+    fn encode_input(&self, input: EncodeInput<'_>) -> Result<Encoding, TokenizeError> {
+        let enc = self
+            .inner
+            .encode(input, true)
+            .map_err(|e| TokenizeError::Encode {
+                message: e.to_string(),
+            })?;
+        Ok(Encoding {
+            ids: enc.get_ids().iter().map(|&id| i64::from(id)).collect(),
+            tokens: enc.get_tokens().to_vec(),
+            type_ids: enc.get_type_ids().iter().map(|&t| i64::from(t)).collect(),
+        })
+    }
+
+    /// Decodes ids, skipping special tokens, as `tokenizer.decode(ids, skip_special_tokens=True)`.
+    pub fn decode(&self, ids: &[i64]) -> Result<String, TokenizeError> {
+        // The crate silently drops ids it does not know; a model emitting one is a bug to report.
+        let ids = ids
+            .iter()
+            .map(|&id| {
+                u32::try_from(id)
+                    .ok()
+                    .filter(|&id| self.inner.id_to_token(id).is_some())
+                    .ok_or_else(|| TokenizeError::Decode {
+                        message: format!(
+                            "id {id} is not in the vocabulary of {} tokens",
+                            self.vocab_size()
+                        ),
+                    })
+            })
+            .collect::<Result<Vec<u32>, _>>()?;
+        self.inner
+            .decode(&ids, true)
+            .map_err(|e| TokenizeError::Decode {
+                message: e.to_string(),
+            })
+    }
+
+    /// The id of a token string, e.g. "[MASK]", "[PAD]", "</s>", "<|endoftext|>".
+    pub fn token_to_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(i64::from)
+    }
+
+    pub fn id_to_token(&self, id: i64) -> Option<String> {
+        self.inner.id_to_token(u32::try_from(id).ok()?)
+    }
+
+    /// Number of distinct tokens, added tokens included (Python's `len(tokenizer)`).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn kind(&self) -> TokenizerKind {
+        self.kind
+    }
+}
+
+fn load_error(path: &Path, e: impl std::fmt::Display) -> TokenizeError {
+    TokenizeError::Load {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// tokenizer_config.json as loose JSON (an empty object when absent): older checkpoints spell
+/// its fields inconsistently, and only a few are read.
+fn read_tokenizer_config(dir: &Path) -> Result<Value, TokenizeError> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(Value::Object(Default::default()));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| load_error(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| load_error(&path, e))
+}
+
+/// A special token named in tokenizer_config.json, either `"[CLS]"` or
+/// `{"content": "[CLS]", ..}` (the serialized AddedToken of older files).
+fn config_token(config: &Value, key: &str, default: &str) -> String {
+    match config.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) => match o.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            _ => default.to_string(),
+        },
+        _ => default.to_string(),
+    }
+}
+
+/// What `transformers`' BertConverter builds for a BertTokenizer saved as vocab.txt.
+fn build_bert(dir: &Path) -> Result<tokenizers::Tokenizer, TokenizeError> {
+    let vocab_path = dir.join("vocab.txt");
+    if !vocab_path.is_file() {
+        return Err(TokenizeError::Missing {
+            dir: dir.to_path_buf(),
+            what: "BERT needs tokenizer.json or vocab.txt".into(),
+        });
+    }
+    let config = read_tokenizer_config(dir)?;
+    let config_path = dir.join("tokenizer_config.json");
+    let lowercase = config
+        .get("do_lower_case")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    // None (null or absent) makes BertNormalizer strip accents exactly when it lowercases.
+    let strip_accents = config.get("strip_accents").and_then(Value::as_bool);
+    let chinese = config
+        .get("tokenize_chinese_chars")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let [unk, sep, cls, pad, mask] = [
+        ("unk_token", "[UNK]"),
+        ("sep_token", "[SEP]"),
+        ("cls_token", "[CLS]"),
+        ("pad_token", "[PAD]"),
+        ("mask_token", "[MASK]"),
+    ]
+    .map(|(key, default)| config_token(&config, key, default));
+
+    let bytes = std::fs::read(&vocab_path).map_err(|e| load_error(&vocab_path, e))?;
+    let vocab = WordPiece::read_bytes(&bytes).map_err(|e| load_error(&vocab_path, e))?;
+    let id_of = |token: &str| {
+        vocab
+            .get(token)
+            .copied()
+            .ok_or_else(|| TokenizeError::Load {
+                path: vocab_path.clone(),
+                message: format!(
+                    "special token {token:?} (from {}) is not in the vocabulary",
+                    config_path.display()
+                ),
+            })
+    };
+    let (cls_id, sep_id) = (id_of(&cls)?, id_of(&sep)?);
+    id_of(&unk)?;
+
+    let model = WordPiece::builder()
+        .vocab(vocab)
+        .unk_token(unk.clone())
+        .continuing_subword_prefix("##".into())
+        .max_input_chars_per_word(100)
+        .build()
+        .map_err(|e| load_error(&vocab_path, e))?;
+    let template = TemplateProcessing::builder()
+        .try_single(format!("{cls} $A {sep}"))
+        .and_then(|b| b.try_pair(format!("{cls} $A {sep} $B:1 {sep}:1")))
+        .map_err(|e| load_error(&config_path, e))?
+        .special_tokens(vec![(cls.clone(), cls_id), (sep.clone(), sep_id)])
+        .build()
+        .map_err(|e| load_error(&config_path, e))?;
+
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_normalizer(Some(BertNormalizer::new(
+        true,
+        chinese,
+        strip_accents,
+        lowercase,
+    )))
+    .with_pre_tokenizer(Some(BertPreTokenizer))
+    .with_post_processor(Some(template))
+    .with_decoder(Some(WordPieceDecoder::new("##".into(), true)));
+    // Registered as added tokens so "[MASK]" in a text stays one token and decode skips them.
+    let specials = [pad, unk, cls, sep, mask].map(|t| AddedToken::from(t, true));
+    tok.add_special_tokens(&specials);
+    Ok(tok)
+}
+
+/// What `transformers` builds for a GPT2Tokenizer saved as vocab.json + merges.txt.
+fn build_gpt2(dir: &Path) -> Result<tokenizers::Tokenizer, TokenizeError> {
+    let vocab_path = dir.join("vocab.json");
+    let merges_path = dir.join("merges.txt");
+    if !vocab_path.is_file() || !merges_path.is_file() {
+        return Err(TokenizeError::Missing {
+            dir: dir.to_path_buf(),
+            what: "GPT-2 needs tokenizer.json, or vocab.json and merges.txt".into(),
+        });
+    }
+    let config = read_tokenizer_config(dir)?;
+
+    let text = std::fs::read_to_string(&vocab_path).map_err(|e| load_error(&vocab_path, e))?;
+    let vocab: std::collections::HashMap<String, u32> =
+        serde_json::from_str(&text).map_err(|e| load_error(&vocab_path, e))?;
+    let text = std::fs::read_to_string(&merges_path).map_err(|e| load_error(&merges_path, e))?;
+    let mut merges = Vec::new();
+    // The first line is a "#version: 0.2" header; trailing blank lines occur in the wild.
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("#version") || line.trim().is_empty() {
+            continue;
+        }
+        match line.split_once(' ') {
+            Some((a, b)) if !b.contains(' ') => merges.push((a.to_string(), b.to_string())),
+            _ => {
+                return Err(TokenizeError::Load {
+                    path: merges_path.clone(),
+                    message: format!("line {}: expected two tokens separated by one space", i + 1),
+                })
+            }
+        }
+    }
+    let model = BPE::builder()
+        .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+        .build()
+        .map_err(|e| load_error(&merges_path, e))?;
+
+    let mut tok = tokenizers::Tokenizer::new(model);
+    // GPT2TokenizerFast: no prefix space, and a post-processor that adds no tokens.
+    let template = TemplateProcessing::builder()
+        .try_single("$A")
+        .and_then(|b| b.try_pair("$A $B:1"))
+        .map_err(|e| load_error(&merges_path, e))?
+        .build()
+        .map_err(|e| load_error(&merges_path, e))?;
+    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+        .with_post_processor(Some(template))
+        .with_decoder(Some(ByteLevel::default()));
+    let mut specials: Vec<String> = Vec::new();
+    for key in ["bos_token", "eos_token", "unk_token", "pad_token"] {
+        let token = config_token(&config, key, "<|endoftext|>");
+        if !specials.contains(&token) {
+            specials.push(token);
+        }
+    }
+    let specials: Vec<AddedToken> = specials
+        .into_iter()
+        .map(|t| AddedToken::from(t, true))
+        .collect();
+    tok.add_special_tokens(&specials);
+    Ok(tok)
+}

@@ -1,0 +1,889 @@
+//! Safetensors weight store: opens one file, a sharded checkpoint or bytes embedded in a
+//! compiled executable, validates every header up front and hands out tensors as f32.
+//!
+//! It knows nothing about model architectures: key prefixes, transposes and tied heads are
+//! the frontends' business. Tensors of dtypes we cannot compute with (int64 buffers such as
+//! `embeddings.position_ids`) are indexed but only refused when requested.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The same cap as the safetensors crate: a header longer than this is a corrupt length field.
+const MAX_HEADER_LEN: usize = 100_000_000;
+
+/// Element type of a stored tensor. Only `F32`, `F16` and `BF16` can be read; anything else
+/// is kept as `Other` so that checkpoints carrying integer buffers still open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    /// A safetensors dtype we do not read, by its header name (`I64`, `F64`, `BOOL`, ...).
+    Other(String),
+}
+
+impl DType {
+    fn parse(name: &str) -> DType {
+        match name {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            other => DType::Other(other.to_string()),
+        }
+    }
+
+    /// Bytes per element, when the format defines a whole number of them.
+    fn size(&self) -> Option<usize> {
+        match self {
+            DType::F32 => Some(4),
+            DType::F16 | DType::BF16 => Some(2),
+            DType::Other(name) => match name.as_str() {
+                "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => Some(1),
+                "I16" | "U16" => Some(2),
+                "I32" | "U32" => Some(4),
+                "I64" | "U64" | "F64" => Some(8),
+                // Sub-byte formats (F4, F6...) and future names: only the bounds are checked.
+                _ => None,
+            },
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DType::F32 => f.write_str("F32"),
+            DType::F16 => f.write_str("F16"),
+            DType::BF16 => f.write_str("BF16"),
+            DType::Other(name) => f.write_str(name),
+        }
+    }
+}
+
+/// What the header says about one tensor.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// No model.safetensors nor model.safetensors.index.json in the directory.
+    #[error("{}", no_weights_message(dir))]
+    NoWeights { dir: PathBuf },
+    /// A weight file or index could not be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A truncated file, corrupt header or inconsistent index.
+    #[error("{}: not a valid safetensors file: {reason}", path.display())]
+    Malformed { path: PathBuf, reason: String },
+    /// A requested tensor is in none of the files.
+    #[error("tensor \"{key}\" not found in {source_desc}{}", hint_message(hint))]
+    MissingKey {
+        key: String,
+        source_desc: String,
+        hint: Option<String>,
+    },
+    /// A tensor's stored shape differs from the one the model expects.
+    #[error("{}: tensor \"{key}\" has shape {found:?}, expected {expected:?}", path.display())]
+    Shape {
+        key: String,
+        path: PathBuf,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A requested tensor is stored in a dtype other than F32, F16 or BF16.
+    #[error("{}: tensor \"{key}\" has dtype {found}; only F32, F16 and BF16 can be loaded", path.display())]
+    Dtype {
+        key: String,
+        path: PathBuf,
+        found: String,
+    },
+}
+
+fn no_weights_message(dir: &Path) -> String {
+    let mut msg = format!(
+        "no model.safetensors or model.safetensors.index.json in {}",
+        dir.display()
+    );
+    if dir.join("pytorch_model.bin").exists() {
+        msg.push_str(
+            " (pytorch_model.bin is not supported: convert the checkpoint to safetensors)",
+        );
+    }
+    msg
+}
+
+fn hint_message(hint: &Option<String>) -> String {
+    match hint {
+        Some(keys) => format!("; similar keys present: {keys}"),
+        None => String::new(),
+    }
+}
+
+/// The bytes of one safetensors file, alive as long as any tensor view into them.
+enum Backing {
+    Mmap(memmap2::Mmap),
+    Static(&'static [u8]),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Mmap(map) => map,
+            Backing::Static(bytes) => bytes,
+        }
+    }
+}
+
+/// f32 data of one tensor: a view into the file when it is stored as aligned F32, otherwise an
+/// owned converted copy. Cloning shares the data.
+#[derive(Clone)]
+pub struct F32Buffer {
+    repr: BufferRepr,
+}
+
+#[derive(Clone)]
+enum BufferRepr {
+    /// Invariant: `file.bytes()[offset..offset + 4 * len]` is in bounds and 4-byte aligned.
+    View {
+        file: Arc<Backing>,
+        offset: usize,
+        len: usize,
+    },
+    Owned(Arc<[f32]>),
+}
+
+impl F32Buffer {
+    pub fn from_vec(v: Vec<f32>) -> F32Buffer {
+        F32Buffer {
+            repr: BufferRepr::Owned(v.into()),
+        }
+    }
+
+    /// Whether the data is read in place from the file rather than copied.
+    pub fn is_zero_copy(&self) -> bool {
+        matches!(self.repr, BufferRepr::View { .. })
+    }
+}
+
+impl Deref for F32Buffer {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match &self.repr {
+            BufferRepr::View { file, offset, len } => {
+                let bytes = &file.bytes()[*offset..*offset + 4 * *len];
+                // SAFETY: in bounds and 4-byte aligned (checked when the view was made), every
+                // bit pattern is a valid f32, and the bytes live as long as `file`.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), *len) }
+            }
+            BufferRepr::Owned(data) => data,
+        }
+    }
+}
+
+impl fmt::Debug for F32Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("F32Buffer")
+            .field("len", &self.len())
+            .field("zero_copy", &self.is_zero_copy())
+            .finish()
+    }
+}
+
+struct Entry {
+    info: TensorInfo,
+    /// Index into `Weights::files`.
+    file: usize,
+    /// Absolute byte range in the file.
+    start: usize,
+    end: usize,
+}
+
+/// All tensors of a checkpoint, by safetensors key.
+pub struct Weights {
+    files: Vec<Arc<Backing>>,
+    entries: BTreeMap<String, Entry>,
+    source: String,
+}
+
+impl fmt::Debug for Weights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Weights")
+            .field("source", &self.source)
+            .field("tensors", &self.entries.len())
+            .finish()
+    }
+}
+
+impl Weights {
+    /// Opens `dir/model.safetensors`, or the shards listed in `dir/model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Weights, WeightsError> {
+        let single = dir.join("model.safetensors");
+        if single.is_file() {
+            return Weights::open_files(&[single]);
+        }
+        let index = dir.join("model.safetensors.index.json");
+        if !index.is_file() {
+            if !dir.is_dir() {
+                let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory");
+                return Err(WeightsError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+            return Err(WeightsError::NoWeights {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(&index).map_err(|source| WeightsError::Io {
+            path: index.clone(),
+            source,
+        })?;
+        let malformed = |reason: String| WeightsError::Malformed {
+            path: index.clone(),
+            reason,
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| malformed("no \"weight_map\" object".into()))?;
+        let mut shards: Vec<&str> = Vec::new();
+        for (key, shard) in map {
+            let shard = shard
+                .as_str()
+                .ok_or_else(|| malformed(format!("weight_map[\"{key}\"] is not a file name")))?;
+            if !shards.contains(&shard) {
+                shards.push(shard);
+            }
+        }
+        if shards.is_empty() {
+            return Err(malformed("empty weight_map".into()));
+        }
+        shards.sort_unstable();
+        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        let mut weights = Weights::open_files(&paths)?;
+        // The index and the shards must agree, or a tensor would silently come from elsewhere.
+        for (key, shard) in map {
+            let in_shard = weights.entries.get(key).map(|e| &e.info.file);
+            if in_shard != Some(&dir.join(shard.as_str().unwrap_or_default())) {
+                return Err(malformed(format!(
+                    "weight_map puts \"{key}\" in {shard}, but that shard does not contain it"
+                )));
+            }
+        }
+        weights.source = format!("{} ({} shards)", index.display(), paths.len());
+        Ok(weights)
+    }
+
+    /// Opens explicit safetensors files; a key may appear in only one of them.
+    pub fn open_files(paths: &[PathBuf]) -> Result<Weights, WeightsError> {
+        let mut weights = Weights {
+            files: Vec::new(),
+            entries: BTreeMap::new(),
+            source: String::new(),
+        };
+        for path in paths {
+            let file = File::open(path).map_err(|source| WeightsError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            // SAFETY: the map is read-only; like every mmap-based loader we assume the checkpoint
+            // is not modified while the model runs.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| WeightsError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            weights.add(Backing::Mmap(map), path)?;
+        }
+        weights.source = paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(weights)
+    }
+
+    /// From bytes embedded in the program; `name` stands for the file in error messages.
+    pub fn from_static(bytes: &'static [u8], name: &str) -> Result<Weights, WeightsError> {
+        let mut weights = Weights {
+            files: Vec::new(),
+            entries: BTreeMap::new(),
+            source: name.to_string(),
+        };
+        weights.add(Backing::Static(bytes), Path::new(name))?;
+        Ok(weights)
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn info(&self, key: &str) -> Option<&TensorInfo> {
+        self.entries.get(key).map(|e| &e.info)
+    }
+
+    /// All keys, sorted.
+    pub fn keys(&self) -> Vec<&str> {
+        self.entries.keys().map(String::as_str).collect()
+    }
+
+    /// The tensor as f32, checked against `expected_shape`.
+    pub fn get(&self, key: &str, expected_shape: &[usize]) -> Result<F32Buffer, WeightsError> {
+        let entry = self
+            .entries
+            .get(key)
+            .ok_or_else(|| WeightsError::MissingKey {
+                key: key.to_string(),
+                source_desc: self.source.clone(),
+                hint: self.similar_keys(key),
+            })?;
+        let info = &entry.info;
+        if let DType::Other(found) = &info.dtype {
+            return Err(WeightsError::Dtype {
+                key: key.to_string(),
+                path: info.file.clone(),
+                found: found.clone(),
+            });
+        }
+        if info.shape != expected_shape {
+            return Err(WeightsError::Shape {
+                key: key.to_string(),
+                path: info.file.clone(),
+                expected: expected_shape.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let file = &self.files[entry.file];
+        let bytes = &file.bytes()[entry.start..entry.end];
+        let repr = match info.dtype {
+            DType::F32
+                if cfg!(target_endian = "little")
+                    && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>()) =>
+            {
+                BufferRepr::View {
+                    file: file.clone(),
+                    offset: entry.start,
+                    len: bytes.len() / 4,
+                }
+            }
+            DType::F32 => BufferRepr::Owned(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            DType::F16 => BufferRepr::Owned(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+            ),
+            DType::BF16 => BufferRepr::Owned(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+            ),
+            DType::Other(_) => unreachable!("rejected above"),
+        };
+        Ok(F32Buffer { repr })
+    }
+
+    /// Where the weights came from, for error messages.
+    pub fn source(&self) -> String {
+        self.source.clone()
+    }
+
+    /// Up to three keys sharing the longest run of trailing components with `key`, which is
+    /// what a `transformer.` / `bert.` prefix mismatch looks like.
+    fn similar_keys(&self, key: &str) -> Option<String> {
+        let wanted: Vec<&str> = key.rsplit('.').collect();
+        let mut scored: Vec<(usize, &str)> = self
+            .entries
+            .keys()
+            .filter_map(|k| {
+                let common = k
+                    .rsplit('.')
+                    .zip(&wanted)
+                    .take_while(|(a, b)| a == *b)
+                    .count();
+                let shorter = k.split('.').count().min(wanted.len());
+                // One shared component is usually just "weight" or "bias": not a hint.
+                (common >= 2 || (common >= 1 && common == shorter)).then_some((common, k.as_str()))
+            })
+            .collect();
+        if scored.is_empty() {
+            return None;
+        }
+        scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+        let best = scored[0].0;
+        let keys: Vec<String> = scored
+            .iter()
+            .take_while(|(score, _)| *score == best)
+            .take(3)
+            .map(|(_, k)| format!("\"{k}\""))
+            .collect();
+        Some(keys.join(", "))
+    }
+
+    /// Parses and validates the header of one file and indexes its tensors.
+    fn add(&mut self, backing: Backing, path: &Path) -> Result<(), WeightsError> {
+        let malformed = |reason: String| WeightsError::Malformed {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = backing.bytes();
+        if bytes.len() < 8 {
+            return Err(malformed(format!(
+                "file is {} bytes, too short for the 8-byte header length (truncated file?)",
+                bytes.len()
+            )));
+        }
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        if header_len > (bytes.len() - 8) as u64 || header_len as usize > MAX_HEADER_LEN {
+            return Err(malformed(format!(
+                "header length {header_len} exceeds the file size {} (truncated file?)",
+                bytes.len()
+            )));
+        }
+        let data_start = 8 + header_len as usize;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&bytes[8..data_start])
+                .map_err(|e| malformed(format!("header is not a JSON object: {e}")))?;
+        let file_index = self.files.len();
+        for (key, value) in header {
+            if key == "__metadata__" {
+                continue;
+            }
+            let (dtype, shape, begin, end) = parse_tensor_header(&value)
+                .map_err(|r| malformed(format!("tensor \"{key}\": {r}")))?;
+            let data_len = bytes.len() - data_start;
+            if end > data_len {
+                return Err(malformed(format!(
+                    "tensor \"{key}\": data_offsets [{begin}, {end}] outside the {data_len} data \
+                     bytes (truncated file?)"
+                )));
+            }
+            let (start, end) = (data_start + begin, data_start + end);
+            if let Some(size) = dtype.size() {
+                let expected = shape
+                    .iter()
+                    .try_fold(size, |acc, &d| acc.checked_mul(d))
+                    .unwrap_or(usize::MAX);
+                if end - start != expected {
+                    return Err(malformed(format!(
+                        "tensor \"{key}\": {} data bytes, but dtype {dtype} and shape {shape:?} \
+                         need {expected}",
+                        end - start
+                    )));
+                }
+            }
+            if let Some(other) = self.entries.get(&key) {
+                return Err(malformed(format!(
+                    "tensor \"{key}\" is also in {}",
+                    other.info.file.display()
+                )));
+            }
+            let info = TensorInfo {
+                dtype,
+                shape,
+                file: path.to_path_buf(),
+            };
+            self.entries.insert(
+                key,
+                Entry {
+                    info,
+                    file: file_index,
+                    start,
+                    end,
+                },
+            );
+        }
+        self.files.push(Arc::new(backing));
+        Ok(())
+    }
+}
+
+/// One header entry: `{"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}`.
+fn parse_tensor_header(
+    value: &serde_json::Value,
+) -> Result<(DType, Vec<usize>, usize, usize), String> {
+    let dtype = value
+        .get("dtype")
+        .and_then(|d| d.as_str())
+        .ok_or("missing \"dtype\" string")?;
+    let dims = |field: &str| -> Result<Vec<usize>, String> {
+        value
+            .get(field)
+            .and_then(|s| s.as_array())
+            .ok_or(format!("missing \"{field}\" array"))?
+            .iter()
+            .map(|d| {
+                d.as_u64()
+                    .and_then(|d| usize::try_from(d).ok())
+                    .ok_or(format!("\"{field}\" holds {d}, not a size"))
+            })
+            .collect()
+    };
+    let shape = dims("shape")?;
+    let offsets = dims("data_offsets")?;
+    let [begin, end] = offsets[..] else {
+        return Err(format!(
+            "\"data_offsets\" has {} entries, expected 2",
+            offsets.len()
+        ));
+    };
+    if begin > end {
+        return Err(format!("\"data_offsets\" [{begin}, {end}] run backwards"));
+    }
+    Ok((DType::parse(dtype), shape, begin, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh empty directory under the system temp dir.
+    fn temp_dir(name: &str) -> PathBuf {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "cranformer-weights-{}-{name}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A safetensors file from (key, dtype, shape, little-endian bytes), written by hand; the
+    /// header is space-padded to 8 bytes as the reference writer does.
+    fn safetensors(tensors: &[(&str, &str, &[usize], Vec<u8>)]) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        let mut data = Vec::new();
+        for (key, dtype, shape, bytes) in tensors {
+            let begin = data.len();
+            data.extend_from_slice(bytes);
+            header.insert(
+                key.to_string(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [begin, data.len()]}),
+            );
+        }
+        let mut json = serde_json::to_vec(&header).unwrap();
+        while !json.len().is_multiple_of(8) {
+            json.push(b' ');
+        }
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend(json);
+        out.extend(data);
+        out
+    }
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn f32_roundtrip_is_zero_copy() {
+        let dir = temp_dir("f32");
+        let data = [1.0, -2.5, 3.25, 0.0, 1e-3, 7.0];
+        write(
+            &dir,
+            "model.safetensors",
+            &safetensors(&[("a.weight", "F32", &[2, 3], f32_bytes(&data))]),
+        );
+        let w = Weights::open(&dir).unwrap();
+        let buf = w.get("a.weight", &[2, 3]).unwrap();
+        assert!(buf.is_zero_copy());
+        assert_eq!(&buf[..], &data);
+        assert_eq!(w.info("a.weight").unwrap().dtype, DType::F32);
+        // Buffers keep the mapping alive after the store is gone.
+        drop(w);
+        assert_eq!(buf.clone()[2], 3.25);
+    }
+
+    #[test]
+    fn f16_and_bf16_convert() {
+        let dir = temp_dir("half");
+        let values = [1.0f32, -0.5, 65504.0, 0.099975586];
+        let f16: Vec<u8> = values
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect();
+        let bf16: Vec<u8> = values
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect();
+        let path = write(
+            &dir,
+            "x.safetensors",
+            &safetensors(&[("h", "F16", &[4], f16), ("b", "BF16", &[2, 2], bf16)]),
+        );
+        let w = Weights::open_files(&[path]).unwrap();
+        let h = w.get("h", &[4]).unwrap();
+        assert!(!h.is_zero_copy());
+        assert_eq!(&h[..], &values);
+        let b = w.get("b", &[2, 2]).unwrap();
+        let expected: Vec<f32> = values
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect();
+        assert_eq!(&b[..], &expected[..]);
+        assert_eq!(b[0], 1.0);
+        assert_eq!(w.info("b").unwrap().dtype.to_string(), "BF16");
+    }
+
+    #[test]
+    fn sharded_index() {
+        let dir = temp_dir("sharded");
+        write(
+            &dir,
+            "model-00001-of-00002.safetensors",
+            &safetensors(&[("a", "F32", &[2], f32_bytes(&[1.0, 2.0]))]),
+        );
+        write(
+            &dir,
+            "model-00002-of-00002.safetensors",
+            &safetensors(&[("b", "F32", &[1], f32_bytes(&[3.0]))]),
+        );
+        let index = serde_json::json!({
+            "metadata": {"total_size": 12},
+            "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+        });
+        write(
+            &dir,
+            "model.safetensors.index.json",
+            index.to_string().as_bytes(),
+        );
+        let w = Weights::open(&dir).unwrap();
+        assert_eq!(w.keys(), ["a", "b"]);
+        assert_eq!(&w.get("a", &[2]).unwrap()[..], &[1.0, 2.0]);
+        assert_eq!(&w.get("b", &[1]).unwrap()[..], &[3.0]);
+        assert!(w
+            .info("b")
+            .unwrap()
+            .file
+            .ends_with("model-00002-of-00002.safetensors"));
+        assert!(
+            w.source().contains("model.safetensors.index.json"),
+            "{}",
+            w.source()
+        );
+    }
+
+    #[test]
+    fn missing_key_names_key_source_and_similar_keys() {
+        let dir = temp_dir("missing");
+        let z = f32_bytes(&[0.0; 4]);
+        write(
+            &dir,
+            "model.safetensors",
+            &safetensors(&[
+                ("transformer.h.0.attn.c_attn.weight", "F32", &[4], z.clone()),
+                ("transformer.h.0.mlp.c_fc.weight", "F32", &[4], z),
+            ]),
+        );
+        let w = Weights::open(&dir).unwrap();
+        let err = w
+            .get("h.0.attn.c_attn.weight", &[4])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tensor \"h.0.attn.c_attn.weight\" not found in"),
+            "{err}"
+        );
+        assert!(err.contains("model.safetensors"), "{err}");
+        assert!(
+            err.contains("similar keys present: \"transformer.h.0.attn.c_attn.weight\""),
+            "{err}"
+        );
+        assert!(!err.contains("c_fc"), "{err}");
+        let err = w.get("lm_head.weight", &[4]).unwrap_err();
+        assert!(
+            matches!(err, WeightsError::MissingKey { hint: None, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_shape_names_file_key_and_both_shapes() {
+        let dir = temp_dir("shape");
+        let bytes = f32_bytes(&vec![0.0; 32 * 96]);
+        write(
+            &dir,
+            "model.safetensors",
+            &safetensors(&[("h.0.attn.c_attn.weight", "F32", &[32, 96], bytes)]),
+        );
+        let w = Weights::open(&dir).unwrap();
+        let err = w
+            .get("h.0.attn.c_attn.weight", &[32, 64])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("model.safetensors: tensor \"h.0.attn.c_attn.weight\" has shape [32, 96], expected [32, 64]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncated_file_is_malformed() {
+        let dir = temp_dir("truncated");
+        let full = safetensors(&[("a", "F32", &[4], f32_bytes(&[1.0, 2.0, 3.0, 4.0]))]);
+        for len in [0, 5, 12, full.len() - 1] {
+            let path = write(&dir, "model.safetensors", &full[..len]);
+            let err = Weights::open_files(&[path]).unwrap_err();
+            assert!(matches!(err, WeightsError::Malformed { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("model.safetensors") && text.contains("(truncated file?)"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_header_is_malformed() {
+        let dir = temp_dir("garbage");
+        let mut bytes = 16u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{not json at all");
+        let path = write(&dir, "model.safetensors", &bytes);
+        let err = Weights::open_files(&[path]).unwrap_err();
+        assert!(matches!(err, WeightsError::Malformed { .. }), "{err}");
+        assert!(
+            err.to_string().contains("header is not a JSON object"),
+            "{err}"
+        );
+
+        // Valid JSON, but sizes that disagree with the dtype and shape.
+        let mut bad = safetensors(&[("a", "F32", &[3], f32_bytes(&[1.0, 2.0]))]);
+        let path = write(&dir, "bad.safetensors", &bad);
+        let err = Weights::open_files(&[path]).unwrap_err().to_string();
+        assert!(
+            err.contains("tensor \"a\": 8 data bytes") && err.contains("need 12"),
+            "{err}"
+        );
+
+        // A header length far beyond the file.
+        bad[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let path = write(&dir, "huge.safetensors", &bad);
+        let err = Weights::open_files(&[path]).unwrap_err().to_string();
+        assert!(
+            err.contains("huge.safetensors") && err.contains("header length"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn int64_buffer_is_indexed_but_refused_on_get() {
+        let dir = temp_dir("int64");
+        let ids: Vec<u8> = (0i64..4).flat_map(|i| i.to_le_bytes()).collect();
+        write(
+            &dir,
+            "model.safetensors",
+            &safetensors(&[
+                ("embeddings.position_ids", "I64", &[1, 4], ids),
+                (
+                    "embeddings.word_embeddings.weight",
+                    "F32",
+                    &[2],
+                    f32_bytes(&[1.0, 2.0]),
+                ),
+            ]),
+        );
+        let w = Weights::open(&dir).unwrap();
+        assert!(w.contains("embeddings.position_ids"));
+        assert_eq!(
+            w.info("embeddings.position_ids").unwrap().dtype,
+            DType::Other("I64".into())
+        );
+        assert_eq!(
+            &w.get("embeddings.word_embeddings.weight", &[2]).unwrap()[..],
+            &[1.0, 2.0]
+        );
+        let err = w.get("embeddings.position_ids", &[1, 4]).unwrap_err();
+        assert!(
+            matches!(err, WeightsError::Dtype { ref found, .. } if found == "I64"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("\"embeddings.position_ids\" has dtype I64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn from_static_reads_in_place_when_aligned() {
+        let file = safetensors(&[("w", "F32", &[2], f32_bytes(&[0.5, -0.5]))]);
+        let n = file.len();
+        // Two copies of the file, one at a 4-byte aligned address and one just past it.
+        let mut storage = vec![0u8; 2 * n + 16];
+        let aligned = (4 - storage.as_ptr() as usize % 4) % 4;
+        let skewed = aligned + n.next_multiple_of(4) + 1;
+        storage[aligned..aligned + n].copy_from_slice(&file);
+        storage[skewed..skewed + n].copy_from_slice(&file);
+        let storage: &'static [u8] = Box::leak(storage.into_boxed_slice());
+
+        let w =
+            Weights::from_static(&storage[aligned..aligned + n], "embedded.safetensors").unwrap();
+        let buf = w.get("w", &[2]).unwrap();
+        assert_eq!(&buf[..], &[0.5, -0.5]);
+        assert_eq!(buf.is_zero_copy(), cfg!(target_endian = "little"));
+        assert_eq!(w.source(), "embedded.safetensors");
+        let err = w.get("w", &[3]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("embedded.safetensors: tensor \"w\""),
+            "{err}"
+        );
+
+        let w = Weights::from_static(&storage[skewed..skewed + n], "skewed.safetensors").unwrap();
+        let buf = w.get("w", &[2]).unwrap();
+        assert!(!buf.is_zero_copy());
+        assert_eq!(&buf[..], &[0.5, -0.5]);
+    }
+
+    #[test]
+    fn directory_without_safetensors_mentions_pytorch_bin() {
+        let dir = temp_dir("nothing");
+        let err = Weights::open(&dir).unwrap_err();
+        assert!(matches!(err, WeightsError::NoWeights { .. }), "{err}");
+        assert!(!err.to_string().contains("pytorch_model.bin"), "{err}");
+        write(&dir, "pytorch_model.bin", b"pickle");
+        let err = Weights::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("pytorch_model.bin is not supported"), "{err}");
+    }
+
+    #[test]
+    fn opens_gpt2_tiny_fixture() {
+        let dir = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/gpt2-tiny"
+        ));
+        let w = Weights::open(dir).unwrap();
+        let wte = w.get("transformer.wte.weight", &[50257, 32]).unwrap();
+        assert_eq!(wte.len(), 50257 * 32);
+        assert!(wte.iter().all(|x| x.is_finite()));
+        assert!(w.keys().windows(2).all(|k| k[0] < k[1]));
+    }
+}

@@ -1,0 +1,188 @@
+//! The op set. Ops are coarse (a whole attention, a whole norm) so that the interpreter stays
+//! a plain reference and code generation can pick one kernel per op.
+
+use std::fmt;
+
+/// How a weight matrix is stored in the checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `nn.Linear`: `[out, in]`.
+    OutIn,
+    /// GPT-2's `Conv1D`: `[in, out]`.
+    InOut,
+}
+
+/// Pointwise activation functions, named as in Hugging Face's `ACT2FN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: x * Φ(x) with the exact erf.
+    Gelu,
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    Relu,
+    Tanh,
+    /// `silu` / `swish`: x * sigmoid(x).
+    Silu,
+    /// `quick_gelu`: x * sigmoid(1.702 x).
+    QuickGelu,
+}
+
+impl Activation {
+    /// Maps a Hugging Face activation name.
+    pub fn from_hf(name: &str) -> Option<Activation> {
+        Some(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            "tanh" => Activation::Tanh,
+            "silu" | "swish" => Activation::Silu,
+            "quick_gelu" => Activation::QuickGelu,
+            _ => return None,
+        })
+    }
+
+    pub const SUPPORTED: &'static str =
+        "gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, tanh, silu, swish, quick_gelu";
+}
+
+/// Operands are listed as `name [shape]` per op; B batch, T new tokens, P cached tokens,
+/// S keys, C channels, H heads, D head size, V vocabulary.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A caller-supplied tensor.
+    Input {
+        name: String,
+    },
+    /// A checkpoint tensor, by its resolved safetensors key.
+    Weight {
+        key: String,
+    },
+    /// `table [V, C]`, `ids [..]` i64 -> `[.., C]`: rows picked by id.
+    Gather,
+    /// -> `[T]` i64: absolute positions P, P+1, .., P+T-1.
+    Positions,
+    /// `x [.., K]`, `w` (`[N, K]` or `[K, N]` by layout), optional `bias [N]` -> `[.., N]`.
+    Linear {
+        layout: WeightLayout,
+    },
+    /// `a`, `b` -> shape of `a`; `b`'s shape is a suffix of `a`'s and broadcasts over the rest.
+    Add,
+    /// Elementwise product, broadcasting as `Add`.
+    Mul,
+    /// `x * factor`.
+    Scale {
+        factor: f32,
+    },
+    Act(Activation),
+    /// `x [.., C]`, `gamma [C]`, `beta [C]`: (x - mean) / sqrt(var + eps) * gamma + beta.
+    LayerNorm {
+        eps: f32,
+    },
+    /// T5's norm: `x [.., C]`, `gamma [C]`: x / sqrt(mean(x²) + eps) * gamma, no centring, no bias.
+    RmsNorm {
+        eps: f32,
+    },
+    /// Scaled dot-product attention over heads.
+    /// `q [B, T, H*D]`, `k [B, S, H*D]`, `v [B, S, H*D]`, then `key_mask [B, S]` i64 (1 = attend)
+    /// if `masked`, then `bias [H, T, S]` if `biased` -> `[B, T, H*D]`.
+    /// With `causal`, query i (absolute position S - T + i) sees keys 0..=S - T + i.
+    Attention {
+        heads: usize,
+        head_dim: usize,
+        scale: f32,
+        causal: bool,
+        masked: bool,
+        biased: bool,
+    },
+    /// T5's relative position bias: `table [buckets, H]` -> `[H, T, S]`, query i at absolute
+    /// position P + i, key j at j; S is the operand-free key length given by `keys`.
+    RelPosBias {
+        buckets: usize,
+        max_distance: usize,
+        bidirectional: bool,
+        keys: crate::graph::Dim,
+    },
+    /// `x [.., N]` -> `[.., len]`: columns start..start+len of the last axis (splits a fused QKV).
+    SliceLast {
+        start: usize,
+        len: usize,
+    },
+    /// `past [B, P, C]`, `new [B, T, C]` -> `[B, P+T, C]`: the KV cache append.
+    ConcatSeq,
+    /// `[B, T, C]` -> `[B, 1, C]`: the last position.
+    LastToken,
+    /// `[B, T, C]` -> `[B, C]`: the first position (BERT's [CLS]).
+    FirstToken,
+    /// `x [B, T, C]`, `mask [B, T]` i64 -> `[B, C]`: mean over the positions where mask is 1.
+    MeanPool,
+    /// `x [B, T, C]`, `mask [B, T]` i64 -> `[B, C]`: max over the positions where mask is 1.
+    MaxPool,
+    /// `[.., C]` -> each row divided by max(‖row‖₂, 1e-12).
+    L2Normalize,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Input { name } => write!(f, "input {name}"),
+            Op::Weight { key } => write!(f, "weight {key}"),
+            Op::Gather => write!(f, "gather"),
+            Op::Positions => write!(f, "positions"),
+            Op::Linear { layout } => write!(
+                f,
+                "linear{}",
+                if *layout == WeightLayout::InOut {
+                    ".in_out"
+                } else {
+                    ""
+                }
+            ),
+            Op::Add => write!(f, "add"),
+            Op::Mul => write!(f, "mul"),
+            Op::Scale { factor } => write!(f, "scale {factor}"),
+            Op::Act(a) => write!(f, "{}", format!("{a:?}").to_lowercase()),
+            Op::LayerNorm { eps } => write!(f, "layer_norm eps={eps:e}"),
+            Op::RmsNorm { eps } => write!(f, "rms_norm eps={eps:e}"),
+            Op::Attention {
+                heads,
+                head_dim,
+                scale,
+                causal,
+                masked,
+                biased,
+            } => {
+                write!(
+                    f,
+                    "attention heads={heads} head_dim={head_dim} scale={scale}"
+                )?;
+                if *causal {
+                    write!(f, " causal")?;
+                }
+                if *masked {
+                    write!(f, " masked")?;
+                }
+                if *biased {
+                    write!(f, " biased")?;
+                }
+                Ok(())
+            }
+            Op::RelPosBias {
+                buckets,
+                max_distance,
+                bidirectional,
+                keys,
+            } => write!(
+                f,
+                "rel_pos_bias buckets={buckets} max_distance={max_distance} keys={keys}{}",
+                if *bidirectional { " bidirectional" } else { "" }
+            ),
+            Op::SliceLast { start, len } => write!(f, "slice_last {start}..{}", start + len),
+            Op::ConcatSeq => write!(f, "concat_seq"),
+            Op::LastToken => write!(f, "last_token"),
+            Op::FirstToken => write!(f, "first_token"),
+            Op::MeanPool => write!(f, "mean_pool"),
+            Op::MaxPool => write!(f, "max_pool"),
+            Op::L2Normalize => write!(f, "l2_normalize"),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The interface between the tasks and whatever runs a model's entry points: the reference
+//! interpreter, JIT-compiled code, or code linked into a compiled executable.
+//!
+//! Entry points and their tensors, by architecture (B batch, T new tokens, P cached tokens,
+//! S encoder tokens, C hidden, V vocabulary, L layers; ids and masks are i64):
+//! - BERT `encode`: `input_ids`, `token_type_ids`, `attention_mask` [B, T] -> `last_hidden_state`
+//!   [B, T, C] and, when the checkpoint has them, `pooler_output` [B, C], `mlm_logits`
+//!   [B, T, V], `nsp_logits` [B, 2], `logits` [B, labels]. BERT `embed`: the same inputs ->
+//!   `embeddings` [B, C], pooled as the model's pooling says.
+//! - GPT-2 `forward` (all positions) and `step` (last position only): `input_ids` [B, T],
+//!   `attention_mask` [B, P+T], `past_key.{l}`, `past_value.{l}` [B, P, C] -> `logits`
+//!   [B, T or 1, V] (or `last_hidden_state` without an LM head), `present_key.{l}`,
+//!   `present_value.{l}` [B, P+T, C].
+//! - T5 `encode`: `input_ids`, `attention_mask` [B, S] -> `encoder_last_hidden_state`
+//!   [B, S, C]. `cross_kv`: `encoder_hidden_states` [B, S, C] -> `cross_key.{l}`,
+//!   `cross_value.{l}` [B, S, H*D]. `decode` (all positions) and `step` (last position):
+//!   `decoder_input_ids` [B, T], `encoder_attention_mask` [B, S], `cross_key.{l}`,
+//!   `cross_value.{l}`, `past_key.{l}`, `past_value.{l}` [B, P, H*D] -> `logits`,
+//!   `present_key.{l}`, `present_value.{l}`.
+
+use crate::Tensor;
+use std::collections::BTreeMap;
+
+/// Named output tensors of one call.
+pub type Outputs = BTreeMap<String, Tensor>;
+
+/// Errors running an entry point.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model has no such entry point.
+    #[error("this model has no entry point {entry:?} (it has {available})")]
+    NoEntry { entry: String, available: String },
+    /// The inputs do not fit the entry point (user error: names the input and what was expected).
+    #[error("{0}")]
+    Input(String),
+    /// Anything else: a bug in the engine or the generated code.
+    #[error("internal error in the {engine} engine: {message}")]
+    Internal { engine: String, message: String },
+}
+
+/// Runs a model's entry points.
+pub trait Engine {
+    /// "interp", "jit" or "aot".
+    fn name(&self) -> &str;
+    fn run(&mut self, entry: &str, inputs: &[(&str, &Tensor)]) -> Result<Outputs, EngineError>;
+}

@@ -1,0 +1,105 @@
+//! What a loaded or compiled model offers: its entry points' conventions, heads, labels and
+//! special ids. Built by the compiler's frontend, embedded as JSON in compiled executables, and
+//! read by the task front end, which must not need the compiler.
+
+use serde::{Deserialize, Serialize};
+
+/// How `embed` turns token states into one vector per text.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Pooling {
+    /// "mean", "cls" or "max".
+    pub mode: String,
+    /// L2-normalise after pooling (sentence-transformers' Normalize module).
+    pub normalize: bool,
+}
+
+/// Per-architecture facts the tasks need.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "model_type", rename_all = "lowercase")]
+pub enum ModelInfo {
+    Bert {
+        architecture: String,
+        max_positions: usize,
+        type_vocab_size: usize,
+        hidden_size: usize,
+        has_pooler: bool,
+        has_mlm: bool,
+        has_nsp: bool,
+        /// Classification labels in id order, when the checkpoint has a classifier.
+        labels: Option<Vec<String>>,
+        /// "single_label_classification", "multi_label_classification" or "regression".
+        problem_type: String,
+        pooling: Pooling,
+    },
+    Gpt2 {
+        architecture: String,
+        max_positions: usize,
+        layers: usize,
+        hidden_size: usize,
+        has_lm_head: bool,
+        eos_token_id: Option<i64>,
+        vocab_size: usize,
+    },
+    T5 {
+        architecture: String,
+        max_positions: usize,
+        encoder_layers: usize,
+        decoder_layers: usize,
+        /// Width of one layer's keys and values (heads * d_kv).
+        kv_width: usize,
+        decoder_start_token_id: i64,
+        eos_token_id: Option<i64>,
+        vocab_size: usize,
+    },
+}
+
+impl ModelInfo {
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            ModelInfo::Bert { .. } => "bert",
+            ModelInfo::Gpt2 { .. } => "gpt2",
+            ModelInfo::T5 { .. } => "t5",
+        }
+    }
+
+    pub fn architecture(&self) -> &str {
+        match self {
+            ModelInfo::Bert { architecture, .. }
+            | ModelInfo::Gpt2 { architecture, .. }
+            | ModelInfo::T5 { architecture, .. } => architecture,
+        }
+    }
+
+    pub fn max_positions(&self) -> usize {
+        match self {
+            ModelInfo::Bert { max_positions, .. }
+            | ModelInfo::Gpt2 { max_positions, .. }
+            | ModelInfo::T5 { max_positions, .. } => *max_positions,
+        }
+    }
+
+    /// The tasks this model supports, in the order `--help` lists them.
+    pub fn tasks(&self) -> Vec<&'static str> {
+        let mut t = vec!["tokenize", "forward"];
+        match self {
+            ModelInfo::Bert {
+                has_mlm, labels, ..
+            } => {
+                t.push("embed");
+                if *has_mlm {
+                    t.push("fill-mask");
+                }
+                if labels.is_some() {
+                    t.push("classify");
+                }
+            }
+            ModelInfo::Gpt2 { has_lm_head, .. } => {
+                if *has_lm_head {
+                    t.push("generate");
+                }
+            }
+            ModelInfo::T5 { .. } => t.push("generate"),
+        }
+        t
+    }
+}
