@@ -1,1 +1,211 @@
-fn main() {}
+//! `cranformer`: compile and run transformer models from Hugging Face model directories.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use cranformer_compiler::interp::Interpreter;
+use cranformer_compiler::Model;
+use cranformer_runtime::cli::{
+    ClassifyArgs, Common, EmbedArgs, FillMaskArgs, ForwardArgs, GenerateArgs, Task, TokenizeArgs,
+};
+use cranformer_runtime::tasks::Session;
+use cranformer_runtime::tokenize::{Tokenizer, TokenizerKind};
+use cranformer_runtime::{Engine, ModelConfig};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "cranformer",
+    version,
+    about = "Compile and run BERT, GPT-2 and T5 models from Hugging Face model directories"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the token ids and tokens of a text.
+    Tokenize {
+        model_dir: PathBuf,
+        #[command(flatten)]
+        args: TokenizeArgs,
+    },
+    /// Run the model on token ids from a JSON file and write its output tensors (safetensors).
+    Forward {
+        model_dir: PathBuf,
+        #[command(flatten)]
+        args: ForwardArgs,
+    },
+    /// Sentence embeddings (BERT).
+    Embed {
+        model_dir: PathBuf,
+        #[command(flatten)]
+        args: EmbedArgs,
+    },
+    /// Predict the masked token (BERT with a masked-LM head).
+    FillMask {
+        model_dir: PathBuf,
+        #[command(flatten)]
+        args: FillMaskArgs,
+    },
+    /// Classify texts (BERT with a sequence-classification head).
+    Classify {
+        model_dir: PathBuf,
+        #[command(flatten)]
+        args: ClassifyArgs,
+    },
+    /// Generate text (GPT-2, T5).
+    Generate {
+        model_dir: PathBuf,
+        #[command(flatten)]
+        args: GenerateArgs,
+    },
+    /// Print the model's dataflow graphs (text, or Graphviz DOT with --dot).
+    Graph {
+        model_dir: PathBuf,
+        /// Graphviz DOT instead of text.
+        #[arg(long)]
+        dot: bool,
+        /// Only this entry point (e.g. encode, step).
+        #[arg(long)]
+        entry: Option<String>,
+    },
+}
+
+fn tokenizer_kind(config: &ModelConfig) -> TokenizerKind {
+    match config {
+        ModelConfig::Bert(_) => TokenizerKind::Bert,
+        ModelConfig::Gpt2(_) => TokenizerKind::Gpt2,
+        ModelConfig::T5(_) => TokenizerKind::T5,
+    }
+}
+
+fn engine_for(name: &str, model: Arc<Model>) -> Result<Box<dyn Engine>> {
+    Ok(match name {
+        "interp" => Box::new(Interpreter::new(model)),
+        other => bail!("unknown --engine {other:?} (available: interp)"),
+    })
+}
+
+fn run_task(dir: &Path, task: Task, common: &Common, out: &mut dyn Write) -> Result<()> {
+    let started = std::time::Instant::now();
+    let config = ModelConfig::load(dir)?;
+    let tokenizer = Tokenizer::from_model_dir(dir, tokenizer_kind(&config))?;
+    if let Task::Tokenize(a) = &task {
+        // Tokenizing needs no weights.
+        let enc = tokenizer.encode(&a.text)?;
+        if a.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"ids": enc.ids, "tokens": enc.tokens})
+            )?;
+        } else {
+            for (id, tok) in enc.ids.iter().zip(&enc.tokens) {
+                writeln!(out, "{id:>8}  {tok}")?;
+            }
+        }
+        return Ok(());
+    }
+    let model = Arc::new(Model::load(dir)?);
+    let info = model.info.clone();
+    let engine = engine_for(&common.engine, model)?;
+    if common.verbose {
+        eprintln!(
+            "loaded {} ({}) with engine {} in {:.1?}",
+            dir.display(),
+            info.architecture(),
+            engine.name(),
+            started.elapsed()
+        );
+    }
+    let mut session = Session {
+        info,
+        tokenizer,
+        engine,
+    };
+    let t = std::time::Instant::now();
+    session.run(&task, out)?;
+    if common.verbose {
+        eprintln!("{} took {:.1?}", task.name(), t.elapsed());
+    }
+    Ok(())
+}
+
+fn graph(dir: &Path, dot: bool, entry: Option<&str>, out: &mut dyn Write) -> Result<()> {
+    let model = Model::load(dir)?;
+    if let Some(e) = entry {
+        if !model.entries.contains_key(e) {
+            bail!(
+                "this model has no entry point {e:?} (it has {})",
+                model.entry_names()
+            );
+        }
+    }
+    for (name, g) in &model.entries {
+        if entry.is_some_and(|e| e != name) {
+            continue;
+        }
+        if dot {
+            write!(out, "{}", g.to_dot())?;
+        } else {
+            writeln!(out, "{g}")?;
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = match cli.command {
+        Command::Tokenize { model_dir, args } => {
+            run_task(&model_dir, Task::Tokenize(args), &cli.common, &mut out)
+        }
+        Command::Forward { model_dir, args } => {
+            run_task(&model_dir, Task::Forward(args), &cli.common, &mut out)
+        }
+        Command::Embed { model_dir, args } => {
+            run_task(&model_dir, Task::Embed(args), &cli.common, &mut out)
+        }
+        Command::FillMask { model_dir, args } => {
+            run_task(&model_dir, Task::FillMask(args), &cli.common, &mut out)
+        }
+        Command::Classify { model_dir, args } => {
+            run_task(&model_dir, Task::Classify(args), &cli.common, &mut out)
+        }
+        Command::Generate { model_dir, args } => {
+            run_task(&model_dir, Task::Generate(args), &cli.common, &mut out)
+        }
+        Command::Graph {
+            model_dir,
+            dot,
+            entry,
+        } => graph(&model_dir, dot, entry.as_deref(), &mut out),
+    }
+    .context("cranformer");
+    if let Err(e) = result {
+        // A reader that went away (`| head`) is not an error worth a message.
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            std::process::exit(0);
+        }
+        let _ = out.flush();
+        // The chain without the outer context line reads best: "error: <cause>: <detail>".
+        let msg = format!("{:#}", e);
+        eprintln!(
+            "error: {}",
+            msg.strip_prefix("cranformer: ").unwrap_or(&msg)
+        );
+        std::process::exit(1);
+    }
+}

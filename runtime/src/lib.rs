@@ -3,9 +3,13 @@
 //! Linked into the `cranformer` command and into every compiled model executable, so it
 //! depends on no part of the compiler.
 
+pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod kv_cache;
 pub mod model_info;
+pub mod sampling;
+pub mod tasks;
 pub mod tensor;
 pub mod tokenize;
 pub mod weights;

@@ -22,6 +22,7 @@ pub enum ModelInfo {
         max_positions: usize,
         type_vocab_size: usize,
         hidden_size: usize,
+        vocab_size: usize,
         has_pooler: bool,
         has_mlm: bool,
         has_nsp: bool,
@@ -75,6 +76,15 @@ impl ModelInfo {
             ModelInfo::Bert { max_positions, .. }
             | ModelInfo::Gpt2 { max_positions, .. }
             | ModelInfo::T5 { max_positions, .. } => *max_positions,
+        }
+    }
+
+    /// Rows of the token embedding (may exceed the tokenizer's vocabulary, as in T5).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelInfo::Bert { vocab_size, .. }
+            | ModelInfo::Gpt2 { vocab_size, .. }
+            | ModelInfo::T5 { vocab_size, .. } => *vocab_size,
         }
     }
 

@@ -393,6 +393,7 @@ pub fn build(
         max_positions: c.max_position_embeddings,
         type_vocab_size: c.type_vocab_size,
         hidden_size: c.hidden_size,
+        vocab_size: c.vocab_size,
         has_pooler: layout.pooler,
         has_mlm: mlm,
         has_nsp: nsp,

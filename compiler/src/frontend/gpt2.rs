@@ -28,12 +28,14 @@ pub fn build(
     let lm_head = match arch.as_str() {
         "GPT2LMHeadModel" => true,
         "GPT2Model" => false,
-        other => return Err(FrontendError::Config {
-            path: cfg_path,
-            message: format!(
+        other => {
+            return Err(FrontendError::Config {
+                path: cfg_path,
+                message: format!(
                 "architecture {other:?} is not supported (supported: GPT2Model, GPT2LMHeadModel)"
             ),
-        }),
+            })
+        }
     };
     let act = activation(&c.activation_function, &cfg_path, "activation_function")?;
     let p = detect_prefix(weights, &["transformer.", ""], "wte.weight")?;

@@ -124,9 +124,40 @@ impl Graph {
             .map(|&(_, i)| &self.g[i].ty)
     }
 
-    /// Nodes in an order where every operand comes before its users.
+    /// Nodes in an order where every operand comes before its users; among ready nodes the
+    /// oldest goes first, so the order follows construction and dumps read like the model.
     pub fn topo_order(&self) -> Vec<NodeIndex> {
-        petgraph::algo::toposort(&self.g, None).expect("a dataflow graph has no cycles")
+        use std::cmp::Reverse;
+        let mut pending: Vec<usize> = self
+            .g
+            .node_indices()
+            .map(|n| self.g.edges_directed(n, Direction::Incoming).count())
+            .collect();
+        let mut ready: std::collections::BinaryHeap<Reverse<usize>> = pending
+            .iter()
+            .enumerate()
+            .filter(|(_, &p)| p == 0)
+            .map(|(i, _)| Reverse(i))
+            .collect();
+        let mut order = Vec::with_capacity(pending.len());
+        while let Some(Reverse(i)) = ready.pop() {
+            let n = NodeIndex::new(i);
+            order.push(n);
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let t = e.target().index();
+                pending[t] -= 1;
+                if pending[t] == 0 {
+                    ready.push(Reverse(t));
+                }
+            }
+        }
+        assert_eq!(
+            order.len(),
+            self.g.node_count(),
+            "graph {}: a dataflow graph has no cycles",
+            self.name
+        );
+        order
     }
 
     /// Re-infers every node's type from its operands: the verifier run after each pass.

@@ -1,0 +1,139 @@
+//! The tasks' command line, shared by `cranformer` (which puts MODEL_DIR first) and by every
+//! compiled model executable (which has its model built in).
+
+use clap::builder::{OsStringValueParser, TypedValueParser};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// Text arguments: clap's own UTF-8 check does not say which argument failed; this one does.
+fn utf8() -> impl TypedValueParser<Value = String> {
+    OsStringValueParser::new().try_map(|s| {
+        s.into_string()
+            .map_err(|raw| format!("{:?} is not valid UTF-8 text", raw))
+    })
+}
+
+/// Flags every task takes.
+#[derive(Args, Clone, Debug)]
+pub struct Common {
+    /// Engine that runs the model: interp (the reference interpreter).
+    #[arg(long, default_value = "interp", global = true)]
+    pub engine: String,
+    /// Worker threads (default: all cores; the interpreter always uses one).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Print timings and engine details on stderr.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct TokenizeArgs {
+    /// Print one JSON object: {"ids": [..], "tokens": [..]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Text to tokenize (put `--` before a text that starts with '-').
+    #[arg(value_parser = utf8())]
+    pub text: String,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ForwardArgs {
+    /// JSON file: {"input_ids": [[..]], "attention_mask"?, "token_type_ids"?, "decoder_input_ids"?}.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// safetensors file to write the output tensors (F32) to.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct EmbedArgs {
+    /// Print one JSON object: {"embeddings": [[..], ..]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Texts to embed (put `--` before texts that start with '-').
+    #[arg(required = true, value_parser = utf8())]
+    pub texts: Vec<String>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct FillMaskArgs {
+    /// How many predictions to list.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Print one JSON object: {"predictions": [{"token", "id", "score"}, ..]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Text with one mask token, e.g. "Paris is the [MASK] of France."
+    #[arg(value_parser = utf8())]
+    pub text: String,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ClassifyArgs {
+    /// Print one JSON object: {"results": [{"label", "scores": {..}}, ..]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Texts to classify (put `--` before texts that start with '-').
+    #[arg(required = true, value_parser = utf8())]
+    pub texts: Vec<String>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct GenerateArgs {
+    /// Text to continue (GPT-2) or to transform (T5).
+    #[arg(long, allow_hyphen_values = true, value_parser = utf8())]
+    pub prompt: String,
+    /// Most tokens to generate; generation also stops at the end-of-sequence token.
+    #[arg(long, default_value_t = 20)]
+    pub max_new_tokens: usize,
+    /// Always take the most likely token (the default without sampling flags).
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p", "seed"])]
+    pub greedy: bool,
+    /// Sampling temperature (turns sampling on).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Sample among the K most likely tokens (default 50 when sampling; 0 = all).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample within the smallest set of tokens whose probability reaches P (default 1.0).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Random seed for sampling (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print one JSON object at the end: {"prompt_ids", "new_ids", "text"} (no streaming).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The tasks a model runs.
+#[derive(Subcommand, Clone, Debug)]
+pub enum Task {
+    /// Print the token ids and tokens of a text.
+    Tokenize(TokenizeArgs),
+    /// Run the model on token ids from a JSON file and write its output tensors.
+    Forward(ForwardArgs),
+    /// Sentence embeddings (BERT), pooled as the model's sentence-transformers config says.
+    Embed(EmbedArgs),
+    /// Predict the masked token (BERT with a masked-LM head).
+    FillMask(FillMaskArgs),
+    /// Classify texts (BERT with a sequence-classification head).
+    Classify(ClassifyArgs),
+    /// Generate text (GPT-2 with an LM head, T5).
+    Generate(GenerateArgs),
+}
+
+impl Task {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Tokenize(_) => "tokenize",
+            Task::Forward(_) => "forward",
+            Task::Embed(_) => "embed",
+            Task::FillMask(_) => "fill-mask",
+            Task::Classify(_) => "classify",
+            Task::Generate(_) => "generate",
+        }
+    }
+}

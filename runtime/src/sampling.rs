@@ -1,0 +1,190 @@
+//! Choosing the next token from logits: greedy, or sampling with temperature, top-k and
+//! top-p, applied in that order as Hugging Face's `generate` does.
+
+/// How to pick tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sampling {
+    Greedy,
+    Sample {
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        seed: u64,
+    },
+}
+
+/// A small deterministic generator (SplitMix64), so a seed reproduces a run on any machine.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Index of the largest logit; the first one on ties, as `torch.argmax`.
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The token picked from `logits` restricted to the first `allowed` ids (ids the tokenizer
+/// cannot decode, such as a T5 vocabulary padded for alignment, are never sampled; greedy
+/// keeps Hugging Face's plain argmax over all of them).
+pub fn pick(logits: &[f32], sampling: &Sampling, rng: &mut Rng, allowed: usize) -> usize {
+    match sampling {
+        Sampling::Greedy => argmax(logits),
+        Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+            ..
+        } => {
+            let logits = &logits[..allowed.min(logits.len()).max(1)];
+            let t = temperature.max(1e-6);
+            let mut cand: Vec<(usize, f32)> = logits.iter().map(|&l| l / t).enumerate().collect();
+            // Descending by score, lowest id first among equals.
+            cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            if *top_k > 0 {
+                cand.truncate(*top_k);
+            }
+            let max = cand[0].1;
+            let mut probs: Vec<f64> = cand
+                .iter()
+                .map(|&(_, s)| ((s - max) as f64).exp())
+                .collect();
+            let sum: f64 = probs.iter().sum();
+            probs.iter_mut().for_each(|p| *p /= sum);
+            if *top_p < 1.0 {
+                // Keep the smallest prefix whose mass reaches top_p (at least one token).
+                let mut mass = 0.0;
+                let mut keep = probs.len();
+                for (i, p) in probs.iter().enumerate() {
+                    mass += p;
+                    if mass >= *top_p as f64 {
+                        keep = i + 1;
+                        break;
+                    }
+                }
+                probs.truncate(keep);
+                let s: f64 = probs.iter().sum();
+                probs.iter_mut().for_each(|p| *p /= s);
+            }
+            let mut u = rng.next_f64();
+            for (i, p) in probs.iter().enumerate() {
+                if u < *p {
+                    return cand[i].0;
+                }
+                u -= p;
+            }
+            cand[probs.len() - 1].0
+        }
+    }
+}
+
+/// Softmax of `logits` in f64 for scores.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let e: Vec<f64> = logits.iter().map(|&v| ((v - max) as f64).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| (v / s) as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_first_of_ties() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let logits = [0.1, 2.0, 1.9, -1.0];
+        let s = Sampling::Sample {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed: 0,
+        };
+        let mut rng = Rng::new(7);
+        for _ in 0..20 {
+            assert_eq!(pick(&logits, &s, &mut rng, 4), 1);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus() {
+        // Probabilities ~ [0.665, 0.245, 0.09]: top_p 0.5 keeps only the first.
+        let logits = [2.0, 1.0, 0.0];
+        let s = Sampling::Sample {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            seed: 0,
+        };
+        let mut rng = Rng::new(1);
+        for _ in 0..50 {
+            assert_eq!(pick(&logits, &s, &mut rng, 3), 0);
+        }
+    }
+
+    #[test]
+    fn sampling_is_seeded_and_spreads() {
+        let logits = [0.0f32; 8];
+        let s = Sampling::Sample {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        };
+        let draw = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..64)
+                .map(|_| pick(&logits, &s, &mut rng, 8))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(3), draw(3));
+        let d = draw(3);
+        assert!(
+            (0..8).all(|i| d.contains(&i)),
+            "uniform logits should reach every id: {d:?}"
+        );
+        assert!(draw(4) != d);
+    }
+
+    #[test]
+    fn sampling_never_picks_disallowed_ids() {
+        let logits = [0.0, 0.0, 100.0];
+        let s = Sampling::Sample {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        };
+        let mut rng = Rng::new(5);
+        for _ in 0..20 {
+            assert!(pick(&logits, &s, &mut rng, 2) < 2);
+        }
+    }
+}
