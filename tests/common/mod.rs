@@ -2,6 +2,8 @@
 //! print the worst element.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use cranformer_runtime::weights::Weights;
 use serde_json::Value;
 use std::path::PathBuf;

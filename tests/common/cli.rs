@@ -1,0 +1,39 @@
+//! Running the `cranformer` binary from tests.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cranformer"))
+}
+
+/// Runs `program args..`, failing the test with its stderr unless it succeeds; returns stdout.
+pub fn run_ok(program: &Path, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{} {} failed ({}):\n{}",
+        program.display(),
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("stdout is UTF-8")
+}
+
+/// The last line of stdout parsed as JSON.
+pub fn run_json(program: &Path, args: &[&str]) -> Value {
+    let text = run_ok(program, args);
+    let line = text.lines().last().unwrap_or_else(|| panic!("no output from {args:?}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"))
+}
+
+/// A fresh scratch directory under cargo's target dir.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
