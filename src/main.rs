@@ -201,7 +201,18 @@ fn main() {
         }
         let _ = out.flush();
         // The chain without the outer context line reads best: "error: <cause>: <detail>".
-        let msg = format!("{:#}", e);
+        // Errors that print their source in their own message (io, safetensors) would show
+        // it twice, so a cause already in the text is skipped.
+        let mut msg = String::new();
+        for cause in e.chain() {
+            let text = cause.to_string();
+            if !msg.contains(&text) {
+                if !msg.is_empty() {
+                    msg.push_str(": ");
+                }
+                msg.push_str(&text);
+            }
+        }
         eprintln!(
             "error: {}",
             msg.strip_prefix("cranformer: ").unwrap_or(&msg)

@@ -13,6 +13,15 @@ fn utf8() -> impl TypedValueParser<Value = String> {
     })
 }
 
+/// Counts where 0 makes no sense (threads, predictions).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
 /// Flags every task takes.
 #[derive(Args, Clone, Debug)]
 pub struct Common {
@@ -20,7 +29,7 @@ pub struct Common {
     #[arg(long, default_value = "interp", global = true)]
     pub engine: String,
     /// Worker threads (default: all cores; the interpreter always uses one).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = at_least_one)]
     pub threads: Option<usize>,
     /// Print timings and engine details on stderr.
     #[arg(long, short, global = true)]
@@ -60,7 +69,7 @@ pub struct EmbedArgs {
 #[derive(Args, Clone, Debug)]
 pub struct FillMaskArgs {
     /// How many predictions to list.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub top_k: usize,
     /// Print one JSON object: {"predictions": [{"token", "id", "score"}, ..]}.
     #[arg(long)]

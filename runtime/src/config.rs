@@ -204,6 +204,21 @@ struct ModelTypeOnly {
     model_type: Option<String>,
 }
 
+/// Deserializes a config struct, naming the field at fault: serde alone names a missing
+/// field but not a mistyped one ("invalid type: string \"32\", expected usize").
+fn typed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." || inner.starts_with("missing field") {
+            inner
+        } else {
+            format!("field `{path}`: {inner}")
+        }
+    })
+}
+
 impl ModelConfig {
     /// Reads `<dir>/config.json`.
     pub fn load(dir: &Path) -> Result<ModelConfig, ConfigError> {
@@ -227,19 +242,26 @@ impl ModelConfig {
 
     /// Parses config.json text; `path` is only used in errors.
     pub fn parse(text: &str, path: &Path) -> Result<ModelConfig, ConfigError> {
-        let invalid = |e: serde_json::Error| ConfigError::Invalid {
+        let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message,
         };
-        let head: ModelTypeOnly = serde_json::from_str(text).map_err(invalid)?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(invalid(
+                "expected a JSON object with \"model_type\" and the model's sizes".into(),
+            ));
+        }
+        let head: ModelTypeOnly = typed(text).map_err(invalid)?;
         let model_type = head.model_type.ok_or_else(|| ConfigError::Invalid {
             path: path.to_path_buf(),
             message: "missing field `model_type` (expected \"bert\", \"gpt2\" or \"t5\")".into(),
         })?;
         let config = match model_type.as_str() {
-            "bert" => ModelConfig::Bert(serde_json::from_str(text).map_err(invalid)?),
-            "gpt2" => ModelConfig::Gpt2(serde_json::from_str(text).map_err(invalid)?),
-            "t5" => ModelConfig::T5(serde_json::from_str(text).map_err(invalid)?),
+            "bert" => ModelConfig::Bert(typed(text).map_err(invalid)?),
+            "gpt2" => ModelConfig::Gpt2(typed(text).map_err(invalid)?),
+            "t5" => ModelConfig::T5(typed(text).map_err(invalid)?),
             other => {
                 return Err(ConfigError::Unsupported {
                     path: path.to_path_buf(),

@@ -274,6 +274,12 @@ impl Weights {
         }
         shards.sort_unstable();
         let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        if let Some((shard, _)) = shards.iter().zip(&paths).find(|(_, p)| !p.is_file()) {
+            return Err(malformed(format!(
+                "weight_map names shard \"{shard}\", which is not in {}",
+                dir.display()
+            )));
+        }
         let mut weights = Weights::open_files(&paths)?;
         // The index and the shards must agree, or a tensor would silently come from elsewhere.
         for (key, shard) in map {

@@ -4,7 +4,7 @@
 //! Dims: B batch, T tokens, C hidden (`hidden_size`), H heads, D = C / H, F `intermediate_size`,
 //! V vocabulary.
 
-use super::{activation, detect_prefix, Builder, FrontendError, WeightTable};
+use super::{activation, check_layer_count, detect_prefix, Builder, FrontendError, WeightTable};
 use crate::graph::{Activation, Dim, Graph, Op, TensorType, WeightLayout};
 use cranformer_runtime::config::BertConfig;
 use cranformer_runtime::model_info::{ModelInfo, Pooling};
@@ -296,6 +296,13 @@ pub fn build(
     };
     let act = activation(&c.hidden_act, &cfg_path, "hidden_act")?;
     let p = detect_prefix(weights, &["bert.", ""], "embeddings.word_embeddings.weight")?;
+    check_layer_count(
+        weights,
+        &format!("{p}encoder.layer."),
+        c.num_hidden_layers,
+        &cfg_path,
+        "num_hidden_layers",
+    )?;
     let pooler = pooler || weights.contains(&format!("{p}pooler.dense.weight"));
     let labels = if cls {
         let n = c

@@ -5,7 +5,7 @@
 //! `[in, out]`; keys are `transformer.`-prefixed under an LM head and bare in hub `gpt2`;
 //! the LM head is tied to `wte`; `attn.bias` / `attn.masked_bias` are buffers, never read.
 
-use super::{activation, detect_prefix, Builder, FrontendError, WeightTable};
+use super::{activation, check_layer_count, detect_prefix, Builder, FrontendError, WeightTable};
 use crate::graph::{Dim, Graph, Op, TensorType, WeightLayout};
 use cranformer_runtime::config::Gpt2Config;
 use cranformer_runtime::model_info::ModelInfo;
@@ -39,6 +39,7 @@ pub fn build(
     };
     let act = activation(&c.activation_function, &cfg_path, "activation_function")?;
     let p = detect_prefix(weights, &["transformer.", ""], "wte.weight")?;
+    check_layer_count(weights, &format!("{p}h."), c.n_layer, &cfg_path, "n_layer")?;
     let (cdim, heads) = (c.n_embd, c.n_head);
     let d = cdim / heads;
     let f = c.n_inner.unwrap_or(4 * cdim);

@@ -146,6 +146,30 @@ pub fn activation(
     })
 }
 
+/// Fails when the checkpoint holds layer `count` (keys under `{layers}{count}.`) although the
+/// config's `field` says there are `count` layers: running only the first ones would give a
+/// silently wrong model. Too few layers in the checkpoint show up as a missing key instead.
+pub fn check_layer_count(
+    weights: &Weights,
+    layers: &str,
+    count: usize,
+    path: &std::path::Path,
+    field: &str,
+) -> Result<(), FrontendError> {
+    let extra = format!("{layers}{count}.");
+    match weights.keys().into_iter().find(|k| k.starts_with(&extra)) {
+        Some(key) => Err(FrontendError::Config {
+            path: path.to_path_buf(),
+            message: format!(
+                "{field} is {count}, but {} has more layers (\"{key}\"): the config and the \
+                 weights disagree",
+                weights.source()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Which of `candidates` prefixes the checkpoint uses, judged by `probe` (a key every such
 /// checkpoint has); a missing probe key is reported under its first spelling.
 pub fn detect_prefix<'p>(

@@ -7,7 +7,7 @@
 //! Attention is unscaled; positions enter only through the relative position bias, computed
 //! by the first block of each stack and shared by the others.
 
-use super::{activation, Builder, FrontendError, WeightTable};
+use super::{activation, check_layer_count, Builder, FrontendError, WeightTable};
 use crate::graph::{Activation, Dim, Graph, Op, TensorType, WeightLayout};
 use cranformer_runtime::config::T5Config;
 use cranformer_runtime::model_info::ModelInfo;
@@ -269,8 +269,44 @@ pub fn build(
             ),
         });
     }
+    // Hugging Face accepts "ACT" or "gated-ACT" and nothing else.
     let (act_name, gated) = c.feed_forward();
-    let act = activation(&act_name, &cfg_path, "feed_forward_proj")?;
+    let parts: Vec<&str> = c.feed_forward_proj.split('-').collect();
+    let well_formed = parts.len() == 1 || (parts.len() == 2 && parts[0] == "gated");
+    let act = match activation(&act_name, &cfg_path, "feed_forward_proj") {
+        Ok(act) if well_formed => act,
+        _ => {
+            return Err(FrontendError::Config {
+                path: cfg_path,
+                message: format!(
+                    "feed_forward_proj {:?} is not supported (expected ACT or gated-ACT, with \
+                     ACT one of: {})",
+                    c.feed_forward_proj,
+                    Activation::SUPPORTED
+                ),
+            })
+        }
+    };
+    check_layer_count(
+        weights,
+        "encoder.block.",
+        c.num_layers,
+        &cfg_path,
+        "num_layers",
+    )?;
+    let decoder_field = if c.num_decoder_layers.is_some() {
+        "num_decoder_layers"
+    } else {
+        "num_layers (no num_decoder_layers given)"
+    };
+    let decoder_layers = c.decoder_layers();
+    check_layer_count(
+        weights,
+        "decoder.block.",
+        decoder_layers,
+        &cfg_path,
+        decoder_field,
+    )?;
     let t5 = T5 { c, act, gated };
 
     let mut b = Builder::new("encode", weights, table);

@@ -54,11 +54,13 @@ pub fn run(s: &mut Session, a: &GenerateArgs, out: &mut dyn Write) -> Result<()>
     if a.prompt.trim().is_empty() {
         bail!("--prompt is empty: give the text to start from");
     }
-    let prompt_ids = s.encode(&a.prompt)?.ids;
-    if prompt_ids.is_empty() {
+    let prompt = s.encode(&a.prompt)?;
+    if prompt.ids.is_empty() {
         bail!("--prompt {:?} gives no tokens", a.prompt);
     }
-    s.check_length(prompt_ids.len(), "the prompt")?;
+    s.check_length(prompt.ids.len(), "the prompt")?;
+    s.check_vocab(&prompt, "the prompt")?;
+    let prompt_ids = prompt.ids;
     let mut rng = Rng::new(if let Sampling::Sample { seed, .. } = sampling {
         seed
     } else {

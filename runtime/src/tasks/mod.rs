@@ -58,6 +58,24 @@ impl Session {
         Ok(self.tokenizer.encode(text)?)
     }
 
+    /// Fails when the tokenizer gave an id the model has no embedding for (a tokenizer that
+    /// does not belong to the model); the engine would only see an index out of range.
+    pub fn check_vocab(&self, enc: &Encoding, what: &str) -> Result<()> {
+        let vocab = self.info.vocab_size();
+        if let Some((id, token)) = enc
+            .ids
+            .iter()
+            .zip(&enc.tokens)
+            .find(|(&id, _)| id < 0 || id as usize >= vocab)
+        {
+            bail!(
+                "{what}: token {token:?} has id {id}, but the model's vocabulary (vocab_size in \
+                 config.json) has {vocab} ids: the tokenizer does not match the model"
+            );
+        }
+        Ok(())
+    }
+
     /// Fails when `len` tokens do not fit the model's positions.
     pub fn check_length(&self, len: usize, what: &str) -> Result<()> {
         let max = self.info.max_positions();
@@ -74,7 +92,9 @@ impl Session {
             .map(|t| self.encode(t))
             .collect::<Result<_>>()?;
         for (t, e) in texts.iter().zip(&encs) {
-            self.check_length(e.ids.len(), &format!("text {:?}", abbreviate(t)))?;
+            let what = format!("text {:?}", abbreviate(t));
+            self.check_length(e.ids.len(), &what)?;
+            self.check_vocab(e, &what)?;
         }
         let pad = self.pad_id();
         let width = encs.iter().map(|e| e.ids.len()).max().unwrap_or(0);
