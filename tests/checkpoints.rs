@@ -37,14 +37,26 @@ fn write(path: &Path, tensors: &[(String, Vec<f32>, Vec<usize>)], store: Store) 
         .map(|(k, v, s)| {
             let (b, dt) = match store {
                 Store::F32 => (v.iter().flat_map(|x| x.to_le_bytes()).collect(), Dtype::F32),
-                Store::F16 => (v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(), Dtype::F16),
-                Store::Bf16 => (v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(), Dtype::BF16),
+                Store::F16 => (
+                    v.iter()
+                        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                        .collect(),
+                    Dtype::F16,
+                ),
+                Store::Bf16 => (
+                    v.iter()
+                        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                        .collect(),
+                    Dtype::BF16,
+                ),
             };
             (k.clone(), b, s.clone(), dt)
         })
         .collect();
-    let views: Vec<(String, TensorView)> =
-        bytes.iter().map(|(k, b, s, dt)| (k.clone(), TensorView::new(*dt, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(k, b, s, dt)| (k.clone(), TensorView::new(*dt, s.clone(), b).unwrap()))
+        .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
@@ -65,9 +77,14 @@ fn gpt2_logits(dir: &Path, ids: &[i64], mask: Option<&[i64]>) -> Tensor {
     let mut e = Interpreter::new(Arc::new(Model::load(dir).unwrap()));
     let b = 1;
     let ids_t = Tensor::i64(vec![b, ids.len()], ids.to_vec());
-    let mask_t = Tensor::i64(vec![b, ids.len()], mask.map_or(vec![1; ids.len()], <[i64]>::to_vec));
+    let mask_t = Tensor::i64(
+        vec![b, ids.len()],
+        mask.map_or(vec![1; ids.len()], <[i64]>::to_vec),
+    );
     let empty = Tensor::f32(vec![b, 0, 32], vec![]);
-    let names: Vec<String> = (0..2).flat_map(|l| [format!("past_key.{l}"), format!("past_value.{l}")]).collect();
+    let names: Vec<String> = (0..2)
+        .flat_map(|l| [format!("past_key.{l}"), format!("past_value.{l}")])
+        .collect();
     let mut inputs: Vec<(&str, &Tensor)> = vec![("input_ids", &ids_t), ("attention_mask", &mask_t)];
     inputs.extend(names.iter().map(|n| (n.as_str(), &empty)));
     let mut out: Outputs = e.run("forward", &inputs).unwrap();
@@ -86,7 +103,13 @@ fn half_precision_weights_compute_in_f32() {
             .map(|(k, v, s)| {
                 let r = v
                     .iter()
-                    .map(|x| if round == "f16" { half::f16::from_f32(*x).to_f32() } else { half::bf16::from_f32(*x).to_f32() })
+                    .map(|x| {
+                        if round == "f16" {
+                            half::f16::from_f32(*x).to_f32()
+                        } else {
+                            half::bf16::from_f32(*x).to_f32()
+                        }
+                    })
                     .collect();
                 (k.clone(), r, s.clone())
             })
@@ -100,7 +123,13 @@ fn half_precision_weights_compute_in_f32() {
         assert_eq!(a, b, "{round} weights differ from their f32 rounding");
         // And stay near the full-precision model.
         let full = gpt2_logits(&fixture_dir("gpt2-tiny"), &IDS, None);
-        let diff = a.as_f32().unwrap().iter().zip(full.as_f32().unwrap()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let diff = a
+            .as_f32()
+            .unwrap()
+            .iter()
+            .zip(full.as_f32().unwrap())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 0.5, "{round}: max diff {diff} from the f32 model");
     }
 }
@@ -118,7 +147,10 @@ fn sharded_and_bare_key_checkpoints_match() {
     let map: serde_json::Map<String, serde_json::Value> = a
         .iter()
         .map(|t| (t.0.clone(), "model-00001-of-00002.safetensors".into()))
-        .chain(b.iter().map(|t| (t.0.clone(), "model-00002-of-00002.safetensors".into())))
+        .chain(
+            b.iter()
+                .map(|t| (t.0.clone(), "model-00002-of-00002.safetensors".into())),
+        )
         .collect();
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
@@ -126,8 +158,16 @@ fn sharded_and_bare_key_checkpoints_match() {
 
     // The hub's gpt2 stores bare `h.0.attn...` keys.
     let dir = model_copy("gpt2-tiny", "ckpt-bare");
-    let bare: Vec<_> =
-        tensors.iter().map(|(k, v, s)| (k.strip_prefix("transformer.").unwrap_or(k).to_string(), v.clone(), s.clone())).collect();
+    let bare: Vec<_> = tensors
+        .iter()
+        .map(|(k, v, s)| {
+            (
+                k.strip_prefix("transformer.").unwrap_or(k).to_string(),
+                v.clone(),
+                s.clone(),
+            )
+        })
+        .collect();
     write(&dir.join("model.safetensors"), &bare, Store::F32);
     assert_eq!(gpt2_logits(&dir, &IDS, None), want, "bare keys");
 }
@@ -139,10 +179,15 @@ fn bert_model_with_bare_keys_matches_the_prefixed_encoder() {
     let dir = model_copy("bert-tiny", "ckpt-bert-bare");
     let bare: Vec<_> = tensors
         .iter()
-        .filter_map(|(k, v, s)| k.strip_prefix("bert.").map(|k| (k.to_string(), v.clone(), s.clone())))
+        .filter_map(|(k, v, s)| {
+            k.strip_prefix("bert.")
+                .map(|k| (k.to_string(), v.clone(), s.clone()))
+        })
         .collect();
     write(&dir.join("model.safetensors"), &bare, Store::F32);
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("BertForPreTraining", "BertModel");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("BertForPreTraining", "BertModel");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
 
     let run = |dir: &Path| {
@@ -150,13 +195,24 @@ fn bert_model_with_bare_keys_matches_the_prefixed_encoder() {
         let ids = Tensor::i64(vec![1, 4], vec![101, 7592, 2088, 102]);
         let zeros = Tensor::i64(vec![1, 4], vec![0; 4]);
         let ones = Tensor::i64(vec![1, 4], vec![1; 4]);
-        e.run("encode", &[("input_ids", &ids), ("token_type_ids", &zeros), ("attention_mask", &ones)]).unwrap()
+        e.run(
+            "encode",
+            &[
+                ("input_ids", &ids),
+                ("token_type_ids", &zeros),
+                ("attention_mask", &ones),
+            ],
+        )
+        .unwrap()
     };
     let bare_out = run(&dir);
     let full_out = run(&fixture_dir("bert-tiny"));
     assert_eq!(bare_out["last_hidden_state"], full_out["last_hidden_state"]);
     assert_eq!(bare_out["pooler_output"], full_out["pooler_output"]);
-    assert!(!bare_out.contains_key("mlm_logits"), "a BertModel has no MLM head");
+    assert!(
+        !bare_out.contains_key("mlm_logits"),
+        "a BertModel has no MLM head"
+    );
 }
 
 #[test]
@@ -164,7 +220,11 @@ fn right_padding_changes_nothing_in_real_positions() {
     // GPT-2: the same prompt alone and right-padded with junk under a zero mask.
     let alone = gpt2_logits(&fixture_dir("gpt2-tiny"), &IDS[..4], None);
     let padded_ids = [IDS[0], IDS[1], IDS[2], IDS[3], 50256, 999];
-    let padded = gpt2_logits(&fixture_dir("gpt2-tiny"), &padded_ids, Some(&[1, 1, 1, 1, 0, 0]));
+    let padded = gpt2_logits(
+        &fixture_dir("gpt2-tiny"),
+        &padded_ids,
+        Some(&[1, 1, 1, 1, 0, 0]),
+    );
     let v = 50257;
     let (a, p) = (alone.as_f32().unwrap(), padded.as_f32().unwrap());
     check_close("gpt2 padded", a, &[4, v], &p[..4 * v], 1e-6, 1e-6, |_| true);
@@ -184,14 +244,30 @@ fn right_padding_changes_nothing_in_real_positions() {
             }
             e.run(entry, &inputs).unwrap()
         };
-        let out_name = if fixture.starts_with("bert") { "last_hidden_state" } else { "encoder_last_hidden_state" };
+        let out_name = if fixture.starts_with("bert") {
+            "last_hidden_state"
+        } else {
+            "encoder_last_hidden_state"
+        };
         let one = run(&mut e, &[short.to_vec()], &[vec![1; 3]]);
         let mut padded_short = short.to_vec();
         padded_short.extend([0, 0, 0, 0]);
-        let both = run(&mut e, &[long.to_vec(), padded_short], &[vec![1; 7], vec![1, 1, 1, 0, 0, 0, 0]]);
+        let both = run(
+            &mut e,
+            &[long.to_vec(), padded_short],
+            &[vec![1; 7], vec![1, 1, 1, 0, 0, 0, 0]],
+        );
         let a = one[out_name].as_f32().unwrap();
         let c = a.len() / 3;
         let b = &both[out_name].as_f32().unwrap()[7 * c..7 * c + 3 * c];
-        check_close(&format!("{fixture} padded"), a, &[3, c], b, 1e-5, 1e-5, |_| true);
+        check_close(
+            &format!("{fixture} padded"),
+            a,
+            &[3, c],
+            b,
+            1e-5,
+            1e-5,
+            |_| true,
+        );
     }
 }

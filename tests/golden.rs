@@ -14,10 +14,18 @@ fn golden(name: &str, actual: &str) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("no golden file {}: run with BLESS=1 to create it", path.display()));
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "no golden file {}: run with BLESS=1 to create it",
+            path.display()
+        )
+    });
     if want != actual {
-        let first = want.lines().zip(actual.lines()).position(|(a, b)| a != b).unwrap_or(want.lines().count().min(actual.lines().count()));
+        let first = want
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(want.lines().count().min(actual.lines().count()));
         panic!(
             "{} differs from the golden file at line {}:\n  want: {}\n  got:  {}\n(BLESS=1 to accept)",
             path.display(),
@@ -30,7 +38,13 @@ fn golden(name: &str, actual: &str) {
 
 #[test]
 fn frontend_graphs() {
-    for fixture in ["bert-tiny", "bert-tiny-cls", "gpt2-tiny", "t5-tiny", "t5v11-tiny"] {
+    for fixture in [
+        "bert-tiny",
+        "bert-tiny-cls",
+        "gpt2-tiny",
+        "t5-tiny",
+        "t5v11-tiny",
+    ] {
         let model = Model::load(&fixture_dir(fixture)).unwrap();
         let mut text = String::new();
         for g in model.entries.values() {

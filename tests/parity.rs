@@ -23,7 +23,11 @@ struct Runner {
 
 impl Runner {
     fn cranformer(model: &Path, engine: &'static str) -> Runner {
-        Runner { program: common::cli::bin(), model: Some(model.to_path_buf()), engine: Some(engine) }
+        Runner {
+            program: common::cli::bin(),
+            model: Some(model.to_path_buf()),
+            engine: Some(engine),
+        }
     }
 
     fn args<'a>(&'a self, task: &'a str, rest: &[&'a str]) -> Vec<String> {
@@ -41,7 +45,10 @@ impl Runner {
 
     fn json(&self, task: &str, rest: &[&str]) -> Value {
         let a = self.args(task, rest);
-        run_json(&self.program, &a.iter().map(String::as_str).collect::<Vec<_>>())
+        run_json(
+            &self.program,
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
     }
 
     /// `forward` on `input`; returns the written tensors.
@@ -49,19 +56,38 @@ impl Runner {
         let dir = scratch(&format!("fwd-{tag}"));
         let (inp, outp) = (dir.join("in.json"), dir.join("out.safetensors"));
         std::fs::write(&inp, input.to_string()).unwrap();
-        let a = self.args("forward", &["--input", inp.to_str().unwrap(), "--output", outp.to_str().unwrap()]);
-        run_ok(&self.program, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        let a = self.args(
+            "forward",
+            &[
+                "--input",
+                inp.to_str().unwrap(),
+                "--output",
+                outp.to_str().unwrap(),
+            ],
+        );
+        run_ok(
+            &self.program,
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         Weights::open_files(&[outp]).unwrap()
     }
 }
 
 fn got(w: &Weights, name: &str) -> (Vec<f32>, Vec<usize>) {
-    let shape = w.info(name).unwrap_or_else(|| panic!("forward wrote no {name}")).shape.clone();
+    let shape = w
+        .info(name)
+        .unwrap_or_else(|| panic!("forward wrote no {name}"))
+        .shape
+        .clone();
     (w.get(name, &shape).unwrap().to_vec(), shape)
 }
 
 fn strs(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Runs every case of `fixture` (whose model lives in `model_dir`).
@@ -95,12 +121,28 @@ fn run_fixture(fixture: &str, model_dir: &Path) {
                     let (v, s) = got(&w, "mlm_logits");
                     let pos = case["mask_position"].as_u64().unwrap() as usize;
                     let vocab = s[2];
-                    r.check(&key("mask_logits"), &v[pos * vocab..(pos + 1) * vocab], &[vocab]);
-                    let p = run.json("fill-mask", &["--json", "--top-k", "5", case["text"].as_str().unwrap()]);
-                    let ids: Vec<i64> = p["predictions"].as_array().unwrap().iter().map(|x| x["id"].as_i64().unwrap()).collect();
+                    r.check(
+                        &key("mask_logits"),
+                        &v[pos * vocab..(pos + 1) * vocab],
+                        &[vocab],
+                    );
+                    let p = run.json(
+                        "fill-mask",
+                        &["--json", "--top-k", "5", case["text"].as_str().unwrap()],
+                    );
+                    let ids: Vec<i64> = p["predictions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x["id"].as_i64().unwrap())
+                        .collect();
                     assert_eq!(ids, flat_ids(&case["top5_ids"]), "{tag}: fill-mask top 5");
-                    let toks: Vec<String> =
-                        p["predictions"].as_array().unwrap().iter().map(|x| x["token"].as_str().unwrap().to_string()).collect();
+                    let toks: Vec<String> = p["predictions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x["token"].as_str().unwrap().to_string())
+                        .collect();
                     assert_eq!(toks, strs(&case["top5_tokens"]), "{tag}: fill-mask tokens");
                 }
                 "bert_classify" => {
@@ -111,8 +153,12 @@ fn run_fixture(fixture: &str, model_dir: &Path) {
                     let mut args = vec!["--json"];
                     args.extend(texts.iter().map(String::as_str));
                     let c = run.json("classify", &args);
-                    let labels: Vec<String> =
-                        c["results"].as_array().unwrap().iter().map(|x| x["label"].as_str().unwrap().to_string()).collect();
+                    let labels: Vec<String> = c["results"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x["label"].as_str().unwrap().to_string())
+                        .collect();
                     assert_eq!(labels, strs(&case["labels"]), "{tag}: labels");
                 }
                 "gpt2_forward" => {
@@ -126,33 +172,66 @@ fn run_fixture(fixture: &str, model_dir: &Path) {
                     let w = run.forward(json!({"input_ids": case["input_ids"], "attention_mask": case["attention_mask"]}), &tag);
                     let (v, s) = got(&w, "logits");
                     let (t, vocab) = (s[1], s[2]);
-                    r.check_where(&key("logits"), &v, &s, |i| mask[i / (t * vocab)][(i / vocab) % t] == 1);
+                    r.check_where(&key("logits"), &v, &s, |i| {
+                        mask[i / (t * vocab)][(i / vocab) % t] == 1
+                    });
                 }
                 "gpt2_greedy" | "t5_greedy" => {
                     let text = case["text"].as_str().unwrap();
                     let (want_new, want_text) = if kind == "gpt2_greedy" {
-                        (flat_ids(&case["new_ids"]), case["new_text"].as_str().unwrap())
+                        (
+                            flat_ids(&case["new_ids"]),
+                            case["new_text"].as_str().unwrap(),
+                        )
                     } else {
                         // Hugging Face's output starts with the decoder start token; new_ids do not.
-                        (flat_ids(&case["output_ids"])[1..].to_vec(), case["output_text"].as_str().unwrap())
+                        (
+                            flat_ids(&case["output_ids"])[1..].to_vec(),
+                            case["output_text"].as_str().unwrap(),
+                        )
                     };
                     let n = want_new.len().to_string();
-                    let g = run.json("generate", &["--greedy", "--json", "--max-new-tokens", &n, "--prompt", text]);
-                    assert_eq!(flat_ids(&g["prompt_ids"]), flat_ids(&case["input_ids"]), "{tag}: prompt ids");
+                    let g = run.json(
+                        "generate",
+                        &[
+                            "--greedy",
+                            "--json",
+                            "--max-new-tokens",
+                            &n,
+                            "--prompt",
+                            text,
+                        ],
+                    );
+                    assert_eq!(
+                        flat_ids(&g["prompt_ids"]),
+                        flat_ids(&case["input_ids"]),
+                        "{tag}: prompt ids"
+                    );
                     assert_eq!(flat_ids(&g["new_ids"]), want_new, "{tag}: generated ids");
-                    assert_eq!(g["text"].as_str().unwrap(), want_text, "{tag}: generated text");
+                    assert_eq!(
+                        g["text"].as_str().unwrap(),
+                        want_text,
+                        "{tag}: generated text"
+                    );
                     if kind == "gpt2_greedy" {
                         let w = run.forward(json!({"input_ids": [case["input_ids"]]}), &tag);
                         let (v, s) = got(&w, "logits");
                         let vocab = s[2];
-                        r.check(&key("first_step_logits"), &v[(s[1] - 1) * vocab..], &[vocab]);
+                        r.check(
+                            &key("first_step_logits"),
+                            &v[(s[1] - 1) * vocab..],
+                            &[vocab],
+                        );
                     }
                 }
                 "t5_encode" => {
                     let w = run.forward(json!({"input_ids": case["input_ids"], "attention_mask": case["attention_mask"]}), &tag);
                     let (v, s) = got(&w, "encoder_last_hidden_state");
                     r.check(&key("last_hidden_state"), &v, &s);
-                    assert!(w.info("logits").is_none(), "{tag}: no decoder inputs, so no logits");
+                    assert!(
+                        w.info("logits").is_none(),
+                        "{tag}: no decoder inputs, so no logits"
+                    );
                     check_tokenize(&run, &case["texts"], &case["input_ids"]);
                 }
                 "t5_teacher_forced" => {
@@ -173,7 +252,13 @@ fn run_fixture(fixture: &str, model_dir: &Path) {
                         .as_array()
                         .unwrap()
                         .iter()
-                        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+                        .map(|r| {
+                            r.as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|x| x.as_f64().unwrap() as f32)
+                                .collect()
+                        })
                         .collect();
                     let flat: Vec<f32> = rows.concat();
                     r.check(&key("embeddings"), &flat, &[rows.len(), rows[0].len()]);
@@ -197,7 +282,9 @@ fn run_fixture(fixture: &str, model_dir: &Path) {
                     r.check(&key("last_hidden_state"), &v, &s);
                     check_tokenize(&run, &case["texts"], &case["input_ids"]);
                 }
-                other => panic!("{tag}: unknown case kind {other:?}: teach tests/parity.rs about it"),
+                other => {
+                    panic!("{tag}: unknown case kind {other:?}: teach tests/parity.rs about it")
+                }
             }
         }
     }
@@ -213,7 +300,12 @@ fn check_tokenize(run: &Runner, texts: &Value, ids: &Value) {
         let t = run.json("tokenize", &["--json", "--", text]);
         let got = flat_ids(&t["ids"]);
         assert_eq!(&row[..got.len()], &got[..], "tokenize {text:?}");
-        assert!(row[got.len()..].iter().all(|&p| p == row[row.len() - 1] || p == 0 || p == 50256), "tokenize {text:?}: rest is padding");
+        assert!(
+            row[got.len()..]
+                .iter()
+                .all(|&p| p == row[row.len() - 1] || p == 0 || p == 50256),
+            "tokenize {text:?}: rest is padding"
+        );
     }
 }
 
@@ -250,16 +342,29 @@ fn minilm() {
 /// Every tokenizer case through `cranformer tokenize --json`.
 #[test]
 fn tokenizer_cases_cli() {
-    let cases: Value =
-        serde_json::from_str(&std::fs::read_to_string(shared().join("fixtures/tokenizer-cases.json")).unwrap()).unwrap();
+    let cases: Value = serde_json::from_str(
+        &std::fs::read_to_string(shared().join("fixtures/tokenizer-cases.json")).unwrap(),
+    )
+    .unwrap();
     let texts = strs(&cases["texts"]);
     for (kind, spec) in cases["tokenizers"].as_object().unwrap() {
-        let dir = if kind == "bert" { minilm_dir() } else { fixture_dir(spec["dir"].as_str().unwrap()) };
+        let dir = if kind == "bert" {
+            minilm_dir()
+        } else {
+            fixture_dir(spec["dir"].as_str().unwrap())
+        };
         let run = Runner::cranformer(&dir, "interp");
         for (text, case) in texts.iter().zip(spec["cases"].as_array().unwrap()) {
             let t = run.json("tokenize", &["--json", "--", text]);
-            assert_eq!(flat_ids(&t["ids"]), flat_ids(&case["ids"]), "{kind} tokenize {text:?}");
-            assert_eq!(t["tokens"].as_array().unwrap().len(), t["ids"].as_array().unwrap().len());
+            assert_eq!(
+                flat_ids(&t["ids"]),
+                flat_ids(&case["ids"]),
+                "{kind} tokenize {text:?}"
+            );
+            assert_eq!(
+                t["tokens"].as_array().unwrap().len(),
+                t["ids"].as_array().unwrap().len()
+            );
         }
     }
 }

@@ -26,13 +26,17 @@ pub fn run_ok(program: &Path, args: &[&str]) -> String {
 /// The last line of stdout parsed as JSON.
 pub fn run_json(program: &Path, args: &[&str]) -> Value {
     let text = run_ok(program, args);
-    let line = text.lines().last().unwrap_or_else(|| panic!("no output from {args:?}"));
+    let line = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output from {args:?}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"))
 }
 
 /// A fresh scratch directory under cargo's target dir.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
