@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod kv_cache;
 pub mod model_info;
+pub mod native;
 pub mod sampling;
 pub mod tasks;
 pub mod tensor;

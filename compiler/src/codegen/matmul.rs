@@ -1,0 +1,182 @@
+//! Matmul with bias, `out [M, N] = x [M, K] · W + bias`, for both checkpoint layouts: the
+//! host packs W once into panels of 8 columns (`WeightPrep::Panels`: for each k, 8
+//! consecutive columns) and pads the bias to whole panels, so one kernel serves both.
+//!
+//! Micro-kernel `cf_mm_f32x4_{mr}x8_k{K}_n{N}`: an mr×8 tile of `out` in 2·mr f32x4
+//! accumulators, K unrolled by 8, each FMA fed by a fresh `splat(load x)` (folded into
+//! `vbroadcastss`) and two panel vectors; compiled at `opt_level` "none" (see
+//! `Lowering::micro_isa`). The macro kernel walks panels (outer: a 32·K-byte panel stays in
+//! L1) and blocks of 6 rows (inner), then the remaining rows with a smaller tile.
+
+use super::ir::Kb;
+use super::{CodegenError, Imports, Lowering};
+use cranelift_codegen::ir::{
+    condcodes::IntCC,
+    types::{F32X4, I64},
+    InstBuilder, StackSlotData, StackSlotKind, Value,
+};
+use cranelift_module::{FuncId, Module};
+use cranformer_runtime::native::PANEL;
+
+/// Rows per register tile: 6 rows × 2 vectors = 12 accumulators of x86-64's 16 xmm registers.
+pub const MR: usize = 6;
+const UNROLL: usize = 8;
+
+/// `(x, panel, out, bias, ncols)`: one tile. `x` points at the tile's first row (row stride
+/// 4K bytes), `panel` at its panel (32K bytes), `out` at its first element (row stride 4N),
+/// `bias` at its 8 padded entries or is 0; `ncols` (1..=8) columns are stored.
+fn micro<M: Module>(
+    l: &mut Lowering<'_, M>,
+    mr: usize,
+    kdim: usize,
+    n: usize,
+    bias: bool,
+) -> Result<FuncId, CodegenError> {
+    let name = format!(
+        "cf_mm_f32x4_{mr}x8_k{kdim}_n{n}{}",
+        if bias { "_bias" } else { "" }
+    );
+    l.micro_kernel(&name, 5, |k, p, _| {
+        let (x, panel, out, bptr, ncols) = (p[0], p[1], p[2], p[3], p[4]);
+        let lda = 4 * kdim as i32;
+        let ldc = 4 * n as i32;
+        let accs: Vec<_> = (0..2 * mr).map(|_| k.b.declare_var(F32X4)).collect();
+        for r in 0..mr {
+            for h in 0..2 {
+                let init = if bias {
+                    k.ldv(bptr, 16 * h as i32)
+                } else {
+                    k.splat(0.0)
+                };
+                k.b.def_var(accs[2 * r + h], init);
+            }
+        }
+        // Steps of UNROLL k's: x and the panel advance by 4·UNROLL and 32·UNROLL bytes.
+        let step = |k: &mut Kb, px: Value, pb: Value, u: usize| {
+            let b0 = k.ldv(pb, (32 * u) as i32);
+            let b1 = k.ldv(pb, (32 * u + 16) as i32);
+            for r in 0..mr {
+                let a = k.ldf(px, r as i32 * lda + 4 * u as i32);
+                let a = k.b.ins().splat(F32X4, a);
+                for (h, bv) in [b0, b1].into_iter().enumerate() {
+                    let acc = k.b.use_var(accs[2 * r + h]);
+                    let y = k.fma(a, bv, acc);
+                    k.b.def_var(accs[2 * r + h], y);
+                }
+            }
+        };
+        let full = kdim / UNROLL;
+        let px = k.b.declare_var(I64);
+        let pb = k.b.declare_var(I64);
+        k.b.def_var(px, x);
+        k.b.def_var(pb, panel);
+        if full > 0 {
+            let z = k.i(0);
+            let end = k.i(full as i64);
+            k.for_range(z, end, 1, |k, _| {
+                let (cx, cb) = (k.b.use_var(px), k.b.use_var(pb));
+                for u in 0..UNROLL {
+                    step(k, cx, cb, u);
+                }
+                let nx = k.addi(cx, 4 * UNROLL as i64);
+                let nb = k.addi(cb, 32 * UNROLL as i64);
+                k.b.def_var(px, nx);
+                k.b.def_var(pb, nb);
+            });
+        }
+        let (cx, cb) = (k.b.use_var(px), k.b.use_var(pb));
+        for u in 0..kdim % UNROLL {
+            step(k, cx, cb, u);
+        }
+        // Store: whole rows of 8, or through a stack tile for a partial panel.
+        let whole = k.b.ins().icmp_imm_s(IntCC::Equal, ncols, PANEL as i64);
+        let fast = k.b.create_block();
+        let slow = k.b.create_block();
+        let done = k.b.create_block();
+        k.b.ins().brif(whole, fast, &[], slow, &[]);
+        k.b.switch_to_block(fast);
+        for r in 0..mr {
+            for h in 0..2 {
+                let v = k.b.use_var(accs[2 * r + h]);
+                k.st(v, out, r as i32 * ldc + 16 * h as i32);
+            }
+        }
+        k.b.ins().jump(done, &[]);
+        k.b.switch_to_block(slow);
+        let slot = k.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (32 * mr) as u32,
+            4,
+        ));
+        let tile = k.b.ins().stack_addr(I64, slot, 0);
+        for r in 0..mr {
+            for h in 0..2 {
+                let v = k.b.use_var(accs[2 * r + h]);
+                k.st(v, tile, (32 * r + 16 * h) as i32);
+            }
+        }
+        for r in 0..mr {
+            k.for_n(ncols, |k, j| {
+                let s = k.at(tile, j, 4);
+                let v = k.ldf(s, 32 * r as i32);
+                let d = k.at(out, j, 4);
+                k.st(v, d, r as i32 * ldc);
+            });
+        }
+        k.b.ins().jump(done, &[]);
+        k.b.switch_to_block(done);
+    })
+}
+
+/// `(x, panels, bias, out, m)`: `out [M, N] = x [M, K] · W + bias` (bias padded, or 0).
+pub fn linear<M: Module>(
+    l: &mut Lowering<'_, M>,
+    kdim: usize,
+    n: usize,
+    bias: bool,
+) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_linear_k{kdim}_n{n}{}", if bias { "_bias" } else { "" });
+    let micros = (1..=MR)
+        .map(|mr| micro(l, mr, kdim, n, bias))
+        .collect::<Result<Vec<_>, _>>()?;
+    let imports = Imports {
+        funcs: micros,
+        data: vec![],
+    };
+    let panels = n.div_ceil(PANEL) as i64;
+    l.kernel(&name, 5, false, imports, |k, p, refs| {
+        let (x, w, b, out, m) = (p[0], p[1], p[2], p[3], p[4]);
+        let pv = k.i(panels);
+        k.for_n(pv, |k, pi| {
+            let pw = k.at(w, pi, 32 * kdim as i64);
+            let pb = if bias { k.at(b, pi, 32) } else { k.i(0) };
+            // Columns in this panel: 8, or what is left of N.
+            let col0 = k.muli(pi, PANEL as i64);
+            let nv = k.i(n as i64);
+            let left = k.b.ins().isub(nv, col0);
+            let eight = k.i(PANEL as i64);
+            let ncols = k.b.ins().smin(left, eight);
+            let out_col = k.at(out, col0, 4);
+            let full_rows = {
+                let mr = k.i(MR as i64);
+                let q = k.b.ins().sdiv(m, mr);
+                k.muli(q, MR as i64)
+            };
+            let z = k.i(0);
+            k.for_range(z, full_rows, MR as i64, |k, i| {
+                let xi = k.at(x, i, 4 * kdim as i64);
+                let oi = k.at(out_col, i, 4 * n as i64);
+                k.b.ins().call(refs.funcs[MR - 1], &[xi, pw, oi, pb, ncols]);
+            });
+            let rest = k.b.ins().isub(m, full_rows);
+            let xi = k.at(x, full_rows, 4 * kdim as i64);
+            let oi = k.at(out_col, full_rows, 4 * n as i64);
+            for mr in 1..MR {
+                let is = k.b.ins().icmp_imm_s(IntCC::Equal, rest, mr as i64);
+                k.when(is, |k| {
+                    k.b.ins().call(refs.funcs[mr - 1], &[xi, pw, oi, pb, ncols]);
+                });
+            }
+        });
+    })
+}

@@ -1,0 +1,212 @@
+//! Data movement: embedding gathers, positions, column slices, the KV-cache append, first and
+//! last token, and masked mean / max pooling.
+
+use super::ir::Kb;
+use super::{CodegenError, Imports, Lowering};
+use cranelift_codegen::ir::{
+    condcodes::IntCC,
+    types::{F32X4, I64},
+    InstBuilder, Value,
+};
+use cranelift_module::{FuncId, Module};
+
+/// Copies `c` (a constant) f32s.
+fn copy_row(k: &mut Kb, src: Value, dst: Value, c: usize) {
+    let n = k.i(c as i64);
+    k.copy_f32(src, dst, n);
+}
+
+/// `(table, ids, out, n_ids) -> status`: rows of a `[rows, c]` table; 1 when an id is out of
+/// range (the caller reports it), else 0.
+pub fn gather<M: Module>(
+    l: &mut Lowering<'_, M>,
+    c: usize,
+    rows: usize,
+) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_gather_c{c}_r{rows}");
+    l.kernel(&name, 4, true, Imports::default(), |k, p, _| {
+        let (table, ids, out, n) = (p[0], p[1], p[2], p[3]);
+        k.for_n(n, |k, i| {
+            let ia = k.at(ids, i, 8);
+            let id = k.ld(I64, ia, 0);
+            // Unsigned: a negative id is out of range too.
+            let bad =
+                k.b.ins()
+                    .icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, id, rows as i64);
+            k.when(bad, |k| {
+                let one = k.i(1);
+                k.b.ins().return_(&[one]);
+                let dead = k.b.create_block();
+                k.b.switch_to_block(dead);
+            });
+            let src = k.at(table, id, 4 * c as i64);
+            let dst = k.at(out, i, 4 * c as i64);
+            copy_row(k, src, dst, c);
+        });
+        let z = k.i(0);
+        k.b.ins().return_(&[z]);
+    })
+}
+
+/// `(out, past, seq)`: out[i] = past + i as i64.
+pub fn positions<M: Module>(l: &mut Lowering<'_, M>) -> Result<FuncId, CodegenError> {
+    l.kernel("cf_positions", 3, false, Imports::default(), |k, p, _| {
+        let (out, past, seq) = (p[0], p[1], p[2]);
+        k.for_n(seq, |k, i| {
+            let v = k.add(past, i);
+            let a = k.at(out, i, 8);
+            k.st(v, a, 0);
+        });
+    })
+}
+
+/// `(x, out, rows)`: columns start..start+len of rows of `width`.
+pub fn slice_last<M: Module>(
+    l: &mut Lowering<'_, M>,
+    width: usize,
+    start: usize,
+    len: usize,
+) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_slice_w{width}_s{start}_l{len}");
+    l.kernel(&name, 3, false, Imports::default(), |k, p, _| {
+        let (x, out, rows) = (p[0], p[1], p[2]);
+        k.for_n(rows, |k, r| {
+            let src = k.at(x, r, 4 * width as i64);
+            let src = k.addi(src, 4 * start as i64);
+            let dst = k.at(out, r, 4 * len as i64);
+            copy_row(k, src, dst, len);
+        });
+    })
+}
+
+/// `(past, new, out, b, p, t)`: per batch row, the P cached rows then the T new ones.
+pub fn concat_seq<M: Module>(l: &mut Lowering<'_, M>, c: usize) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_concat_seq_c{c}");
+    l.kernel(&name, 6, false, Imports::default(), |k, p, _| {
+        let (past, new, out, b, pl, tl) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+        let np = k.muli(pl, c as i64);
+        let nt = k.muli(tl, c as i64);
+        let ns = k.add(np, nt);
+        k.for_n(b, |k, bi| {
+            let o = k.mul(bi, np);
+            let sp = k.at(past, o, 4);
+            let o = k.mul(bi, ns);
+            let d = k.at(out, o, 4);
+            k.copy_f32(sp, d, np);
+            let o = k.mul(bi, nt);
+            let sn = k.at(new, o, 4);
+            let d2 = k.at(d, np, 4);
+            k.copy_f32(sn, d2, nt);
+        });
+    })
+}
+
+/// `(x, out, b, t)`: position t-1 (`last`) or 0 of each batch row.
+pub fn pick_token<M: Module>(
+    l: &mut Lowering<'_, M>,
+    c: usize,
+    last: bool,
+) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_{}_token_c{c}", if last { "last" } else { "first" });
+    l.kernel(&name, 4, false, Imports::default(), |k, p, _| {
+        let (x, out, b, t) = (p[0], p[1], p[2], p[3]);
+        k.for_n(b, |k, bi| {
+            let row = k.mul(bi, t);
+            let row = if last { k.add(row, t) } else { row };
+            let row = if last { k.addi(row, -1) } else { row };
+            let src = k.at(x, row, 4 * c as i64);
+            let dst = k.at(out, bi, 4 * c as i64);
+            copy_row(k, src, dst, c);
+        });
+    })
+}
+
+/// `(x, mask, out, b, t)`: mean (or max) over the positions whose mask is non-zero, as
+/// sentence-transformers: the count is clamped at 1e-9, padded positions count as -1e9 for max.
+pub fn pool<M: Module>(
+    l: &mut Lowering<'_, M>,
+    c: usize,
+    mean: bool,
+) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_{}_pool_c{c}", if mean { "mean" } else { "max" });
+    l.kernel(&name, 5, false, Imports::default(), |k, p, _| {
+        let (x, mask, out, b, t) = (p[0], p[1], p[2], p[3], p[4]);
+        let cv = k.i(c as i64);
+        k.for_n(b, |k, bi| {
+            let o = k.at(out, bi, 4 * c as i64);
+            k.fill_f32(o, cv, if mean { 0.0 } else { f32::NEG_INFINITY });
+            let count = k.b.declare_var(cranelift_codegen::ir::types::F32);
+            let z = k.f(0.0);
+            k.b.def_var(count, z);
+            k.for_n(t, |k, ti| {
+                let row = k.mul(bi, t);
+                let row = k.add(row, ti);
+                let ma = k.at(mask, row, 8);
+                let m = k.ld(I64, ma, 0);
+                let keep = k.b.ins().icmp_imm_s(IntCC::NotEqual, m, 0);
+                let xr = k.at(x, row, 4 * c as i64);
+                if mean {
+                    k.when(keep, |k| {
+                        acc_rows(k, xr, o, c, |k, a, v| k.b.ins().fadd(a, v))
+                    });
+                } else {
+                    let floor = k.splat(-1e9);
+                    let keepv = k.b.ins().bmask(cranelift_codegen::ir::types::I32, keep);
+                    let keepv = k.b.ins().splat(cranelift_codegen::ir::types::I32X4, keepv);
+                    let keepv = k.bitcast_f(keepv);
+                    acc_rows(k, xr, o, c, |k, a, v| {
+                        let v = k.b.ins().bitselect(keepv, v, floor);
+                        k.b.ins().fmax(a, v)
+                    });
+                }
+                if mean {
+                    k.when(keep, |k| {
+                        let cur = k.b.use_var(count);
+                        let one = k.f(1.0);
+                        let nv = k.b.ins().fadd(cur, one);
+                        k.b.def_var(count, nv);
+                    });
+                }
+            });
+            if mean {
+                let cnt = k.b.use_var(count);
+                let lo = k.f(1e-9);
+                let cnt = k.b.ins().fmax(cnt, lo);
+                let one = k.f(1.0);
+                let inv = k.b.ins().fdiv(one, cnt);
+                let iv = k.b.ins().splat(F32X4, inv);
+                k.map_f32(o, o, cv, |k, v| k.b.ins().fmul(v, iv));
+            }
+        });
+    })
+}
+
+/// acc[j] = f(acc[j], x[j]) for j < c, four lanes at a time then the tail on splats.
+fn acc_rows(
+    k: &mut Kb,
+    x: Value,
+    acc: Value,
+    c: usize,
+    f: impl Fn(&mut Kb, Value, Value) -> Value,
+) {
+    let z = k.i(0);
+    let n4 = k.i((c & !3) as i64);
+    k.for_range(z, n4, 4, |k, j| {
+        let pa = k.at(acc, j, 4);
+        let px = k.at(x, j, 4);
+        let a = k.ldv(pa, 0);
+        let v = k.ldv(px, 0);
+        let r = f(k, a, v);
+        k.st(r, pa, 0);
+    });
+    for j in c & !3..c {
+        let o = 4 * j as i32;
+        let a = k.ldf(acc, o);
+        let v = k.ldf(x, o);
+        let a = k.b.ins().splat(F32X4, a);
+        let v = k.b.ins().splat(F32X4, v);
+        let r = f(k, a, v);
+        let r = k.b.ins().extractlane(r, 0);
+        k.st(r, acc, o);
+    }
+}

@@ -1,0 +1,329 @@
+//! Cranelift lowering of a graph, shared by the JIT (cranelift-jit) and the ahead-of-time
+//! driver (cranelift-object): both hand a `cranelift_module::Module` to [`Lowering`].
+//!
+//! Each op becomes a call to a kernel function specialised on the op's constants (channel
+//! counts, heads, eps) and deduplicated across the whole model; batch and sequence sizes are
+//! run-time arguments. Each graph becomes one exported entry function
+//! (`cranformer_entry_<name>`) whose ABI and memory plan are described in
+//! `cranformer_runtime::native`: it loads the value table and dims from its context, computes
+//! every size from the dims and calls the kernels in topological order.
+//!
+//! One file per kernel family: `matmul`, `elementwise` (with `math`'s polynomials), `norm`,
+//! `attention`, `memory` (gathers, copies, pooling); `entry` writes the entry functions.
+
+mod attention;
+mod elementwise;
+mod entry;
+pub mod ir;
+pub mod math;
+mod matmul;
+mod memory;
+mod norm;
+
+use cranelift_codegen::ir::{types::I64, AbiParam, Function, InstBuilder, UserFuncName};
+use cranelift_codegen::isa::{OwnedTargetIsa, TargetIsa};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::{control::ControlPlane, Context};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{DataId, FuncId, Linkage, Module, ModuleError, ModuleReloc};
+use std::collections::HashMap;
+
+pub use entry::entry_symbol;
+use ir::Kb;
+
+/// Errors lowering a graph. Every variant is a compiler bug or an unsupported host.
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    /// Cranelift does not support this machine (compiler environment problem).
+    #[error("cannot generate code for this machine: {0}")]
+    Host(String),
+    /// A generated function failed Cranelift's verifier (compiler bug).
+    #[error("compiler bug: function {function} does not verify:\n{errors}")]
+    Verifier { function: String, errors: String },
+    /// Declaring, defining or finalising a function failed (compiler bug).
+    #[error("compiler bug: {0}")]
+    Module(Box<ModuleError>),
+    /// Cranelift could not compile a function (compiler bug).
+    #[error("compiler bug: compiling {function}: {message}")]
+    Compile { function: String, message: String },
+}
+
+impl From<ModuleError> for CodegenError {
+    fn from(e: ModuleError) -> Self {
+        CodegenError::Module(Box::new(e))
+    }
+}
+
+/// The host's ISA with the native feature flags (AVX, FMA, ...) at `opt_level`; `pic` for
+/// object files linked into position-independent executables (the JIT does not need it).
+pub fn native_isa(opt_level: &str, pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
+    let mut flags = settings::builder();
+    let set = |f: &mut settings::Builder, k: &str, v: &str| {
+        f.set(k, v)
+            .map_err(|e| CodegenError::Host(format!("{k}={v}: {e}")))
+    };
+    set(&mut flags, "opt_level", opt_level)?;
+    set(
+        &mut flags,
+        "enable_verifier",
+        if cfg!(debug_assertions) {
+            "true"
+        } else {
+            "false"
+        },
+    )?;
+    set(&mut flags, "is_pic", if pic { "true" } else { "false" })?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    let isa = cranelift_native::builder().map_err(|e| CodegenError::Host(e.into()))?;
+    isa.finish(settings::Flags::new(flags))
+        .map_err(|e| CodegenError::Host(e.to_string()))
+}
+
+/// Which module-level items a kernel body refers to.
+#[derive(Default, Clone)]
+pub struct Imports {
+    pub funcs: Vec<FuncId>,
+    pub data: Vec<DataId>,
+}
+
+/// Emits kernels and entry functions into a module.
+pub struct Lowering<'m, M: Module> {
+    pub module: &'m mut M,
+    kernels: HashMap<String, FuncId>,
+    fctx: FunctionBuilderContext,
+    /// Compiles the matmul micro-kernels: at `opt_level` "none" Cranelift keeps the FMAs in
+    /// the order written; at "speed" it sinks them and spills (issue 3: 55 vs 30 GFLOP/s).
+    micro_isa: OwnedTargetIsa,
+    /// When set, every function's IR is appended here as text (`--emit clif`).
+    pub clif: Option<String>,
+}
+
+impl<'m, M: Module> Lowering<'m, M> {
+    pub fn new(module: &'m mut M) -> Result<Self, CodegenError> {
+        Ok(Lowering {
+            module,
+            kernels: HashMap::new(),
+            fctx: FunctionBuilderContext::new(),
+            micro_isa: native_isa("none", false)?,
+            clif: None,
+        })
+    }
+
+    /// The kernel named `name` taking `params` i64s (and returning one when `ret`), built by
+    /// `body` on first use.
+    pub fn kernel(
+        &mut self,
+        name: &str,
+        params: usize,
+        ret: bool,
+        imports: Imports,
+        body: impl FnOnce(&mut Kb, &[cranelift_codegen::ir::Value], &Refs),
+    ) -> Result<FuncId, CodegenError> {
+        self.define(
+            name,
+            params,
+            ret,
+            imports,
+            false,
+            Linkage::Local,
+            None,
+            body,
+        )
+    }
+
+    /// Like [`Self::kernel`], compiled with `opt_level` "none" (see `micro_isa`).
+    pub fn micro_kernel(
+        &mut self,
+        name: &str,
+        params: usize,
+        body: impl FnOnce(&mut Kb, &[cranelift_codegen::ir::Value], &Refs),
+    ) -> Result<FuncId, CodegenError> {
+        let imports = Imports::default();
+        self.define(
+            name,
+            params,
+            false,
+            imports,
+            true,
+            Linkage::Local,
+            None,
+            body,
+        )
+    }
+
+    pub fn signature(&self, params: usize, ret: bool) -> cranelift_codegen::ir::Signature {
+        let mut sig = self.module.make_signature();
+        sig.params.extend((0..params).map(|_| AbiParam::new(I64)));
+        if ret {
+            sig.returns.push(AbiParam::new(I64));
+        }
+        sig
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn define(
+        &mut self,
+        name: &str,
+        params: usize,
+        ret: bool,
+        imports: Imports,
+        micro: bool,
+        linkage: Linkage,
+        annotate: Option<&dyn Fn(u32) -> String>,
+        body: impl FnOnce(&mut Kb, &[cranelift_codegen::ir::Value], &Refs),
+    ) -> Result<FuncId, CodegenError> {
+        if let Some(&id) = self.kernels.get(name) {
+            return Ok(id);
+        }
+        let sig = self.signature(params, ret);
+        let id = self.module.declare_function(name, linkage, &sig)?;
+        let mut func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+        let refs = Refs {
+            funcs: imports
+                .funcs
+                .iter()
+                .map(|&f| self.module.declare_func_in_func(f, &mut func))
+                .collect(),
+            data: imports
+                .data
+                .iter()
+                .map(|&d| self.module.declare_data_in_func(d, &mut func))
+                .collect(),
+        };
+        let frontend_config = self.module.target_config();
+        {
+            let mut b = FunctionBuilder::new(&mut func, &mut self.fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let args = b.block_params(entry).to_vec();
+            let mut k = Kb { b };
+            body(&mut k, &args, &refs);
+            // Functions without a result fall off the end of `body`; the others return.
+            if !ret {
+                k.b.ins().return_(&[]);
+            }
+            k.b.seal_all_blocks();
+            k.b.finalize(frontend_config);
+        }
+        let isa: &dyn TargetIsa = if micro {
+            &*self.micro_isa
+        } else {
+            self.module.isa()
+        };
+        if cfg!(debug_assertions) {
+            cranelift_codegen::verify_function(&func, isa).map_err(|e| CodegenError::Verifier {
+                function: name.into(),
+                errors: cranelift_codegen::print_errors::pretty_verifier_error(&func, None, e),
+            })?;
+        }
+        if let Some(text) = &mut self.clif {
+            text.push_str(&format!("; {name}\n"));
+            for f in &imports.funcs {
+                if let Some((callee, _)) = self.kernels.iter().find(|(_, id)| *id == f) {
+                    text.push_str(&format!(";   calls u0:{} = {callee}\n", f.as_u32()));
+                }
+            }
+            match annotate {
+                Some(a) => text.push_str(&annotated(&func, a)),
+                None => text.push_str(&func.display().to_string()),
+            }
+            text.push('\n');
+        }
+        let mut ctx = Context::for_function(func);
+        if micro {
+            ctx.compile(&*self.micro_isa, &mut ControlPlane::default())
+                .map_err(|e| CodegenError::Compile {
+                    function: name.into(),
+                    message: format!("{:?}", e.inner),
+                })?;
+            let compiled = ctx.compiled_code().expect("compiled above");
+            let align = (compiled.buffer.alignment as u64).max(16);
+            let bytes = compiled.code_buffer().to_vec();
+            let relocs: Vec<ModuleReloc> = compiled
+                .buffer
+                .relocs()
+                .iter()
+                .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
+                .collect();
+            self.module
+                .define_function_bytes(id, align, &bytes, &relocs)?;
+        } else {
+            self.module.define_function(id, &mut ctx)?;
+        }
+        self.kernels.insert(name.into(), id);
+        Ok(id)
+    }
+}
+
+/// Module items imported into the function being built, in [`Imports`] order.
+pub struct Refs {
+    pub funcs: Vec<cranelift_codegen::ir::FuncRef>,
+    pub data: Vec<cranelift_codegen::ir::GlobalValue>,
+}
+
+/// The function's text with a `;` comment line naming the graph node wherever the source
+/// location (set to the node's index by the entry writer) changes.
+fn annotated(func: &Function, note: &dyn Fn(u32) -> String) -> String {
+    use cranelift_codegen::write::{decorate_function, FuncWriter, PlainWriter};
+    struct W<'a> {
+        note: &'a dyn Fn(u32) -> String,
+        last: Option<u32>,
+    }
+    impl FuncWriter for W<'_> {
+        fn write_block_header(
+            &mut self,
+            w: &mut dyn std::fmt::Write,
+            func: &Function,
+            block: cranelift_codegen::ir::Block,
+            indent: usize,
+        ) -> std::fmt::Result {
+            PlainWriter.write_block_header(w, func, block, indent)
+        }
+        fn write_instruction(
+            &mut self,
+            w: &mut dyn std::fmt::Write,
+            func: &Function,
+            aliases: &cranelift_codegen::entity::SecondaryMap<
+                cranelift_codegen::ir::Value,
+                Vec<cranelift_codegen::ir::Value>,
+            >,
+            inst: cranelift_codegen::ir::Inst,
+            indent: usize,
+        ) -> std::fmt::Result {
+            let loc = func.srcloc(inst);
+            if !loc.is_default() && self.last != Some(loc.bits()) {
+                self.last = Some(loc.bits());
+                writeln!(w, "{:indent$}; {}", "", (self.note)(loc.bits()))?;
+            }
+            PlainWriter.write_instruction(w, func, aliases, inst, indent)
+        }
+    }
+    let mut s = String::new();
+    let _ = decorate_function(&mut W { note, last: None }, &mut s, func);
+    s
+}
+
+/// Lowers every graph of `graphs` into `module`, returning each entry's metadata.
+pub fn lower_all<M: Module>(
+    lowering: &mut Lowering<'_, M>,
+    graphs: &[&crate::graph::Graph],
+) -> Result<Vec<(FuncId, cranformer_runtime::native::EntryMeta)>, CodegenError> {
+    graphs
+        .iter()
+        .map(|g| entry::lower_entry(lowering, g))
+        .collect()
+}
+
+/// The Cranelift IR of `graph`'s entry function and every kernel it calls, with comments
+/// naming the graph node each call comes from (`--emit clif`).
+pub fn emit_clif(graph: &crate::graph::Graph) -> Result<String, CodegenError> {
+    let isa = native_isa("speed", false)?;
+    let builder =
+        cranelift_jit::JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    let mut module = cranelift_jit::JITModule::new(builder);
+    let mut l = Lowering::new(&mut module)?;
+    l.clif = Some(String::new());
+    entry::lower_entry(&mut l, graph)?;
+    Ok(l.clif.take().unwrap_or_default())
+}

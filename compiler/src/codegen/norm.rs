@@ -1,0 +1,183 @@
+//! Row normalisations: LayerNorm, T5's RMS norm and L2 normalisation. Sums are f32x4 partial
+//! sums (the interpreter uses f64; the difference is far inside the fixtures' tolerance for
+//! rows of up to thousands of channels).
+
+use super::ir::Kb;
+use super::{CodegenError, Imports, Lowering};
+use cranelift_codegen::ir::{types::F32X4, InstBuilder, Value};
+use cranelift_module::{FuncId, Module};
+
+fn sum_of(k: &mut Kb, row: Value, n: Value, f: impl Fn(&mut Kb, Value) -> Value) -> Value {
+    let z = k.splat(0.0);
+    let acc = k.reduce_f32(row, n, z, 0.0, |k, acc, x| {
+        let y = f(k, x);
+        k.b.ins().fadd(acc, y)
+    });
+    k.hsum(acc)
+}
+
+/// `(x, gamma, beta, out, rows)` over rows of `c`.
+///
+/// The mean is kept as an f32 pair `hi + lo` (hi = Σx / C, lo = Σ(x - hi) / C, where each
+/// x - hi is exact when x is near the mean): rows whose values nearly coincide, with a tiny
+/// eps, are ill-conditioned, and a single f32 mean loses up to half an ulp of x there; the
+/// pair matches the interpreter's f64 statistics. Σ(x - mean)² = Σ(x - hi)² - C·lo².
+pub fn layer_norm<M: Module>(
+    l: &mut Lowering<'_, M>,
+    c: usize,
+    eps: f32,
+) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_layer_norm_c{c}_e{:08x}", eps.to_bits());
+    l.kernel(&name, 5, false, Imports::default(), |k, p, _| {
+        let (x, g, beta, out, rows) = (p[0], p[1], p[2], p[3], p[4]);
+        let cv = k.i(c as i64);
+        let c4 = k.i((c & !3) as i64);
+        k.for_n(rows, |k, r| {
+            let off = k.muli(r, 4 * c as i64);
+            let xr = k.add(x, off);
+            let or = k.add(out, off);
+            let inv_c = k.f(1.0 / c as f32);
+            let s = sum_of(k, xr, cv, |_, v| v);
+            let hi = k.b.ins().fmul(s, inv_c);
+            let hv = k.b.ins().splat(F32X4, hi);
+            // Σ(x - hi) and Σ(x - hi)², vectors then the scalar tail.
+            let (sd, sq) = {
+                let z = k.splat(0.0);
+                let a1 = k.b.declare_var(F32X4);
+                let a2 = k.b.declare_var(F32X4);
+                k.b.def_var(a1, z);
+                k.b.def_var(a2, z);
+                let zero = k.i(0);
+                k.for_range(zero, c4, 4, |k, i| {
+                    let a = k.at(xr, i, 4);
+                    let v = k.ldv(a, 0);
+                    let d = k.b.ins().fsub(v, hv);
+                    let c1 = k.b.use_var(a1);
+                    let c2 = k.b.use_var(a2);
+                    let n1 = k.b.ins().fadd(c1, d);
+                    let n2 = k.fma(d, d, c2);
+                    k.b.def_var(a1, n1);
+                    k.b.def_var(a2, n2);
+                });
+                let t1 = k.b.use_var(a1);
+                let t2 = k.b.use_var(a2);
+                let mut s1 = k.hsum(t1);
+                let mut s2 = k.hsum(t2);
+                for j in (c & !3)..c {
+                    let v = k.ldf(xr, 4 * j as i32);
+                    let d = k.b.ins().fsub(v, hi);
+                    s1 = k.b.ins().fadd(s1, d);
+                    s2 = k.b.ins().fma(d, d, s2);
+                }
+                (s1, s2)
+            };
+            let lo = k.b.ins().fmul(sd, inv_c);
+            let lv = k.b.ins().splat(F32X4, lo);
+            let clo = k.b.ins().fmul(sd, lo);
+            let var_sum = k.b.ins().fsub(sq, clo);
+            let zf = k.f(0.0);
+            let var_sum = k.b.ins().fmax(var_sum, zf);
+            let var = k.b.ins().fmul(var_sum, inv_c);
+            let e = k.f(eps);
+            let ve = k.b.ins().fadd(var, e);
+            let sd = k.b.ins().sqrt(ve);
+            let one = k.f(1.0);
+            let inv = k.b.ins().fdiv(one, sd);
+            let iv = k.b.ins().splat(F32X4, inv);
+            // out = ((x - hi) - lo) * inv * gamma + beta, as the interpreter rounds it.
+            let zero = k.i(0);
+            k.for_range(zero, c4, 4, |k, i| {
+                let a = k.at(xr, i, 4);
+                let v = k.ldv(a, 0);
+                let ga = k.at(g, i, 4);
+                let gv = k.ldv(ga, 0);
+                let ba = k.at(beta, i, 4);
+                let bv = k.ldv(ba, 0);
+                let d = k.b.ins().fsub(v, hv);
+                let d = k.b.ins().fsub(d, lv);
+                let nrm = k.b.ins().fmul(d, iv);
+                let y = k.fma(nrm, gv, bv);
+                let o = k.at(or, i, 4);
+                k.st(y, o, 0);
+            });
+            for j in (c & !3)..c {
+                let o = 4 * j as i32;
+                let v = k.ldf(xr, o);
+                let gv = k.ldf(g, o);
+                let bv = k.ldf(beta, o);
+                let d = k.b.ins().fsub(v, hi);
+                let d = k.b.ins().fsub(d, lo);
+                let nrm = k.b.ins().fmul(d, inv);
+                let y = k.b.ins().fma(nrm, gv, bv);
+                k.st(y, or, o);
+            }
+        });
+    })
+}
+
+/// `(x, gamma, out, rows)`: x / sqrt(mean(x²) + eps) * gamma.
+pub fn rms_norm<M: Module>(
+    l: &mut Lowering<'_, M>,
+    c: usize,
+    eps: f32,
+) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_rms_norm_c{c}_e{:08x}", eps.to_bits());
+    l.kernel(&name, 4, false, Imports::default(), |k, p, _| {
+        let (x, g, out, rows) = (p[0], p[1], p[2], p[3]);
+        let cv = k.i(c as i64);
+        k.for_n(rows, |k, r| {
+            let off = k.muli(r, 4 * c as i64);
+            let xr = k.add(x, off);
+            let or = k.add(out, off);
+            let ss = sum_of(k, xr, cv, |k, v| k.b.ins().fmul(v, v));
+            let inv_c = k.f(1.0 / c as f32);
+            let ms = k.b.ins().fmul(ss, inv_c);
+            let e = k.f(eps);
+            let ve = k.b.ins().fadd(ms, e);
+            let sd = k.b.ins().sqrt(ve);
+            let one = k.f(1.0);
+            let inv = k.b.ins().fdiv(one, sd);
+            let iv = k.b.ins().splat(F32X4, inv);
+            let z = k.i(0);
+            let n4v = k.i((c & !3) as i64);
+            k.for_range(z, n4v, 4, |k, i| {
+                let a = k.at(xr, i, 4);
+                let v = k.ldv(a, 0);
+                let ga = k.at(g, i, 4);
+                let gv = k.ldv(ga, 0);
+                let y = k.b.ins().fmul(v, iv);
+                let y = k.b.ins().fmul(y, gv);
+                let o = k.at(or, i, 4);
+                k.st(y, o, 0);
+            });
+            for j in (c & !3)..c {
+                let o = 4 * j as i32;
+                let v = k.ldf(xr, o);
+                let gv = k.ldf(g, o);
+                let y = k.b.ins().fmul(v, inv);
+                let y = k.b.ins().fmul(y, gv);
+                k.st(y, or, o);
+            }
+        });
+    })
+}
+
+/// `(x, out, rows)`: each row divided by max(‖row‖₂, 1e-12).
+pub fn l2_normalize<M: Module>(l: &mut Lowering<'_, M>, c: usize) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_l2_normalize_c{c}");
+    l.kernel(&name, 3, false, Imports::default(), |k, p, _| {
+        let (x, out, rows) = (p[0], p[1], p[2]);
+        let cv = k.i(c as i64);
+        k.for_n(rows, |k, r| {
+            let off = k.muli(r, 4 * c as i64);
+            let xr = k.add(x, off);
+            let or = k.add(out, off);
+            let ss = sum_of(k, xr, cv, |k, v| k.b.ins().fmul(v, v));
+            let nrm = k.b.ins().sqrt(ss);
+            let tiny = k.f(1e-12);
+            let nrm = k.b.ins().fmax(nrm, tiny);
+            let nv = k.b.ins().splat(F32X4, nrm);
+            k.map_f32(xr, or, cv, |k, v| k.b.ins().fdiv(v, nv));
+        });
+    })
+}

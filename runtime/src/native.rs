@@ -1,0 +1,422 @@
+//! Runs compiled entry points: the ABI between generated code and the host, and the executor
+//! that binds dims, plans memory, prepares weights and calls an entry function. Shared by the
+//! JIT engine and by compiled executables, so it knows nothing of Cranelift.
+//!
+//! ABI of an entry function, `extern "C" fn(*const EntryCtx) -> i64`:
+//! - `ctx.values` is a table of pointers, one per value slot: first the graph inputs (in
+//!   [`EntryMeta::inputs`] order), then the prepared weights ([`EntryMeta::weights`] order),
+//!   then the intermediate buffers ([`EntryMeta::buffers`] order). The host fills it.
+//! - `ctx.dims` holds B, T, P and S (encoder tokens) as i64; every size inside the generated
+//!   code is computed from them, so one compiled entry serves every batch and length.
+//! - The result is 0, or the code of an error in [`EntryMeta::errors`] (index + 1).
+//!
+//! Outputs are intermediate buffers (or inputs) that the host copies out after the call.
+
+use crate::weights::F32Buffer;
+use crate::{EngineError, Outputs, Tensor, TensorData};
+use std::collections::BTreeMap;
+
+/// A symbolic dim as the generated code sees it (mirrors the compiler's `Dim`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SymDim {
+    Const(usize),
+    Batch,
+    Seq,
+    Past,
+    /// P + T.
+    Total,
+    EncSeq,
+}
+
+/// Values of the dims for one call, in the order of `EntryCtx::dims`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallDims {
+    pub batch: usize,
+    pub seq: usize,
+    pub past: usize,
+    pub enc_seq: usize,
+}
+
+impl SymDim {
+    pub fn eval(self, d: &CallDims) -> usize {
+        match self {
+            SymDim::Const(n) => n,
+            SymDim::Batch => d.batch,
+            SymDim::Seq => d.seq,
+            SymDim::Past => d.past,
+            SymDim::Total => d.past + d.seq,
+            SymDim::EncSeq => d.enc_seq,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElemType {
+    F32,
+    I64,
+}
+
+impl ElemType {
+    fn name(self) -> &'static str {
+        match self {
+            ElemType::F32 => "f32",
+            ElemType::I64 => "i64",
+        }
+    }
+}
+
+/// Shape and element type of an input or buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSig {
+    pub name: String,
+    pub elem: ElemType,
+    pub shape: Vec<SymDim>,
+}
+
+impl TensorSig {
+    pub fn bytes(&self, d: &CallDims) -> usize {
+        let elem = match self.elem {
+            ElemType::F32 => 4,
+            ElemType::I64 => 8,
+        };
+        elem * self.shape.iter().map(|s| s.eval(d)).product::<usize>()
+    }
+}
+
+/// How a checkpoint tensor is laid out before the generated code reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WeightPrep {
+    AsIs,
+    /// A matmul weight into column panels of [`PANEL`] columns: panel p holds, for each k,
+    /// columns `PANEL*p..PANEL*p+PANEL` of the `[K, N]` matrix, zero-padded past N.
+    /// `in_out` says whether the checkpoint stores `[K, N]` (Conv1D) or `[N, K]` (Linear).
+    Panels {
+        k: usize,
+        n: usize,
+        in_out: bool,
+    },
+    /// A bias zero-padded to a multiple of [`PANEL`] so the micro-kernel loads whole vectors.
+    PadPanel {
+        n: usize,
+    },
+}
+
+/// Columns per packed weight panel: the micro-kernel's tile width (two f32x4 vectors).
+pub const PANEL: usize = 8;
+
+impl WeightPrep {
+    /// The prepared tensor from the checkpoint's data.
+    pub fn apply(self, w: &F32Buffer) -> F32Buffer {
+        match self {
+            WeightPrep::AsIs => w.clone(),
+            WeightPrep::Panels { k, n, in_out } => {
+                let panels = n.div_ceil(PANEL);
+                let mut out = vec![0f32; panels * k * PANEL];
+                for p in 0..panels {
+                    for kk in 0..k {
+                        for jj in 0..PANEL.min(n - p * PANEL) {
+                            let j = p * PANEL + jj;
+                            out[(p * k + kk) * PANEL + jj] =
+                                if in_out { w[kk * n + j] } else { w[j * k + kk] };
+                        }
+                    }
+                }
+                F32Buffer::from_vec(out)
+            }
+            WeightPrep::PadPanel { n } => {
+                let mut out = w[..n].to_vec();
+                out.resize(n.div_ceil(PANEL) * PANEL, 0.0);
+                F32Buffer::from_vec(out)
+            }
+        }
+    }
+}
+
+/// Where an output's data is after the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Input(usize),
+    Buffer(usize),
+}
+
+/// Everything the host needs to call one compiled entry point.
+#[derive(Clone, Debug)]
+pub struct EntryMeta {
+    pub name: String,
+    /// The name of the generated function (`cranformer_entry_<name>`).
+    pub symbol: String,
+    pub inputs: Vec<TensorSig>,
+    /// Checkpoint key and preparation of each weight slot.
+    pub weights: Vec<(String, WeightPrep)>,
+    pub buffers: Vec<TensorSig>,
+    pub outputs: Vec<(String, Slot)>,
+    /// Messages for the generated code's error codes (code = index + 1).
+    pub errors: Vec<String>,
+    /// Whether the entry reads a first or last token, so needs T >= 1.
+    pub needs_tokens: bool,
+    /// Live range of each buffer in kernel-call steps, both ends inclusive: written at the
+    /// first, last read at the second. Buffers whose ranges are disjoint may share memory.
+    pub live: Vec<(u32, u32)>,
+}
+
+/// What the generated entry function receives.
+#[repr(C)]
+pub struct EntryCtx {
+    pub values: *const *mut u8,
+    /// B, T, P, S.
+    pub dims: [i64; 4],
+}
+
+pub type EntryFn = unsafe extern "C" fn(*const EntryCtx) -> i64;
+
+/// Buffers are 64-byte aligned (a cache line; enough for any vector load).
+const ALIGN: usize = 64;
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u8; ALIGN]);
+
+/// One callable entry point with its prepared weights and a reusable arena.
+pub struct NativeEntry {
+    pub meta: EntryMeta,
+    func: EntryFn,
+    weights: Vec<F32Buffer>,
+    arena: Vec<Line>,
+}
+
+impl NativeEntry {
+    /// # Safety
+    /// `func` must be the entry function generated for `meta`, valid while this lives.
+    pub unsafe fn new(
+        meta: EntryMeta,
+        func: EntryFn,
+        checkpoint: &dyn Fn(&str) -> Option<F32Buffer>,
+        prepared: &mut BTreeMap<(String, WeightPrep), F32Buffer>,
+    ) -> Result<NativeEntry, String> {
+        let mut weights = vec![];
+        for (key, prep) in &meta.weights {
+            let k = (key.clone(), *prep);
+            if !prepared.contains_key(&k) {
+                let raw = checkpoint(key).ok_or_else(|| format!("weight {key} not loaded"))?;
+                prepared.insert(k.clone(), prep.apply(&raw));
+            }
+            weights.push(prepared[&k].clone());
+        }
+        Ok(NativeEntry {
+            meta,
+            func,
+            weights,
+            arena: vec![],
+        })
+    }
+
+    /// Binds the dims from the inputs' shapes, checking them against the signature.
+    pub fn bind(&self, inputs: &[(&str, &Tensor)]) -> Result<CallDims, EngineError> {
+        bind(&self.meta, inputs)
+    }
+
+    pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Outputs, EngineError> {
+        let dims = self.bind(inputs)?;
+        if self.meta.needs_tokens && dims.seq == 0 {
+            return Err(EngineError::Input("the sequence is empty".into()));
+        }
+        let mut values: Vec<*mut u8> = Vec::with_capacity(
+            self.meta.inputs.len() + self.weights.len() + self.meta.buffers.len(),
+        );
+        for sig in &self.meta.inputs {
+            let t = inputs
+                .iter()
+                .find(|(n, _)| *n == sig.name)
+                .expect("bound")
+                .1;
+            values.push(match &t.data {
+                TensorData::F32(v) => v.as_ptr() as *mut u8,
+                TensorData::I64(v) => v.as_ptr() as *mut u8,
+            });
+        }
+        for w in &self.weights {
+            values.push(w.as_ptr() as *mut u8);
+        }
+        let (offsets, total) = plan_memory(&self.meta, &dims);
+        let lines = total / ALIGN + 1;
+        if self.arena.len() < lines {
+            self.arena = vec![Line([0; ALIGN]); lines];
+        }
+        if cfg!(debug_assertions) {
+            // NaN in every byte the plan uses: a kernel reading what no kernel wrote shows.
+            // SAFETY: `total` bytes are within the arena.
+            unsafe { std::ptr::write_bytes(self.arena.as_mut_ptr() as *mut u8, 0xff, total) };
+        }
+        let base = self.arena.as_mut_ptr() as *mut u8;
+        for &o in &offsets {
+            // SAFETY: every offset is within the arena allocated above.
+            values.push(unsafe { base.add(o) });
+        }
+        let ctx = EntryCtx {
+            values: values.as_ptr(),
+            dims: [
+                dims.batch as i64,
+                dims.seq as i64,
+                dims.past as i64,
+                dims.enc_seq as i64,
+            ],
+        };
+        // SAFETY: the table holds a live pointer of the right size for every slot the entry
+        // reads or writes, as its metadata promises.
+        let code = unsafe { (self.func)(&ctx) };
+        if code != 0 {
+            let msg = self
+                .meta
+                .errors
+                .get(code as usize - 1)
+                .cloned()
+                .unwrap_or_else(|| format!("unknown error code {code}"));
+            return Err(EngineError::Input(msg));
+        }
+        let mut out = Outputs::new();
+        for (name, slot) in &self.meta.outputs {
+            let (sig, ptr) = match *slot {
+                Slot::Input(i) => (&self.meta.inputs[i], values[i] as *const u8),
+                Slot::Buffer(i) => (
+                    &self.meta.buffers[i],
+                    values[self.meta.inputs.len() + self.weights.len() + i] as *const u8,
+                ),
+            };
+            let shape: Vec<usize> = sig.shape.iter().map(|d| d.eval(&dims)).collect();
+            let n: usize = shape.iter().product();
+            // SAFETY: the slot holds n elements of the signature's type.
+            let t = unsafe {
+                match sig.elem {
+                    ElemType::F32 => Tensor::f32(
+                        shape,
+                        std::slice::from_raw_parts(ptr as *const f32, n).to_vec(),
+                    ),
+                    ElemType::I64 => Tensor::i64(
+                        shape,
+                        std::slice::from_raw_parts(ptr as *const i64, n).to_vec(),
+                    ),
+                }
+            };
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
+    }
+}
+
+/// Offsets of every buffer in one arena for this call's dims, and the arena's size: each
+/// buffer goes at the lowest 64-byte-aligned offset free of every buffer whose live range
+/// meets its own (first fit in order of definition). A kernel's output never shares memory
+/// with its operands: their ranges meet at that kernel's step.
+pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> (Vec<usize>, usize) {
+    let n = meta.buffers.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&b| meta.live[b]);
+    let mut offsets = vec![0usize; n];
+    // (start, end, buffer) of the buffers placed so far.
+    let mut placed: Vec<(usize, usize, usize)> = Vec::with_capacity(n);
+    let mut total = 0;
+    for b in order {
+        let size = meta.buffers[b].bytes(dims).div_ceil(ALIGN) * ALIGN;
+        let (first, last) = meta.live[b];
+        let mut clash: Vec<(usize, usize)> = placed
+            .iter()
+            .filter(|&&(_, _, o)| meta.live[o].0 <= last && first <= meta.live[o].1)
+            .map(|&(s, e, _)| (s, e))
+            .collect();
+        clash.sort_unstable();
+        let mut at = 0;
+        for (s, e) in clash {
+            if at + size <= s {
+                break;
+            }
+            at = at.max(e);
+        }
+        offsets[b] = at;
+        placed.push((at, at + size, b));
+        total = total.max(at + size);
+    }
+    (offsets, total)
+}
+
+fn bind(meta: &EntryMeta, given: &[(&str, &Tensor)]) -> Result<CallDims, EngineError> {
+    let err = |name: &str, m: String| EngineError::Input(format!("input {name}: {m}"));
+    let mut vals: [Option<usize>; 5] = [None; 5];
+    for sig in &meta.inputs {
+        let Some(&(_, t)) = given.iter().find(|(n, _)| *n == sig.name) else {
+            return Err(err(
+                &sig.name,
+                format!("missing; entry point {} needs it", meta.name),
+            ));
+        };
+        let elem = match t.data {
+            TensorData::F32(_) => ElemType::F32,
+            TensorData::I64(_) => ElemType::I64,
+        };
+        if elem != sig.elem {
+            return Err(err(
+                &sig.name,
+                format!("expected {} elements, got {}", sig.elem.name(), elem.name()),
+            ));
+        }
+        if t.shape.len() != sig.shape.len() {
+            return Err(err(
+                &sig.name,
+                format!("expected {} dims, got {:?}", sig.shape.len(), t.shape),
+            ));
+        }
+        for (&d, &n) in sig.shape.iter().zip(&t.shape) {
+            let i = match d {
+                SymDim::Const(c) if c == n => continue,
+                SymDim::Const(c) => {
+                    return Err(err(&sig.name, format!("dimension is {n}, expected {c}")))
+                }
+                SymDim::Batch => 0,
+                SymDim::Seq => 1,
+                SymDim::Past => 2,
+                SymDim::Total => 3,
+                SymDim::EncSeq => 4,
+            };
+            match vals[i] {
+                Some(prev) if prev != n => {
+                    return Err(err(
+                        &sig.name,
+                        format!("dimension {d:?} is {n} here but {prev} in an earlier input"),
+                    ))
+                }
+                _ => vals[i] = Some(n),
+            }
+        }
+    }
+    for (name, _) in given {
+        if !meta.inputs.iter().any(|s| s.name == *name) {
+            return Err(err(
+                name,
+                format!("entry point {} has no such input", meta.name),
+            ));
+        }
+    }
+    let seq = vals[1].unwrap_or(0);
+    let past = match (vals[2], vals[3]) {
+        (Some(p), Some(t)) if p + seq != t => {
+            return Err(err(
+                "attention_mask",
+                format!("covers {t} positions, expected past {p} + new {seq}"),
+            ))
+        }
+        (Some(p), _) => p,
+        (None, Some(t)) if t < seq => {
+            return Err(err(
+                "attention_mask",
+                format!("covers {t} positions, fewer than the {seq} new tokens"),
+            ))
+        }
+        (None, Some(t)) => t - seq,
+        (None, None) => 0,
+    };
+    Ok(CallDims {
+        batch: vals[0].unwrap_or(1),
+        seq,
+        past,
+        enc_seq: vals[4].unwrap_or(0),
+    })
+}
