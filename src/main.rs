@@ -2,7 +2,11 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+mod bench;
+mod compile;
+
 use cranformer_compiler::interp::Interpreter;
+use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::Model;
 use cranformer_runtime::cli::{
     ClassifyArgs, Common, EmbedArgs, FillMaskArgs, ForwardArgs, GenerateArgs, Task, TokenizeArgs,
@@ -65,16 +69,23 @@ enum Command {
         #[command(flatten)]
         args: GenerateArgs,
     },
-    /// Print the model's dataflow graphs (text, or Graphviz DOT with --dot).
+    /// Print the model's dataflow graphs (text, Graphviz DOT, or the Cranelift IR they lower to).
     Graph {
         model_dir: PathBuf,
-        /// Graphviz DOT instead of text.
+        /// Graphviz DOT instead of text (same as --emit dot).
         #[arg(long)]
         dot: bool,
+        /// What to print: graph (default), dot, or clif (Cranelift IR, annotated with graph nodes).
+        #[arg(long, value_parser = ["graph", "dot", "clif"])]
+        emit: Option<String>,
         /// Only this entry point (e.g. encode, step).
         #[arg(long)]
         entry: Option<String>,
     },
+    /// Compile a model into a standalone executable.
+    Compile(compile::CompileArgs),
+    /// Benchmark engines side by side on a model or a standard size with random weights.
+    Bench(bench::BenchArgs),
 }
 
 fn tokenizer_kind(config: &ModelConfig) -> TokenizerKind {
@@ -85,10 +96,22 @@ fn tokenizer_kind(config: &ModelConfig) -> TokenizerKind {
     }
 }
 
-fn engine_for(name: &str, model: Arc<Model>) -> Result<Box<dyn Engine>> {
+/// The engine named by `--engine`.
+pub fn engine_for(name: &str, model: Arc<Model>, verbose: bool) -> Result<Box<dyn Engine>> {
     Ok(match name {
         "interp" => Box::new(Interpreter::new(model)),
-        other => bail!("unknown --engine {other:?} (available: interp)"),
+        "jit" => {
+            let e = JitEngine::new(model).context("JIT compilation failed")?;
+            if verbose {
+                eprintln!(
+                    "jit: compiled in {:.1?}, weights laid out in {:.1?}",
+                    e.compile_time(),
+                    e.prepare_time()
+                );
+            }
+            Box::new(e)
+        }
+        other => bail!("unknown --engine {other:?} (available: jit, interp)"),
     })
 }
 
@@ -114,7 +137,7 @@ fn run_task(dir: &Path, task: Task, common: &Common, out: &mut dyn Write) -> Res
     }
     let model = Arc::new(Model::load(dir)?);
     let info = model.info.clone();
-    let engine = engine_for(&common.engine, model)?;
+    let engine = engine_for(&common.engine, model, common.verbose)?;
     if common.verbose {
         eprintln!(
             "loaded {} ({}) with engine {} in {:.1?}",
@@ -137,7 +160,7 @@ fn run_task(dir: &Path, task: Task, common: &Common, out: &mut dyn Write) -> Res
     Ok(())
 }
 
-fn graph(dir: &Path, dot: bool, entry: Option<&str>, out: &mut dyn Write) -> Result<()> {
+fn graph(dir: &Path, emit: &str, entry: Option<&str>, out: &mut dyn Write) -> Result<()> {
     let model = Model::load(dir)?;
     if let Some(e) = entry {
         if !model.entries.contains_key(e) {
@@ -151,10 +174,10 @@ fn graph(dir: &Path, dot: bool, entry: Option<&str>, out: &mut dyn Write) -> Res
         if entry.is_some_and(|e| e != name) {
             continue;
         }
-        if dot {
-            write!(out, "{}", g.to_dot())?;
-        } else {
-            writeln!(out, "{g}")?;
+        match emit {
+            "dot" => write!(out, "{}", g.to_dot())?,
+            "clif" => write!(out, "{}", cranformer_compiler::codegen::emit_clif(g)?)?,
+            _ => writeln!(out, "{g}")?,
         }
     }
     Ok(())
@@ -186,8 +209,14 @@ fn main() {
         Command::Graph {
             model_dir,
             dot,
+            emit,
             entry,
-        } => graph(&model_dir, dot, entry.as_deref(), &mut out),
+        } => {
+            let emit = emit.unwrap_or_else(|| if dot { "dot".into() } else { "graph".into() });
+            graph(&model_dir, &emit, entry.as_deref(), &mut out)
+        }
+        Command::Compile(args) => compile::run(&args, &cli.common, &mut out),
+        Command::Bench(args) => bench::run(&args, &cli.common, &mut out),
     }
     .context("cranformer");
     if let Err(e) = result {

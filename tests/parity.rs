@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 /// Engines every case runs through.
-const ENGINES: &[&str] = &["interp"];
+const ENGINES: &[&str] = &["interp", "jit"];
 
 /// Something that runs tasks: `cranformer TASK MODEL_DIR ..` (a compiled executable will
 /// take the same arguments without MODEL_DIR).

@@ -25,8 +25,8 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 /// Flags every task takes.
 #[derive(Args, Clone, Debug)]
 pub struct Common {
-    /// Engine that runs the model: interp (the reference interpreter).
-    #[arg(long, default_value = "interp", global = true)]
+    /// Engine that runs the model: jit (native code from Cranelift) or interp (the reference interpreter).
+    #[arg(long, default_value = "jit", global = true)]
     pub engine: String,
     /// Worker threads (default: all cores; the interpreter always uses one).
     #[arg(long, global = true, value_parser = at_least_one)]
