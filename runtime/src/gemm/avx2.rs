@@ -1,0 +1,66 @@
+//! `avx2_mm_f32_6x16`: 6 rows × 16 columns in 12 ymm accumulators (of 16).
+
+use super::{with_full_tile, Init, Tile};
+
+pub const MR: usize = 6;
+pub const NR: usize = 16;
+
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn tile(t: &Tile) {
+    with_full_tile::<NR>(t, |t, c, ldc, init| match t.rows {
+        1 => kernel::<1>(t.kc, t.a, t.b, c, ldc, init),
+        2 => kernel::<2>(t.kc, t.a, t.b, c, ldc, init),
+        3 => kernel::<3>(t.kc, t.a, t.b, c, ldc, init),
+        4 => kernel::<4>(t.kc, t.a, t.b, c, ldc, init),
+        5 => kernel::<5>(t.kc, t.a, t.b, c, ldc, init),
+        6 => kernel::<6>(t.kc, t.a, t.b, c, ldc, init),
+        _ => unreachable!("tile rows are 1..=MR"),
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    init: Init,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    match init {
+        Init::Zero => {}
+        Init::Bias(bias) => {
+            let (b0, b1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
+            for row in acc.iter_mut() {
+                *row = [b0, b1];
+            }
+        }
+        Init::Load => {
+            for (r, row) in acc.iter_mut().enumerate() {
+                *row = [
+                    _mm256_loadu_ps(c.add(r * ldc)),
+                    _mm256_loadu_ps(c.add(r * ldc + 8)),
+                ];
+            }
+        }
+    }
+    let (mut pa, mut pb) = (a, b);
+    for _ in 0..kc {
+        let b0 = _mm256_loadu_ps(pb);
+        let b1 = _mm256_loadu_ps(pb.add(8));
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*pa.add(r));
+            row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+        }
+        pa = pa.add(R);
+        pb = pb.add(NR);
+    }
+    for (r, row) in acc.iter().enumerate() {
+        _mm256_storeu_ps(c.add(r * ldc), row[0]);
+        _mm256_storeu_ps(c.add(r * ldc + 8), row[1]);
+    }
+}
