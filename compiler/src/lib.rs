@@ -1,6 +1,7 @@
 //! cranformer's compiler: frontends that turn Hugging Face model directories into dataflow
 //! graphs, the passes over them, and the reference interpreter that runs them.
 
+pub mod aot;
 pub mod codegen;
 pub mod frontend;
 pub mod graph;

@@ -4,13 +4,16 @@
 //! depends on no part of the compiler.
 
 pub mod cli;
+pub mod compiled;
 pub mod config;
 pub mod engine;
+pub mod gemm;
 pub mod kv_cache;
 pub mod model_info;
 pub mod native;
 pub mod sampling;
 pub mod tasks;
+pub mod threads;
 pub mod tensor;
 pub mod tokenize;
 pub mod weights;

@@ -14,10 +14,11 @@
 
 use crate::weights::F32Buffer;
 use crate::{EngineError, Outputs, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A symbolic dim as the generated code sees it (mirrors the compiler's `Dim`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SymDim {
     Const(usize),
     Batch,
@@ -50,7 +51,7 @@ impl SymDim {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ElemType {
     F32,
     I64,
@@ -66,7 +67,7 @@ impl ElemType {
 }
 
 /// Shape and element type of an input or buffer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorSig {
     pub name: String,
     pub elem: ElemType,
@@ -84,7 +85,7 @@ impl TensorSig {
 }
 
 /// How a checkpoint tensor is laid out before the generated code reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum WeightPrep {
     AsIs,
     /// A matmul weight into column panels of [`PANEL`] columns: panel p holds, for each k,
@@ -133,14 +134,14 @@ impl WeightPrep {
 }
 
 /// Where an output's data is after the call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Slot {
     Input(usize),
     Buffer(usize),
 }
 
 /// Everything the host needs to call one compiled entry point.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EntryMeta {
     pub name: String,
     /// The name of the generated function (`cranformer_entry_<name>`).

@@ -1,0 +1,267 @@
+//! The runtime of a compiled model executable, built as a static library that `cranformer
+//! compile` links with the model's object and generated glue. The glue's `main` calls
+//! [`cranformer_exe_main`] with a table of the entry functions and embedded data; this parses
+//! the same task command line as `cranformer` (without MODEL_DIR) and runs it.
+
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use cranformer_runtime::cli::{Common, Task};
+use cranformer_runtime::compiled::{NativeEngine, Program, PROGRAM_VERSION};
+use cranformer_runtime::native::EntryFn;
+use cranformer_runtime::tasks::Session;
+use cranformer_runtime::tokenize::Tokenizer;
+use cranformer_runtime::weights::Weights;
+use cranformer_runtime::{Engine, EngineError, Outputs, Tensor};
+use std::collections::BTreeMap;
+use std::ffi::{c_char, c_int, CStr, OsString};
+use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+/// `struct cf_blob` of the glue (compiler/src/aot.rs writes it): bytes between two symbols.
+#[repr(C)]
+pub struct Blob {
+    start: *const u8,
+    end: *const u8,
+}
+
+impl Blob {
+    /// # Safety
+    /// `start..end` must be one readable object for the whole run (the glue's blobs are).
+    unsafe fn bytes(&self) -> &'static [u8] {
+        std::slice::from_raw_parts(self.start, self.end.offset_from(self.start) as usize)
+    }
+}
+
+/// `struct cf_entry`.
+#[repr(C)]
+pub struct RawEntry {
+    name: *const c_char,
+    func: EntryFn,
+}
+
+/// `struct cf_program`: what the glue hands to [`cranformer_exe_main`].
+#[repr(C)]
+pub struct RawProgram {
+    version: u64,
+    program: Blob,
+    tokenizer: Blob,
+    n_entries: u64,
+    entries: *const RawEntry,
+    n_shards: u64,
+    shards: *const Blob,
+}
+
+#[derive(Parser)]
+#[command(version, disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+    #[command(flatten)]
+    common: Common,
+    /// Read the weights from this safetensors file or model directory instead of the ones
+    /// the executable was compiled with.
+    #[arg(long, global = true, value_name = "PATH")]
+    weights: Option<PathBuf>,
+}
+
+/// The executable's `main`, called by the generated glue.
+///
+/// # Safety
+/// `argv` must hold `argc` C strings and `program` must be the glue's table.
+#[no_mangle]
+pub unsafe extern "C" fn cranformer_exe_main(
+    argc: c_int,
+    argv: *const *const c_char,
+    program: *const RawProgram,
+) -> c_int {
+    let args: Vec<OsString> = (0..argc.max(0) as usize)
+        .map(|i| OsString::from_vec(CStr::from_ptr(*argv.add(i)).to_bytes().to_vec()))
+        .collect();
+    let raw = &*program;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = run(args, raw, &mut out);
+    match result.and_then(|()| Ok(out.flush()?)) {
+        Ok(()) => 0,
+        Err(e) => report(e, &mut out),
+    }
+}
+
+fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()> {
+    let started = std::time::Instant::now();
+    if raw.version != PROGRAM_VERSION as u64 {
+        bail!(
+            "this executable's tables are version {}, its runtime reads version {PROGRAM_VERSION} (a cranformer bug)",
+            raw.version
+        );
+    }
+    // SAFETY: the glue's blobs live in the executable's read-only data.
+    let program: Program = serde_json::from_slice(unsafe { raw.program.bytes() })
+        .context("reading the embedded program description (a cranformer bug)")?;
+    let name = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let cli = parse(&program, &name, args);
+    let common = &cli.common;
+    if !matches!(common.engine.as_str(), "jit" | "aot") {
+        bail!(
+            "--engine {:?}: a compiled executable runs its compiled code only (run `cranformer {} MODEL_DIR --engine interp` for the interpreter)",
+            common.engine,
+            cli.task.name()
+        );
+    }
+    if let Some(n) = common.threads {
+        cranformer_runtime::threads::set_threads(n);
+    }
+    // SAFETY: as above.
+    let tokenizer =
+        Tokenizer::from_json_bytes(unsafe { raw.tokenizer.bytes() }, program.tokenizer_kind())?;
+    let engine: Box<dyn Engine> = if matches!(cli.task, Task::Tokenize(_)) {
+        // Tokenizing needs no weights.
+        Box::new(NoEngine)
+    } else {
+        let weights = open_weights(&program, raw, cli.weights.as_deref())?;
+        let (tensors, prepared) = if program.embedded && cli.weights.is_none() {
+            (BTreeMap::new(), program.load_prepared(&weights)?)
+        } else {
+            (program.load_weights(&weights)?, BTreeMap::new())
+        };
+        let mut entries = vec![];
+        for meta in &program.entries {
+            // SAFETY: the glue's entry table holds n_entries entries with C-string names.
+            let table = unsafe { std::slice::from_raw_parts(raw.entries, raw.n_entries as usize) };
+            let func = table
+                .iter()
+                .find(|e| unsafe { CStr::from_ptr(e.name) }.to_bytes() == meta.name.as_bytes())
+                .with_context(|| {
+                    format!("entry {} is not linked in (a cranformer bug)", meta.name)
+                })?
+                .func;
+            entries.push((meta.clone(), func));
+        }
+        // SAFETY: each function is the entry generated for its metadata, linked into this
+        // executable.
+        let engine = unsafe { NativeEngine::new("aot", entries, &tensors, prepared)? };
+        if common.verbose {
+            eprintln!(
+                "loaded {} (compiled from {}) with weights from {} in {:.1?}",
+                program.info.architecture(),
+                program.source,
+                weights.source(),
+                started.elapsed()
+            );
+        }
+        Box::new(engine)
+    };
+    let mut session = Session {
+        info: program.info.clone(),
+        tokenizer,
+        engine,
+    };
+    let t = std::time::Instant::now();
+    session.run(&cli.task, out)?;
+    if common.verbose {
+        eprintln!("{} took {:.1?}", cli.task.name(), t.elapsed());
+    }
+    Ok(())
+}
+
+/// The command line, with `--help` listing only the tasks this model supports.
+fn parse(program: &Program, name: &str, args: Vec<OsString>) -> Cli {
+    let tasks = program.info.tasks();
+    let mut cmd = Cli::command()
+        .name(&*Box::leak(name.to_string().into_boxed_str()))
+        .about(format!(
+            "{} ({}) compiled by cranformer: runs {}",
+            program.info.architecture(),
+            program.info.model_type(),
+            tasks.join(", ")
+        ))
+        // Only compiled code is in here: the flag is accepted for scripts written for
+        // cranformer, but not offered.
+        .mut_arg("engine", |a| a.hide(true));
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for sub in names {
+        if !tasks.contains(&sub.as_str()) {
+            cmd = cmd.mut_subcommand(sub, |s| s.hide(true));
+        }
+    }
+    let matches = cmd.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn open_weights(program: &Program, raw: &RawProgram, given: Option<&Path>) -> Result<Weights> {
+    if let Some(path) = given {
+        let w = if path.is_dir() {
+            Weights::open(path)
+        } else {
+            Weights::open_files(&[path.to_path_buf()])
+        };
+        return w.with_context(|| format!("--weights {}", path.display()));
+    }
+    if !program.external.is_empty() {
+        const HOW: &str = "this executable was compiled with --weights external: restore the \
+                           file or pass --weights PATH (a safetensors file or model directory)";
+        if let Some(missing) = program.external.iter().find(|f| !f.is_file()) {
+            bail!("the weights file {} is missing ({HOW})", missing.display());
+        }
+        return Weights::open_files(&program.external).context(HOW);
+    }
+    match raw.n_shards {
+        // SAFETY: the glue's shard table holds n_shards blobs.
+        1 => Ok(Weights::from_static(
+            unsafe { (*raw.shards).bytes() },
+            "<embedded weights>",
+        )?),
+        _ => bail!("this executable carries no weights: pass --weights PATH"),
+    }
+}
+
+/// Stands in for the engine when a task needs none (tokenize).
+struct NoEngine;
+
+impl Engine for NoEngine {
+    fn name(&self) -> &str {
+        "aot"
+    }
+
+    fn run(&mut self, entry: &str, _: &[(&str, &Tensor)]) -> Result<Outputs, EngineError> {
+        Err(EngineError::Internal {
+            engine: "aot".into(),
+            message: format!("entry {entry} run without weights loaded"),
+        })
+    }
+}
+
+/// Prints `e` as cranformer does ("error: <cause>: <detail>" on stderr) and returns the exit
+/// status.
+fn report(e: anyhow::Error, out: &mut dyn Write) -> c_int {
+    // A reader that went away (`| head`) is not an error worth a message.
+    let broken_pipe = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return 0;
+    }
+    let _ = out.flush();
+    // Errors that print their source in their own message would show it twice.
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    eprintln!("error: {msg}");
+    1
+}

@@ -1,0 +1,152 @@
+//! Compiled code as an [`Engine`]: entry functions linked ahead of time (into an executable or
+//! a shared object), their metadata, and the description a compiled executable carries of its
+//! model. Shared by `cranformer compile`'s in-process engine and by the executables it writes,
+//! so it knows nothing of Cranelift.
+
+use crate::model_info::ModelInfo;
+use crate::native::{EntryFn, EntryMeta, NativeEntry, WeightPrep};
+use crate::tokenize::TokenizerKind;
+use crate::weights::{F32Buffer, Weights, WeightsError};
+use crate::{Engine, EngineError, Outputs, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Version of [`Program`]'s encoding; an executable and its runtime library come from the
+/// same `cranformer`, so a mismatch is a bug, not a user error.
+pub const PROGRAM_VERSION: u32 = 1;
+
+/// Everything a compiled executable knows about its model besides code, tokenizer and
+/// weight bytes (embedded as JSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Program {
+    pub version: u32,
+    /// The model directory it was compiled from (shown by `--verbose`).
+    pub source: String,
+    pub info: ModelInfo,
+    /// "bert", "gpt2" or "t5".
+    pub tokenizer_kind: String,
+    pub entries: Vec<EntryMeta>,
+    /// Every checkpoint tensor the entries read, with the shape the compiler checked.
+    pub weights: Vec<(String, Vec<usize>)>,
+    /// `--weights external`: the safetensors files (absolute paths) to map at start-up.
+    pub external: Vec<PathBuf>,
+    /// `--weights embed`: the executable carries its weights already laid out for the kernels
+    /// (one F32 tensor per [`prepared_key`]), so they are used in place, never copied.
+    pub embedded: bool,
+}
+
+/// The key of a weight laid out as `prep` in an executable's embedded weights.
+pub fn prepared_key(key: &str, prep: WeightPrep) -> String {
+    match prep {
+        WeightPrep::AsIs => key.to_string(),
+        WeightPrep::Panels { k, n, in_out } => {
+            format!(
+                "{key}#panels.{k}x{n}.{}",
+                if in_out { "in_out" } else { "out_in" }
+            )
+        }
+        WeightPrep::PadPanel { n } => format!("{key}#pad.{n}"),
+    }
+}
+
+impl Program {
+    pub fn tokenizer_kind(&self) -> TokenizerKind {
+        match self.tokenizer_kind.as_str() {
+            "gpt2" => TokenizerKind::Gpt2,
+            "t5" => TokenizerKind::T5,
+            _ => TokenizerKind::Bert,
+        }
+    }
+
+    /// Every prepared weight the entries read, from the embedded store written by the
+    /// compiler (views into the executable's read-only data).
+    pub fn load_prepared(
+        &self,
+        weights: &Weights,
+    ) -> Result<BTreeMap<(String, WeightPrep), F32Buffer>, WeightsError> {
+        let mut map = BTreeMap::new();
+        for meta in &self.entries {
+            for (key, prep) in &meta.weights {
+                let pk = prepared_key(key, *prep);
+                let len = weights.info(&pk).map_or(0, |i| i.shape.iter().product());
+                map.insert((key.clone(), *prep), weights.get(&pk, &[len])?);
+            }
+        }
+        Ok(map)
+    }
+
+    /// Every tensor the entries read, from `weights`, checked against the compiled shapes:
+    /// views into the mapping where the dtype and alignment allow, converted copies otherwise.
+    pub fn load_weights(
+        &self,
+        weights: &Weights,
+    ) -> Result<BTreeMap<String, F32Buffer>, WeightsError> {
+        self.weights
+            .iter()
+            .map(|(key, shape)| Ok((key.clone(), weights.get(key, shape)?)))
+            .collect()
+    }
+}
+
+pub fn tokenizer_kind_name(kind: TokenizerKind) -> &'static str {
+    match kind {
+        TokenizerKind::Bert => "bert",
+        TokenizerKind::Gpt2 => "gpt2",
+        TokenizerKind::T5 => "t5",
+    }
+}
+
+/// Runs entry functions that were linked ahead of time.
+pub struct NativeEngine {
+    name: &'static str,
+    entries: BTreeMap<String, NativeEntry>,
+}
+
+impl NativeEngine {
+    /// Prepares every entry's weights (packing matmul panels once per tensor and layout).
+    ///
+    /// # Safety
+    /// Each function must be the entry generated for its metadata, and stay valid (its code
+    /// loaded) as long as the engine lives.
+    /// Weights already in `prepared` are used as they are.
+    pub unsafe fn new(
+        name: &'static str,
+        entries: Vec<(EntryMeta, EntryFn)>,
+        checkpoint: &BTreeMap<String, F32Buffer>,
+        mut prepared: BTreeMap<(String, WeightPrep), F32Buffer>,
+    ) -> Result<NativeEngine, EngineError> {
+        let lookup = |key: &str| checkpoint.get(key).cloned();
+        let mut map = BTreeMap::new();
+        for (meta, func) in entries {
+            let entry_name = meta.name.clone();
+            let entry =
+                NativeEntry::new(meta, func, &lookup, &mut prepared).map_err(|message| {
+                    EngineError::Internal {
+                        engine: name.into(),
+                        message: format!("entry {entry_name}: {message}"),
+                    }
+                })?;
+            map.insert(entry_name, entry);
+        }
+        Ok(NativeEngine { name, entries: map })
+    }
+}
+
+impl Engine for NativeEngine {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn run(&mut self, entry: &str, inputs: &[(&str, &Tensor)]) -> Result<Outputs, EngineError> {
+        let available = self.entries.keys().cloned().collect::<Vec<_>>().join(", ");
+        let e = self
+            .entries
+            .get_mut(entry)
+            .ok_or_else(|| EngineError::NoEntry {
+                entry: entry.into(),
+                available,
+            })?;
+        e.run(inputs)
+    }
+}
