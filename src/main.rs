@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 mod bench;
 mod compile;
+mod presets;
 
 use cranformer_compiler::interp::Interpreter;
 use cranformer_compiler::jit::JitEngine;

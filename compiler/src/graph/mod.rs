@@ -5,11 +5,13 @@
 //! weight being the consumer's input slot. Shapes are symbolic in the batch and sequence
 //! dims so one graph serves every input size.
 
+mod cost;
 mod infer;
 mod op;
 mod print;
 mod shape;
 
+pub use cost::{graph_cost, node_cost, node_costs, Cost};
 pub use op::{Activation, Op, WeightLayout};
 pub use shape::{DType, Dim, Dims, Shape, TensorType};
 

@@ -1,0 +1,220 @@
+//! `cranformer bench` end to end on the tiny fixtures and a one-layer preset: the JSON lines
+//! carry the promised fields with sane values. Timings themselves are never asserted.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")).join(name)
+}
+
+/// Runs `cranformer bench ARGS`, which must succeed, and parses its JSON lines.
+fn bench(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("cranformer runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn bench_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("cranformer runs");
+    assert!(!out.status.success(), "bench {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn num(v: &Value, field: &str) -> f64 {
+    v.get(field)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number {field:?} in {v}"))
+}
+
+/// The fields every line has, with values that make sense for `runs` runs.
+fn check_line(v: &Value, engine: &str, task: &str, runs: u64) {
+    assert_eq!(v["engine"], engine, "{v}");
+    assert_eq!(v["task"], task, "{v}");
+    assert_eq!(v["runs"].as_u64(), Some(runs), "{v}");
+    let (median, min) = (num(v, "median_ms"), num(v, "min_ms"));
+    assert!(min > 0.0 && min <= median, "min {min} median {median}: {v}");
+    assert!(num(v, "gflops") > 0.0, "{v}");
+    assert!(num(v, "flops") > 0.0, "{v}");
+}
+
+#[test]
+fn forward_on_gpt2_tiny_compares_interp_and_jit() {
+    let lines = bench(&[
+        fixture("gpt2-tiny").to_str().unwrap(),
+        "--engine",
+        "interp,jit",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--seq",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    check_line(&lines[0], "interp", "forward", 2);
+    check_line(&lines[1], "jit", "forward", 2);
+    assert_eq!(lines[0]["seq"], 8);
+    assert_eq!(lines[0]["batch"], 1);
+    // The same work for both engines, so the same FLOPs; the interpreter is its own baseline.
+    assert_eq!(lines[0]["flops"], lines[1]["flops"]);
+    assert!((num(&lines[0], "ratio_to_interp") - 1.0).abs() < 1e-9);
+    assert!(num(&lines[1], "ratio_to_interp") > 0.0);
+    assert!(lines[1].get("compile_ms").is_some());
+    assert!(lines[0].get("ms_per_new_token").is_none());
+}
+
+#[test]
+fn generate_on_gpt2_tiny_reports_ms_per_new_token() {
+    let lines = bench(&[
+        fixture("gpt2-tiny").to_str().unwrap(),
+        "--engine",
+        "jit,interp",
+        "--task",
+        "generate",
+        "--prompt-tokens",
+        "5",
+        "--new-tokens",
+        "3",
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (v, engine) in lines.iter().zip(["jit", "interp"]) {
+        check_line(v, engine, "generate", 2);
+        let per_token = num(v, "ms_per_new_token");
+        assert!(
+            per_token > 0.0 && per_token * 3.0 <= num(v, "median_ms"),
+            "{v}"
+        );
+        assert_eq!(v["new_tokens"], 3);
+        assert_eq!(v["prompt_tokens"], 5);
+    }
+}
+
+#[test]
+fn generate_on_t5_tiny() {
+    let lines = bench(&[
+        fixture("t5-tiny").to_str().unwrap(),
+        "--engine",
+        "jit",
+        "--task",
+        "generate",
+        "--prompt-tokens",
+        "4",
+        "--new-tokens",
+        "2",
+        "--batch",
+        "2",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 1);
+    check_line(&lines[0], "jit", "generate", 1);
+    assert!(lines[0].get("ratio_to_interp").is_none());
+}
+
+#[test]
+fn preset_with_one_layer_runs_forward() {
+    let lines = bench(&[
+        "--preset",
+        "t5-small",
+        "--layers",
+        "1",
+        "--engine",
+        "interp,jit",
+        "--seq",
+        "4",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 2);
+    check_line(&lines[0], "interp", "forward", 1);
+    check_line(&lines[1], "jit", "forward", 1);
+    assert_eq!(lines[0]["model"], "t5-small");
+    // encode + cross_kv + decode of 4 tokens with a 32128 x 512 tied head: the head alone is
+    // 2 * 4 * 32128 * 512 FLOPs.
+    assert!(num(&lines[0], "flops") > 2.0 * 4.0 * 32128.0 * 512.0);
+}
+
+#[test]
+fn table_without_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
+        .args(["bench", fixture("bert-tiny").to_str().unwrap()])
+        .args(["--runs", "1", "--warmup", "0", "--seq", "4"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // Without --engine, bench compares the interpreter and the JIT.
+    assert!(
+        text.contains("median ms") && text.contains("vs interp"),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("interp ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("jit ")), "{text}");
+}
+
+#[test]
+fn bad_requests_are_explained() {
+    let bert = fixture("bert-tiny");
+    let bert = bert.to_str().unwrap();
+    let e = bench_fails(&[bert, "--task", "generate"]);
+    assert!(e.contains("BERT models do not generate"), "{e}");
+    let e = bench_fails(&[bert, "--engine", "jit,fast"]);
+    assert!(e.contains("unknown --engine \"fast\""), "{e}");
+    let e = bench_fails(&["--preset", "gpt3"]);
+    assert!(
+        e.contains("unknown --preset \"gpt3\"") && e.contains("gpt2-xl"),
+        "{e}"
+    );
+    let e = bench_fails(&[bert, "--seq", "100000"]);
+    assert!(e.contains("--seq is 100000"), "{e}");
+    let e = bench_fails(&[]);
+    assert!(e.contains("MODEL_DIR") || e.contains("--preset"), "{e}");
+}
+
+#[test]
+fn aot_runs_beside_the_interpreter() {
+    let lines = bench(&[
+        fixture("bert-tiny").to_str().unwrap(),
+        "--engine",
+        "aot,interp",
+        "--seq",
+        "6",
+        "--batch",
+        "2",
+        "--runs",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    check_line(&lines[0], "aot", "forward", 2);
+    check_line(&lines[1], "interp", "forward", 2);
+    assert!(lines[0].get("link_ms").is_some(), "{}", lines[0]);
+}
