@@ -420,10 +420,9 @@ pub fn run(args: &BenchArgs, common: &Common, out: &mut dyn Write) -> Result<()>
         "generate" => Task::Generate,
         _ => Task::Forward,
     };
-    let threads = common.threads.unwrap_or(1);
-    if threads > 1 {
-        eprintln!("note: the engines are single-threaded for now: --threads {threads} is recorded but not used");
-    }
+    // The runtime's matmuls use this many threads (main applied --threads); the
+    // interpreter always runs on one.
+    let threads = cranformer_runtime::threads::threads();
 
     let load_start = Instant::now();
     let (model, model_name) = match (&args.preset, &args.model_dir) {

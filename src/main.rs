@@ -186,6 +186,9 @@ fn graph(dir: &Path, emit: &str, entry: Option<&str>, out: &mut dyn Write) -> Re
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(n) = cli.common.threads {
+        cranformer_runtime::threads::set_threads(n);
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = match cli.command {

@@ -13,8 +13,8 @@ pub mod model_info;
 pub mod native;
 pub mod sampling;
 pub mod tasks;
-pub mod threads;
 pub mod tensor;
+pub mod threads;
 pub mod tokenize;
 pub mod weights;
 

@@ -88,22 +88,25 @@ impl TensorSig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum WeightPrep {
     AsIs,
-    /// A matmul weight into column panels of [`PANEL`] columns: panel p holds, for each k,
-    /// columns `PANEL*p..PANEL*p+PANEL` of the `[K, N]` matrix, zero-padded past N.
-    /// `in_out` says whether the checkpoint stores `[K, N]` (Conv1D) or `[N, K]` (Linear).
+    /// A matmul weight into column panels of [`PANEL`] columns ([`crate::gemm::pack_b`]):
+    /// panel p holds, for each k, columns `PANEL*p..PANEL*p+PANEL` of the `[K, N]` matrix,
+    /// zero-padded past N. `in_out` says whether the checkpoint stores `[K, N]` (Conv1D) or
+    /// `[N, K]` (Linear).
     Panels {
         k: usize,
         n: usize,
         in_out: bool,
     },
-    /// A bias zero-padded to a multiple of [`PANEL`] so the micro-kernel loads whole vectors.
+    /// A bias zero-padded to a multiple of [`PANEL`] so micro-kernels load whole vectors.
     PadPanel {
         n: usize,
     },
 }
 
-/// Columns per packed weight panel: the micro-kernel's tile width (two f32x4 vectors).
-pub const PANEL: usize = 8;
+/// Columns per packed weight panel: the runtime's widest micro-kernel tile. The generated
+/// f32x4 kernel and the narrower runtime kernels read sub-panels of it, so one layout, made
+/// at load or at compile time, serves every CPU.
+pub const PANEL: usize = crate::gemm::PACK_NR;
 
 impl WeightPrep {
     /// The prepared tensor from the checkpoint's data.
@@ -111,18 +114,7 @@ impl WeightPrep {
         match self {
             WeightPrep::AsIs => w.clone(),
             WeightPrep::Panels { k, n, in_out } => {
-                let panels = n.div_ceil(PANEL);
-                let mut out = vec![0f32; panels * k * PANEL];
-                for p in 0..panels {
-                    for kk in 0..k {
-                        for jj in 0..PANEL.min(n - p * PANEL) {
-                            let j = p * PANEL + jj;
-                            out[(p * k + kk) * PANEL + jj] =
-                                if in_out { w[kk * n + j] } else { w[j * k + kk] };
-                        }
-                    }
-                }
-                F32Buffer::from_vec(out)
+                F32Buffer::from_vec(crate::gemm::pack_b(w, k, n, in_out, PANEL))
             }
             WeightPrep::PadPanel { n } => {
                 let mut out = w[..n].to_vec();
@@ -166,6 +158,43 @@ pub struct EntryCtx {
     pub values: *const *mut u8,
     /// B, T, P, S.
     pub dims: [i64; 4],
+    /// Runtime services the generated code calls (byte offset 40).
+    pub rt: *const RuntimeFns,
+}
+
+/// `c = a·b + bias` on packed panels (see [`crate::gemm::cranformer_sgemm`]).
+pub type SgemmFn = unsafe extern "C" fn(
+    usize,
+    usize,
+    usize,
+    *const f32,
+    usize,
+    *const f32,
+    *const f32,
+    *mut f32,
+    usize,
+) -> ();
+
+/// Function pointers into the runtime, passed to generated code through [`EntryCtx`] rather
+/// than linked by name, so the same code works JIT-compiled, in an executable, and in a
+/// shared object loaded by a process that exports no symbols.
+#[repr(C)]
+pub struct RuntimeFns {
+    /// The wide matmul, or null where only the generated f32x4 kernel should run (CPUs
+    /// without AVX2, or `CRANFORMER_ISA=portable`).
+    pub sgemm: Option<SgemmFn>,
+}
+
+/// The runtime services for this CPU.
+pub fn runtime_fns() -> &'static RuntimeFns {
+    static WIDE: RuntimeFns = RuntimeFns {
+        sgemm: Some(crate::gemm::cranformer_sgemm),
+    };
+    static NARROW: RuntimeFns = RuntimeFns { sgemm: None };
+    match crate::gemm::detected() {
+        crate::gemm::Isa::Portable => &NARROW,
+        _ => &WIDE,
+    }
 }
 
 pub type EntryFn = unsafe extern "C" fn(*const EntryCtx) -> i64;
@@ -261,6 +290,7 @@ impl NativeEntry {
                 dims.past as i64,
                 dims.enc_seq as i64,
             ],
+            rt: runtime_fns(),
         };
         // SAFETY: the table holds a live pointer of the right size for every slot the entry
         // reads or writes, as its metadata promises.

@@ -153,6 +153,8 @@ pub fn lower_entry<M: Module>(
         Rows(NodeIndex),
         Numel(NodeIndex),
         Null,
+        /// The runtime's wide matmul (`EntryCtx::rt->sgemm`), or null.
+        Sgemm,
     }
     struct Call {
         node: NodeIndex,
@@ -225,6 +227,7 @@ pub fn lower_entry<M: Module>(
                         b,
                         Arg::Val(n),
                         Arg::Rows(ops[0]),
+                        Arg::Sgemm,
                     ],
                     None,
                 )
@@ -407,6 +410,7 @@ pub fn lower_entry<M: Module>(
                     }
                     Arg::Numel(o) => ArgVal::Dims(graph.g[*o].ty.shape.clone()),
                     Arg::Null => ArgVal::Null,
+                    Arg::Sgemm => ArgVal::Sgemm,
                 })
                 .collect();
             let code = c.fails.map(|m| {
@@ -469,6 +473,9 @@ pub fn lower_entry<M: Module>(
             let ctx = params[0];
             let values = k.ld(I64, ctx, 0);
             let dims: Vec<Value> = (0..4).map(|i| k.ld(I64, ctx, 8 + 8 * i)).collect();
+            // EntryCtx::rt, then RuntimeFns::sgemm.
+            let rt = k.ld(I64, ctx, 40);
+            let sgemm = k.ld(I64, rt, 0);
             let dim = |k: &mut super::ir::Kb, d: Dim| -> Value {
                 match d {
                     Dim::Const(c) => k.i(c as i64),
@@ -494,6 +501,7 @@ pub fn lower_entry<M: Module>(
                             acc
                         }
                         ArgVal::Null => k.i(0),
+                        ArgVal::Sgemm => sgemm,
                     })
                     .collect();
                 let call = k.b.ins().call(refs.funcs[callee[i]], &vals);
@@ -522,4 +530,5 @@ enum ArgVal {
     Slot(i64),
     Dims(Vec<Dim>),
     Null,
+    Sgemm,
 }

@@ -1,6 +1,11 @@
 //! Matmul with bias, `out [M, N] = x [M, K] · W + bias`, for both checkpoint layouts: the
-//! host packs W once into panels of 8 columns (`WeightPrep::Panels`: for each k, 8
-//! consecutive columns) and pads the bias to whole panels, so one kernel serves both.
+//! host packs W once into panels of `PANEL` (32) columns (`WeightPrep::Panels`: for each k,
+//! 32 consecutive columns) and pads the bias to whole panels, so one kernel serves both.
+//!
+//! Where the runtime offers its wide matmul (AVX-512 / AVX2 micro-kernels, threads: see
+//! `cranformer_runtime::gemm`), the kernel calls it through `EntryCtx::rt`; Cranelift itself
+//! emits 128-bit vectors only, a quarter of an AVX-512 core's peak. Otherwise, the portable
+//! path below runs on 8-column sub-panels of the same packing.
 //!
 //! Micro-kernel `cf_mm_f32x4_{mr}x8_k{K}_n{N}`: an mr×8 tile of `out` in 2·mr f32x4
 //! accumulators, K unrolled by 8, each FMA fed by a fresh `splat(load x)` (folded into
@@ -20,11 +25,16 @@ use cranformer_runtime::native::PANEL;
 
 /// Rows per register tile: 6 rows × 2 vectors = 12 accumulators of x86-64's 16 xmm registers.
 pub const MR: usize = 6;
+/// Columns per register tile: two f32x4 vectors, an 8-column sub-panel of a packed panel.
+const TILE_N: usize = 8;
+/// Bytes from one k's row of a packed panel to the next.
+const PANEL_ROW: i64 = 4 * PANEL as i64;
 const UNROLL: usize = 8;
 
 /// `(x, panel, out, bias, ncols)`: one tile. `x` points at the tile's first row (row stride
-/// 4K bytes), `panel` at its panel (32K bytes), `out` at its first element (row stride 4N),
-/// `bias` at its 8 padded entries or is 0; `ncols` (1..=8) columns are stored.
+/// 4K bytes), `panel` at its sub-panel's first k row (rows `PANEL_ROW` bytes apart), `out` at
+/// its first element (row stride 4N), `bias` at its 8 padded entries or is 0; `ncols`
+/// (1..=8) columns are stored.
 fn micro<M: Module>(
     l: &mut Lowering<'_, M>,
     mr: usize,
@@ -53,8 +63,8 @@ fn micro<M: Module>(
         }
         // Steps of UNROLL k's: x and the panel advance by 4·UNROLL and 32·UNROLL bytes.
         let step = |k: &mut Kb, px: Value, pb: Value, u: usize| {
-            let b0 = k.ldv(pb, (32 * u) as i32);
-            let b1 = k.ldv(pb, (32 * u + 16) as i32);
+            let b0 = k.ldv(pb, (PANEL_ROW * u as i64) as i32);
+            let b1 = k.ldv(pb, (PANEL_ROW * u as i64 + 16) as i32);
             for r in 0..mr {
                 let a = k.ldf(px, r as i32 * lda + 4 * u as i32);
                 let a = k.b.ins().splat(F32X4, a);
@@ -79,7 +89,7 @@ fn micro<M: Module>(
                     step(k, cx, cb, u);
                 }
                 let nx = k.addi(cx, 4 * UNROLL as i64);
-                let nb = k.addi(cb, 32 * UNROLL as i64);
+                let nb = k.addi(cb, PANEL_ROW * UNROLL as i64);
                 k.b.def_var(px, nx);
                 k.b.def_var(pb, nb);
             });
@@ -89,7 +99,7 @@ fn micro<M: Module>(
             step(k, cx, cb, u);
         }
         // Store: whole rows of 8, or through a stack tile for a partial panel.
-        let whole = k.b.ins().icmp_imm_s(IntCC::Equal, ncols, PANEL as i64);
+        let whole = k.b.ins().icmp_imm_s(IntCC::Equal, ncols, TILE_N as i64);
         let fast = k.b.create_block();
         let slow = k.b.create_block();
         let done = k.b.create_block();
@@ -128,7 +138,8 @@ fn micro<M: Module>(
     })
 }
 
-/// `(x, panels, bias, out, m)`: `out [M, N] = x [M, K] · W + bias` (bias padded, or 0).
+/// `(x, panels, bias, out, m, sgemm)`: `out [M, N] = x [M, K] · W + bias` (bias padded, or
+/// 0); `sgemm` is the runtime's wide matmul or 0.
 pub fn linear<M: Module>(
     l: &mut Lowering<'_, M>,
     kdim: usize,
@@ -143,18 +154,42 @@ pub fn linear<M: Module>(
         funcs: micros,
         data: vec![],
     };
-    let panels = n.div_ceil(PANEL) as i64;
-    l.kernel(&name, 5, false, imports, |k, p, refs| {
-        let (x, w, b, out, m) = (p[0], p[1], p[2], p[3], p[4]);
-        let pv = k.i(panels);
-        k.for_n(pv, |k, pi| {
-            let pw = k.at(w, pi, 32 * kdim as i64);
-            let pb = if bias { k.at(b, pi, 32) } else { k.i(0) };
-            // Columns in this panel: 8, or what is left of N.
-            let col0 = k.muli(pi, PANEL as i64);
+    let sgemm_sig = l.signature(9, false);
+    let tiles = n.div_ceil(TILE_N) as i64;
+    let per_panel = (PANEL / TILE_N) as i64;
+    l.kernel(&name, 6, false, imports, |k, p, refs| {
+        let (x, w, b, out, m, sgemm) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+        let wide = k.b.ins().icmp_imm_s(IntCC::NotEqual, sgemm, 0);
+        let done = k.b.create_block();
+        let narrow = k.b.create_block();
+        let call = k.b.create_block();
+        k.b.ins().brif(wide, call, &[], narrow, &[]);
+
+        k.b.switch_to_block(call);
+        let sig = k.b.import_signature(sgemm_sig);
+        let (kv, nv) = (k.i(kdim as i64), k.i(n as i64));
+        k.b.ins()
+            .call_indirect(sig, sgemm, &[m, nv, kv, x, kv, w, b, out, nv]);
+        k.b.ins().jump(done, &[]);
+
+        k.b.switch_to_block(narrow);
+        let tv = k.i(tiles);
+        k.for_n(tv, |k, ti| {
+            // Tile ti: panel ti / 4, its 8-column sub-panel ti % 4.
+            let panel = k.b.ins().udiv_imm_u(ti, per_panel);
+            let sub = k.b.ins().urem_imm_u(ti, per_panel);
+            let pw = k.at(w, panel, PANEL_ROW * kdim as i64);
+            let pw = k.at(pw, sub, 4 * TILE_N as i64);
+            let pb = if bias {
+                k.at(b, ti, 4 * TILE_N as i64)
+            } else {
+                k.i(0)
+            };
+            // Columns in this tile: 8, or what is left of N.
+            let col0 = k.muli(ti, TILE_N as i64);
             let nv = k.i(n as i64);
             let left = k.b.ins().isub(nv, col0);
-            let eight = k.i(PANEL as i64);
+            let eight = k.i(TILE_N as i64);
             let ncols = k.b.ins().smin(left, eight);
             let out_col = k.at(out, col0, 4);
             let full_rows = {
@@ -178,5 +213,7 @@ pub fn linear<M: Module>(
                 });
             }
         });
+        k.b.ins().jump(done, &[]);
+        k.b.switch_to_block(done);
     })
 }

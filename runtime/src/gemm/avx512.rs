@@ -62,7 +62,7 @@ unsafe fn kernel<const R: usize>(
             row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
         pa = pa.add(R);
-        pb = pb.add(NR);
+        pb = pb.add(super::PACK_NR);
     }
     for (r, row) in acc.iter().enumerate() {
         _mm512_storeu_ps(c.add(r * ldc), row[0]);

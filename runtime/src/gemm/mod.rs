@@ -75,6 +75,11 @@ impl Isa {
     }
 }
 
+/// Columns per packed weight panel: the widest tile (AVX-512's 32). Narrower kernels walk
+/// a panel's sub-panels, so one packing serves every ISA, and weights packed at compile
+/// time run on any CPU.
+pub const PACK_NR: usize = 32;
+
 /// Cache blocking of one matmul.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Blocking {
@@ -140,7 +145,7 @@ pub struct Sgemm {
     /// `[M, K]`, row stride `lda`.
     pub a: *const f32,
     pub lda: usize,
-    /// Packed by [`pack_b`] with this ISA's `nr`.
+    /// Packed by [`pack_b`] into panels of [`PACK_NR`] columns.
     pub b: *const f32,
     /// `[N]` or null.
     pub bias: *const f32,
@@ -155,13 +160,12 @@ unsafe impl Sync for Sgemm {}
 /// `C = A·B + bias` with `isa`'s kernels, on up to `threads::threads()` threads.
 ///
 /// # Safety
-/// The pointers must be valid for the sizes given; B must be packed with `isa.nr()`.
+/// The pointers must be valid for the sizes given; B must be packed with [`PACK_NR`].
 pub unsafe fn sgemm(g: &Sgemm, isa: Isa, blocking: Blocking) {
     if g.m == 0 || g.n == 0 {
         return;
     }
-    let nr = isa.nr();
-    let panels = g.n.div_ceil(nr);
+    let panels = g.n.div_ceil(PACK_NR);
     // Contiguous ranges of panels, one per thread: each thread packs A for itself, which
     // costs M·K against its M·K·N/threads of multiply-adds.
     let tasks = threads::threads().min(panels).min(
@@ -192,34 +196,37 @@ unsafe fn block(g: &Sgemm, isa: Isa, bl: Blocking, p0: usize, p1: usize) {
         let mut pc = 0;
         while pc < g.k {
             let kc = kc_max.min(g.k - pc);
-            let last_k = pc + kc == g.k;
             let mut ic = 0;
             while ic < g.m {
                 let mc = mc_max.min(g.m - ic);
                 pack_a(g, ic, mc, pc, kc, mr, &mut buf);
-                for p in p0..p1 {
-                    let cols = nr.min(g.n - p * nr);
-                    let bptr = g.b.add(p * g.k * nr + pc * nr);
+                // Each tile-wide column strip of the panels, its kc × nr B sliver in L1.
+                for strip in p0 * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
+                    let col = strip * nr;
+                    if col >= g.n {
+                        break;
+                    }
+                    let (p, sub) = (col / PACK_NR, col % PACK_NR);
+                    let bptr = g.b.add(p * g.k * PACK_NR + pc * PACK_NR + sub);
                     let mut ir = 0;
                     while ir < mc {
-                        let rows = mr.min(mc - ir);
                         let init = if pc > 0 {
                             Init::Load
                         } else if g.bias.is_null() {
                             Init::Zero
                         } else {
-                            Init::Bias(g.bias.add(p * nr))
+                            Init::Bias(g.bias.add(col))
                         };
                         let tile = Tile {
                             kc,
                             a: buf.as_ptr().add(ir * kc),
                             b: bptr,
-                            c: g.c.add((ic + ir) * g.ldc + p * nr),
+                            c: g.c.add((ic + ir) * g.ldc + col),
                             ldc: g.ldc,
-                            rows,
-                            cols,
+                            rows: mr.min(mc - ir),
+                            cols: nr.min(g.n - col),
                             init,
-                            bias_cols_valid: g.n - p * nr,
+                            bias_cols_valid: g.n - col,
                         };
                         micro(isa, &tile);
                         ir += mr;
@@ -227,7 +234,6 @@ unsafe fn block(g: &Sgemm, isa: Isa, bl: Blocking, p0: usize, p1: usize) {
                 }
                 ic += mc;
             }
-            let _ = last_k;
             pc += kc;
         }
     });
@@ -263,7 +269,7 @@ pub(crate) struct Tile {
     pub kc: usize,
     /// `[kc][rows]`.
     pub a: *const f32,
-    /// `[kc][NR]`.
+    /// `[kc]` rows of the tile's columns, [`PACK_NR`] floats apart.
     pub b: *const f32,
     pub c: *mut f32,
     pub ldc: usize,
@@ -329,7 +335,7 @@ pub(crate) unsafe fn with_full_tile<const NR: usize>(
 }
 
 /// C entry point for generated code: `c = a·b + bias` with this CPU's kernels and default
-/// blocking. `b` must be packed with [`Isa::detect`]'s `nr`.
+/// blocking. `b` must be packed by [`pack_b`] with [`PACK_NR`].
 ///
 /// # Safety
 /// As [`sgemm`].

@@ -17,7 +17,7 @@ pub(super) unsafe fn tile(t: &Tile) {
             }
         }
         for kk in 0..t.kc {
-            let bv = std::slice::from_raw_parts(t.b.add(kk * NR), NR);
+            let bv = std::slice::from_raw_parts(t.b.add(kk * super::PACK_NR), NR);
             for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
                 let av = *t.a.add(kk * t.rows + r);
                 for (x, &y) in row.iter_mut().zip(bv) {

@@ -71,7 +71,7 @@ fn matches_reference_on_odd_shapes() {
                             mc: 2 * isa.mr(),
                         },
                     ] {
-                        let packed = pack_b(&w, k, n, in_out, isa.nr());
+                        let packed = pack_b(&w, k, n, in_out, PACK_NR);
                         let mut c = vec![f32::NAN; m * n];
                         let g = Sgemm {
                             m,
@@ -111,7 +111,7 @@ fn thread_count_does_not_change_results() {
     let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
     let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
     let isa = detected();
-    let packed = pack_b(&w, k, n, false, isa.nr());
+    let packed = pack_b(&w, k, n, false, PACK_NR);
     let run = |threads: usize| {
         crate::threads::set_threads(threads);
         let mut c = vec![0f32; m * n];
