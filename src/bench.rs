@@ -85,6 +85,13 @@ pub struct BenchArgs {
     /// (and ms_per_new_token for generate), plus details.
     #[arg(long)]
     pub json: bool,
+    /// Print the tiling report: per kernel FLOPs, bytes, bound, chosen tiling, predicted and
+    /// measured time (matmuls timed inside one extra JIT run), share of the roof.
+    #[arg(long)]
+    pub report: bool,
+    /// Draw the report's roofline into this SVG file (implies --report).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 /// `--engine` is global with default "jit" for the tasks; bench compares engines, so without
@@ -560,12 +567,98 @@ pub fn run(args: &BenchArgs, common: &Common, out: &mut dyn Write) -> Result<()>
         decode_cost,
         matmul_flops,
     };
+    // The tiling report: one more run of the compiled engine with every matmul timed.
+    let mut tiling_rows = None;
+    if args.report || args.svg.is_some() {
+        let jit = built
+            .iter_mut()
+            .find(|(_, s)| s.name != "interp")
+            .context("--report needs a compiled engine (jit)")?;
+        cranformer_runtime::gemm::profile::start();
+        let run = work.run(jit.0.as_mut(), None);
+        let timings = cranformer_runtime::gemm::profile::stop();
+        run.context("the profiled run")?;
+        tiling_rows = Some(tiling_report(&model, &trace, &timings)?);
+    }
     let samples: Vec<Sample> = built.into_iter().map(|(_, s)| s).collect();
     if args.json {
-        report.json(&samples, out)
+        report.json(&samples, out)?;
     } else {
-        report.table(&samples, out)
+        report.table(&samples, out)?;
     }
+    if let Some((rows, profile)) = tiling_rows {
+        writeln!(out)?;
+        write!(
+            out,
+            "{}",
+            cranformer_compiler::tiling::report::table(
+                &rows,
+                &profile,
+                "each matmul timed inside the runtime call (GemmCall) during one extra run; other kernels: prediction only"
+            )
+        )?;
+        if let Some(path) = &args.svg {
+            std::fs::write(
+                path,
+                cranformer_compiler::tiling::report::svg(&rows, &profile),
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+            writeln!(out, "roofline drawn in {}", path.display())?;
+        }
+    }
+    Ok(())
+}
+
+/// The report rows of every call in `trace` (graphs as the JIT compiled them), with each
+/// matmul's measured time from the runtime's per-call timings, matched by shape.
+fn tiling_report(
+    model: &Model,
+    trace: &Trace,
+    timings: &[cranformer_runtime::gemm::profile::Timing],
+) -> Result<(
+    Vec<cranformer_compiler::tiling::report::Row>,
+    cranformer_compiler::tiling::MachineProfile,
+)> {
+    use cranformer_compiler::tiling::{report, MachineProfile};
+    let profile = MachineProfile::host();
+    let optimized = model.optimized(None)?;
+    let weights: u64 = trace
+        .first()
+        .map(|(e, d, _)| graph_cost(&optimized[e], d).weight_bytes)
+        .unwrap_or(0);
+    let mut rows = vec![];
+    for (entry, dims, _) in trace {
+        report::merge(
+            &mut rows,
+            report::rows(&optimized[entry], dims, &profile, weights),
+        );
+    }
+    for r in rows.iter_mut() {
+        if let Some((m, n, k)) = r.matmul {
+            let secs: f64 = timings
+                .iter()
+                .filter(|t| (t.m, t.n, t.k) == (m, n, k))
+                .map(|t| t.seconds)
+                .sum();
+            if secs > 0.0 {
+                r.measured_s = Some(secs);
+            }
+        }
+    }
+    // Several rows of one shape (with and without epilogue) share the timings: split them
+    // by call count.
+    let mut shared: std::collections::HashMap<(usize, usize, usize), usize> = Default::default();
+    for r in &rows {
+        if let Some(s) = r.matmul {
+            *shared.entry(s).or_default() += r.calls;
+        }
+    }
+    for r in rows.iter_mut() {
+        if let (Some(s), Some(m)) = (r.matmul, r.measured_s) {
+            r.measured_s = Some(m * r.calls as f64 / shared[&s] as f64);
+        }
+    }
+    Ok((rows, profile))
 }
 
 struct Report<'a> {

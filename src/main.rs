@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod compile;
 mod presets;
+mod roofline;
 
 use cranformer_compiler::interp::Interpreter;
 use cranformer_compiler::jit::JitEngine;
@@ -82,11 +83,18 @@ enum Command {
         /// Only this entry point (e.g. encode, step).
         #[arg(long)]
         entry: Option<String>,
+        /// The graph after this pass (fuse_qkv, fuse_add_norm, fuse_epilogue, fuse_elementwise,
+        /// or all: what the JIT and compiled executables run); without it, the graph as the
+        /// frontend built it, which the interpreter runs. --emit clif defaults to all.
+        #[arg(long, value_name = "PASS")]
+        after: Option<String>,
     },
     /// Compile a model into a standalone executable.
     Compile(compile::CompileArgs),
     /// Benchmark engines side by side on a model or a standard size with random weights.
     Bench(bench::BenchArgs),
+    /// Measure this machine's FMA peaks and memory bandwidths (cached; --refresh remeasures).
+    Roofline(roofline::RooflineArgs),
 }
 
 fn tokenizer_kind(config: &ModelConfig) -> TokenizerKind {
@@ -161,7 +169,13 @@ fn run_task(dir: &Path, task: Task, common: &Common, out: &mut dyn Write) -> Res
     Ok(())
 }
 
-fn graph(dir: &Path, emit: &str, entry: Option<&str>, out: &mut dyn Write) -> Result<()> {
+fn graph(
+    dir: &Path,
+    emit: &str,
+    entry: Option<&str>,
+    after: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let model = Model::load(dir)?;
     if let Some(e) = entry {
         if !model.entries.contains_key(e) {
@@ -171,7 +185,13 @@ fn graph(dir: &Path, emit: &str, entry: Option<&str>, out: &mut dyn Write) -> Re
             );
         }
     }
-    for (name, g) in &model.entries {
+    // Code is only ever generated for optimised graphs.
+    let after = after.or((emit == "clif").then_some("all"));
+    let graphs = match after {
+        Some(pass) => model.optimized(Some(pass))?,
+        None => model.entries.clone(),
+    };
+    for (name, g) in &graphs {
         if entry.is_some_and(|e| e != name) {
             continue;
         }
@@ -215,12 +235,20 @@ fn main() {
             dot,
             emit,
             entry,
+            after,
         } => {
             let emit = emit.unwrap_or_else(|| if dot { "dot".into() } else { "graph".into() });
-            graph(&model_dir, &emit, entry.as_deref(), &mut out)
+            graph(
+                &model_dir,
+                &emit,
+                entry.as_deref(),
+                after.as_deref(),
+                &mut out,
+            )
         }
         Command::Compile(args) => compile::run(&args, &cli.common, &mut out),
         Command::Bench(args) => bench::run(&args, &cli.common, &mut out),
+        Command::Roofline(args) => roofline::run(&args, &mut out),
     }
     .context("cranformer");
     if let Err(e) = result {

@@ -370,3 +370,197 @@ fn libm_erf(x: f64) -> f64 {
     }
     sum * 2.0 / std::f64::consts::PI.sqrt()
 }
+
+// The fused ops the passes make (`cranformer_compiler::passes`), each built directly and
+// checked against the interpreter's plain version of it.
+
+use cranformer_compiler::graph::EwStep;
+
+const ACTS: [Activation; 6] = [
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::Relu,
+    Activation::Tanh,
+    Activation::Silu,
+    Activation::QuickGelu,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
+    ))]
+
+    #[test]
+    fn fused_linear((b, t, seed) in shapes(), k in 1usize..70, n in 1usize..45, in_out: bool,
+                    bias: bool, act in proptest::option::of(0usize..6), residual: bool) {
+        let mut g = G::new(seed | 1);
+        let x = g.g.add_input("x", bt(k));
+        let layout = if in_out { WeightLayout::InOut } else { WeightLayout::OutIn };
+        let w = g.weight("w", &if in_out { [k, n] } else { [n, k] }, 1.0);
+        let mut ops = vec![x, w];
+        if bias {
+            ops.push(g.weight("b", &[n], 1.0));
+        }
+        if residual {
+            ops.push(g.g.add_input("r", bt(n)));
+        }
+        let y = g.op(Op::FusedLinear { layout, act: act.map(|a| ACTS[a]), residual }, &ops);
+        g.g.add_output("y", y);
+        let xt = randt(&mut g, vec![b, t, k], 1.0);
+        let rt = randt(&mut g, vec![b, t, n], 1.0);
+        if residual {
+            g.check(&[("x", xt), ("r", rt)]);
+        } else {
+            g.check(&[("x", xt)]);
+        }
+    }
+
+    #[test]
+    fn add_norm((b, t, seed) in shapes(), c in 1usize..70, rms: bool, rows_b in 0usize..3) {
+        let mut g = G::new(seed | 1);
+        let a = g.g.add_input("a", bt(c));
+        // b: [B, T, C], [T, C] (positions) or [C].
+        let (bty, bshape) = match rows_b {
+            0 => (bt(c), vec![b, t, c]),
+            1 => (TensorType::f32(&[Dim::Seq, Dim::Const(c)]), vec![t, c]),
+            _ => (TensorType::f32(&[Dim::Const(c)]), vec![c]),
+        };
+        let bn = g.g.add_input("b", bty);
+        let gamma = g.weight("g", &[c], 1.0);
+        let y = if rms {
+            g.op(Op::AddRmsNorm { eps: 1e-6 }, &[a, bn, gamma])
+        } else {
+            let beta = g.weight("beta", &[c], 0.5);
+            g.op(Op::AddLayerNorm { eps: 1e-5 }, &[a, bn, gamma, beta])
+        };
+        g.g.add_output("y", y);
+        let at = randt(&mut g, vec![b, t, c], 2.0);
+        let btn = randt(&mut g, bshape, 2.0);
+        g.check(&[("a", at), ("b", btn)]);
+    }
+
+    #[test]
+    fn gated_act((b, t, seed) in shapes(), f in 1usize..40, act in 0usize..6) {
+        let mut g = G::new(seed | 1);
+        let x = g.g.add_input("x", bt(2 * f));
+        let y = g.op(Op::GatedAct(ACTS[act]), &[x]);
+        g.g.add_output("y", y);
+        let xt = randt(&mut g, vec![b, t, 2 * f], 3.0);
+        g.check(&[("x", xt)]);
+    }
+
+    #[test]
+    fn elementwise_chain((b, t, seed) in shapes(), c in 1usize..40,
+                         kinds in proptest::collection::vec(0usize..4, 1..6), act in 0usize..6) {
+        let mut g = G::new(seed | 1);
+        let x = g.g.add_input("x", bt(c));
+        // Operands: full [B, T, C], rows [T, C], a [C] vector and a scalar.
+        let full = g.g.add_input("full", bt(c));
+        let rows = g.g.add_input("rows", TensorType::f32(&[Dim::Seq, Dim::Const(c)]));
+        let vec_ = g.weight("vec", &[c], 1.0);
+        let scalar = g.weight("scalar", &[], 1.0);
+        let steps: Vec<EwStep> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| match kind {
+                0 => EwStep::Scale(0.5 + i as f32),
+                1 => EwStep::Act(ACTS[(act + i) % 6]),
+                2 => EwStep::Add(1 + i % 4),
+                _ => EwStep::Mul(1 + (i + 1) % 4),
+            })
+            .collect();
+        let y = g.op(Op::Elementwise(steps), &[x, full, rows, vec_, scalar]);
+        g.g.add_output("y", y);
+        let xt = randt(&mut g, vec![b, t, c], 2.0);
+        let ft = randt(&mut g, vec![b, t, c], 2.0);
+        let rt = randt(&mut g, vec![t, c], 2.0);
+        g.check(&[("x", xt), ("full", ft), ("rows", rt)]);
+    }
+
+    /// A BERT-style post-LN block and a T5-style gated, pre-normed one in the same graph: the
+    /// passes fuse Q/K/V, the add+norms, the epilogues and the gate before the JIT runs it.
+    #[test]
+    fn random_block_through_the_passes((b, t, seed) in shapes(), h in 1usize..4, d in 1usize..9,
+                                       f in 1usize..40, act in 0usize..6) {
+        let mut g = G::new(seed | 1);
+        let c = h * d;
+        let x = g.g.add_input("x", bt(c));
+        let mask = g.g.add_input("mask", TensorType::i64(&[Dim::Batch, Dim::Seq]));
+        let lin = Op::Linear { layout: WeightLayout::OutIn };
+        let mut qkv = vec![];
+        for p in ["q", "k", "v"] {
+            let w = g.weight(&format!("{p}.w"), &[c, c], 0.5);
+            let bb = g.weight(&format!("{p}.b"), &[c], 0.1);
+            qkv.push(g.op(lin.clone(), &[x, w, bb]));
+        }
+        let attn = Op::Attention { heads: h, head_dim: d, scale: 1.0 / (d as f32).sqrt(),
+                                   causal: false, masked: true, biased: false };
+        let y = g.op(attn, &[qkv[0], qkv[1], qkv[2], mask]);
+        let wo = g.weight("o.w", &[c, c], 0.5);
+        let bo = g.weight("o.b", &[c], 0.1);
+        let y = g.op(lin.clone(), &[y, wo, bo]);
+        let y = g.op(Op::Add, &[y, x]);
+        let lg = g.weight("ln.g", &[c], 1.0);
+        let lb = g.weight("ln.b", &[c], 0.1);
+        let x1 = g.op(Op::LayerNorm { eps: 1e-12 }, &[y, lg, lb]);
+        // Gated feed-forward with a pre-norm and the residual kept for later.
+        let rg = g.weight("rms.g", &[c], 1.0);
+        let hn = g.op(Op::RmsNorm { eps: 1e-6 }, &[x1, rg]);
+        let w0 = g.weight("wi_0", &[f, c], 0.5);
+        let w1 = g.weight("wi_1", &[f, c], 0.5);
+        let a0 = g.op(lin.clone(), &[hn, w0]);
+        let a0 = g.op(Op::Act(ACTS[act]), &[a0]);
+        let a1 = g.op(lin.clone(), &[hn, w1]);
+        let m = g.op(Op::Mul, &[a0, a1]);
+        let w2 = g.weight("wo", &[c, f], 0.5);
+        let m = g.op(lin, &[m, w2]);
+        let x2 = g.op(Op::Add, &[x1, m]);
+        let s = g.op(Op::Scale { factor: 0.5 }, &[x2]);
+        let s = g.op(Op::Act(Activation::Tanh), &[s]);
+        g.g.add_output("hidden", x2);
+        g.g.add_output("squashed", s);
+        let xt = randt(&mut g, vec![b, t, c], 1.0);
+        let mk = padding_mask(&mut g, b, t);
+        g.check(&[("x", xt), ("mask", mk)]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(8)
+    ))]
+
+    /// Activations and norms big enough to be split into tasks on the thread pool
+    /// (`codegen::parallel`), with counts that are not multiples of a task.
+    #[test]
+    fn row_parallel(b in 1usize..3, t in 200usize..300, c in 170usize..230, act in 0usize..6, seed in any::<u64>()) {
+        let mut g = G::new(seed | 1);
+        let x = g.g.add_input("x", bt(c));
+        let a = [Activation::Gelu, Activation::GeluTanh, Activation::Relu, Activation::Tanh,
+                 Activation::Silu, Activation::QuickGelu][act];
+        let y = g.op(Op::Act(a), &[x]);
+        let gamma = g.weight("g", &[c], 1.0);
+        let beta = g.weight("b", &[c], 1.0);
+        let ln = g.op(Op::LayerNorm { eps: 1e-5 }, &[x, gamma, beta]);
+        let rms = g.op(Op::RmsNorm { eps: 1e-6 }, &[x, gamma]);
+        g.g.add_output("y", y);
+        g.g.add_output("ln", ln);
+        g.g.add_output("rms", rms);
+        let xt = randt(&mut g, vec![b, t, c], 4.0);
+        g.check(&[("x", xt)]);
+    }
+
+    /// An embedding tied to an `nn.Linear` head is gathered from the head's packed panels.
+    #[test]
+    fn tied_gather((b, t, seed) in shapes(), v in 1usize..100, c in 1usize..40) {
+        let mut g = G::new(seed | 1);
+        let ids = g.g.add_input("ids", TensorType::i64(&[Dim::Batch, Dim::Seq]));
+        let wte = g.weight("wte", &[v, c], 1.0);
+        let x = g.op(Op::Gather, &[wte, ids]);
+        let logits = g.op(Op::Linear { layout: WeightLayout::OutIn }, &[x, wte]);
+        g.g.add_output("x", x);
+        g.g.add_output("logits", logits);
+        let idv: Vec<i64> = g.rand(b * t, 1.0).iter().map(|r| ((r.abs() * v as f32) as i64).min(v as i64 - 1)).collect();
+        g.check(&[("ids", Tensor::i64(vec![b, t], idv))]);
+    }
+}

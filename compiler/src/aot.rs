@@ -95,10 +95,11 @@ pub fn emit_object(model: &Model, progress: &mut dyn Progress) -> Result<ObjectC
     .map_err(|e| AotError::Object(e.to_string()))?;
     let mut module = ObjectModule::new(builder);
     let mut entries = vec![];
-    progress.stage("lowering", model.entries.len());
+    let optimized = model.optimized(None).map_err(CodegenError::from)?;
+    progress.stage("lowering", optimized.len());
     {
         let mut l = Lowering::new(&mut module)?;
-        for (i, (name, graph)) in model.entries.iter().enumerate() {
+        for (i, (name, graph)) in optimized.iter().enumerate() {
             for (_, meta) in codegen::lower_all(&mut l, &[graph])? {
                 entries.push(meta);
             }
@@ -289,9 +290,10 @@ fn write_prepared(model: &Model, entries: &[EntryMeta], out: &Path) -> Result<()
     let mut items = BTreeMap::new();
     for e in entries {
         for (key, prep) in &e.weights {
+            // Derived weights (a fused projection's `concat(..)`) are built here and embedded
+            // laid out, like any other.
             let raw = model
-                .weights
-                .get(key)
+                .weight(key)
                 .ok_or_else(|| AotError::Model(format!("weight {key} was not loaded")))?;
             let len = match *prep {
                 WeightPrep::AsIs => raw.len(),

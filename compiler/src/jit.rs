@@ -23,13 +23,23 @@ pub struct JitEngine {
 }
 
 impl JitEngine {
-    /// Compiles every entry of `model`.
+    /// Compiles every entry of `model`, optimised by the whole pass pipeline.
     pub fn new(model: Arc<Model>) -> Result<JitEngine, CodegenError> {
+        JitEngine::with_passes(model, None)
+    }
+
+    /// Compiles every entry of `model` after the passes up to and including `stop_after`
+    /// (`crate::passes::PASSES`; all of them when `None`): to bisect a miscompile.
+    pub fn with_passes(
+        model: Arc<Model>,
+        stop_after: Option<&str>,
+    ) -> Result<JitEngine, CodegenError> {
         let start = Instant::now();
+        let optimized = model.optimized(stop_after)?;
         let isa = codegen::native_isa("speed", false)?;
         let builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         let mut module = JITModule::new(builder);
-        let graphs: Vec<_> = model.entries.values().collect();
+        let graphs: Vec<_> = optimized.values().collect();
         let lowered = {
             let mut l = Lowering::new(&mut module)?;
             codegen::lower_all(&mut l, &graphs)?
@@ -38,7 +48,7 @@ impl JitEngine {
         let compile_time = start.elapsed();
         let start = Instant::now();
         let mut prepared: BTreeMap<(String, WeightPrep), F32Buffer> = BTreeMap::new();
-        let checkpoint = |key: &str| model.weights.get(key).cloned();
+        let checkpoint = |key: &str| model.weight(key);
         let mut entries = BTreeMap::new();
         for (id, meta) in lowered {
             let ptr = module.get_finalized_function(id);

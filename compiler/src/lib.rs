@@ -8,5 +8,7 @@ pub mod graph;
 pub mod interp;
 pub mod jit;
 pub mod model;
+pub mod passes;
+pub mod tiling;
 
 pub use model::{LoadError, Model};

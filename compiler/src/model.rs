@@ -3,8 +3,11 @@
 
 use crate::frontend::{self, FrontendError, WeightTable};
 use crate::graph::Graph;
+use crate::passes::{self, PassError};
 use cranformer_runtime::config::{ConfigError, ModelConfig};
 use cranformer_runtime::model_info::ModelInfo;
+use cranformer_runtime::native::WeightSource;
+use cranformer_runtime::weights::F32Buffer;
 use cranformer_runtime::weights::Weights;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,8 +27,12 @@ pub struct Model {
     pub dir: PathBuf,
     pub config: ModelConfig,
     pub info: ModelInfo,
-    /// Entry points by name (`encode`, `step`, ...).
+    /// Entry points by name (`encode`, `step`, ...), as the frontends built them. The
+    /// interpreter, the oracle, runs these; the compiled engines run them through the pass
+    /// pipeline first ([`Model::optimized`]).
     pub entries: BTreeMap<String, Graph>,
+    /// Checkpoint tensors by key; derived weights (`concat(..)`) are built on demand by
+    /// [`Model::weight`].
     pub weights: WeightTable,
 }
 
@@ -57,6 +64,29 @@ impl Model {
             entries,
             weights: table,
         })
+    }
+
+    /// The weight `key`: a checkpoint tensor, or one derived from several by a pass
+    /// ([`WeightSource`]).
+    pub fn weight(&self, key: &str) -> Option<F32Buffer> {
+        WeightSource::parse(key).resolve(&|k| self.weights.get(k).cloned())
+    }
+
+    /// Every entry point through the pass pipeline, up to and including `stop_after`
+    /// (all of it when `None`): what the JIT and AOT engines compile.
+    pub fn optimized(
+        &self,
+        stop_after: Option<&str>,
+    ) -> Result<BTreeMap<String, Graph>, PassError> {
+        self.entries
+            .iter()
+            .map(|(name, g)| {
+                Ok((
+                    name.clone(),
+                    passes::optimize(g, &self.weights, stop_after)?,
+                ))
+            })
+            .collect()
     }
 
     pub fn entry_names(&self) -> String {

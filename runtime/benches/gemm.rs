@@ -1,7 +1,7 @@
 //! `cargo bench -p cranformer-runtime --bench gemm`: the matmul micro-kernels on real model
 //! shapes, per ISA and thread count: median time, GFLOP/s, and GB/s of weights streamed.
 
-use cranformer_runtime::gemm::{pack_b, sgemm, Blocking, Isa, Sgemm, PACK_NR};
+use cranformer_runtime::gemm::{pack_b, sgemm, Blocking, GemmCall, Isa, PACK_NR};
 use cranformer_runtime::threads;
 use std::time::Instant;
 
@@ -39,17 +39,17 @@ fn main() {
             for thr in [1, 2] {
                 threads::set_threads(thr);
                 let mut c = vec![0f32; m * n];
-                let g = Sgemm {
+                let g = GemmCall::new(
                     m,
                     n,
                     k,
-                    a: a.as_ptr(),
-                    lda: k,
-                    b: packed.as_ptr(),
-                    bias: bias.as_ptr(),
-                    c: c.as_mut_ptr(),
-                    ldc: n,
-                };
+                    a.as_ptr(),
+                    k,
+                    packed.as_ptr(),
+                    bias.as_ptr(),
+                    c.as_mut_ptr(),
+                    n,
+                );
                 let mut times = vec![];
                 for i in 0..25 {
                     let t = Instant::now();

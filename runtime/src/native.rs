@@ -125,6 +125,58 @@ impl WeightPrep {
     }
 }
 
+/// Where a weight slot's tensor comes from: a checkpoint tensor, or one the host derives from
+/// several at load time. Derived sources are spelled as keys (`concat(a,b,c)`), so every
+/// table keyed by weight name carries them, and a compiled executable with external weights
+/// rebuilds them from the original safetensors keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeightSource<'k> {
+    Key(&'k str),
+    /// The tensors stacked along their first axis, i.e. their row-major data end to end: a
+    /// fused projection's weight `[N1+N2+.., K]` from `[Ni, K]` parts, or its bias.
+    Concat(Vec<&'k str>),
+}
+
+impl<'k> WeightSource<'k> {
+    /// Reads a weight key; checkpoint keys never contain a comma or start with `concat(`.
+    pub fn parse(key: &'k str) -> WeightSource<'k> {
+        match key
+            .strip_prefix("concat(")
+            .and_then(|rest| rest.strip_suffix(')'))
+        {
+            Some(list) => WeightSource::Concat(list.split(',').collect()),
+            None => WeightSource::Key(key),
+        }
+    }
+
+    /// The key of the concatenation of `parts`.
+    pub fn concat_key(parts: &[&str]) -> String {
+        format!("concat({})", parts.join(","))
+    }
+
+    /// The checkpoint keys it reads.
+    pub fn keys(&self) -> Vec<&'k str> {
+        match self {
+            WeightSource::Key(k) => vec![k],
+            WeightSource::Concat(parts) => parts.clone(),
+        }
+    }
+
+    /// The tensor, built from the checkpoint's; `None` if a part is missing.
+    pub fn resolve(&self, checkpoint: &dyn Fn(&str) -> Option<F32Buffer>) -> Option<F32Buffer> {
+        match self {
+            WeightSource::Key(k) => checkpoint(k),
+            WeightSource::Concat(parts) => {
+                let mut data = vec![];
+                for p in parts {
+                    data.extend_from_slice(&checkpoint(p)?);
+                }
+                Some(F32Buffer::from_vec(data))
+            }
+        }
+    }
+}
+
 /// Where an output's data is after the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Slot {
@@ -139,7 +191,7 @@ pub struct EntryMeta {
     /// The name of the generated function (`cranformer_entry_<name>`).
     pub symbol: String,
     pub inputs: Vec<TensorSig>,
-    /// Checkpoint key and preparation of each weight slot.
+    /// Source key ([`WeightSource`]) and preparation of each weight slot.
     pub weights: Vec<(String, WeightPrep)>,
     pub buffers: Vec<TensorSig>,
     pub outputs: Vec<(String, Slot)>,
@@ -162,35 +214,42 @@ pub struct EntryCtx {
     pub rt: *const RuntimeFns,
 }
 
-/// `c = a·b + bias` on packed panels (see [`crate::gemm::cranformer_sgemm`]).
-pub type SgemmFn = unsafe extern "C" fn(
-    usize,
-    usize,
-    usize,
-    *const f32,
-    usize,
-    *const f32,
-    *const f32,
-    *mut f32,
-    usize,
-) -> ();
+pub use crate::gemm::GemmCall;
+
+/// `c = act(a·b + bias) + residual` on packed panels with the tiling the call names (see
+/// [`crate::gemm::cranformer_gemm`]).
+pub type GemmFn = unsafe extern "C" fn(*const GemmCall);
 
 /// Function pointers into the runtime, passed to generated code through [`EntryCtx`] rather
 /// than linked by name, so the same code works JIT-compiled, in an executable, and in a
 /// shared object loaded by a process that exports no symbols.
 #[repr(C)]
 pub struct RuntimeFns {
-    /// The wide matmul, or null where only the generated f32x4 kernel should run (CPUs
-    /// without AVX2, or `CRANFORMER_ISA=portable`).
-    pub sgemm: Option<SgemmFn>,
+    /// The wide matmul (offset 0), or null where only the generated f32x4 kernel should run
+    /// (CPUs without AVX2, or `CRANFORMER_ISA=portable`).
+    pub gemm: Option<GemmFn>,
+    /// Runs `task(ctx, i)` for every `i < n` on the runtime's thread pool
+    /// ([`crate::threads::cranformer_parallel_for`]); never null. Generated kernels hand it a
+    /// per-task function and a pointer to their arguments (see `codegen::attention`).
+    pub parallel_for: ParallelForFn,
 }
+
+/// `parallel_for(task, ctx, n)`.
+pub type ParallelForFn = unsafe extern "C" fn(crate::threads::TaskFn, *const u8, usize);
+
+/// Byte offset of [`RuntimeFns::parallel_for`], where generated code loads it.
+pub const RT_PARALLEL_FOR: usize = std::mem::offset_of!(RuntimeFns, parallel_for);
 
 /// The runtime services for this CPU.
 pub fn runtime_fns() -> &'static RuntimeFns {
     static WIDE: RuntimeFns = RuntimeFns {
-        sgemm: Some(crate::gemm::cranformer_sgemm),
+        gemm: Some(crate::gemm::cranformer_gemm),
+        parallel_for: crate::threads::cranformer_parallel_for,
     };
-    static NARROW: RuntimeFns = RuntimeFns { sgemm: None };
+    static NARROW: RuntimeFns = RuntimeFns {
+        gemm: None,
+        parallel_for: crate::threads::cranformer_parallel_for,
+    };
     match crate::gemm::detected() {
         crate::gemm::Isa::Portable => &NARROW,
         _ => &WIDE,
@@ -227,7 +286,9 @@ impl NativeEntry {
         for (key, prep) in &meta.weights {
             let k = (key.clone(), *prep);
             if !prepared.contains_key(&k) {
-                let raw = checkpoint(key).ok_or_else(|| format!("weight {key} not loaded"))?;
+                let raw = WeightSource::parse(key)
+                    .resolve(checkpoint)
+                    .ok_or_else(|| format!("weight {key} not loaded"))?;
                 prepared.insert(k.clone(), prep.apply(&raw));
             }
             weights.push(prepared[&k].clone());

@@ -1,18 +1,25 @@
 //! Scaled dot-product attention (padding mask, causal mask, additive bias) and T5's relative
 //! position bias.
 //!
-//! Attention runs one query row at a time: scores against the visible keys into a scratch
-//! row of S floats, softmax over them, then the weighted sum of value rows. Masked keys get
-//! score -inf, whose exp is exactly 0, as in the interpreter; a query that sees no key gets
-//! zeros.
+//! Attention is one kernel that never holds more than a tile of scores: for each query row it
+//! walks the visible keys in tiles of [`KT`], with an online softmax (Milakov & Gimelshein;
+//! FlashAttention): the running max `m` and sum `l` of exp(score - m) are rescaled by
+//! exp(m_old - m_new) whenever a tile raises the max, and the output row accumulates
+//! `Σ exp(score - m) · v` in place, divided by `l` at the end. Masked keys get score -inf,
+//! whose exp is exactly 0, as in the interpreter; a query that sees no key gets zeros.
+//!
+//! The work is split into tasks of [`QB`] query rows of one (batch row, head) and run on the
+//! runtime's thread pool through `RuntimeFns::parallel_for`: the kernel stores its arguments
+//! in a stack slot and hands the pool its per-task function and that slot. Each task writes
+//! only its own output rows, in a fixed order, so results do not depend on the thread count.
 
 use super::ir::Kb;
 use super::{math, CodegenError, Imports, Lowering};
 use crate::interp::kernels::relative_bucket;
 use cranelift_codegen::ir::{
     condcodes::{FloatCC, IntCC},
-    types::{F32X4, I32, I64},
-    InstBuilder, Value,
+    types::{F32, F32X4, I32, I64},
+    InstBuilder, StackSlotData, StackSlotKind, Value,
 };
 use cranelift_module::{DataDescription, FuncId, Linkage, Module};
 
@@ -25,7 +32,41 @@ pub struct Attn {
     pub biased: bool,
 }
 
-/// q·k over `d` (a constant) f32s, two f32x4 accumulators then a scalar tail.
+/// Keys per score tile: a 256-byte stack row, so long sequences never need an S-wide row.
+pub const KT: i64 = 64;
+/// Query rows per task: BERT-base at T = 128 gives 12 · 8 tasks, enough to balance two or
+/// four threads; a decode step (T = 1) gives one task per head.
+pub const QB: i64 = 16;
+/// f32x4 output accumulators held in registers while a tile's value rows stream past.
+const G: usize = 8;
+
+/// q·k over `d` (a constant) f32s for four key rows at once, so each q vector is loaded
+/// once per four FMAs; lanes summed in a fixed order, then the scalar tail.
+fn dot4(k: &mut Kb, q: Value, keys: [Value; 4], d: usize) -> [Value; 4] {
+    let mut acc = [(); 4].map(|_| k.splat(0.0));
+    for j in (0..d & !3).step_by(4) {
+        let o = 4 * j as i32;
+        let x = k.ldv(q, o);
+        for u in 0..4 {
+            let y = k.ldv(keys[u], o);
+            acc[u] = k.fma(x, y, acc[u]);
+        }
+    }
+    let mut out = [(); 4].map(|_| None);
+    for u in 0..4 {
+        let mut s = k.hsum(acc[u]);
+        for j in d & !3..d {
+            let o = 4 * j as i32;
+            let x = k.ldf(q, o);
+            let y = k.ldf(keys[u], o);
+            s = k.b.ins().fma(x, y, s);
+        }
+        out[u] = Some(s);
+    }
+    out.map(|s| s.expect("set above"))
+}
+
+/// q·k for one key row: two f32x4 accumulators then a scalar tail.
 fn dot(k: &mut Kb, a: Value, b: Value, d: usize) -> Value {
     let mut acc = [k.splat(0.0), k.splat(0.0)];
     for (n, j) in (0..d & !3).step_by(4).enumerate() {
@@ -45,8 +86,19 @@ fn dot(k: &mut Kb, a: Value, b: Value, d: usize) -> Value {
     s
 }
 
-/// `(q, k, v, mask, bias, out, scores, b, t, s)`; q, out `[B, T, H*D]`, k, v `[B, S, H*D]`,
-/// mask `[B, S]` i64, bias `[H, T, S]`, scores a scratch row of S.
+/// Scalar exp through the f32x4 polynomial (lane 0).
+fn exp1(k: &mut Kb, x: Value) -> Value {
+    let v = k.b.ins().splat(F32X4, x);
+    let e = math::exp(k, v);
+    k.b.ins().extractlane(e, 0)
+}
+
+/// Argument slots the kernel stores for its tasks (i64 each).
+const ARGS: usize = 10;
+
+/// `(q, k, v, mask, bias, out, parallel_for, b, t, s)`; q, out `[B, T, H*D]`, k, v
+/// `[B, S, H*D]`, mask `[B, S]` i64 or 0, bias `[H, T, S]` or 0, `parallel_for` the
+/// runtime's (`RuntimeFns::parallel_for`).
 pub fn attention<M: Module>(l: &mut Lowering<'_, M>, a: &Attn) -> Result<FuncId, CodegenError> {
     let name = format!(
         "cf_attention_h{}_d{}_s{:08x}{}{}{}",
@@ -57,150 +109,267 @@ pub fn attention<M: Module>(l: &mut Lowering<'_, M>, a: &Attn) -> Result<FuncId,
         if a.masked { "_masked" } else { "" },
         if a.biased { "_biased" } else { "" }
     );
+    let task = attention_task(l, a, &format!("{name}_task"))?;
+    let pfor_sig = l.signature(3, false);
+    let h = a.heads as i64;
+    let imports = Imports {
+        funcs: vec![task],
+        data: vec![],
+    };
+    l.kernel(&name, 10, false, imports, move |k, p, refs| {
+        let (b, t) = (p[7], p[8]);
+        let slot = k.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            8 * ARGS as u32,
+            3,
+        ));
+        let ctx = k.b.ins().stack_addr(I64, slot, 0);
+        // q, k, v, mask, bias, out, _, b, t, s: the task reads slot i at 8·i; slot 6 holds
+        // the query blocks per (batch row, head).
+        let blocks = k.addi(t, QB - 1);
+        let blocks = k.b.ins().udiv_imm_u(blocks, QB);
+        for (i, &v) in p.iter().enumerate() {
+            let v = if i == 6 { blocks } else { v };
+            k.st(v, ctx, 8 * i as i32);
+        }
+        let n = k.mul(b, blocks);
+        let n = k.muli(n, h);
+        let f = k.b.ins().func_addr(I64, refs.funcs[0]);
+        let sig = k.b.import_signature(pfor_sig);
+        k.b.ins().call_indirect(sig, p[6], &[f, ctx, n]);
+    })
+}
+
+/// `(ctx, i)`: task i of [`attention`], query rows `QB·blk..` of head `hi`, batch row `bi`
+/// with `i = (bi·H + hi)·blocks + blk`.
+fn attention_task<M: Module>(
+    l: &mut Lowering<'_, M>,
+    a: &Attn,
+    name: &str,
+) -> Result<FuncId, CodegenError> {
     let (h, d) = (a.heads as i64, a.head_dim);
     let c = h * d as i64;
     let (scale, causal, masked, biased) = (a.scale, a.causal, a.masked, a.biased);
-    l.kernel(&name, 10, false, Imports::default(), |k, p, _| {
-        let (q, kk, v, mask, bias, out, sc) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
-        let (b, t, s) = (p[7], p[8], p[9]);
-        let hv = k.i(h);
-        k.for_n(b, |k, bi| {
-            k.for_n(hv, |k, hi| {
-                k.for_n(t, |k, ti| {
-                    let row = k.mul(bi, t);
-                    let row = k.add(row, ti);
-                    let qo = k.muli(row, 4 * c);
-                    let ho = k.muli(hi, 4 * d as i64);
-                    let qo = k.add(qo, ho);
-                    let qrow = k.add(q, qo);
-                    let orow = k.add(out, qo);
-                    // Keys 0..visible: with `causal`, query ti sits at absolute S - T + ti.
-                    let visible = if causal {
-                        let st = k.b.ins().isub(s, t);
-                        let vis = k.add(st, ti);
-                        let vis = k.addi(vis, 1);
-                        k.b.ins().smin(vis, s)
-                    } else {
-                        s
-                    };
-                    let neg = k.f(f32::NEG_INFINITY);
-                    let max = k.b.declare_var(cranelift_codegen::ir::types::F32);
-                    k.b.def_var(max, neg);
-                    let krow0 = k.mul(bi, s);
-                    k.for_n(visible, |k, j| {
-                        let slot = k.at(sc, j, 4);
-                        let go = k.b.create_block();
-                        let skip = k.b.create_block();
-                        let next = k.b.create_block();
-                        if masked {
-                            let mi = k.add(krow0, j);
-                            let ma = k.at(mask, mi, 8);
-                            let m = k.ld(I64, ma, 0);
-                            let z = k.b.ins().icmp_imm_s(IntCC::Equal, m, 0);
-                            k.b.ins().brif(z, skip, &[], go, &[]);
-                        } else {
-                            k.b.ins().jump(go, &[]);
-                        }
-                        k.b.switch_to_block(skip);
-                        k.st(neg, slot, 0);
-                        k.b.ins().jump(next, &[]);
-                        k.b.switch_to_block(go);
-                        let kr = k.add(krow0, j);
-                        let ko = k.muli(kr, 4 * c);
-                        let ko = k.add(ko, ho);
-                        let krow = k.add(kk, ko);
-                        let x = dot(k, qrow, krow, d);
-                        let scv = k.f(scale);
-                        let mut x = k.b.ins().fmul(x, scv);
-                        if biased {
-                            // bias[(hi * T + ti) * S + j]
-                            let bi2 = k.mul(hi, t);
-                            let bi2 = k.add(bi2, ti);
-                            let bi2 = k.mul(bi2, s);
-                            let bi2 = k.add(bi2, j);
-                            let ba = k.at(bias, bi2, 4);
-                            let bv = k.ldf(ba, 0);
-                            x = k.b.ins().fadd(x, bv);
-                        }
-                        k.st(x, slot, 0);
-                        let cur = k.b.use_var(max);
-                        let m2 = k.b.ins().fmax(cur, x);
-                        k.b.def_var(max, m2);
-                        k.b.ins().jump(next, &[]);
-                        k.b.switch_to_block(next);
+    l.kernel(name, 2, false, Imports::default(), |k, p, _| {
+        let (ctx, i) = (p[0], p[1]);
+        let arg: Vec<Value> = (0..ARGS).map(|j| k.ld(I64, ctx, 8 * j as i32)).collect();
+        let (q, kk, v, mask, bias, out) = (arg[0], arg[1], arg[2], arg[3], arg[4], arg[5]);
+        let (blocks, t, s) = (arg[6], arg[8], arg[9]);
+        let blk = k.b.ins().urem(i, blocks);
+        let bh = k.b.ins().udiv(i, blocks);
+        let hi = k.b.ins().urem_imm_u(bh, h);
+        let bi = k.b.ins().udiv_imm_u(bh, h);
+        let t0 = k.muli(blk, QB);
+        let t1 = k.addi(t0, QB);
+        let t1 = k.b.ins().smin(t1, t);
+        let tile = k.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            4 * KT as u32,
+            4,
+        ));
+        let sc = k.b.ins().stack_addr(I64, tile, 0);
+        let ho = k.muli(hi, 4 * d as i64);
+        let krow0 = k.mul(bi, s);
+        // Address of head hi's slice of row r of a [B·S, C] tensor.
+        let row_at = |k: &mut Kb, base: Value, r: Value| -> Value {
+            let o = k.muli(r, 4 * c);
+            let o = k.add(o, ho);
+            k.add(base, o)
+        };
+        k.for_range(t0, t1, 1, |k, ti| {
+            let row = k.mul(bi, t);
+            let row = k.add(row, ti);
+            let qrow = row_at(k, q, row);
+            let orow = row_at(k, out, row);
+            // Keys 0..visible: with `causal`, query ti sits at absolute S - T + ti.
+            let visible = if causal {
+                let st = k.b.ins().isub(s, t);
+                let vis = k.add(st, ti);
+                let vis = k.addi(vis, 1);
+                k.b.ins().smin(vis, s)
+            } else {
+                s
+            };
+            let dv = k.i(d as i64);
+            k.fill_f32(orow, dv, 0.0);
+            let neg = k.f(f32::NEG_INFINITY);
+            let zero = k.f(0.0);
+            let m = k.b.declare_var(F32);
+            k.b.def_var(m, neg);
+            let lsum = k.b.declare_var(F32);
+            k.b.def_var(lsum, zero);
+            let z = k.i(0);
+            k.for_range(z, visible, KT, |k, j0| {
+                let left = k.b.ins().isub(visible, j0);
+                let kt = k.i(KT);
+                let n = k.b.ins().smin(left, kt);
+                let mt = k.b.declare_var(F32);
+                k.b.def_var(mt, neg);
+                // The score of key j0 + jj from its dot product: scaled, biased, masked.
+                let finish = |k: &mut Kb, x: Value, jj: Value| {
+                    let j = k.add(j0, jj);
+                    let scv = k.f(scale);
+                    let mut x = k.b.ins().fmul(x, scv);
+                    if biased {
+                        // bias[(hi * T + ti) * S + j]
+                        let o = k.mul(hi, t);
+                        let o = k.add(o, ti);
+                        let o = k.mul(o, s);
+                        let o = k.add(o, j);
+                        let ba = k.at(bias, o, 4);
+                        let bv = k.ldf(ba, 0);
+                        x = k.b.ins().fadd(x, bv);
+                    }
+                    if masked {
+                        let mi = k.add(krow0, j);
+                        let ma = k.at(mask, mi, 8);
+                        let mv = k.ld(I64, ma, 0);
+                        let off = k.b.ins().icmp_imm_s(IntCC::Equal, mv, 0);
+                        let neg = k.f(f32::NEG_INFINITY);
+                        x = k.b.ins().select(off, neg, x);
+                    }
+                    let slot = k.at(sc, jj, 4);
+                    k.st(x, slot, 0);
+                    let cur = k.b.use_var(mt);
+                    let nm = k.b.ins().fmax(cur, x);
+                    k.b.def_var(mt, nm);
+                };
+                let n4 = k.b.ins().band_imm_s(n, !3);
+                let z = k.i(0);
+                k.for_range(z, n4, 4, |k, jj| {
+                    let keys = [0, 1, 2, 3].map(|u| {
+                        let r = k.add(krow0, j0);
+                        let r = k.add(r, jj);
+                        let r = k.addi(r, u);
+                        row_at(k, kk, r)
                     });
-                    let dv = k.i(d as i64);
-                    k.fill_f32(orow, dv, 0.0);
-                    let mx = k.b.use_var(max);
-                    let any = k.b.ins().fcmp(FloatCC::NotEqual, mx, neg);
-                    k.when(any, |k| {
-                        let mv = k.b.ins().splat(F32X4, mx);
-                        // p = exp(score - max) in place, summed.
-                        let z = k.splat(0.0);
-                        let n4 = k.b.ins().band_imm_s(visible, !3);
-                        let acc = k.b.declare_var(F32X4);
-                        k.b.def_var(acc, z);
-                        let zero = k.i(0);
-                        k.for_range(zero, n4, 4, |k, j| {
-                            let a = k.at(sc, j, 4);
-                            let x = k.ldv(a, 0);
-                            let x = k.b.ins().fsub(x, mv);
-                            let e = math::exp(k, x);
-                            k.st(e, a, 0);
-                            let cur = k.b.use_var(acc);
-                            let nv = k.b.ins().fadd(cur, e);
-                            k.b.def_var(acc, nv);
-                        });
-                        let tot = k.b.use_var(acc);
-                        let ssum = k.b.declare_var(cranelift_codegen::ir::types::F32);
-                        let hs = k.hsum(tot);
-                        k.b.def_var(ssum, hs);
-                        k.for_range(n4, visible, 1, |k, j| {
-                            let a = k.at(sc, j, 4);
-                            let x = k.ldf(a, 0);
-                            let x = k.b.ins().splat(F32X4, x);
-                            let x = k.b.ins().fsub(x, mv);
-                            let e = math::exp(k, x);
-                            let e = k.b.ins().extractlane(e, 0);
-                            k.st(e, a, 0);
-                            let cur = k.b.use_var(ssum);
-                            let nv = k.b.ins().fadd(cur, e);
-                            k.b.def_var(ssum, nv);
-                        });
-                        let sum = k.b.use_var(ssum);
-                        let one = k.f(1.0);
-                        let inv = k.b.ins().fdiv(one, sum);
-                        // out += (p_j / sum) · v_j over the visible keys with p_j > 0.
-                        k.for_n(visible, |k, j| {
-                            let a = k.at(sc, j, 4);
-                            let pj = k.ldf(a, 0);
-                            let w = k.b.ins().fmul(pj, inv);
+                    let x = dot4(k, qrow, keys, d);
+                    for (u, &x) in x.iter().enumerate() {
+                        let ju = k.addi(jj, u as i64);
+                        finish(k, x, ju);
+                    }
+                });
+                k.for_range(n4, n, 1, |k, jj| {
+                    let r = k.add(krow0, j0);
+                    let r = k.add(r, jj);
+                    let krow = row_at(k, kk, r);
+                    let x = dot(k, qrow, krow, d);
+                    finish(k, x, jj);
+                });
+                let tmax = k.b.use_var(mt);
+                let neg = k.f(f32::NEG_INFINITY);
+                let any = k.b.ins().fcmp(FloatCC::NotEqual, tmax, neg);
+                k.when(any, |k| {
+                    let old = k.b.use_var(m);
+                    let new = k.b.ins().fmax(old, tmax);
+                    k.b.def_var(m, new);
+                    // A higher max rescales what was accumulated (from m = -inf: by 0, of 0).
+                    let grew = k.b.ins().fcmp(FloatCC::GreaterThan, new, old);
+                    k.when(grew, |k| {
+                        let dm = k.b.ins().fsub(old, new);
+                        let corr = exp1(k, dm);
+                        let cv = k.b.ins().splat(F32X4, corr);
+                        k.map_f32(orow, orow, dv, |k, x| k.b.ins().fmul(x, cv));
+                        let l0 = k.b.use_var(lsum);
+                        let l1 = k.b.ins().fmul(l0, corr);
+                        k.b.def_var(lsum, l1);
+                    });
+                    // p = exp(score - m) in place, summed.
+                    let mv = k.b.ins().splat(F32X4, new);
+                    let zv = k.splat(0.0);
+                    let acc = k.b.declare_var(F32X4);
+                    k.b.def_var(acc, zv);
+                    let z = k.i(0);
+                    k.for_range(z, n4, 4, |k, jj| {
+                        let pa = k.at(sc, jj, 4);
+                        let x = k.ldv(pa, 0);
+                        let x = k.b.ins().fsub(x, mv);
+                        let e = math::exp(k, x);
+                        k.st(e, pa, 0);
+                        let cur = k.b.use_var(acc);
+                        let nv = k.b.ins().fadd(cur, e);
+                        k.b.def_var(acc, nv);
+                    });
+                    let tot = k.b.use_var(acc);
+                    let part = k.hsum(tot);
+                    let l0 = k.b.use_var(lsum);
+                    let l1 = k.b.ins().fadd(l0, part);
+                    k.b.def_var(lsum, l1);
+                    k.for_range(n4, n, 1, |k, jj| {
+                        let pa = k.at(sc, jj, 4);
+                        let x = k.ldf(pa, 0);
+                        let x = k.b.ins().fsub(x, new);
+                        let e = exp1(k, x);
+                        k.st(e, pa, 0);
+                        let l0 = k.b.use_var(lsum);
+                        let l1 = k.b.ins().fadd(l0, e);
+                        k.b.def_var(lsum, l1);
+                    });
+                    // out += p_j · v_j: G output vectors stay in registers while the tile's
+                    // value rows stream past; keys with p_j = 0 (masked) are skipped.
+                    let chunks = d / 4;
+                    for g0 in (0..chunks).step_by(G) {
+                        let g = G.min(chunks - g0);
+                        let accs: Vec<_> = (0..g)
+                            .map(|u| {
+                                let var = k.b.declare_var(F32X4);
+                                let x = k.ldv(orow, 16 * (g0 + u) as i32);
+                                k.b.def_var(var, x);
+                                var
+                            })
+                            .collect();
+                        let z = k.i(0);
+                        k.for_range(z, n, 1, |k, jj| {
+                            let pa = k.at(sc, jj, 4);
+                            let w = k.ldf(pa, 0);
                             let zf = k.f(0.0);
                             let nz = k.b.ins().fcmp(FloatCC::NotEqual, w, zf);
                             k.when(nz, |k| {
                                 let wv = k.b.ins().splat(F32X4, w);
-                                let vr = k.add(krow0, j);
-                                let vo = k.muli(vr, 4 * c);
-                                let vo = k.add(vo, ho);
-                                let vrow = k.add(v, vo);
-                                for jj in (0..d & !3).step_by(4) {
-                                    let o = 4 * jj as i32;
-                                    let acc = k.ldv(orow, o);
-                                    let x = k.ldv(vrow, o);
-                                    let y = k.fma(wv, x, acc);
-                                    k.st(y, orow, o);
-                                }
-                                for jj in d & !3..d {
-                                    let o = 4 * jj as i32;
-                                    let acc = k.ldf(orow, o);
-                                    let x = k.ldf(vrow, o);
-                                    let y = k.b.ins().fma(w, x, acc);
-                                    k.st(y, orow, o);
+                                let r = k.add(krow0, j0);
+                                let r = k.add(r, jj);
+                                let vrow = row_at(k, v, r);
+                                for (u, &var) in accs.iter().enumerate() {
+                                    let x = k.ldv(vrow, 16 * (g0 + u) as i32);
+                                    let cur = k.b.use_var(var);
+                                    let y = k.fma(wv, x, cur);
+                                    k.b.def_var(var, y);
                                 }
                             });
                         });
-                    });
+                        for (u, &var) in accs.iter().enumerate() {
+                            let x = k.b.use_var(var);
+                            k.st(x, orow, 16 * (g0 + u) as i32);
+                        }
+                    }
+                    if d % 4 != 0 {
+                        let z = k.i(0);
+                        k.for_range(z, n, 1, |k, jj| {
+                            let pa = k.at(sc, jj, 4);
+                            let w = k.ldf(pa, 0);
+                            let r = k.add(krow0, j0);
+                            let r = k.add(r, jj);
+                            let vrow = row_at(k, v, r);
+                            for e in d & !3..d {
+                                let o = 4 * e as i32;
+                                let acc = k.ldf(orow, o);
+                                let x = k.ldf(vrow, o);
+                                let y = k.b.ins().fma(w, x, acc);
+                                k.st(y, orow, o);
+                            }
+                        });
+                    }
                 });
+            });
+            // out /= l; l = 0 only when no key was visible, and the row stays zero.
+            let lf = k.b.use_var(lsum);
+            let zf = k.f(0.0);
+            let pos = k.b.ins().fcmp(FloatCC::GreaterThan, lf, zf);
+            k.when(pos, |k| {
+                let one = k.f(1.0);
+                let inv = k.b.ins().fdiv(one, lf);
+                let iv = k.b.ins().splat(F32X4, inv);
+                k.map_f32(orow, orow, dv, |k, x| k.b.ins().fmul(x, iv));
             });
         });
     })

@@ -1,9 +1,10 @@
 //! Elementwise kernels: broadcast add and multiply, scaling and the activations (their
-//! polynomials are in `math`).
+//! polynomials are in `math`), T5's gated activation and fused pointwise chains.
 
+use super::ir::Kb;
 use super::{math, CodegenError, Imports, Lowering};
-use crate::graph::Activation;
-use cranelift_codegen::ir::{condcodes::IntCC, InstBuilder};
+use crate::graph::{Activation, EwStep};
+use cranelift_codegen::ir::{condcodes::IntCC, types::F32X4, InstBuilder, Value};
 use cranelift_module::{FuncId, Module};
 
 /// `(a, b, out, n_a, n_b)`: out = a ∘ b with `b` (n_b elements) repeated over `a`.
@@ -73,4 +74,141 @@ pub fn activation<M: Module>(
     l.kernel(&name, 3, false, Imports::default(), |k, p, _| {
         k.map_f32(p[0], p[1], p[2], |k, x| math::activation(k, a, x));
     })
+}
+
+/// `(x, out, rows)` over rows of `2f` in, `f` out: out = act(x[.., :f]) * x[.., f:].
+pub fn gated<M: Module>(
+    l: &mut Lowering<'_, M>,
+    a: Activation,
+    f: usize,
+) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_gated_{}_f{f}", format!("{a:?}").to_lowercase());
+    l.kernel(&name, 3, false, Imports::default(), |k, p, _| {
+        let (x, out, rows) = (p[0], p[1], p[2]);
+        k.for_n(rows, |k, r| {
+            let xr = k.muli(r, 8 * f as i64);
+            let xr = k.add(x, xr);
+            let or = k.muli(r, 4 * f as i64);
+            let or = k.add(out, or);
+            let xl = k.addi(xr, 4 * f as i64);
+            row_map(k, f, |k, j, vector| {
+                let g = load(k, xr, j, vector);
+                let lin = load(k, xl, j, vector);
+                let g = math::activation(k, a, g);
+                let y = k.b.ins().fmul(g, lin);
+                store(k, y, or, j, vector);
+            });
+        });
+    })
+}
+
+/// `(x, out, rows, [b_i, rows_i]..)`: the steps of an `Elementwise` chain over rows of `c`,
+/// operand i (1-based, as the steps number them) a scalar when `scalar[i - 1]`, else rows of
+/// `c` of which row `r mod rows_i` goes with row r of x.
+pub fn chain<M: Module>(
+    l: &mut Lowering<'_, M>,
+    steps: &[EwStep],
+    c: usize,
+    scalar: &[bool],
+) -> Result<FuncId, CodegenError> {
+    let mut name = format!("cf_ew_c{c}");
+    for s in steps {
+        name.push('_');
+        name.push_str(&match s {
+            EwStep::Scale(f) => format!("s{:08x}", f.to_bits()),
+            EwStep::Act(a) => format!("{a:?}").to_lowercase(),
+            EwStep::Add(i) => format!("a{i}{}", if scalar[i - 1] { "s" } else { "" }),
+            EwStep::Mul(i) => format!("m{i}{}", if scalar[i - 1] { "s" } else { "" }),
+        });
+    }
+    let steps = steps.to_vec();
+    let scalar = scalar.to_vec();
+    l.kernel(
+        &name,
+        3 + 2 * scalar.len(),
+        false,
+        Imports::default(),
+        |k, p, _| {
+            let (x, out, rows) = (p[0], p[1], p[2]);
+            k.for_n(rows, |k, r| {
+                let off = k.muli(r, 4 * c as i64);
+                let xr = k.add(x, off);
+                let or = k.add(out, off);
+                // Operand rows for this row of x (a scalar operand: its one element).
+                let rowp: Vec<Value> = (0..scalar.len())
+                    .map(|i| {
+                        let (b, rows_b) = (p[3 + 2 * i], p[4 + 2 * i]);
+                        if scalar[i] {
+                            b
+                        } else {
+                            let rb = k.b.ins().urem(r, rows_b);
+                            let boff = k.muli(rb, 4 * c as i64);
+                            k.add(b, boff)
+                        }
+                    })
+                    .collect();
+                row_map(k, c, |k, j, vector| {
+                    let mut v = load(k, xr, j, vector);
+                    for s in &steps {
+                        let operand = |k: &mut Kb, i: usize| {
+                            let i = i - 1;
+                            if scalar[i] {
+                                let s = k.ldf(rowp[i], 0);
+                                k.b.ins().splat(F32X4, s)
+                            } else {
+                                load(k, rowp[i], j, vector)
+                            }
+                        };
+                        v = match *s {
+                            EwStep::Scale(f) => {
+                                let f = k.splat(f);
+                                k.b.ins().fmul(v, f)
+                            }
+                            EwStep::Act(a) => math::activation(k, a, v),
+                            EwStep::Add(i) => {
+                                let b = operand(k, i);
+                                k.b.ins().fadd(v, b)
+                            }
+                            EwStep::Mul(i) => {
+                                let b = operand(k, i);
+                                k.b.ins().fmul(v, b)
+                            }
+                        };
+                    }
+                    store(k, v, or, j, vector);
+                });
+            });
+        },
+    )
+}
+
+/// Calls `body(k, j, vector)` over a row of `c` f32s, `j` the element index: four lanes at a
+/// time, then each tail element (the body splats it; [`store`] keeps lane 0).
+fn row_map(k: &mut Kb, c: usize, mut body: impl FnMut(&mut Kb, Value, bool)) {
+    let c4 = k.i((c & !3) as i64);
+    let z = k.i(0);
+    k.for_range(z, c4, 4, |k, j| body(k, j, true));
+    let cv = k.i(c as i64);
+    k.for_range(c4, cv, 1, |k, j| body(k, j, false));
+}
+
+/// Loads element `j` of the row at `p`: four lanes, or one splat.
+fn load(k: &mut Kb, p: Value, j: Value, vector: bool) -> Value {
+    let a = k.at(p, j, 4);
+    if vector {
+        k.ldv(a, 0)
+    } else {
+        let s = k.ldf(a, 0);
+        k.b.ins().splat(F32X4, s)
+    }
+}
+
+fn store(k: &mut Kb, v: Value, p: Value, j: Value, vector: bool) {
+    let a = k.at(p, j, 4);
+    if vector {
+        k.st(v, a, 0);
+    } else {
+        let s = k.b.ins().extractlane(v, 0);
+        k.st(s, a, 0);
+    }
 }

@@ -2,11 +2,15 @@
 //! (inputs, prepared weights, buffers), then calls one kernel per node in topological order
 //! with sizes computed from the run-time dims.
 
-use super::{attention, elementwise, matmul, memory, norm, CodegenError, Imports, Lowering};
+use super::{
+    attention, elementwise, matmul, memory, norm, parallel, CodegenError, Imports, Lowering,
+};
 use crate::graph::{DType, Dim, Graph, Op, TensorType};
 use cranelift_codegen::ir::{condcodes::IntCC, types::I64, InstBuilder, SourceLoc, Value};
 use cranelift_module::{FuncId, Linkage, Module};
-use cranformer_runtime::native::{ElemType, EntryMeta, Slot, SymDim, TensorSig, WeightPrep};
+use cranformer_runtime::native::{
+    ElemType, EntryMeta, Slot, SymDim, TensorSig, WeightPrep, RT_PARALLEL_FOR,
+};
 use petgraph::graph::NodeIndex;
 use std::collections::HashMap;
 
@@ -42,8 +46,6 @@ struct Plan {
     /// Buffer (or input) holding each computed node and each input node.
     value: HashMap<NodeIndex, Slot>,
     weight_slots: HashMap<(String, WeightPrep), usize>,
-    /// Scratch buffer of each node that needs one.
-    scratch: HashMap<NodeIndex, usize>,
 }
 
 impl Plan {
@@ -74,7 +76,6 @@ fn plan(graph: &Graph) -> Plan {
         },
         value: HashMap::new(),
         weight_slots: HashMap::new(),
-        scratch: HashMap::new(),
     };
     for (i, (name, n)) in graph.inputs.iter().enumerate() {
         p.meta.inputs.push(sig(name, &graph.g[*n].ty));
@@ -85,15 +86,6 @@ fn plan(graph: &Graph) -> Plan {
         match &node.op {
             Op::Input { .. } | Op::Weight { .. } => continue,
             Op::LastToken | Op::FirstToken => p.meta.needs_tokens = true,
-            Op::Attention { .. } => {
-                // One row of scores: S keys.
-                let s = graph.g[graph.operands(n)[1]].ty.shape[1];
-                p.scratch.insert(n, p.meta.buffers.len());
-                p.meta.buffers.push(sig(
-                    &format!("{}.scores", node.label),
-                    &TensorType::f32(&[s]),
-                ));
-            }
             _ => {}
         }
         p.value.insert(n, Slot::Buffer(p.meta.buffers.len()));
@@ -110,9 +102,6 @@ fn plan(graph: &Graph) -> Plan {
         .collect();
     p.meta.live = vec![(0, 0); p.meta.buffers.len()];
     for (&n, &step) in &steps {
-        if let Some(&s) = p.scratch.get(&n) {
-            p.meta.live[s] = (step, step);
-        }
         if let Some(&Slot::Buffer(b)) = p.value.get(&n) {
             let last = graph
                 .g
@@ -147,14 +136,15 @@ pub fn lower_entry<M: Module>(
     enum Arg {
         Val(NodeIndex),
         Weight(String, WeightPrep),
-        Scratch(NodeIndex),
         Dim(Dim),
         /// The product of a node's dims except the last (rows of a `[.., C]` tensor).
         Rows(NodeIndex),
         Numel(NodeIndex),
         Null,
-        /// The runtime's wide matmul (`EntryCtx::rt->sgemm`), or null.
+        /// The runtime's wide matmul (`EntryCtx::rt->gemm`), or null.
         Sgemm,
+        /// The runtime's thread pool (`EntryCtx::rt->parallel_for`).
+        ParallelFor,
     }
     struct Call {
         node: NodeIndex,
@@ -188,14 +178,43 @@ pub fn lower_entry<M: Module>(
                     _ => unreachable!("tables are weights"),
                 };
                 let c = last(graph, ops[0]);
-                let k = memory::gather(l, c, rows)?;
+                // A table that is also a tied head's `nn.Linear` weight is read from the
+                // head's packed panels, so only that copy of it is prepared.
+                let tied = matches!(graph.g[ops[0]].op, Op::Weight { .. })
+                    && graph
+                        .g
+                        .neighbors_directed(ops[0], petgraph::Direction::Outgoing)
+                        .any(|u| {
+                            matches!(
+                                graph.g[u].op,
+                                Op::Linear {
+                                    layout: crate::graph::WeightLayout::OutIn
+                                } | Op::FusedLinear {
+                                    layout: crate::graph::WeightLayout::OutIn,
+                                    ..
+                                }
+                            ) && graph.operands(u)[1] == ops[0]
+                        });
+                let (k, table) = if tied {
+                    let prep = WeightPrep::Panels {
+                        k: c,
+                        n: rows,
+                        in_out: false,
+                    };
+                    (
+                        memory::gather_panels(l, c, rows)?,
+                        operand(graph, ops[0], prep),
+                    )
+                } else {
+                    (memory::gather(l, c, rows)?, v(0))
+                };
                 let msg = format!(
                     "{}: an index is out of range (the table has {rows} rows)",
                     node.label
                 );
                 (
                     k,
-                    vec![v(0), v(1), Arg::Val(n), Arg::Numel(ops[1])],
+                    vec![table, v(1), Arg::Val(n), Arg::Numel(ops[1])],
                     Some(msg),
                 )
             }
@@ -204,18 +223,33 @@ pub fn lower_entry<M: Module>(
                 vec![Arg::Val(n), Arg::Dim(Dim::Past), Arg::Dim(Dim::Seq)],
                 None,
             ),
-            Op::Linear { layout } => {
+            Op::Linear { .. } | Op::FusedLinear { .. } => {
+                let (layout, act, residual) = match node.op {
+                    Op::FusedLinear {
+                        layout,
+                        act,
+                        residual,
+                    } => (layout, act, residual),
+                    Op::Linear { layout } => (layout, None, false),
+                    _ => unreachable!(),
+                };
                 let k = last(graph, ops[0]);
                 let nn = last(graph, n);
                 let prep = WeightPrep::Panels {
                     k,
                     n: nn,
-                    in_out: *layout == crate::graph::WeightLayout::InOut,
+                    in_out: layout == crate::graph::WeightLayout::InOut,
                 };
-                let bias = ops.len() == 3;
-                let kern = matmul::linear(l, k, nn, bias)?;
+                let bias = ops.len() == 3 + residual as usize;
+                let tiling = l.tiling(k, nn);
+                let kern = matmul::linear(l, k, nn, bias, act, residual, &tiling)?;
                 let b = if bias {
                     operand(graph, ops[2], WeightPrep::PadPanel { n: nn })
+                } else {
+                    Arg::Null
+                };
+                let res = if residual {
+                    v(ops.len() - 1)
                 } else {
                     Arg::Null
                 };
@@ -228,7 +262,55 @@ pub fn lower_entry<M: Module>(
                         Arg::Val(n),
                         Arg::Rows(ops[0]),
                         Arg::Sgemm,
+                        res,
                     ],
+                    None,
+                )
+            }
+            Op::AddLayerNorm { eps } => (
+                norm::add_layer_norm(l, last(graph, n), *eps)?,
+                vec![
+                    v(0),
+                    v(1),
+                    v(2),
+                    v(3),
+                    Arg::Val(n),
+                    Arg::Rows(n),
+                    Arg::Rows(ops[1]),
+                ],
+                None,
+            ),
+            Op::AddRmsNorm { eps } => (
+                norm::add_rms_norm(l, last(graph, n), *eps)?,
+                vec![
+                    v(0),
+                    v(1),
+                    v(2),
+                    Arg::Val(n),
+                    Arg::Rows(n),
+                    Arg::Rows(ops[1]),
+                ],
+                None,
+            ),
+            Op::GatedAct(a) => (
+                elementwise::gated(l, *a, last(graph, n))?,
+                vec![v(0), Arg::Val(n), Arg::Rows(n)],
+                None,
+            ),
+            Op::Elementwise(steps) => {
+                // Each extra operand: a scalar, or rows of the last axis repeated over x's.
+                let scalar: Vec<bool> = ops[1..]
+                    .iter()
+                    .map(|&o| graph.g[o].ty.shape.is_empty())
+                    .collect();
+                let mut args = vec![v(0), Arg::Val(n), Arg::Rows(n)];
+                for (i, &o) in ops.iter().enumerate().skip(1) {
+                    args.push(v(i));
+                    args.push(Arg::Rows(o));
+                }
+                (
+                    elementwise::chain(l, steps, last(graph, n), &scalar)?,
+                    args,
                     None,
                 )
             }
@@ -248,21 +330,47 @@ pub fn lower_entry<M: Module>(
                 vec![v(0), Arg::Val(n), Arg::Numel(n)],
                 None,
             ),
-            Op::Act(a) => (
-                elementwise::activation(l, *a)?,
-                vec![v(0), Arg::Val(n), Arg::Numel(n)],
-                None,
-            ),
-            Op::LayerNorm { eps } => (
-                norm::layer_norm(l, last(graph, n), *eps)?,
-                vec![v(0), v(1), v(2), Arg::Val(n), Arg::Rows(n)],
-                None,
-            ),
-            Op::RmsNorm { eps } => (
-                norm::rms_norm(l, last(graph, n), *eps)?,
-                vec![v(0), v(1), Arg::Val(n), Arg::Rows(n)],
-                None,
-            ),
+            // Row-wise kernels run on the thread pool (`parallel::split`) when big enough.
+            Op::Act(a) => {
+                let inner = elementwise::activation(l, *a)?;
+                let name = format!("cf_act_{a:?}_parallel")
+                    .to_lowercase()
+                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "");
+                (
+                    parallel::split(l, &name, inner, &[4, 4], 1 << 14, 16)?,
+                    vec![v(0), Arg::Val(n), Arg::Numel(n), Arg::ParallelFor],
+                    None,
+                )
+            }
+            Op::LayerNorm { eps } => {
+                let c = last(graph, n);
+                let inner = norm::layer_norm(l, c, *eps)?;
+                let name = format!("cf_layer_norm_c{c}_e{:08x}_parallel", eps.to_bits());
+                let row = 4 * c as i64;
+                (
+                    parallel::split(l, &name, inner, &[row, 0, 0, row], 16, 1)?,
+                    vec![
+                        v(0),
+                        v(1),
+                        v(2),
+                        Arg::Val(n),
+                        Arg::Rows(n),
+                        Arg::ParallelFor,
+                    ],
+                    None,
+                )
+            }
+            Op::RmsNorm { eps } => {
+                let c = last(graph, n);
+                let inner = norm::rms_norm(l, c, *eps)?;
+                let name = format!("cf_rms_norm_c{c}_e{:08x}_parallel", eps.to_bits());
+                let row = 4 * c as i64;
+                (
+                    parallel::split(l, &name, inner, &[row, 0, row], 16, 1)?,
+                    vec![v(0), v(1), Arg::Val(n), Arg::Rows(n), Arg::ParallelFor],
+                    None,
+                )
+            }
             Op::Attention {
                 heads,
                 head_dim,
@@ -296,7 +404,7 @@ pub fn lower_entry<M: Module>(
                         mask,
                         bias,
                         Arg::Val(n),
-                        Arg::Scratch(n),
+                        Arg::ParallelFor,
                         Arg::Dim(q[0]),
                         Arg::Dim(q[1]),
                         Arg::Dim(s),
@@ -402,7 +510,6 @@ pub fn lower_entry<M: Module>(
                     Arg::Weight(k, prep) => {
                         ArgVal::Slot(n_in + p.weight_slots[&(k.clone(), *prep)] as i64)
                     }
-                    Arg::Scratch(o) => ArgVal::Slot(slot_index(Slot::Buffer(p.scratch[o]))),
                     Arg::Dim(d) => ArgVal::Dims(vec![*d]),
                     Arg::Rows(o) => {
                         let s = &graph.g[*o].ty.shape;
@@ -411,6 +518,7 @@ pub fn lower_entry<M: Module>(
                     Arg::Numel(o) => ArgVal::Dims(graph.g[*o].ty.shape.clone()),
                     Arg::Null => ArgVal::Null,
                     Arg::Sgemm => ArgVal::Sgemm,
+                    Arg::ParallelFor => ArgVal::ParallelFor,
                 })
                 .collect();
             let code = c.fails.map(|m| {
@@ -473,7 +581,7 @@ pub fn lower_entry<M: Module>(
             let ctx = params[0];
             let values = k.ld(I64, ctx, 0);
             let dims: Vec<Value> = (0..4).map(|i| k.ld(I64, ctx, 8 + 8 * i)).collect();
-            // EntryCtx::rt, then RuntimeFns::sgemm.
+            // EntryCtx::rt, then RuntimeFns::gemm.
             let rt = k.ld(I64, ctx, 40);
             let sgemm = k.ld(I64, rt, 0);
             let dim = |k: &mut super::ir::Kb, d: Dim| -> Value {
@@ -502,6 +610,7 @@ pub fn lower_entry<M: Module>(
                         }
                         ArgVal::Null => k.i(0),
                         ArgVal::Sgemm => sgemm,
+                        ArgVal::ParallelFor => k.ld(I64, rt, RT_PARALLEL_FOR as i32),
                     })
                     .collect();
                 let call = k.b.ins().call(refs.funcs[callee[i]], &vals);
@@ -531,4 +640,5 @@ enum ArgVal {
     Dims(Vec<Dim>),
     Null,
     Sgemm,
+    ParallelFor,
 }

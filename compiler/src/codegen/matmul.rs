@@ -1,9 +1,12 @@
-//! Matmul with bias, `out [M, N] = x [M, K] · W + bias`, for both checkpoint layouts: the
+//! Matmul with bias and epilogue, `out [M, N] = act(x [M, K] · W + bias) + residual`, for
+//! both checkpoint layouts: the
 //! host packs W once into panels of `PANEL` (32) columns (`WeightPrep::Panels`: for each k,
 //! 32 consecutive columns) and pads the bias to whole panels, so one kernel serves both.
 //!
 //! Where the runtime offers its wide matmul (AVX-512 / AVX2 micro-kernels, threads: see
-//! `cranformer_runtime::gemm`), the kernel calls it through `EntryCtx::rt`; Cranelift itself
+//! `cranformer_runtime::gemm`), the kernel fills a `GemmCall` on its stack (operands, the
+//! epilogue and the tiling the cost model chose) and calls it through `EntryCtx::rt`; the
+//! runtime applies the epilogue per tile while it is hot. Cranelift itself
 //! emits 128-bit vectors only, a quarter of an AVX-512 core's peak. Otherwise, the portable
 //! path below runs on 8-column sub-panels of the same packing.
 //!
@@ -15,9 +18,11 @@
 
 use super::ir::Kb;
 use super::{CodegenError, Imports, Lowering};
+use crate::graph::Activation;
+use crate::tiling::{Kernel, Tiling};
 use cranelift_codegen::ir::{
     condcodes::IntCC,
-    types::{F32X4, I64},
+    types::{F32X4, I32, I64},
     InstBuilder, StackSlotData, StackSlotKind, Value,
 };
 use cranelift_module::{FuncId, Module};
@@ -138,38 +143,142 @@ fn micro<M: Module>(
     })
 }
 
-/// `(x, panels, bias, out, m, sgemm)`: `out [M, N] = x [M, K] · W + bias` (bias padded, or
-/// 0); `sgemm` is the runtime's wide matmul or 0.
+/// The `GemmCall::act` code of an activation (0 = none).
+pub fn act_code(a: Option<Activation>) -> u32 {
+    match a {
+        None => 0,
+        Some(Activation::Relu) => 1,
+        Some(Activation::Gelu) => 2,
+        Some(Activation::GeluTanh) => 3,
+        Some(Activation::Tanh) => 4,
+        Some(Activation::Silu) => 5,
+        Some(Activation::QuickGelu) => 6,
+    }
+}
+
+fn isa_code(k: Kernel) -> u32 {
+    match k {
+        Kernel::Auto | Kernel::F32x4 => 0,
+        Kernel::Avx512 => 1,
+        Kernel::Avx2 => 2,
+    }
+}
+
+/// Byte offsets in `GemmCall` (`cranformer_runtime::gemm`, `#[repr(C)]`): ten 8-byte fields,
+/// then five u32.
+const CALL_BYTES: u32 = 104;
+const CALL_RESIDUAL: i32 = 72;
+const CALL_ACT: i32 = 80;
+
+/// Kernel parameters, in order: `(x, panels, bias, out, m, gemm, residual)`:
+/// `out [M, N] = act(x [M, K] · W + bias) + residual`, with `bias` (padded to whole panels)
+/// or 0, `gemm` the runtime's wide matmul (`RuntimeFns::gemm`) or 0, `residual` `[M, N]` or 0
+/// (read only when `residual` is set; `act` and `residual` are compile-time choices of the
+/// kernel, so each combination is its own kernel). `tiling` is the cost model's choice
+/// (`crate::tiling`), passed to the runtime in the `GemmCall`; when it picks the generated
+/// f32x4 kernel, or the runtime offers none, the portable path runs.
+#[allow(clippy::too_many_arguments)]
 pub fn linear<M: Module>(
     l: &mut Lowering<'_, M>,
     kdim: usize,
     n: usize,
     bias: bool,
+    act: Option<Activation>,
+    residual: bool,
+    tiling: &Tiling,
 ) -> Result<FuncId, CodegenError> {
-    let name = format!("cf_linear_k{kdim}_n{n}{}", if bias { "_bias" } else { "" });
-    let micros = (1..=MR)
+    let t = tiling;
+    let tile_name = |c: &crate::tiling::Choice| {
+        format!("{:?}{}_{}_{}", c.kernel, c.kc, c.mc, c.threads).to_lowercase()
+    };
+    let name = format!(
+        "cf_linear_k{kdim}_n{n}{}{}{}_t{}_{}_{}",
+        if bias { "_bias" } else { "" },
+        act.map_or(String::new(), |a| format!("_{a:?}").to_lowercase()),
+        if residual { "_res" } else { "" },
+        t.small_m,
+        tile_name(&t.small),
+        tile_name(&t.large),
+    );
+    let mut funcs = (1..=MR)
         .map(|mr| micro(l, mr, kdim, n, bias))
         .collect::<Result<Vec<_>, _>>()?;
+    // The portable path's epilogue: the elementwise kernels, in place over `out`.
+    if let Some(a) = act {
+        funcs.push(super::elementwise::activation(l, a)?);
+    }
+    if residual {
+        funcs.push(super::elementwise::binary(l, true)?);
+    }
     let imports = Imports {
-        funcs: micros,
+        funcs,
         data: vec![],
     };
-    let sgemm_sig = l.signature(9, false);
+    let gemm_sig = l.signature(1, false);
     let tiles = n.div_ceil(TILE_N) as i64;
     let per_panel = (PANEL / TILE_N) as i64;
-    l.kernel(&name, 6, false, imports, |k, p, refs| {
-        let (x, w, b, out, m, sgemm) = (p[0], p[1], p[2], p[3], p[4], p[5]);
-        let wide = k.b.ins().icmp_imm_s(IntCC::NotEqual, sgemm, 0);
+    let generated_small = t.small.kernel == Kernel::F32x4;
+    let generated_large = t.large.kernel == Kernel::F32x4;
+    l.kernel(&name, 7, false, imports, |k, p, refs| {
+        let (x, w, b, out, m, gemm, res) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+        let is_small =
+            k.b.ins()
+                .icmp_imm_s(IntCC::SignedLessThanOrEqual, m, t.small_m as i64);
+        let has_gemm = k.b.ins().icmp_imm_s(IntCC::NotEqual, gemm, 0);
+        // The runtime runs it unless the chosen tiling is the generated kernel.
+        let wide = match (generated_small, generated_large) {
+            (false, false) => has_gemm,
+            (true, true) => k.i(0),
+            (true, false) => {
+                let z = k.i(0);
+                k.b.ins().select(is_small, z, has_gemm)
+            }
+            (false, true) => {
+                let z = k.i(0);
+                k.b.ins().select(is_small, has_gemm, z)
+            }
+        };
         let done = k.b.create_block();
         let narrow = k.b.create_block();
         let call = k.b.create_block();
         k.b.ins().brif(wide, call, &[], narrow, &[]);
 
         k.b.switch_to_block(call);
-        let sig = k.b.import_signature(sgemm_sig);
+        let slot = k.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            CALL_BYTES,
+            3,
+        ));
+        let c = k.b.ins().stack_addr(I64, slot, 0);
         let (kv, nv) = (k.i(kdim as i64), k.i(n as i64));
-        k.b.ins()
-            .call_indirect(sig, sgemm, &[m, nv, kv, x, kv, w, b, out, nv]);
+        let res_or_null = if residual { res } else { k.i(0) };
+        for (i, v) in [m, nv, kv, x, kv, w, b, out, nv, res_or_null]
+            .into_iter()
+            .enumerate()
+        {
+            k.st(v, c, 8 * i as i32);
+        }
+        debug_assert_eq!(CALL_RESIDUAL, 8 * 9);
+        // act, kc, mc, isa, threads: the small or large tiling by M.
+        let fields = |ch: &crate::tiling::Choice| {
+            [act_code(act), ch.kc, ch.mc, isa_code(ch.kernel), ch.threads]
+        };
+        for (i, (s, l_)) in fields(&t.small)
+            .into_iter()
+            .zip(fields(&t.large))
+            .enumerate()
+        {
+            let v = if s == l_ {
+                k.b.ins().iconst(I32, s as i64)
+            } else {
+                let sv = k.b.ins().iconst(I32, s as i64);
+                let lv = k.b.ins().iconst(I32, l_ as i64);
+                k.b.ins().select(is_small, sv, lv)
+            };
+            k.st(v, c, CALL_ACT + 4 * i as i32);
+        }
+        let sig = k.b.import_signature(gemm_sig);
+        k.b.ins().call_indirect(sig, gemm, &[c]);
         k.b.ins().jump(done, &[]);
 
         k.b.switch_to_block(narrow);
@@ -213,6 +322,18 @@ pub fn linear<M: Module>(
                 });
             }
         });
+        // Epilogue after the whole product (the tiles are no longer hot: the portable path
+        // trades that for reusing the elementwise kernels).
+        let numel = k.muli(m, n as i64);
+        let mut next = MR;
+        if act.is_some() {
+            k.b.ins().call(refs.funcs[next], &[out, out, numel]);
+            next += 1;
+        }
+        if residual {
+            k.b.ins()
+                .call(refs.funcs[next], &[out, res, out, numel, numel]);
+        }
         k.b.ins().jump(done, &[]);
         k.b.switch_to_block(done);
     })

@@ -9,6 +9,7 @@ use cranelift_codegen::ir::{
     InstBuilder, Value,
 };
 use cranelift_module::{FuncId, Module};
+use cranformer_runtime::native::PANEL;
 
 /// Copies `c` (a constant) f32s.
 fn copy_row(k: &mut Kb, src: Value, dst: Value, c: usize) {
@@ -42,6 +43,60 @@ pub fn gather<M: Module>(
             let src = k.at(table, id, 4 * c as i64);
             let dst = k.at(out, i, 4 * c as i64);
             copy_row(k, src, dst, c);
+        });
+        let z = k.i(0);
+        k.b.ins().return_(&[z]);
+    })
+}
+
+/// `(panels, ids, out, n_ids) -> status`: [`gather`] from a `[rows, c]` table that is only
+/// held packed, as the `[K = c, N = rows]` weight of a tied LM head (`WeightPrep::Panels`
+/// with `in_out: false`), so the model keeps one copy of it. Row v is column v of the packed
+/// matrix: panel v / PANEL, lane v % PANEL, one float every PANEL (a cache line apart: slower
+/// than a row copy, but a step gathers one row per token).
+pub fn gather_panels<M: Module>(
+    l: &mut Lowering<'_, M>,
+    c: usize,
+    rows: usize,
+) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_gather_panels_c{c}_r{rows}");
+    let panel_bytes = 4 * (c * PANEL) as i64;
+    l.kernel(&name, 4, true, Imports::default(), |k, p, _| {
+        let (table, ids, out, n) = (p[0], p[1], p[2], p[3]);
+        k.for_n(n, |k, i| {
+            let ia = k.at(ids, i, 8);
+            let id = k.ld(I64, ia, 0);
+            let bad =
+                k.b.ins()
+                    .icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, id, rows as i64);
+            k.when(bad, |k| {
+                let one = k.i(1);
+                k.b.ins().return_(&[one]);
+                let dead = k.b.create_block();
+                k.b.switch_to_block(dead);
+            });
+            let panel = k.b.ins().udiv_imm_u(id, PANEL as i64);
+            let lane = k.b.ins().urem_imm_u(id, PANEL as i64);
+            let src = k.at(table, panel, panel_bytes);
+            let src = k.at(src, lane, 4);
+            let dst = k.at(out, i, 4 * c as i64);
+            // Four k's per step into one vector store.
+            let z = k.i(0);
+            let c4 = k.i((c & !3) as i64);
+            k.for_range(z, c4, 4, |k, j| {
+                let s = k.at(src, j, 4 * PANEL as i64);
+                let mut v = k.splat(0.0);
+                for u in 0..4 {
+                    let x = k.ldf(s, 4 * (PANEL * u) as i32);
+                    v = k.b.ins().insertlane(v, x, u as u8);
+                }
+                let d = k.at(dst, j, 4);
+                k.st(v, d, 0);
+            });
+            for j in c & !3..c {
+                let x = k.ldf(src, 4 * (PANEL * j) as i32);
+                k.st(x, dst, 4 * j as i32);
+            }
         });
         let z = k.i(0);
         k.b.ins().return_(&[z]);

@@ -19,6 +19,7 @@ pub mod math;
 mod matmul;
 mod memory;
 mod norm;
+mod parallel;
 
 use cranelift_codegen::ir::{types::I64, AbiParam, Function, InstBuilder, UserFuncName};
 use cranelift_codegen::isa::{OwnedTargetIsa, TargetIsa};
@@ -46,6 +47,9 @@ pub enum CodegenError {
     /// Cranelift could not compile a function (compiler bug).
     #[error("compiler bug: compiling {function}: {message}")]
     Compile { function: String, message: String },
+    /// The pass pipeline failed before lowering (see [`crate::passes::PassError`]).
+    #[error(transparent)]
+    Pass(#[from] crate::passes::PassError),
 }
 
 impl From<ModuleError> for CodegenError {
@@ -96,6 +100,10 @@ pub struct Lowering<'m, M: Module> {
     micro_isa: OwnedTargetIsa,
     /// When set, every function's IR is appended here as text (`--emit clif`).
     pub clif: Option<String>,
+    /// The machine the matmul tilings are chosen for (`crate::tiling`).
+    pub profile: crate::tiling::MachineProfile,
+    /// Rows a matmul is expected to have when not decoding (B·T), for its tiling.
+    pub m_hint: usize,
 }
 
 impl<'m, M: Module> Lowering<'m, M> {
@@ -106,7 +114,14 @@ impl<'m, M: Module> Lowering<'m, M> {
             fctx: FunctionBuilderContext::new(),
             micro_isa: native_isa("none", false)?,
             clif: None,
+            profile: crate::tiling::MachineProfile::host(),
+            m_hint: crate::tiling::DEFAULT_M_HINT,
         })
+    }
+
+    /// The cost model's tilings of a `[M, kdim] · [kdim, n]` matmul on this lowering's machine.
+    pub fn tiling(&self, kdim: usize, n: usize) -> crate::tiling::Tiling {
+        crate::tiling::Tiling::plan(&self.profile, kdim, n, self.m_hint)
     }
 
     /// The kernel named `name` taking `params` i64s (and returning one when `ret`), built by

@@ -8,7 +8,7 @@
 //! roofline treats them differently (read once per call, never written, often from DRAM).
 //! Data movement ops (gather, slice, concat, token picks) cost bytes and no FLOPs.
 
-use super::{DType, Dims, Graph, Op, TensorType};
+use super::{DType, Dims, EwStep, Graph, Op, TensorType};
 use petgraph::graph::NodeIndex;
 use std::ops::{Add, AddAssign};
 
@@ -204,6 +204,28 @@ pub fn node_cost(g: &Graph, n: NodeIndex, d: &Dims) -> Cost {
             whole(x + out_numel)
         }
         Op::MaxPool => whole(numel(ty(0), d)),
+        // Fused ops: the FLOPs of their parts, the bytes of one kernel.
+        Op::FusedLinear { act, residual, .. } => {
+            let k = ty(0).last().map_or(1, |k| k.eval(d)) as u64;
+            let n_out = out.last().map_or(1, |n| n.eval(d)) as u64;
+            let m = out_numel / n_out.max(1);
+            let bias = operands.len() > 2 + *residual as usize;
+            let epilogue = bias as u64 + act.map_or(0, per_element::activation) + *residual as u64;
+            whole(2 * m * n_out * k + epilogue * out_numel)
+        }
+        Op::AddLayerNorm { .. } => whole(out_numel * (1 + per_element::LAYER_NORM)),
+        Op::AddRmsNorm { .. } => whole(out_numel * (1 + per_element::RMS_NORM)),
+        Op::GatedAct(a) => whole(out_numel * (1 + per_element::activation(*a))),
+        Op::Elementwise(steps) => {
+            let per: u64 = steps
+                .iter()
+                .map(|s| match s {
+                    EwStep::Act(a) => per_element::activation(*a),
+                    _ => 1,
+                })
+                .sum();
+            whole(out_numel * per)
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Output type of each op from its operands' types: used when a node is added and by the
 //! verifier between passes.
 
-use super::{DType, Dim, Op, TensorType, WeightLayout};
+use super::{DType, Dim, EwStep, Op, TensorType, WeightLayout};
 
 fn want_f32(t: &TensorType, what: &str) -> Result<(), String> {
     if t.dtype == DType::F32 {
@@ -17,6 +17,16 @@ fn arity(ops: &[&TensorType], lo: usize, hi: usize) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// `b` broadcast into `a` (`b`'s shape a suffix of `a`'s): the type of `a ∘ b`.
+fn broadcast(a: &TensorType, b: &TensorType) -> Result<TensorType, String> {
+    want_f32(a, "a")?;
+    want_f32(b, "b")?;
+    if b.shape.len() > a.shape.len() || !a.shape.ends_with(&b.shape) {
+        return Err(format!("{b} does not broadcast into {a}"));
+    }
+    Ok(a.clone())
 }
 
 pub(super) fn infer(op: &Op, ops: &[&TensorType]) -> Result<TensorType, String> {
@@ -67,13 +77,63 @@ pub(super) fn infer(op: &Op, ops: &[&TensorType]) -> Result<TensorType, String> 
         }
         Op::Add | Op::Mul => {
             arity(ops, 2, 2)?;
-            let (a, b) = (ops[0], ops[1]);
-            want_f32(a, "a")?;
-            want_f32(b, "b")?;
-            if b.shape.len() > a.shape.len() || !a.shape.ends_with(&b.shape) {
-                return Err(format!("{b} does not broadcast into {a}"));
+            broadcast(ops[0], ops[1])
+        }
+        Op::FusedLinear {
+            layout, residual, ..
+        } => {
+            let r = *residual as usize;
+            arity(ops, 2 + r, 3 + r)?;
+            let y = infer(&Op::Linear { layout: *layout }, &ops[..ops.len() - r])?;
+            if *residual && *ops[ops.len() - 1] != y {
+                return Err(format!("residual {} is not {y}", ops[ops.len() - 1]));
             }
-            Ok(a.clone())
+            Ok(y)
+        }
+        Op::AddLayerNorm { eps } | Op::AddRmsNorm { eps } => {
+            let layer = matches!(op, Op::AddLayerNorm { .. });
+            arity(ops, 3 + layer as usize, 3 + layer as usize)?;
+            let sum = broadcast(ops[0], ops[1])?;
+            let mut rest = vec![&sum];
+            rest.extend_from_slice(&ops[2..]);
+            let norm = if layer {
+                Op::LayerNorm { eps: *eps }
+            } else {
+                Op::RmsNorm { eps: *eps }
+            };
+            infer(&norm, &rest)
+        }
+        Op::GatedAct(_) => {
+            arity(ops, 1, 1)?;
+            want_f32(ops[0], "x")?;
+            let f = match ops[0].last() {
+                Some(Dim::Const(w)) if w % 2 == 0 && w > 0 => w / 2,
+                _ => return Err(format!("x {} does not end in an even width", ops[0])),
+            };
+            let mut shape = ops[0].shape.clone();
+            *shape.last_mut().unwrap() = Dim::Const(f);
+            Ok(TensorType::f32(&shape))
+        }
+        Op::Elementwise(steps) => {
+            if ops.is_empty() || steps.is_empty() {
+                return Err("needs x and at least one step".into());
+            }
+            want_f32(ops[0], "x")?;
+            for s in steps {
+                if let EwStep::Add(i) | EwStep::Mul(i) = *s {
+                    if i == 0 || i >= ops.len() {
+                        return Err(format!("step {s} reads no operand"));
+                    }
+                }
+            }
+            // The kernel walks rows of x's last axis: an operand is a scalar or whole rows.
+            if !matches!(ops[0].last(), Some(Dim::Const(_))) {
+                return Err(format!("x {} does not end in a constant width", ops[0]));
+            }
+            for b in &ops[1..] {
+                broadcast(ops[0], b)?;
+            }
+            Ok(ops[0].clone())
         }
         Op::Scale { .. } | Op::Act(_) | Op::L2Normalize => {
             arity(ops, 1, 1)?;

@@ -12,7 +12,7 @@ mod print;
 mod shape;
 
 pub use cost::{graph_cost, node_cost, node_costs, Cost};
-pub use op::{Activation, Op, WeightLayout};
+pub use op::{Activation, EwStep, Op, WeightLayout};
 pub use shape::{DType, Dim, Dims, Shape, TensorType};
 
 use petgraph::graph::{DiGraph, NodeIndex};

@@ -119,6 +119,50 @@ pub enum Op {
     MaxPool,
     /// `[.., C]` -> each row divided by max(‖row‖₂, 1e-12).
     L2Normalize,
+
+    // Fused ops: made by the passes (`crate::passes`), never by a frontend.
+    /// `Linear` with its epilogue: `x [.., K]`, `w`, optional `bias [N]`, then `residual [.., N]`
+    /// when `residual` -> act(x·w + bias) + residual.
+    FusedLinear {
+        layout: WeightLayout,
+        act: Option<Activation>,
+        residual: bool,
+    },
+    /// `a [.., C]`, `b` (broadcast into `a` as for `Add`), `gamma [C]`, `beta [C]` ->
+    /// LayerNorm(a + b). The sum is not an output: the pass fuses only where nothing else reads it.
+    AddLayerNorm {
+        eps: f32,
+    },
+    /// `a [.., C]`, `b` (broadcast), `gamma [C]` -> RmsNorm(a + b).
+    AddRmsNorm {
+        eps: f32,
+    },
+    /// `x [.., 2F]` -> `[.., F]`: act(x[.., :F]) * x[.., F:], T5's gated feed-forward once
+    /// `wi_0` and `wi_1` are one matmul.
+    GatedAct(Activation),
+    /// `x`, then operands that broadcast into `x` as for `Add` -> the steps applied to `x` in
+    /// order, in one loop.
+    Elementwise(Vec<EwStep>),
+}
+
+/// One step of an [`Op::Elementwise`] chain; `Add(i)` and `Mul(i)` read operand `i` (>= 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EwStep {
+    Scale(f32),
+    Act(Activation),
+    Add(usize),
+    Mul(usize),
+}
+
+impl fmt::Display for EwStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EwStep::Scale(s) => write!(f, "scale {s}"),
+            EwStep::Act(a) => write!(f, "{}", format!("{a:?}").to_lowercase()),
+            EwStep::Add(i) => write!(f, "add ${i}"),
+            EwStep::Mul(i) => write!(f, "mul ${i}"),
+        }
+    }
 }
 
 impl fmt::Display for Op {
@@ -183,6 +227,27 @@ impl fmt::Display for Op {
             Op::MeanPool => write!(f, "mean_pool"),
             Op::MaxPool => write!(f, "max_pool"),
             Op::L2Normalize => write!(f, "l2_normalize"),
+            Op::FusedLinear {
+                layout,
+                act,
+                residual,
+            } => {
+                write!(f, "{}", Op::Linear { layout: *layout })?;
+                if let Some(a) = act {
+                    write!(f, " act={}", format!("{a:?}").to_lowercase())?;
+                }
+                if *residual {
+                    write!(f, " +residual")?;
+                }
+                Ok(())
+            }
+            Op::AddLayerNorm { eps } => write!(f, "add_layer_norm eps={eps:e}"),
+            Op::AddRmsNorm { eps } => write!(f, "add_rms_norm eps={eps:e}"),
+            Op::GatedAct(a) => write!(f, "gated_{}", format!("{a:?}").to_lowercase()),
+            Op::Elementwise(steps) => {
+                let s: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+                write!(f, "elementwise[{}]", s.join(", "))
+            }
         }
     }
 }

@@ -243,3 +243,13 @@ pub fn rel_pos_bias(
     }
     out
 }
+
+/// `a += b` with `b` repeated over `a` (its shape a suffix of `a`'s).
+pub fn add_broadcast(a: &mut [f32], b: &[f32]) {
+    if b.is_empty() {
+        return;
+    }
+    for chunk in a.chunks_exact_mut(b.len()) {
+        chunk.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+    }
+}

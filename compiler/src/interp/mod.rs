@@ -6,7 +6,7 @@
 
 pub mod kernels;
 
-use crate::graph::{DType, Dims, Graph, Op, WeightLayout};
+use crate::graph::{DType, Dims, EwStep, Graph, Op, WeightLayout};
 use crate::Model;
 use cranformer_runtime::weights::F32Buffer;
 use cranformer_runtime::{Engine, EngineError, Outputs, Tensor, TensorData};
@@ -141,9 +141,7 @@ impl Interpreter {
             }
             Op::Weight { key } => Value::Weight(
                 self.model
-                    .weights
-                    .get(key)
-                    .cloned()
+                    .weight(key)
                     .ok_or_else(|| internal(format!("weight {key} not loaded")))?,
             ),
             Op::Gather => {
@@ -176,6 +174,68 @@ impl Interpreter {
                 match layout {
                     WeightLayout::OutIn => kernels::linear_out_in(x, w, bias, k, nn, &mut out),
                     WeightLayout::InOut => kernels::linear_in_out(x, w, bias, k, nn, &mut out),
+                }
+                Value::F32(out)
+            }
+            Op::FusedLinear {
+                layout,
+                act,
+                residual,
+            } => {
+                // The unfused ops one after the other: linear, activation, residual add.
+                let r = *residual as usize;
+                let (x, w) = (args[0].f32(), args[1].f32());
+                let bias = (args.len() - r == 3).then(|| args[2].f32());
+                let k = last(0);
+                let nn = *out_shape.last().unwrap();
+                let mut out = vec![0f32; numel];
+                match layout {
+                    WeightLayout::OutIn => kernels::linear_out_in(x, w, bias, k, nn, &mut out),
+                    WeightLayout::InOut => kernels::linear_in_out(x, w, bias, k, nn, &mut out),
+                }
+                if let Some(a) = act {
+                    kernels::activation(*a, &mut out);
+                }
+                if *residual {
+                    let res = args[args.len() - 1].f32();
+                    out.iter_mut().zip(res).for_each(|(y, r)| *y += r);
+                }
+                Value::F32(out)
+            }
+            Op::AddLayerNorm { eps } | Op::AddRmsNorm { eps } => {
+                let mut out = args[0].f32().to_vec();
+                kernels::add_broadcast(&mut out, args[1].f32());
+                if matches!(node.op, Op::AddLayerNorm { .. }) {
+                    kernels::layer_norm(&mut out, args[2].f32(), args[3].f32(), *eps);
+                } else {
+                    kernels::rms_norm(&mut out, args[2].f32(), *eps);
+                }
+                Value::F32(out)
+            }
+            Op::GatedAct(a) => {
+                let f = *out_shape.last().unwrap();
+                let mut out = Vec::with_capacity(numel);
+                for row in args[0].f32().chunks_exact(2 * f) {
+                    let mut g = row[..f].to_vec();
+                    kernels::activation(*a, &mut g);
+                    out.extend(g.iter().zip(&row[f..]).map(|(g, l)| g * l));
+                }
+                Value::F32(out)
+            }
+            Op::Elementwise(steps) => {
+                let mut out = args[0].f32().to_vec();
+                for s in steps {
+                    match *s {
+                        EwStep::Scale(f) => out.iter_mut().for_each(|x| *x *= f),
+                        EwStep::Act(a) => kernels::activation(a, &mut out),
+                        EwStep::Add(i) => kernels::add_broadcast(&mut out, args[i].f32()),
+                        EwStep::Mul(i) => {
+                            let b = args[i].f32();
+                            for chunk in out.chunks_exact_mut(b.len().max(1)) {
+                                chunk.iter_mut().zip(b).for_each(|(x, y)| *x *= y);
+                            }
+                        }
+                    }
                 }
                 Value::F32(out)
             }

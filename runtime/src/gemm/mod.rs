@@ -1,5 +1,7 @@
-//! Single-precision matrix multiply for the generated code: `C = A·B (+ bias)`, with B (the
-//! weights) packed once into column panels and A (the activations) packed per cache block.
+//! Single-precision matrix multiply for the generated code: `C = act(A·B + bias) + residual`,
+//! with B (the weights) packed once into column panels and A (the activations) packed per
+//! cache block. The generated code describes each call in a [`GemmCall`], including the
+//! tiling the compiler's cost model chose (`compiler/src/tiling`).
 //!
 //! Cranelift emits 128-bit vectors only, a quarter of this machine's 512-bit FMA peak, so
 //! the matmuls call these micro-kernels, written with `std::arch` and chosen by the CPU's
@@ -8,11 +10,16 @@
 //! into slivers of MR rows; each packed B sliver (`kc × NR`, kept in L1) is multiplied with
 //! every A sliver (streamed from L2). The K blocking never depends on the thread count, so
 //! every element sums its products in the same order: results are identical for any
-//! number of threads.
+//! number of threads. The epilogue (activation, residual) runs on each tile right after its
+//! last K block, while the tile is in L1.
 
 mod avx2;
 mod avx512;
+pub mod epilogue;
 mod portable;
+pub mod profile;
+
+pub use epilogue::Act;
 
 use crate::threads;
 
@@ -71,6 +78,32 @@ impl Isa {
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2",
             Isa::Portable => "portable",
+        }
+    }
+
+    /// [`GemmCall::isa`]'s code: 1 avx512, 2 avx2, 3 portable (0 is "auto").
+    pub fn code(self) -> u32 {
+        match self {
+            Isa::Avx512 => 1,
+            Isa::Avx2 => 2,
+            Isa::Portable => 3,
+        }
+    }
+
+    /// The family a [`GemmCall::isa`] code asks for, if this CPU runs it; else the detected one.
+    pub fn from_code(code: u32) -> Isa {
+        let best = detected();
+        let want = match code {
+            1 => Isa::Avx512,
+            2 => Isa::Avx2,
+            3 => Isa::Portable,
+            _ => return best,
+        };
+        // Families are ordered best first: anything at or below the detected one runs.
+        if want >= best {
+            want
+        } else {
+            best
         }
     }
 }
@@ -136,9 +169,12 @@ pub(crate) enum Init {
     Load,
 }
 
-/// One matmul's operands. Pointers are raw because the generated code calls in.
+/// One matmul call from generated code (`RuntimeFns::gemm`): `c = act(a·b + bias) +
+/// residual`. The layout is the ABI: generated code fills it on its stack, 8-byte fields
+/// first (offsets 0..80), then the five u32 (80..100); 104 bytes in all.
+#[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct Sgemm {
+pub struct GemmCall {
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -152,33 +188,148 @@ pub struct Sgemm {
     /// `[M, N]`, row stride `ldc`.
     pub c: *mut f32,
     pub ldc: usize,
+    /// `[M, N]` with stride `ldc`, added after the activation; or null. May alias nothing
+    /// but itself (not `c`).
+    pub residual: *const f32,
+    /// [`Act`] code: 0 none, 1 relu, 2 gelu (erf), 3 gelu tanh, 4 tanh, 5 silu, 6 quick_gelu.
+    pub act: u32,
+    /// K per block, 0 = the ISA's default.
+    pub kc: u32,
+    /// Rows of A per block, 0 = the ISA's default.
+    pub mc: u32,
+    /// 0 auto, 1 avx512, 2 avx2, 3 portable (a family the CPU lacks falls back to auto).
+    pub isa: u32,
+    /// Threads to split N over, 0 = the pool's default (never more than the pool has).
+    pub threads: u32,
 }
 
-unsafe impl Send for Sgemm {}
-unsafe impl Sync for Sgemm {}
+unsafe impl Send for GemmCall {}
+unsafe impl Sync for GemmCall {}
 
-/// `C = A·B + bias` with `isa`'s kernels, on up to `threads::threads()` threads.
+impl GemmCall {
+    /// A plain `c = a·b + bias` with automatic tiling.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        bias: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) -> GemmCall {
+        GemmCall {
+            m,
+            n,
+            k,
+            a,
+            lda,
+            b,
+            bias,
+            c,
+            ldc,
+            residual: std::ptr::null(),
+            act: 0,
+            kc: 0,
+            mc: 0,
+            isa: 0,
+            threads: 0,
+        }
+    }
+
+    /// The ISA, blocking and thread count this call runs with once the zeros ("auto") are
+    /// resolved.
+    pub fn resolved(&self) -> (Isa, Blocking, usize) {
+        let isa = Isa::from_code(self.isa);
+        let def = Blocking::default_for(isa);
+        let bl = Blocking {
+            kc: if self.kc == 0 {
+                def.kc
+            } else {
+                self.kc as usize
+            },
+            mc: if self.mc == 0 {
+                def.mc
+            } else {
+                self.mc as usize
+            },
+        };
+        let pool = threads::threads();
+        let panels = self.n.div_ceil(PACK_NR).max(1);
+        let t = match self.threads {
+            // Too little work is not worth waking threads (~5 µs).
+            0 => pool.min((self.m * self.n * self.k / 200_000).max(1)),
+            t => (t as usize).min(pool),
+        };
+        (isa, bl, t.min(panels).max(1))
+    }
+}
+
+/// Kept for callers of the first interface: a call without epilogue.
+pub type Sgemm = GemmCall;
+
+/// `C = act(A·B + bias) + residual` with `isa`'s kernels and `blocking`, on the call's
+/// thread count (see [`GemmCall::resolved`]; `isa` and `blocking` override the call's).
 ///
 /// # Safety
 /// The pointers must be valid for the sizes given; B must be packed with [`PACK_NR`].
-pub unsafe fn sgemm(g: &Sgemm, isa: Isa, blocking: Blocking) {
+pub unsafe fn sgemm(g: &GemmCall, isa: Isa, blocking: Blocking) {
+    let (_, _, tasks) = g.resolved();
+    run(g, isa, blocking, tasks)
+}
+
+/// Runs `g` with everything resolved.
+unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
     if g.m == 0 || g.n == 0 {
+        return;
+    }
+    let act = Act::from_code(g.act).unwrap_or(Act::None);
+    if g.k == 0 {
+        // No K block to finish the tiles: C is the bias, then the epilogue.
+        for i in 0..g.m {
+            for j in 0..g.n {
+                *g.c.add(i * g.ldc + j) = if g.bias.is_null() {
+                    0.0
+                } else {
+                    *g.bias.add(j)
+                };
+            }
+        }
+        let res = g.residual;
+        epilogue::apply(act, g.c, g.ldc, g.m, g.n, res);
         return;
     }
     let panels = g.n.div_ceil(PACK_NR);
     // Contiguous ranges of panels, one per thread: each thread packs A for itself, which
     // costs M·K against its M·K·N/threads of multiply-adds.
-    let tasks = threads::threads().min(panels).min(
-        // Too little work is not worth waking threads (~5 µs).
-        (g.m * g.n * g.k / 200_000).max(1),
-    );
+    let tasks = tasks.clamp(1, panels);
     let per = panels.div_ceil(tasks);
     threads::parallel_for(tasks, &|t| {
         let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
         if p0 < p1 {
-            block(g, isa, blocking, p0, p1);
+            block(g, isa, blocking, act, p0, p1);
         }
     });
+}
+
+/// C entry point for generated code (`RuntimeFns::gemm`): runs `*call` with the tiling it
+/// names, each 0 field resolved automatically.
+///
+/// # Safety
+/// As [`sgemm`]; `call` points at a valid [`GemmCall`].
+#[no_mangle]
+pub unsafe extern "C" fn cranformer_gemm(call: *const GemmCall) {
+    let g = &*call;
+    let (isa, bl, tasks) = g.resolved();
+    if profile::enabled() {
+        let t = std::time::Instant::now();
+        run(g, isa, bl, tasks);
+        profile::record(g, isa, bl, tasks, t.elapsed());
+    } else {
+        run(g, isa, bl, tasks);
+    }
 }
 
 thread_local! {
@@ -186,7 +337,7 @@ thread_local! {
 }
 
 /// Column panels `p0..p1` of C.
-unsafe fn block(g: &Sgemm, isa: Isa, bl: Blocking, p0: usize, p1: usize) {
+unsafe fn block(g: &GemmCall, isa: Isa, bl: Blocking, act: Act, p0: usize, p1: usize) {
     let (mr, nr) = (isa.mr(), isa.nr());
     let kc_max = bl.kc.max(1);
     let mc_max = (bl.mc / mr).max(1) * mr;
@@ -229,6 +380,14 @@ unsafe fn block(g: &Sgemm, isa: Isa, bl: Blocking, p0: usize, p1: usize) {
                             bias_cols_valid: g.n - col,
                         };
                         micro(isa, &tile);
+                        if pc + kc == g.k {
+                            let res = if g.residual.is_null() {
+                                g.residual
+                            } else {
+                                g.residual.add((ic + ir) * g.ldc + col)
+                            };
+                            epilogue::apply(act, tile.c, g.ldc, tile.rows, tile.cols, res);
+                        }
                         ir += mr;
                     }
                 }
@@ -242,7 +401,7 @@ unsafe fn block(g: &Sgemm, isa: Isa, bl: Blocking, p0: usize, p1: usize) {
 /// Packs rows `ic..ic+mc`, columns `pc..pc+kc` of A into slivers of `mr` rows: sliver s is
 /// `[kc][rows]` with `rows = min(mr, mc - s*mr)`, so a micro-kernel reads A sequentially.
 unsafe fn pack_a(
-    g: &Sgemm,
+    g: &GemmCall,
     ic: usize,
     mc: usize,
     pc: usize,
@@ -332,41 +491,6 @@ pub(crate) unsafe fn with_full_tile<const NR: usize>(
     for r in 0..t.rows {
         std::ptr::copy_nonoverlapping(scratch.as_ptr().add(r * NR), t.c.add(r * t.ldc), t.cols);
     }
-}
-
-/// C entry point for generated code: `c = a·b + bias` with this CPU's kernels and default
-/// blocking. `b` must be packed by [`pack_b`] with [`PACK_NR`].
-///
-/// # Safety
-/// As [`sgemm`].
-#[no_mangle]
-pub unsafe extern "C" fn cranformer_sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    bias: *const f32,
-    c: *mut f32,
-    ldc: usize,
-) {
-    let isa = detected();
-    sgemm(
-        &Sgemm {
-            m,
-            n,
-            k,
-            a,
-            lda,
-            b,
-            bias,
-            c,
-            ldc,
-        },
-        isa,
-        Blocking::default_for(isa),
-    );
 }
 
 /// [`Isa::detect`], once.

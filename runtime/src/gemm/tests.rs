@@ -73,21 +73,21 @@ fn matches_reference_on_odd_shapes() {
                     ] {
                         let packed = pack_b(&w, k, n, in_out, PACK_NR);
                         let mut c = vec![f32::NAN; m * n];
-                        let g = Sgemm {
+                        let g = GemmCall::new(
                             m,
                             n,
                             k,
-                            a: a.as_ptr(),
-                            lda: k,
-                            b: packed.as_ptr(),
-                            bias: if with_bias {
+                            a.as_ptr(),
+                            k,
+                            packed.as_ptr(),
+                            if with_bias {
                                 bias.as_ptr()
                             } else {
                                 std::ptr::null()
                             },
-                            c: c.as_mut_ptr(),
-                            ldc: n,
-                        };
+                            c.as_mut_ptr(),
+                            n,
+                        );
                         unsafe { sgemm(&g, isa, bl) };
                         for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                             assert!(
@@ -115,17 +115,17 @@ fn thread_count_does_not_change_results() {
     let run = |threads: usize| {
         crate::threads::set_threads(threads);
         let mut c = vec![0f32; m * n];
-        let g = Sgemm {
+        let g = GemmCall::new(
             m,
             n,
             k,
-            a: a.as_ptr(),
-            lda: k,
-            b: packed.as_ptr(),
-            bias: std::ptr::null(),
-            c: c.as_mut_ptr(),
-            ldc: n,
-        };
+            a.as_ptr(),
+            k,
+            packed.as_ptr(),
+            std::ptr::null(),
+            c.as_mut_ptr(),
+            n,
+        );
         unsafe { sgemm(&g, isa, Blocking::default_for(isa)) };
         c
     };
@@ -133,4 +133,135 @@ fn thread_count_does_not_change_results() {
     let two = run(2);
     crate::threads::set_threads(0);
     assert_eq!(one, two);
+}
+
+/// f64 references of the activations, as the interpreter computes them.
+fn act_ref(a: Act, x: f64) -> f64 {
+    let erf = |z: f64| {
+        // erf by its Taylor series (|z| < 3) or continued fraction tail: exact to ~1e-15.
+        if z.abs() < 3.0 {
+            let (mut term, mut sum) = (z, z);
+            for n in 1..200 {
+                term *= -z * z / n as f64;
+                sum += term / (2 * n + 1) as f64;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            let az = z.abs();
+            // erfc continued fraction (Lentz), then the sign.
+            let mut f = 0.0;
+            for n in (1..200).rev() {
+                f = (n as f64 / 2.0) / (az + f);
+            }
+            let erfc = (-az * az).exp() / std::f64::consts::PI.sqrt() / (az + f);
+            (1.0 - erfc).copysign(z)
+        }
+    };
+    let erfc_neg = |z: f64| {
+        // erfc(z) for z >= 3 without cancellation.
+        let mut f = 0.0;
+        for n in (1..200).rev() {
+            f = (n as f64 / 2.0) / (z + f);
+        }
+        (-z * z).exp() / std::f64::consts::PI.sqrt() / (z + f)
+    };
+    match a {
+        Act::None => x,
+        Act::Relu => x.max(0.0),
+        Act::Gelu => {
+            let z = x / std::f64::consts::SQRT_2;
+            if z < -3.0 {
+                0.5 * x * erfc_neg(-z)
+            } else {
+                0.5 * x * (1.0 + erf(z))
+            }
+        }
+        Act::GeluTanh => {
+            let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+            x / (1.0 + (-2.0 * u).exp())
+        }
+        Act::Tanh => x.tanh(),
+        Act::Silu => x / (1.0 + (-x).exp()),
+        Act::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+    }
+}
+
+#[test]
+fn activations_are_accurate_against_f64() {
+    for a in [
+        Act::Relu,
+        Act::Gelu,
+        Act::GeluTanh,
+        Act::Tanh,
+        Act::Silu,
+        Act::QuickGelu,
+    ] {
+        // A dense sweep over [-12, 12] through the vectorised path (one row of C).
+        let xs: Vec<f32> = (0..=240_000).map(|i| -12.0 + i as f32 * 1e-4).collect();
+        let mut ys = xs.clone();
+        unsafe { epilogue::apply(a, ys.as_mut_ptr(), ys.len(), 1, ys.len(), std::ptr::null()) };
+        let mut worst = (0.0f64, 0.0f32, 0.0f32, 0.0f64);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let want = act_ref(a, x as f64);
+            // Relative error where the result is not tiny; absolute below 1e-6.
+            let err = (y as f64 - want).abs() / want.abs().max(1e-6);
+            if err > worst.0 {
+                worst = (err, x, y, want);
+            }
+        }
+        let (err, x, y, want) = worst;
+        assert!(
+            err < 2e-6,
+            "{a:?}: worst relative error {err:e} at x = {x}: got {y}, want {want}"
+        );
+    }
+}
+
+#[test]
+fn epilogue_applies_act_then_residual_on_every_isa_and_blocking() {
+    let (m, n, k) = (29, 75, 130);
+    let mut seed = 5;
+    let a: Vec<f32> = (0..m * k).map(|_| 4.0 * lcg(&mut seed)).collect();
+    let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+    let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+    let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+    let lin = reference(&a, &w, Some(&bias), m, n, k, false);
+    let packed = pack_b(&w, k, n, false, PACK_NR);
+    for act in [Act::None, Act::Gelu, Act::GeluTanh, Act::Silu] {
+        let want: Vec<f32> = lin
+            .iter()
+            .zip(&res)
+            .map(|(&y, &r)| (act_ref(act, y as f64) + r as f64) as f32)
+            .collect();
+        for isa in isas() {
+            for (kc, mc) in [(0, 0), (48, isa.mr() as u32)] {
+                let mut c = vec![f32::NAN; m * n];
+                let mut g = GemmCall::new(
+                    m,
+                    n,
+                    k,
+                    a.as_ptr(),
+                    k,
+                    packed.as_ptr(),
+                    bias.as_ptr(),
+                    c.as_mut_ptr(),
+                    n,
+                );
+                g.residual = res.as_ptr();
+                g.act = act as u32;
+                g.isa = isa.code();
+                g.kc = kc;
+                g.mc = mc;
+                unsafe { cranformer_gemm(&g) };
+                for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                        "{act:?} {isa:?} kc {kc} mc {mc}: [{}, {}] got {x} want {y}",
+                        i / n,
+                        i % n
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,343 @@
+//! The tiling report (`cranformer compile --report`, `bench --report`): per kernel, FLOPs,
+//! bytes, arithmetic intensity, what bounds it, the chosen tiling, the predicted time, the
+//! measured time when the caller has one, and the share of the roof reached; and the same
+//! kernels as points on an SVG roofline.
+//!
+//! Matmuls get the cost model's numbers (`choose`). Other kernels are Cranelift code on one
+//! thread at 128 bits: their roof is `max(FLOPs / 128-bit peak, bytes / bandwidth of the
+//! level that holds their operands)`, from `graph::cost`.
+
+use super::choose::{choose_problem, Problem};
+use super::roofline::MachineProfile;
+use crate::graph::node_cost;
+use crate::graph::{Dims, Graph, Op};
+
+/// One kernel, or several calls of the same kernel summed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// `linear 128x768x3072 gelu`, `attention`, `layer_norm`...
+    pub kernel: String,
+    pub calls: usize,
+    pub flops: f64,
+    /// Bytes from the outermost level the kernel touches.
+    pub bytes: f64,
+    pub bound: String,
+    pub tiling: String,
+    pub predicted_s: f64,
+    /// The pure roofline time: no kernel efficiency, only peaks and bandwidths.
+    pub roof_s: f64,
+    pub measured_s: Option<f64>,
+    pub why: String,
+    /// `(m, n, k)` of a matmul.
+    pub matmul: Option<(usize, usize, usize)>,
+}
+
+impl Row {
+    pub fn intensity(&self) -> f64 {
+        self.flops / self.bytes.max(1.0)
+    }
+}
+
+/// `(m, n, k, act, residual)` of a matmul node.
+fn matmul_shape(
+    g: &Graph,
+    n: petgraph::graph::NodeIndex,
+    d: &Dims,
+) -> Option<(usize, usize, usize, String, bool)> {
+    let node = g.node(n);
+    let (act, residual) = match &node.op {
+        Op::Linear { .. } => (String::new(), false),
+        Op::FusedLinear { act, residual, .. } => (
+            act.map_or(String::new(), |a| format!(" {a:?}").to_lowercase()),
+            *residual,
+        ),
+        _ => return None,
+    };
+    let x = &g.node(g.operands(n)[0]).ty.concrete(d);
+    let out = node.ty.concrete(d);
+    let k = *x.last()?;
+    let nn = *out.last()?;
+    let m = out.iter().product::<usize>() / nn.max(1);
+    Some((m, nn, k, act, residual))
+}
+
+/// The rows of one call of `g` with dims `d` on `p` with `threads` threads;
+/// `weights_in_flight` as in [`Problem`]. Kernels of the same op and shape are merged.
+pub fn rows(g: &Graph, d: &Dims, p: &MachineProfile, weights_in_flight: u64) -> Vec<Row> {
+    let mut out: Vec<Row> = vec![];
+    for n in g.topo_order() {
+        let node = g.node(n);
+        if matches!(node.op, Op::Input { .. } | Op::Weight { .. }) {
+            continue;
+        }
+        let row = if let Some((m, nn, k, act, residual)) = matmul_shape(g, n, d) {
+            let c = choose_problem(
+                p,
+                &Problem {
+                    m,
+                    n: nn,
+                    k,
+                    weights_in_flight,
+                    residual,
+                },
+            );
+            let outer = (0..c.bytes.len())
+                .rev()
+                .find(|&i| c.bytes[i] > 0.0)
+                .unwrap_or(0);
+            let t = c.choice.threads as usize;
+            let roof = (c.flops / (p.peak_gflops(c.choice.kernel.bits(), t) * 1e9)).max(
+                (0..c.bytes.len())
+                    .map(|i| c.bytes[i] / (p.read_gbs(i, t) * 1e9))
+                    .fold(0.0, f64::max),
+            );
+            Row {
+                kernel: format!(
+                    "linear {m}x{k}x{nn}{act}{}",
+                    if residual { " +res" } else { "" }
+                ),
+                calls: 1,
+                flops: c.flops,
+                bytes: c.bytes[outer],
+                bound: c.bound.clone(),
+                tiling: c.choice.describe(),
+                predicted_s: c.predicted_s,
+                roof_s: roof,
+                measured_s: None,
+                why: c.why.clone(),
+                matmul: Some((m, nn, k)),
+            }
+        } else {
+            let cost = node_cost(g, n, d);
+            let bytes = cost.bytes() as f64;
+            let home = p.home(cost.bytes());
+            let compute = cost.flops as f64 / (p.peak_gflops(128, 1) * 1e9);
+            let memory = bytes / (p.read_gbs(home, 1) * 1e9);
+            let name = node.op.to_string();
+            let name = name.split([' ', '(', '{']).next().unwrap_or("").to_string();
+            Row {
+                kernel: name,
+                calls: 1,
+                flops: cost.flops as f64,
+                bytes,
+                bound: if compute >= memory {
+                    "compute".into()
+                } else {
+                    p.levels[home].name.clone()
+                },
+                tiling: "cranelift f32x4".into(),
+                predicted_s: compute.max(memory),
+                roof_s: compute.max(memory),
+                measured_s: None,
+                why: String::new(),
+                matmul: None,
+            }
+        };
+        match out
+            .iter_mut()
+            .find(|r| r.kernel == row.kernel && r.tiling == row.tiling)
+        {
+            Some(r) => {
+                r.calls += 1;
+                r.flops += row.flops;
+                r.bytes += row.bytes;
+                r.predicted_s += row.predicted_s;
+                r.roof_s += row.roof_s;
+            }
+            None => out.push(row),
+        }
+    }
+    out
+}
+
+/// Merges `more` into `rows` (same kernel and tiling: sums).
+pub fn merge(rows: &mut Vec<Row>, more: Vec<Row>) {
+    for row in more {
+        match rows
+            .iter_mut()
+            .find(|r| r.kernel == row.kernel && r.tiling == row.tiling)
+        {
+            Some(r) => {
+                r.calls += row.calls;
+                r.flops += row.flops;
+                r.bytes += row.bytes;
+                r.predicted_s += row.predicted_s;
+                r.roof_s += row.roof_s;
+                r.measured_s = match (r.measured_s, row.measured_s) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    (a, b) => a.or(b),
+                };
+            }
+            None => rows.push(row),
+        }
+    }
+}
+
+fn fmt_s(s: f64) -> String {
+    if s >= 1e-3 {
+        format!("{:.2}ms", s * 1e3)
+    } else {
+        format!("{:.1}us", s * 1e6)
+    }
+}
+
+/// The rows as a table; `measured` says how the measured column was obtained.
+pub fn table(rows: &[Row], p: &MachineProfile, measured: &str) -> String {
+    let mut s = format!(
+        "roofline of {} ({} threads); measured: {measured}\n",
+        p.name, p.cores
+    );
+    s.push_str(&format!(
+        "{:<34} {:>5} {:>9} {:>9} {:>7} {:>8} {:<28} {:>9} {:>9} {:>6}\n",
+        "kernel",
+        "calls",
+        "MFLOP",
+        "MB",
+        "FLOP/B",
+        "bound",
+        "tiling",
+        "predicted",
+        "measured",
+        "roof%"
+    ));
+    let (mut pred, mut meas) = (0.0, 0.0);
+    for r in rows {
+        pred += r.predicted_s;
+        meas += r.measured_s.unwrap_or(0.0);
+        s.push_str(&format!(
+            "{:<34} {:>5} {:>9.1} {:>9.2} {:>7.1} {:>8} {:<28} {:>9} {:>9} {:>6}\n",
+            r.kernel,
+            r.calls,
+            r.flops / 1e6,
+            r.bytes / 1e6,
+            r.intensity(),
+            r.bound,
+            r.tiling,
+            fmt_s(r.predicted_s),
+            r.measured_s.map_or("-".into(), fmt_s),
+            r.measured_s.map_or("-".into(), |m| format!(
+                "{:.0}%",
+                100.0 * r.roof_s / m.max(1e-12)
+            ))
+        ));
+    }
+    s.push_str(&format!(
+        "total predicted {}, measured (matmuls) {}\n",
+        fmt_s(pred),
+        fmt_s(meas)
+    ));
+    s.push_str("why (matmuls):\n");
+    for r in rows.iter().filter(|r| !r.why.is_empty()) {
+        s.push_str(&format!("  {}: {}: {}\n", r.kernel, r.tiling, r.why));
+    }
+    s
+}
+
+/// The roofline as an SVG document: log-log axes (FLOP/byte, GFLOP/s), one horizontal roof
+/// per vector width, one slanted roof per memory level, each kernel as a point at its
+/// intensity and achieved (measured, else predicted) GFLOP/s.
+pub fn svg(rows: &[Row], p: &MachineProfile) -> String {
+    let (w, h, ml, mb, mt, mr) = (900.0, 600.0, 70.0, 50.0, 30.0, 170.0);
+    let (x0, x1) = (0.01f64.log10(), 1000f64.log10());
+    let top = p.peak_gflops(p.max_bits(), p.cores) * 2.0;
+    let (y0, y1) = (0.1f64.log10(), top.log10());
+    let px = |i: f64| ml + (i.max(1e-3).log10() - x0) / (x1 - x0) * (w - ml - mr);
+    let py = |g: f64| h - mb - (g.max(1e-3).log10() - y0) / (y1 - y0) * (h - mb - mt);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"18\" font-size=\"14\">Roofline: {} ({} threads)</text>\n",
+        ml, p.name, p.cores
+    ));
+    // Axes with decade ticks.
+    s.push_str(&format!(
+        "<line x1=\"{ml}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{ml}\" y1=\"{mt}\" x2=\"{ml}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - mb,
+        w - mr,
+        h - mb,
+        h - mb
+    ));
+    let mut e = x0.ceil() as i32;
+    while e as f64 <= x1 {
+        let x = px(10f64.powi(e));
+        s.push_str(&format!(
+            "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            mt, h - mb, h - mb + 16.0, 10f64.powi(e)
+        ));
+        e += 1;
+    }
+    let mut e = y0.ceil() as i32;
+    while e as f64 <= y1 {
+        let y = py(10f64.powi(e));
+        s.push_str(&format!(
+            "<line x1=\"{ml}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            w - mr, ml - 4.0, y + 4.0, 10f64.powi(e)
+        ));
+        e += 1;
+    }
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">arithmetic intensity (FLOP/byte)</text>\n<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">GFLOP/s</text>\n",
+        (ml + w - mr) / 2.0, h - 12.0, (mt + h - mb) / 2.0, (mt + h - mb) / 2.0
+    ));
+    // Roofs: each level's bandwidth line capped by the widest peak.
+    let peak = p.peak_gflops(p.max_bits(), p.cores);
+    let colours = ["#1f77b4", "#2ca02c", "#9467bd", "#d62728"];
+    for (i, l) in p.levels.iter().enumerate() {
+        let bw = p.read_gbs(i, p.cores);
+        let knee = peak / bw;
+        let xs = 10f64.powf(x0);
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{}\">{} {:.0} GB/s</text>\n",
+            colours[i % 4],
+            px(xs), py(bw * xs), px(knee), py(peak), w - mr, py(peak),
+            colours[i % 4], px(knee.min(1.0)), py(bw * knee.min(1.0)) - 4.0, l.name, bw
+        ));
+    }
+    let mut bits: Vec<u32> = p.peaks.iter().map(|x| x.bits).collect();
+    bits.sort_unstable();
+    bits.dedup();
+    for b in bits {
+        let g = p.peak_gflops(b, p.cores);
+        s.push_str(&format!(
+            "<line x1=\"{ml}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"gray\" stroke-dasharray=\"4 3\"/><text x=\"{}\" y=\"{:.1}\">{b}-bit FMA {:.0} GFLOP/s</text>\n",
+            py(g), w - mr, py(g), w - mr + 4.0, py(g) + 4.0, g
+        ));
+    }
+    for r in rows {
+        let secs = r.measured_s.unwrap_or(r.predicted_s);
+        let g = r.flops / secs.max(1e-12) / 1e9;
+        if r.flops <= 0.0 {
+            continue;
+        }
+        let (x, y) = (px(r.intensity()), py(g));
+        let fill = if r.measured_s.is_some() {
+            "black"
+        } else {
+            "none"
+        };
+        s.push_str(&format!(
+            "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"{fill}\" stroke=\"black\"><title>{}: {:.1} GFLOP/s</title></circle><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\">{}</text>\n",
+            r.kernel, g, x + 6.0, y - 4.0, r.kernel
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The golden text of the tile picker: each shape's choice and explanation on `p`.
+pub fn choices(p: &MachineProfile, cases: &[(&str, Problem)]) -> String {
+    let mut s = format!("# profile {}\n", p.name);
+    for (name, pr) in cases {
+        let c = choose_problem(p, pr);
+        s.push_str(&format!(
+            "{name} m{} k{} n{}: {}\n  {}\n",
+            pr.m,
+            pr.k,
+            pr.n,
+            c.choice.describe(),
+            c.why
+        ));
+    }
+    s
+}

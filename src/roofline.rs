@@ -1,0 +1,356 @@
+//! `cranformer roofline`: measures this machine once and caches the profile the tile picker
+//! reads (`cranformer_compiler::tiling::roofline`), at
+//! `$XDG_CACHE_HOME/cranformer/roofline-<cpu>.json` (else `~/.cache/cranformer/...`);
+//! `--refresh` measures again.
+//!
+//! What is measured, in about 3 s:
+//! - peak FP32 FMA throughput at each vector width the CPU has (128/256/512 bits), on one
+//!   thread and on every core at once: a loop of independent FMAs on 24 (12 below 512 bits, where 16 registers hold them and the operands)
+//!   accumulators, more than the FMA pipes' latency × throughput, so nothing waits;
+//! - read bandwidth from buffers of half of L1, half of L2, a third of (each core's share
+//!   of) L3 and 64 MiB per thread (DRAM), summing with the widest vectors into 8 accumulators;
+//! - DRAM triad (`a = b + s·c`, 3 × 32 MiB per thread);
+//! - core count and cache sizes from /sys/devices/system/cpu/cpu0/cache.
+
+use anyhow::{Context, Result};
+use cranformer_compiler::tiling::roofline::{cache_path, cpu_name, Level, MachineProfile, Peak};
+use std::io::Write;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct RooflineArgs {
+    /// Print the profile as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Measure again even if a profile is cached.
+    #[arg(long)]
+    refresh: bool,
+}
+
+pub fn run(args: &RooflineArgs, out: &mut dyn Write) -> Result<()> {
+    let path = cache_path().context("no cache directory: set XDG_CACHE_HOME or HOME")?;
+    let cached = (!args.refresh)
+        .then(|| std::fs::read_to_string(&path).ok())
+        .flatten()
+        .and_then(|s| serde_json::from_str::<MachineProfile>(&s).ok());
+    let profile = match cached {
+        Some(p) => p,
+        None => {
+            let p = measure();
+            std::fs::create_dir_all(path.parent().expect("a file in a directory"))
+                .with_context(|| format!("creating {}", path.display()))?;
+            std::fs::write(&path, serde_json::to_string_pretty(&p)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            p
+        }
+    };
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&profile)?)?;
+    } else {
+        write!(out, "{}", describe(&profile))?;
+        writeln!(out, "stored in {}", path.display())?;
+    }
+    Ok(())
+}
+
+pub fn describe(p: &MachineProfile) -> String {
+    let mut s = format!("machine: {} ({} cores; {})\n", p.name, p.cores, p.source);
+    s.push_str("peak FP32 FMA (GFLOP/s):\n");
+    let mut bits: Vec<u32> = p.peaks.iter().map(|x| x.bits).collect();
+    bits.sort_unstable_by(|a, b| b.cmp(a));
+    bits.dedup();
+    for b in bits {
+        s.push_str(&format!(
+            "  {b:>3}-bit  1 thread {:>7.1}   {} threads {:>7.1}\n",
+            p.peak_gflops(b, 1),
+            p.cores,
+            p.peak_gflops(b, p.cores)
+        ));
+    }
+    s.push_str("read bandwidth (GB/s):\n");
+    for l in &p.levels {
+        let size = if l.bytes == 0 {
+            "".to_string()
+        } else if l.bytes >= 1 << 20 {
+            format!("{} MiB", l.bytes >> 20)
+        } else {
+            format!("{} KiB", l.bytes >> 10)
+        };
+        s.push_str(&format!(
+            "  {:<5} {:>8}  1 thread {:>7.1}   {} threads {:>7.1}\n",
+            l.name, size, l.read_gbs_1t, p.cores, l.read_gbs_all
+        ));
+    }
+    if p.dram_triad_gbs > 0.0 {
+        s.push_str(&format!(
+            "DRAM triad, {} threads: {:.1} GB/s\n",
+            p.cores, p.dram_triad_gbs
+        ));
+    }
+    s
+}
+
+/// Measures this machine.
+pub fn measure() -> MachineProfile {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let caches = cache_sizes();
+    let mut peaks = vec![];
+    for bits in widths() {
+        for t in if cores > 1 { vec![1, cores] } else { vec![1] } {
+            peaks.push(Peak {
+                bits,
+                threads: t,
+                gflops: on_threads(t, move || fma_gflops(bits)),
+            });
+        }
+    }
+    let mut levels = vec![];
+    for (name, bytes) in [
+        ("L1", caches.0),
+        ("L2", caches.1),
+        ("L3", caches.2),
+        ("DRAM", 0u64),
+    ] {
+        if bytes == 0 && name != "DRAM" {
+            continue;
+        }
+        // A buffer that stays in this level: half of a private cache, a third of each
+        // core's share of the shared one, 64 MiB (far past any L3) for DRAM.
+        let per_thread = |t: usize| match name {
+            "L1" | "L2" => bytes / 2,
+            "L3" => bytes / 3 / t as u64,
+            _ => 64 << 20,
+        };
+        let one = on_threads(1, move || read_gbs(per_thread(1) as usize));
+        let all = if cores > 1 {
+            on_threads(cores, move || read_gbs(per_thread(cores) as usize))
+        } else {
+            one
+        };
+        levels.push(Level {
+            name: name.into(),
+            bytes,
+            read_gbs_1t: one,
+            read_gbs_all: all,
+        });
+    }
+    let triad = on_threads(cores, triad_gbs);
+    MachineProfile {
+        name: cpu_name(),
+        cores,
+        peaks,
+        levels,
+        dram_triad_gbs: triad,
+        source: format!(
+            "measured, unix time {}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        ),
+    }
+}
+
+/// Runs `f` on `t` threads at once and sums their results.
+fn on_threads(t: usize, f: impl Fn() -> f64 + Sync) -> f64 {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..t).map(|_| s.spawn(&f)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    })
+}
+
+fn widths() -> Vec<u32> {
+    let mut v = vec![];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            v.push(512);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            v.push(256);
+        }
+        if is_x86_feature_detected!("fma") {
+            v.push(128);
+        }
+    }
+    if v.is_empty() {
+        v.push(128);
+    }
+    v
+}
+
+/// L1d (per core), L2 (per core), L3 (shared) in bytes, from sysfs (0 when absent).
+fn cache_sizes() -> (u64, u64, u64) {
+    let mut out = (0, 0, 0);
+    for i in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
+        let (Some(level), Some(ty), Some(size)) = (read("level"), read("type"), read("size"))
+        else {
+            continue;
+        };
+        if ty.trim() == "Instruction" {
+            continue;
+        }
+        let size = size.trim();
+        let bytes = match size.strip_suffix('K') {
+            Some(k) => k.parse::<u64>().unwrap_or(0) << 10,
+            None => match size.strip_suffix('M') {
+                Some(m) => m.parse::<u64>().unwrap_or(0) << 20,
+                None => size.parse().unwrap_or(0),
+            },
+        };
+        match level.trim() {
+            "1" => out.0 = bytes,
+            "2" => out.1 = bytes,
+            "3" => out.2 = bytes,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// GFLOP/s of one thread's FMA loop at `bits`.
+fn fma_gflops(bits: u32) -> f64 {
+    let iters = 20_000_000u64;
+    let t = Instant::now();
+    let (flops, sink) = unsafe { fma_loop(bits, iters) };
+    let secs = t.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    flops / secs / 1e9
+}
+
+/// Runs `iters` steps of independent FMAs; returns the FLOPs done and a value to keep.
+unsafe fn fma_loop(bits: u32, iters: u64) -> (f64, f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        match bits {
+            512 if is_x86_feature_detected!("avx512f") => return fma512(iters),
+            256 if is_x86_feature_detected!("fma") => return fma256(iters),
+            128 if is_x86_feature_detected!("fma") => return fma128(iters),
+            _ => {}
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn fma512(iters: u64) -> (f64, f32) {
+            let mut acc = [_mm512_set1_ps(1.0); 24];
+            let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm512_fmadd_ps(*x, a, b);
+                }
+            }
+            let s = acc
+                .iter()
+                .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+            ((iters * 24 * 16 * 2) as f64, _mm512_reduce_add_ps(s))
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fma256(iters: u64) -> (f64, f32) {
+            let mut acc = [_mm256_set1_ps(1.0); 12];
+            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm256_fmadd_ps(*x, a, b);
+                }
+            }
+            let mut out = [0f32; 8];
+            let s = acc
+                .iter()
+                .fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
+            _mm256_storeu_ps(out.as_mut_ptr(), s);
+            ((iters * 12 * 8 * 2) as f64, out.iter().sum())
+        }
+        #[target_feature(enable = "fma")]
+        unsafe fn fma128(iters: u64) -> (f64, f32) {
+            let mut acc = [_mm_set1_ps(1.0); 12];
+            let (a, b) = (_mm_set1_ps(0.999_999), _mm_set1_ps(1e-7));
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm_fmadd_ps(*x, a, b);
+                }
+            }
+            let mut out = [0f32; 4];
+            let s = acc.iter().fold(_mm_setzero_ps(), |s, &x| _mm_add_ps(s, x));
+            _mm_storeu_ps(out.as_mut_ptr(), s);
+            ((iters * 12 * 4 * 2) as f64, out.iter().sum())
+        }
+    }
+    // Portable: four-wide chains the compiler may vectorise.
+    let mut acc = [[1f32; 4]; 16];
+    for _ in 0..iters / 4 {
+        for row in acc.iter_mut() {
+            for x in row.iter_mut() {
+                *x = x.mul_add(0.999_999, 1e-7);
+            }
+        }
+    }
+    ((iters / 4 * 16 * 4 * 2) as f64, acc[0][0])
+}
+
+/// GB/s reading a `bytes` buffer repeatedly on this thread (about 40 ms).
+fn read_gbs(bytes: usize) -> f64 {
+    let n = (bytes / 4).max(1024) / 128 * 128;
+    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let passes = ((200 << 20) / (n * 4)).clamp(1, 100_000);
+    let mut best = f64::MAX;
+    // Best of 3 runs: the first also warms the buffer into its level.
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut sink = 0f32;
+        for _ in 0..passes {
+            sink += unsafe { sum(&buf) };
+        }
+        std::hint::black_box(sink);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (n * 4 * passes) as f64 / best / 1e9
+}
+
+unsafe fn sum(buf: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return sum512(buf);
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn sum512(buf: &[f32]) -> f32 {
+            use std::arch::x86_64::*;
+            let mut acc = [_mm512_setzero_ps(); 8];
+            for chunk in buf.chunks_exact(128) {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_add_ps(*a, _mm512_loadu_ps(chunk.as_ptr().add(16 * j)));
+                }
+            }
+            let s = acc
+                .iter()
+                .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+            _mm512_reduce_add_ps(s)
+        }
+    }
+    let mut acc = [0f32; 32];
+    for chunk in buf.chunks_exact(32) {
+        for (a, x) in acc.iter_mut().zip(chunk) {
+            *a += x;
+        }
+    }
+    acc.iter().sum()
+}
+
+/// DRAM triad GB/s on this thread: `a = b + s·c` over 32 MiB arrays, counted as two reads
+/// and one write.
+fn triad_gbs() -> f64 {
+    let n = 8 << 20;
+    let b = vec![1f32; n];
+    let c = vec![2f32; n];
+    let mut a = vec![0f32; n];
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for ((x, y), z) in a.iter_mut().zip(&b).zip(&c) {
+            *x = y + 3.0 * z;
+        }
+        std::hint::black_box(&a);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (3 * n * 4) as f64 / best / 1e9
+}

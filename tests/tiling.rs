@@ -1,0 +1,83 @@
+//! Golden tests of the tile picker: the choice and explanation for the matmuls of BERT-base
+//! at 128 tokens, GPT-2 124M decode (M = 1, the model's 498 MB of weights streaming through
+//! the caches) and prefill (32 tokens), on the three fixed machine profiles.
+//! `BLESS=1 cargo test --test tiling` accepts a change on purpose.
+
+use cranformer_compiler::tiling::report::choices;
+use cranformer_compiler::tiling::{MachineProfile, Problem};
+use std::path::PathBuf;
+
+fn golden(name: &str, actual: &str) {
+    let path =
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiling")).join(name);
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("no golden file {}: run with BLESS=1", path.display()));
+    if want != actual {
+        let first = want
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(want.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs at line {}:\n  want: {}\n  got:  {}\n(BLESS=1 to accept)",
+            path.display(),
+            first + 1,
+            want.lines().nth(first).unwrap_or("<end>"),
+            actual.lines().nth(first).unwrap_or("<end>")
+        );
+    }
+}
+
+fn mm(m: usize, k: usize, n: usize, weights_in_flight: u64, residual: bool) -> Problem {
+    Problem {
+        m,
+        n,
+        k,
+        weights_in_flight,
+        residual,
+    }
+}
+
+#[test]
+fn tile_choices_on_fixed_profiles() {
+    const BERT: u64 = 438_000_000;
+    const GPT2: u64 = 498_000_000;
+    let cases = [
+        ("bert_base_s128_qkv", mm(128, 768, 2304, BERT, false)),
+        ("bert_base_s128_attn_out", mm(128, 768, 768, BERT, true)),
+        ("bert_base_s128_ffn_in", mm(128, 768, 3072, BERT, false)),
+        ("bert_base_s128_ffn_out", mm(128, 3072, 768, BERT, true)),
+        ("gpt2_decode_c_attn", mm(1, 768, 2304, GPT2, false)),
+        ("gpt2_decode_attn_c_proj", mm(1, 768, 768, GPT2, true)),
+        ("gpt2_decode_c_fc", mm(1, 768, 3072, GPT2, false)),
+        ("gpt2_decode_mlp_c_proj", mm(1, 3072, 768, GPT2, true)),
+        ("gpt2_decode_lm_head", mm(1, 768, 50257, GPT2, false)),
+        ("gpt2_prefill_s32_c_attn", mm(32, 768, 2304, GPT2, false)),
+        ("gpt2_prefill_s32_c_fc", mm(32, 768, 3072, GPT2, false)),
+        ("gpt2_prefill_s32_mlp_c_proj", mm(32, 3072, 768, GPT2, true)),
+        ("gpt2_decode_c_fc_alone", mm(1, 768, 3072, 0, false)),
+    ];
+    for name in MachineProfile::FIXED {
+        let p = MachineProfile::fixed(name).unwrap();
+        golden(&format!("{name}.txt"), &choices(&p, &cases));
+    }
+}
+
+#[test]
+fn decode_gemv_is_memory_bound_on_every_profile() {
+    for name in MachineProfile::FIXED {
+        let p = MachineProfile::fixed(name).unwrap();
+        let c =
+            cranformer_compiler::tiling::choose_problem(&p, &mm(1, 768, 3072, 498_000_000, false));
+        assert_eq!(c.bound, "DRAM", "{name}: {}", c.why);
+        // Alone, the weights come from the first level that holds them.
+        let c = cranformer_compiler::tiling::choose_problem(&p, &mm(1, 768, 3072, 0, false));
+        let home = p.home(768 * 3072 * 4);
+        assert_eq!(c.bound, p.levels[home].name, "{name}: {}", c.why);
+    }
+}
