@@ -422,7 +422,42 @@ fn median(v: &[Duration]) -> Duration {
 }
 
 pub fn run(args: &BenchArgs, common: &Common, out: &mut dyn Write) -> Result<()> {
-    let engines = engine_names(common)?;
+    run_engines(args, engine_names(common)?, common.verbose, out)
+}
+
+/// The tiling report of `cranformer compile --report`: one JIT run of the model's main
+/// entry on `seq` random tokens with every matmul timed, no comparison.
+pub fn compile_report(
+    model_dir: &std::path::Path,
+    seq: usize,
+    svg: Option<&std::path::Path>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+    let mut argv: Vec<std::ffi::OsString> =
+        vec!["bench".into(), model_dir.into(), "--report".into()];
+    for a in ["--runs", "1", "--warmup", "0", "--seq"] {
+        argv.push(a.into());
+    }
+    argv.push(seq.to_string().into());
+    if let Some(svg) = svg {
+        argv.push("--svg".into());
+        argv.push(svg.into());
+    }
+    let args = <Wrap as clap::Parser>::try_parse_from(argv)?.bench;
+    run_engines(&args, vec!["jit".into()], false, out)
+}
+
+fn run_engines(
+    args: &BenchArgs,
+    engines: Vec<String>,
+    verbose: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     let task = match args.task.as_str() {
         "generate" => Task::Generate,
         _ => Task::Forward,
@@ -487,7 +522,7 @@ pub fn run(args: &BenchArgs, common: &Common, out: &mut dyn Write) -> Result<()>
     for name in &engines {
         let (engine, build) =
             build_engine(name, model.clone()).with_context(|| format!("building engine {name}"))?;
-        if common.verbose {
+        if verbose {
             eprintln!("{name}: built in {:.1?}", build.total);
         }
         built.push((
@@ -512,7 +547,7 @@ pub fn run(args: &BenchArgs, common: &Common, out: &mut dyn Write) -> Result<()>
             };
             work.run(e.as_mut(), t)
                 .with_context(|| format!("warm-up run of engine {}", s.name))?;
-            if common.verbose {
+            if verbose {
                 eprintln!("{}: warm-up {} done", s.name, w + 1);
             }
         }
@@ -527,7 +562,7 @@ pub fn run(args: &BenchArgs, common: &Common, out: &mut dyn Write) -> Result<()>
             let times = work
                 .run(e.as_mut(), t)
                 .with_context(|| format!("run {} of engine {}", r + 1, s.name))?;
-            if common.verbose {
+            if verbose {
                 eprintln!("{}: run {} took {:.1?}", s.name, r + 1, times.total);
             }
             s.totals.push(times.total);

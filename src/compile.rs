@@ -26,6 +26,20 @@ pub struct CompileArgs {
     /// embed: the weights go into the executable; external: it records the safetensors path.
     #[arg(long, default_value = "embed", value_parser = ["embed", "external"])]
     pub weights: String,
+    /// After compiling, print the tiling report: per kernel FLOPs, bytes, intensity, bound,
+    /// chosen tiling, predicted and measured time (one run on --seq random tokens).
+    #[arg(long)]
+    pub report: bool,
+    /// Tokens of the report's run.
+    #[arg(long, default_value_t = 128, requires = "report")]
+    pub seq: usize,
+    /// Draw the report's roofline into this SVG file (implies --report).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Also write the Cranelift IR of every entry, annotated with the graph node each part
+    /// comes from, to BIN.clif.
+    #[arg(long, value_parser = ["clif"])]
+    pub emit: Option<String>,
 }
 
 pub fn run(args: &CompileArgs, common: &Common, out: &mut dyn Write) -> Result<()> {
@@ -86,6 +100,19 @@ pub fn run(args: &CompileArgs, common: &Common, out: &mut dyn Write) -> Result<(
         },
         model.info.tasks().join(", ")
     )?;
+    if args.emit.is_some() {
+        let path = PathBuf::from(format!("{}.clif", args.output.display()));
+        let mut text = String::new();
+        for (name, g) in model.optimized(None)? {
+            text.push_str(&format!(";; entry point {name}\n"));
+            text.push_str(&cranformer_compiler::codegen::emit_clif(&g)?);
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    if args.report || args.svg.is_some() {
+        crate::bench::compile_report(&args.model_dir, args.seq, args.svg.as_deref(), out)?;
+    }
     Ok(())
 }
 

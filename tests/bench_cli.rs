@@ -218,3 +218,63 @@ fn aot_runs_beside_the_interpreter() {
     check_line(&lines[1], "interp", "forward", 2);
     assert!(lines[0].get("link_ms").is_some(), "{}", lines[0]);
 }
+
+/// `compile --report --emit clif --svg`: the executable, the annotated IR, the per-kernel
+/// table with measured matmul times, and the roofline drawing.
+#[test]
+fn compile_report_emit_clif_and_svg() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("compile-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (bin, svg) = (dir.join("g2"), dir.join("roof.svg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
+        .args([
+            "compile",
+            fixture("gpt2-tiny").to_str().unwrap(),
+            "-o",
+            bin.to_str().unwrap(),
+        ])
+        .args([
+            "--report",
+            "--seq",
+            "8",
+            "--emit",
+            "clif",
+            "--svg",
+            svg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(bin.is_file());
+    let clif = std::fs::read_to_string(dir.join("g2.clif")).unwrap();
+    assert!(
+        clif.contains(";; entry point step") && clif.contains("function"),
+        "clif dump"
+    );
+    let linear = stdout
+        .lines()
+        .filter(|l| l.starts_with("linear"))
+        .collect::<Vec<_>>();
+    assert!(
+        !linear.is_empty(),
+        "no matmul rows in the report:\n{stdout}"
+    );
+    for row in &linear {
+        // predicted and measured columns both hold a time
+        assert!(
+            row.matches("us").count() + row.matches("ms").count() >= 2,
+            "row without times: {row}"
+        );
+    }
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        drawing.starts_with("<svg") || drawing.contains("<svg"),
+        "not an SVG"
+    );
+}
