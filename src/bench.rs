@@ -632,6 +632,19 @@ fn run_engines(
                 "each matmul timed inside the runtime call (GemmCall) during one extra run; other kernels: prediction only"
             )
         )?;
+        writeln!(
+            out,
+            "activation memory (one arena per entry, buffers reused by liveness):"
+        )?;
+        for (entry, (planned, unshared)) in cranformer_runtime::native::arena_stats() {
+            writeln!(
+                out,
+                "  {entry:<10} peak {:>9.2} MB planned, {:>9.2} MB without reuse ({:.1}x less)",
+                planned as f64 / 1e6,
+                unshared as f64 / 1e6,
+                unshared as f64 / planned.max(1) as f64
+            )?;
+        }
         if let Some(path) = &args.svg {
             std::fs::write(
                 path,

@@ -329,6 +329,7 @@ impl NativeEntry {
             values.push(w.as_ptr() as *mut u8);
         }
         let (offsets, total) = plan_memory(&self.meta, &dims);
+        record_arena(&self.meta, &dims, total);
         let lines = total / ALIGN + 1;
         if self.arena.len() < lines {
             self.arena = vec![Line([0; ALIGN]); lines];
@@ -399,6 +400,27 @@ impl NativeEntry {
 /// buffer goes at the lowest 64-byte-aligned offset free of every buffer whose live range
 /// meets its own (first fit in order of definition). A kernel's output never shares memory
 /// with its operands: their ranges meet at that kernel's step.
+/// Largest activation arena each entry point has needed in this process: (bytes as planned
+/// by liveness, bytes if every buffer had its own memory). For the reports.
+pub fn arena_stats() -> BTreeMap<String, (usize, usize)> {
+    ARENA_STATS.lock().map(|m| m.clone()).unwrap_or_default()
+}
+
+static ARENA_STATS: std::sync::Mutex<BTreeMap<String, (usize, usize)>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn record_arena(meta: &EntryMeta, dims: &CallDims, planned: usize) {
+    let unshared: usize = meta
+        .buffers
+        .iter()
+        .map(|b| b.bytes(dims).div_ceil(ALIGN) * ALIGN)
+        .sum();
+    if let Ok(mut m) = ARENA_STATS.lock() {
+        let e = m.entry(meta.name.clone()).or_default();
+        *e = (e.0.max(planned), e.1.max(unshared));
+    }
+}
+
 pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> (Vec<usize>, usize) {
     let n = meta.buffers.len();
     let mut order: Vec<usize> = (0..n).collect();

@@ -1,10 +1,10 @@
 //! `classify`: a label and per-label scores for each text.
 
-use super::{abbreviate, rows, Session};
+use super::{abbreviate, Session};
 use crate::cli::ClassifyArgs;
 use crate::sampling::{argmax, softmax};
 use crate::ModelInfo;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::io::Write;
 
 pub fn run(s: &mut Session, a: &ClassifyArgs, out: &mut dyn Write) -> Result<()> {
@@ -16,9 +16,7 @@ pub fn run(s: &mut Session, a: &ClassifyArgs, out: &mut dyn Write) -> Result<()>
     else {
         anyhow::bail!("this model has no classification head");
     };
-    let batch = s.batch(&a.texts)?;
-    let o = s.run_bert("encode", &batch)?;
-    let logits = rows(o.get("logits").context("encode returned no logits")?);
+    let logits = s.run_bert_rows("encode", "logits", &a.texts)?;
     let mut results = vec![];
     for row in &logits {
         let scores: Vec<f32> = match problem_type.as_str() {

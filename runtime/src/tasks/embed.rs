@@ -1,17 +1,12 @@
 //! `embed`: one vector per text, pooled as the model's sentence-transformers config says.
 
-use super::{abbreviate, rows, Session};
+use super::{abbreviate, Session};
 use crate::cli::EmbedArgs;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::io::Write;
 
 pub fn run(s: &mut Session, a: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
-    let batch = s.batch(&a.texts)?;
-    let o = s.run_bert("embed", &batch)?;
-    let e = rows(
-        o.get("embeddings")
-            .context("embed returned no embeddings")?,
-    );
+    let e = s.run_bert_rows("embed", "embeddings", &a.texts)?;
     if a.json {
         writeln!(out, "{}", serde_json::json!({ "embeddings": e }))?;
         return Ok(());

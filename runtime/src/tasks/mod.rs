@@ -125,6 +125,35 @@ impl Session {
         ))
     }
 
+    /// Runs a BERT `entry` whose output `name` has one row per sequence (pooled embeddings,
+    /// classifier logits) and returns each text's row. Texts of equal token length share a
+    /// batch and nothing is padded: padding changes nothing in these outputs, so the padded
+    /// positions' work is skipped altogether.
+    pub fn run_bert_rows(
+        &mut self,
+        entry: &str,
+        name: &str,
+        texts: &[String],
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, t) in texts.iter().enumerate() {
+            by_len.entry(self.encode(t)?.ids.len()).or_default().push(i);
+        }
+        let mut rows_out: Vec<Vec<f32>> = vec![vec![]; texts.len()];
+        for group in by_len.values() {
+            let part: Vec<String> = group.iter().map(|&i| texts[i].clone()).collect();
+            let batch = self.batch(&part)?;
+            let o = self.run_bert(entry, &batch)?;
+            let t = o
+                .get(name)
+                .with_context(|| format!("{entry} returned no {name}"))?;
+            for (&i, row) in group.iter().zip(rows(t)) {
+                rows_out[i] = row;
+            }
+        }
+        Ok(rows_out)
+    }
+
     pub fn pad_id(&self) -> i64 {
         ["[PAD]", "<pad>"]
             .iter()
