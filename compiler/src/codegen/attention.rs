@@ -170,6 +170,38 @@ fn attention_task<M: Module>(
         let sc = k.b.ins().stack_addr(I64, tile, 0);
         let ho = k.muli(hi, 4 * d as i64);
         let krow0 = k.mul(bi, s);
+        // Right padding costs nothing: keys after this row's last unmasked one are never
+        // scored (their weight is exactly 0 anyway). A row with no key left gets zeros.
+        let kept = if masked {
+            let e = k.b.declare_var(I64);
+            k.b.def_var(e, s);
+            let (head, check, dec, exit) = (
+                k.b.create_block(),
+                k.b.create_block(),
+                k.b.create_block(),
+                k.b.create_block(),
+            );
+            k.b.ins().jump(head, &[]);
+            k.b.switch_to_block(head);
+            let cur = k.b.use_var(e);
+            let any = k.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, cur, 0);
+            k.b.ins().brif(any, check, &[], exit, &[]);
+            k.b.switch_to_block(check);
+            let last = k.add(krow0, cur);
+            let last = k.addi(last, -1);
+            let ma = k.at(mask, last, 8);
+            let mv = k.ld(I64, ma, 0);
+            let off = k.b.ins().icmp_imm_s(IntCC::Equal, mv, 0);
+            k.b.ins().brif(off, dec, &[], exit, &[]);
+            k.b.switch_to_block(dec);
+            let fewer = k.addi(cur, -1);
+            k.b.def_var(e, fewer);
+            k.b.ins().jump(head, &[]);
+            k.b.switch_to_block(exit);
+            k.b.use_var(e)
+        } else {
+            s
+        };
         // Address of head hi's slice of row r of a [B·S, C] tensor.
         let row_at = |k: &mut Kb, base: Value, r: Value| -> Value {
             let o = k.muli(r, 4 * c);
@@ -186,9 +218,9 @@ fn attention_task<M: Module>(
                 let st = k.b.ins().isub(s, t);
                 let vis = k.add(st, ti);
                 let vis = k.addi(vis, 1);
-                k.b.ins().smin(vis, s)
+                k.b.ins().smin(vis, kept)
             } else {
-                s
+                kept
             };
             let dv = k.i(d as i64);
             k.fill_f32(orow, dv, 0.0);
