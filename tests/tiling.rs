@@ -3,34 +3,13 @@
 //! the caches) and prefill (32 tokens), on the three fixed machine profiles.
 //! `BLESS=1 cargo test --test tiling` accepts a change on purpose.
 
+mod common;
+
 use cranformer_compiler::tiling::report::choices;
 use cranformer_compiler::tiling::{MachineProfile, Problem};
-use std::path::PathBuf;
 
 fn golden(name: &str, actual: &str) {
-    let path =
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tiling")).join(name);
-    if std::env::var_os("BLESS").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("no golden file {}: run with BLESS=1", path.display()));
-    if want != actual {
-        let first = want
-            .lines()
-            .zip(actual.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(want.lines().count().min(actual.lines().count()));
-        panic!(
-            "{} differs at line {}:\n  want: {}\n  got:  {}\n(BLESS=1 to accept)",
-            path.display(),
-            first + 1,
-            want.lines().nth(first).unwrap_or("<end>"),
-            actual.lines().nth(first).unwrap_or("<end>")
-        );
-    }
+    common::golden::check(&format!("tiling/{name}"), actual)
 }
 
 fn mm(m: usize, k: usize, n: usize, weights_in_flight: u64, residual: bool) -> Problem {

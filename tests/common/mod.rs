@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod golden;
 
 use cranformer_runtime::weights::Weights;
 use serde_json::Value;
