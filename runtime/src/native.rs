@@ -510,27 +510,32 @@ fn bind(meta: &EntryMeta, given: &[(&str, &Tensor)]) -> Result<CallDims, EngineE
         }
     }
     let seq = vals[1].unwrap_or(0);
-    let past = match (vals[2], vals[3]) {
-        (Some(p), Some(t)) if p + seq != t => {
-            return Err(err(
-                "attention_mask",
-                format!("covers {t} positions, expected past {p} + new {seq}"),
-            ))
-        }
-        (Some(p), _) => p,
-        (None, Some(t)) if t < seq => {
-            return Err(err(
-                "attention_mask",
-                format!("covers {t} positions, fewer than the {seq} new tokens"),
-            ))
-        }
-        (None, Some(t)) => t - seq,
-        (None, None) => 0,
-    };
+    let past = resolve_past(seq, vals[2], vals[3]).map_err(|m| err("attention_mask", m))?;
     Ok(CallDims {
         batch: vals[0].unwrap_or(1),
         seq,
         past,
         enc_seq: vals[4].unwrap_or(0),
     })
+}
+
+/// Cached tokens P from what the inputs showed: P itself (the past keys), P + T (the
+/// attention mask), both (which must agree) or neither (no cache). Shared by the native
+/// executor and the compiler's graph binding, so both judge a call alike.
+pub fn resolve_past(
+    seq: usize,
+    past: Option<usize>,
+    total: Option<usize>,
+) -> Result<usize, String> {
+    match (past, total) {
+        (Some(p), Some(t)) if p + seq != t => Err(format!(
+            "covers {t} positions, expected past {p} + new {seq}"
+        )),
+        (Some(p), _) => Ok(p),
+        (None, Some(t)) if t < seq => Err(format!(
+            "covers {t} positions, fewer than the {seq} new tokens"
+        )),
+        (None, Some(t)) => Ok(t - seq),
+        (None, None) => Ok(0),
+    }
 }

@@ -181,23 +181,8 @@ pub(super) fn bind(graph: &Graph, given: &[(&str, &[usize], DType)]) -> Result<D
         }
     }
     let seq = seq.unwrap_or(0);
-    let past = match (past, total) {
-        (Some(p), Some(t)) if p + seq != t => {
-            return Err(err(
-                "attention_mask",
-                format!("covers {t} positions, expected past {p} + new {seq}"),
-            ))
-        }
-        (Some(p), _) => p,
-        (None, Some(t)) if t < seq => {
-            return Err(err(
-                "attention_mask",
-                format!("covers {t} positions, fewer than the {seq} new tokens"),
-            ))
-        }
-        (None, Some(t)) => t - seq,
-        (None, None) => 0,
-    };
+    let past = cranformer_runtime::native::resolve_past(seq, past, total)
+        .map_err(|m| err("attention_mask", m))?;
     Ok(Dims {
         batch: batch.unwrap_or(1),
         seq,
