@@ -11,7 +11,8 @@ use cranformer_compiler::interp::Interpreter;
 use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::Model;
 use cranformer_runtime::cli::{
-    ClassifyArgs, Common, EmbedArgs, FillMaskArgs, ForwardArgs, GenerateArgs, Task, TokenizeArgs,
+    ClassifyArgs, Common, EmbedArgs, FillMaskArgs, ForwardArgs, GenerateArgs, RerankArgs, Task,
+    TokenizeArgs,
 };
 use cranformer_runtime::tasks::Session;
 use cranformer_runtime::tokenize::{Tokenizer, TokenizerKind};
@@ -59,11 +60,18 @@ enum Command {
         #[command(flatten)]
         args: FillMaskArgs,
     },
-    /// Classify texts (BERT with a sequence-classification head).
+    /// Classify texts or sentence pairs (BERT with a sequence-classification or
+    /// next-sentence head).
     Classify {
         model_dir: PathBuf,
         #[command(flatten)]
         args: ClassifyArgs,
+    },
+    /// Rank documents by relevance to a query (cross-encoder: BERT classifier with one label).
+    Rerank {
+        model_dir: PathBuf,
+        #[command(flatten)]
+        args: RerankArgs,
     },
     /// Generate text (GPT-2, T5).
     Generate {
@@ -226,6 +234,9 @@ fn main() {
         }
         Command::Classify { model_dir, args } => {
             run_task(&model_dir, Task::Classify(args), &cli.common, &mut out)
+        }
+        Command::Rerank { model_dir, args } => {
+            run_task(&model_dir, Task::Rerank(args), &cli.common, &mut out)
         }
         Command::Generate { model_dir, args } => {
             run_task(&model_dir, Task::Generate(args), &cli.common, &mut out)

@@ -61,6 +61,10 @@ pub struct EmbedArgs {
     /// Print one JSON object: {"embeddings": [[..], ..]}.
     #[arg(long)]
     pub json: bool,
+    /// Fail on a text longer than the model embeds (sentence-transformers' max_seq_length,
+    /// else the model's positions) instead of truncating it as sentence-transformers does.
+    #[arg(long)]
+    pub no_truncate: bool,
     /// Texts to embed (put `--` before texts that start with '-').
     #[arg(required = true, value_parser = utf8())]
     pub texts: Vec<String>,
@@ -71,10 +75,12 @@ pub struct FillMaskArgs {
     /// How many predictions to list.
     #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub top_k: usize,
-    /// Print one JSON object: {"predictions": [{"token", "id", "score"}, ..]}.
+    /// Print one JSON object: {"predictions": [{"token", "id", "score"}, ..]} for one mask,
+    /// {"masks": [{"position", "predictions": [..]}, ..]} for several.
     #[arg(long)]
     pub json: bool,
-    /// Text with one mask token, e.g. "Paris is the [MASK] of France."
+    /// Text with one or more mask tokens, e.g. "Paris is the [MASK] of France."; each mask is
+    /// predicted on its own (its own softmax), as Hugging Face's fill-mask pipeline does.
     #[arg(value_parser = utf8())]
     pub text: String,
 }
@@ -84,9 +90,33 @@ pub struct ClassifyArgs {
     /// Print one JSON object: {"results": [{"label", "scores": {..}}, ..]}.
     #[arg(long)]
     pub json: bool,
+    /// Take the texts two at a time as (first, second) sentence pairs, with segment ids 0 and
+    /// 1 as the Hugging Face tokenizer gives them (NLI, paraphrase, next-sentence models).
+    #[arg(long)]
+    pub pairs: bool,
+    /// Cut inputs longer than the model's positions to fit, as truncation="longest_first"
+    /// does (for a pair, tokens come off the longer text first); without it they are an error.
+    #[arg(long)]
+    pub truncate: bool,
     /// Texts to classify (put `--` before texts that start with '-').
     #[arg(required = true, value_parser = utf8())]
     pub texts: Vec<String>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RerankArgs {
+    /// The query every document is scored against.
+    #[arg(long, allow_hyphen_values = true, value_parser = utf8())]
+    pub query: String,
+    /// List only the N best documents.
+    #[arg(long, value_parser = at_least_one)]
+    pub top_n: Option<usize>,
+    /// Print one JSON object: {"results": [{"index", "score", "logit"}, ..]}, best first.
+    #[arg(long)]
+    pub json: bool,
+    /// Documents to rank (put `--` before documents that start with '-').
+    #[arg(required = true, value_parser = utf8())]
+    pub docs: Vec<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -128,8 +158,12 @@ pub enum Task {
     Embed(EmbedArgs),
     /// Predict the masked token (BERT with a masked-LM head).
     FillMask(FillMaskArgs),
-    /// Classify texts (BERT with a sequence-classification head).
+    /// Classify texts or sentence pairs (BERT with a sequence-classification or
+    /// next-sentence head).
     Classify(ClassifyArgs),
+    /// Rank documents by relevance to a query (a cross-encoder: BERT sequence classifier
+    /// with one label).
+    Rerank(RerankArgs),
     /// Generate text (GPT-2 with an LM head, T5).
     Generate(GenerateArgs),
 }
@@ -142,6 +176,7 @@ impl Task {
             Task::Embed(_) => "embed",
             Task::FillMask(_) => "fill-mask",
             Task::Classify(_) => "classify",
+            Task::Rerank(_) => "rerank",
             Task::Generate(_) => "generate",
         }
     }

@@ -31,6 +31,10 @@ pub enum ModelInfo {
         /// "single_label_classification", "multi_label_classification" or "regression".
         problem_type: String,
         pooling: Pooling,
+        /// sentence-transformers' `max_seq_length` (sentence_bert_config.json): `embed`
+        /// truncates every text to it. Absent from executables compiled before it existed.
+        #[serde(default)]
+        max_seq_length: Option<usize>,
     },
     Gpt2 {
         architecture: String,
@@ -88,19 +92,32 @@ impl ModelInfo {
         }
     }
 
+    /// A sequence classifier with one label: what sentence-transformers' CrossEncoder and
+    /// text-embeddings-inference's `/rerank` take as a reranker (score = sigmoid(logit)).
+    pub fn is_cross_encoder(&self) -> bool {
+        matches!(self, ModelInfo::Bert { labels: Some(l), .. } if l.len() == 1)
+    }
+
     /// The tasks this model supports, in the order `--help` lists them.
     pub fn tasks(&self) -> Vec<&'static str> {
         let mut t = vec!["tokenize", "forward"];
         match self {
             ModelInfo::Bert {
-                has_mlm, labels, ..
+                has_mlm,
+                has_nsp,
+                labels,
+                ..
             } => {
                 t.push("embed");
                 if *has_mlm {
                     t.push("fill-mask");
                 }
-                if labels.is_some() {
+                // A next-sentence head classifies pairs as is_next / not_next.
+                if labels.is_some() || *has_nsp {
                     t.push("classify");
+                }
+                if self.is_cross_encoder() {
+                    t.push("rerank");
                 }
             }
             ModelInfo::Gpt2 { has_lm_head, .. } => {

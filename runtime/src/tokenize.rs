@@ -15,6 +15,7 @@ use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::utils::truncation::{TruncationDirection, TruncationParams, TruncationStrategy};
 use tokenizers::{AddedToken, EncodeInput};
 
 /// The tokenizer family, which decides how a model directory without tokenizer.json is read.
@@ -32,6 +33,8 @@ pub struct Encoding {
     pub tokens: Vec<String>,
     /// Segment ids: 0 for the first text, 1 for the second of a BERT pair.
     pub type_ids: Vec<i64>,
+    /// Tokens were cut off (only by a tokenizer made with [`Tokenizer::truncating`]).
+    pub truncated: bool,
 }
 
 /// Errors loading a tokenizer or converting between text and ids.
@@ -46,6 +49,9 @@ pub enum TokenizeError {
     /// The tokenizer failed on an input text.
     #[error("cannot encode text: {message}")]
     Encode { message: String },
+    /// A truncation length that leaves no room for the text beside the special tokens.
+    #[error("cannot truncate to {max_length} tokens: the special tokens of a pair alone take {special}")]
+    TruncateTooShort { max_length: usize, special: usize },
     /// An id is outside the vocabulary, or the decoder failed.
     #[error("cannot decode ids: {message}")]
     Decode { message: String },
@@ -125,6 +131,36 @@ impl Tokenizer {
         self.encode_input(EncodeInput::Dual(a.into(), b.into()))
     }
 
+    /// A copy that cuts every encoding to at most `max_length` tokens, special tokens
+    /// included, as `tokenizer(.., truncation="longest_first", max_length=..)`: the `tokenizers`
+    /// crate's own LongestFirst strategy, which for a pair takes tokens off the longer text
+    /// first. Encodings that lost tokens say so in [`Encoding::truncated`].
+    pub fn truncating(&self, max_length: usize) -> Result<Tokenizer, TokenizeError> {
+        // The crate subtracts the special tokens from max_length unchecked (it would underflow).
+        let special = self.encode_pair("", "")?.ids.len();
+        if max_length <= special {
+            return Err(TokenizeError::TruncateTooShort {
+                max_length,
+                special,
+            });
+        }
+        let mut inner = self.inner.clone();
+        inner
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| TokenizeError::Encode {
+                message: e.to_string(),
+            })?;
+        Ok(Tokenizer {
+            inner,
+            kind: self.kind,
+        })
+    }
+
     fn encode_input(&self, input: EncodeInput<'_>) -> Result<Encoding, TokenizeError> {
         let enc = self
             .inner
@@ -136,6 +172,8 @@ impl Tokenizer {
             ids: enc.get_ids().iter().map(|&id| i64::from(id)).collect(),
             tokens: enc.get_tokens().to_vec(),
             type_ids: enc.get_type_ids().iter().map(|&t| i64::from(t)).collect(),
+            // With stride 0, whatever truncation cut off is kept as overflowing parts.
+            truncated: !enc.get_overflowing().is_empty(),
         })
     }
 

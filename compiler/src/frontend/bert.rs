@@ -275,6 +275,29 @@ fn pooling(dir: &Path) -> Result<Pooling, FrontendError> {
     Ok(pooling)
 }
 
+/// sentence-transformers' `max_seq_length` from sentence_bert_config.json, when present: the
+/// length it truncates every text to before pooling (all-MiniLM-L6-v2: 256 of 512 positions).
+fn max_seq_length(dir: &Path) -> Result<Option<usize>, FrontendError> {
+    let path = dir.join("sentence_bert_config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let bad = |message: String| FrontendError::Config {
+        path: path.clone(),
+        message,
+    };
+    let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    match cfg.get("max_seq_length") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Ok(Some(n as usize)),
+            _ => Err(bad(format!(
+                "max_seq_length is {v}, expected a positive whole number of tokens"
+            ))),
+        },
+    }
+}
+
 /// Builds the `encode` and `embed` entry points.
 pub fn build(
     c: &BertConfig,
@@ -338,6 +361,7 @@ pub fn build(
         classes: labels.as_ref().map(Vec::len),
     };
     let pooling = pooling(dir)?;
+    let max_seq_length = max_seq_length(dir)?;
 
     let mut b = Builder::new("encode", weights, table);
     let x = layout.encoder(&mut b)?;
@@ -407,6 +431,7 @@ pub fn build(
         labels,
         problem_type,
         pooling,
+        max_seq_length,
     };
     Ok((info, vec![encode, embed]))
 }

@@ -1,22 +1,60 @@
-//! `classify`: a label and per-label scores for each text.
+//! `classify`: a label and per-label scores for each text or sentence pair, from a
+//! sequence-classification head or, for pairs, a next-sentence head.
 
-use super::{abbreviate, Session};
+use super::{abbreviate, Input, Session};
 use crate::cli::ClassifyArgs;
 use crate::sampling::{argmax, softmax};
 use crate::ModelInfo;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::io::Write;
+
+/// Hugging Face's next-sentence head: index 0 means the second text follows the first.
+const NSP_LABELS: [&str; 2] = ["is_next", "not_next"];
 
 pub fn run(s: &mut Session, a: &ClassifyArgs, out: &mut dyn Write) -> Result<()> {
     let ModelInfo::Bert {
-        labels: Some(labels),
+        architecture,
+        labels,
         problem_type,
+        has_nsp,
         ..
     } = s.info.clone()
     else {
-        anyhow::bail!("this model has no classification head");
+        bail!("classify needs a BERT model");
     };
-    let logits = s.run_bert_rows("encode", "logits", &a.texts)?;
+    // The classifier's logits, or the next-sentence head's when there is no classifier.
+    let (output, labels, problem_type) = match labels {
+        Some(l) => ("logits", l, problem_type),
+        None if has_nsp => {
+            if !a.pairs {
+                bail!(
+                    "this {architecture} has only a next-sentence head, which classifies \
+                     sentence pairs: pass --pairs with the texts two at a time (first, second)"
+                );
+            }
+            let l = NSP_LABELS.map(String::from).to_vec();
+            ("nsp_logits", l, "single_label_classification".to_string())
+        }
+        None => bail!("this model has no classification or next-sentence head"),
+    };
+    if a.pairs && a.texts.len() % 2 != 0 {
+        bail!(
+            "--pairs takes the texts two at a time as (first, second) pairs, but {} texts were \
+             given: the last one has no partner",
+            a.texts.len()
+        );
+    }
+    let inputs: Vec<Input> = if a.pairs {
+        a.texts
+            .chunks(2)
+            .map(|p| Input::Pair(&p[0], &p[1]))
+            .collect()
+    } else {
+        a.texts.iter().map(|t| Input::Single(t)).collect()
+    };
+    let limit = s.positions_limit(a.truncate, " (pass --truncate to cut it to fit)");
+    let encs = s.encode_all(&inputs, &limit)?;
+    let logits = s.run_bert_rows("encode", output, &encs)?;
     let mut results = vec![];
     for row in &logits {
         let scores: Vec<f32> = match problem_type.as_str() {
@@ -35,14 +73,17 @@ pub fn run(s: &mut Session, a: &ClassifyArgs, out: &mut dyn Write) -> Result<()>
     if a.json {
         writeln!(out, "{}", serde_json::json!({ "results": results }))?;
     } else {
-        for (t, r) in a.texts.iter().zip(&results) {
+        for (input, r) in inputs.iter().zip(&results) {
+            let shown = match *input {
+                Input::Single(t) => abbreviate(t),
+                Input::Pair(x, y) => format!("{} | {}", abbreviate(x), abbreviate(y)),
+            };
             let score = r["scores"][r["label"].as_str().unwrap_or("")]
                 .as_f64()
                 .unwrap_or(0.0);
             writeln!(
                 out,
-                "{:<42} {} ({score:.4})",
-                abbreviate(t),
+                "{shown:<42} {} ({score:.4})",
                 r["label"].as_str().unwrap_or("")
             )?;
         }

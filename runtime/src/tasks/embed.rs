@@ -1,12 +1,46 @@
-//! `embed`: one vector per text, pooled as the model's sentence-transformers config says.
+//! `embed`: one vector per text, pooled as the model's sentence-transformers config says,
+//! from at most `max_seq_length` tokens (sentence_bert_config.json, else the model's
+//! positions): sentence-transformers truncates longer texts, and so does this, with a note.
 
-use super::{abbreviate, Session};
+use super::{abbreviate, Input, Limit, Session};
 use crate::cli::EmbedArgs;
+use crate::ModelInfo;
 use anyhow::Result;
 use std::io::Write;
 
 pub fn run(s: &mut Session, a: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
-    let e = s.run_bert_rows("embed", "embeddings", &a.texts)?;
+    let positions = s.info.max_positions();
+    let seq = match &s.info {
+        ModelInfo::Bert { max_seq_length, .. } => *max_seq_length,
+        _ => None,
+    };
+    let limit = match seq {
+        // A max_seq_length beyond the positions could not run; the positions still bound it.
+        Some(m) if m < positions => Limit {
+            max: m,
+            truncate: !a.no_truncate,
+            says: format!(
+                "this model embeds at most {m} (max_seq_length in sentence_bert_config.json)"
+            ),
+            hint: " (without --no-truncate it is cut to fit, as sentence-transformers does)",
+        },
+        _ => s.positions_limit(
+            !a.no_truncate,
+            " (without --no-truncate it is cut to fit, as sentence-transformers does)",
+        ),
+    };
+    let inputs: Vec<Input> = a.texts.iter().map(|t| Input::Single(t)).collect();
+    let encs = s.encode_all(&inputs, &limit)?;
+    let cut = encs.iter().filter(|e| e.truncated).count();
+    if cut > 0 {
+        eprintln!(
+            "note: embed truncated {cut} of {} texts to {} tokens, as sentence-transformers \
+             does (--no-truncate makes this an error)",
+            encs.len(),
+            limit.max
+        );
+    }
+    let e = s.run_bert_rows("embed", "embeddings", &encs)?;
     if a.json {
         writeln!(out, "{}", serde_json::json!({ "embeddings": e }))?;
         return Ok(());

@@ -1,9 +1,11 @@
-//! `fill-mask`: the most likely tokens at the text's mask position.
+//! `fill-mask`: the most likely tokens at each of the text's mask positions, each mask scored
+//! by its own softmax over the vocabulary, as Hugging Face's fill-mask pipeline does.
 
 use super::Session;
 use crate::cli::FillMaskArgs;
 use crate::sampling::softmax;
 use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
 use std::io::Write;
 
 pub fn run(s: &mut Session, a: &FillMaskArgs, out: &mut dyn Write) -> Result<()> {
@@ -20,40 +22,53 @@ pub fn run(s: &mut Session, a: &FillMaskArgs, out: &mut dyn Write) -> Result<()>
         .filter(|(_, &id)| id == mask_id)
         .map(|(i, _)| i)
         .collect();
-    let pos = match positions.as_slice() {
-        [p] => *p,
-        [] => bail!("the text has no {mask_token} token to fill"),
-        more => bail!(
-            "the text has {} {mask_token} tokens; fill-mask takes exactly one",
-            more.len()
-        ),
-    };
+    if positions.is_empty() {
+        bail!("the text has no {mask_token} token to fill");
+    }
     let o = s.run_bert("encode", &batch)?;
     let logits = o
         .get("mlm_logits")
         .context("encode returned no mlm_logits")?;
     let v = logits.shape[2];
-    let row = &logits.as_f32().unwrap_or(&[])[pos * v..(pos + 1) * v];
-    let probs = softmax(row);
-    let mut order: Vec<usize> = (0..v).collect();
-    order.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
-    let mut preds = vec![];
-    for &id in order.iter().take(a.top_k) {
-        let token = s.tokenizer.decode(&[id as i64]).unwrap_or_default();
-        preds.push(serde_json::json!({"token": token, "id": id, "score": probs[id]}));
+    let all = logits.as_f32().unwrap_or(&[]);
+    let mut masks = vec![];
+    for &pos in &positions {
+        let row = &all[pos * v..(pos + 1) * v];
+        let probs = softmax(row);
+        let mut order: Vec<usize> = (0..v).collect();
+        order.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
+        let mut preds = vec![];
+        for &id in order.iter().take(a.top_k) {
+            let token = s.tokenizer.decode(&[id as i64]).unwrap_or_default();
+            preds.push(json!({"token": token, "id": id, "score": probs[id]}));
+        }
+        masks.push(json!({"position": pos, "predictions": preds}));
     }
     if a.json {
-        writeln!(out, "{}", serde_json::json!({ "predictions": preds }))?;
-    } else {
-        for p in &preds {
-            writeln!(
-                out,
-                "{:>8.4}  {:<20} (id {})",
-                p["score"].as_f64().unwrap_or(0.0),
-                p["token"].as_str().unwrap_or(""),
-                p["id"]
-            )?;
+        // One mask keeps the original shape of the output.
+        let v = match masks.as_slice() {
+            [one] => json!({ "predictions": one["predictions"] }),
+            _ => json!({ "masks": masks }),
+        };
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    for m in &masks {
+        if masks.len() > 1 {
+            writeln!(out, "[MASK] at token {}:", m["position"])?;
+        }
+        for p in m["predictions"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            writeln!(out, "{}", line(p))?;
         }
     }
     Ok(())
+}
+
+fn line(p: &Value) -> String {
+    format!(
+        "{:>8.4}  {:<20} (id {})",
+        p["score"].as_f64().unwrap_or(0.0),
+        p["token"].as_str().unwrap_or(""),
+        p["id"]
+    )
 }
