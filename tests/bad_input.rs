@@ -795,8 +795,136 @@ fn prompt_longer_than_positions_says_the_limit() {
 fn text_longer_than_positions_for_embed() {
     let text = vec!["word"; 100].join(" ");
     fails(
-        ["embed", &s(&fixture("bert-tiny")), &text],
-        &["text", "at most 64 positions"],
+        ["embed", &s(&fixture("bert-tiny")), "--no-truncate", &text],
+        &["text", "at most 64 positions", "--no-truncate"],
+    );
+}
+
+/// Without sentence_bert_config.json, embed truncates to the positions and says so.
+#[test]
+fn embed_truncates_to_positions_with_a_note() {
+    let text = vec!["word"; 100].join(" ");
+    let (code, stdout, stderr) = run([
+        "embed",
+        &s(&fixture("bert-tiny")),
+        "--engine",
+        "interp",
+        "--json",
+        &text,
+        "short",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("truncated 1 of 2 texts to 64 tokens"),
+        "{stderr}"
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["embeddings"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn sentence_bert_config_with_bad_max_seq_length() {
+    let dir = copy_of("bert-tiny");
+    std::fs::write(
+        dir.path().join("sentence_bert_config.json"),
+        r#"{"max_seq_length": "long"}"#,
+    )
+    .unwrap();
+    fails(
+        ["embed", &s(dir.path()), "hello"],
+        &["sentence_bert_config.json", "max_seq_length", "positive whole number"],
+    );
+}
+
+#[test]
+fn classify_text_longer_than_positions_without_truncate() {
+    let text = vec!["word"; 100].join(" ");
+    fails(
+        ["classify", &s(&fixture("bert-tiny-cls")), &text],
+        &["text", "at most 64 positions", "--truncate"],
+    );
+    let long = vec!["word"; 40].join(" ");
+    fails(
+        ["classify", &s(&fixture("bert-tiny-cls")), "--pairs", &long, &long],
+        &["pair", "83 tokens", "at most 64 positions", "--truncate"],
+    );
+}
+
+#[test]
+fn classify_pairs_odd_number_of_texts() {
+    fails(
+        ["classify", &s(&fixture("bert-tiny-cls")), "--pairs", "a", "b", "c"],
+        &["--pairs", "3 texts", "no partner"],
+    );
+}
+
+#[test]
+fn classify_next_sentence_head_needs_pairs() {
+    fails(
+        ["classify", &s(&fixture("bert-tiny")), "hello"],
+        &["BertForPreTraining", "next-sentence head", "--pairs"],
+    );
+}
+
+/// A BertForMaskedLM has neither a classifier nor a next-sentence head.
+#[test]
+fn classify_pairs_without_classifier_or_next_sentence_head() {
+    let dir = copy_of("bert-tiny");
+    edit_config(dir.path(), |c| {
+        c.insert("architectures".into(), json!(["BertForMaskedLM"]));
+    });
+    for args in [vec!["--pairs", "a", "b"], vec!["a"]] {
+        let mut all = vec!["classify".to_string(), s(dir.path())];
+        all.extend(args.iter().map(|a| a.to_string()));
+        fails(
+            all,
+            &[
+                "task classify is not supported",
+                "BertForMaskedLM",
+                "classification or next-sentence head",
+                "fill-mask",
+            ],
+        );
+    }
+}
+
+#[test]
+fn rerank_without_query() {
+    fails(
+        ["rerank", &s(&fixture("bert-tiny-rerank")), "a document"],
+        &["--query"],
+    );
+}
+
+#[test]
+fn rerank_top_n_zero() {
+    fails(
+        [
+            "rerank",
+            &s(&fixture("bert-tiny-rerank")),
+            "--query",
+            "q",
+            "--top-n",
+            "0",
+            "doc",
+        ],
+        &["--top-n", "at least 1"],
+    );
+}
+
+#[test]
+fn rerank_on_multi_label_model() {
+    fails(
+        ["rerank", &s(&fixture("bert-tiny-cls")), "--query", "q", "doc"],
+        &["task rerank is not supported", "cross-encoder", "3 labels"],
+    );
+}
+
+#[test]
+fn rerank_on_model_without_classifier() {
+    fails(
+        ["rerank", &s(&fixture("bert-tiny")), "--query", "q", "doc"],
+        &["task rerank is not supported", "cross-encoder", "BertForPreTraining"],
     );
 }
 
@@ -867,18 +995,6 @@ fn fill_mask_without_mask() {
 }
 
 #[test]
-fn fill_mask_with_two_masks() {
-    fails(
-        [
-            "fill-mask",
-            &s(&fixture("bert-tiny")),
-            "[MASK] is the [MASK] of France.",
-        ],
-        &["2 [MASK]", "exactly one"],
-    );
-}
-
-#[test]
 fn fill_mask_top_k_zero() {
     fails(
         [
@@ -905,18 +1021,6 @@ fn bert_tasks_on_gpt2_list_supported_tasks() {
             ],
         );
     }
-}
-
-#[test]
-fn classify_without_classifier_head() {
-    fails(
-        ["classify", &s(&fixture("bert-tiny")), "hello"],
-        &[
-            "task classify is not supported",
-            "BertForPreTraining",
-            "fill-mask",
-        ],
-    );
 }
 
 #[test]

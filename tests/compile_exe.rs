@@ -85,6 +85,11 @@ fn bert_tiny_cls() {
 }
 
 #[test]
+fn bert_tiny_rerank() {
+    run_fixture("bert-tiny-rerank", &fixture_dir("bert-tiny-rerank"));
+}
+
+#[test]
 fn gpt2_tiny() {
     run_fixture("gpt2-tiny", &fixture_dir("gpt2-tiny"));
 }

@@ -1,5 +1,6 @@
-//! Parity with Hugging Face through the command line: every case of every shared fixture,
-//! through `forward`, `generate --greedy`, `embed`, `fill-mask`, `classify` and `tokenize`,
+//! Parity with Hugging Face through the command line: every case of every reference file of
+//! every shared fixture, through `forward`, `generate --greedy`, `embed`, `fill-mask`,
+//! `classify` (texts and sentence pairs), `rerank` and `tokenize`,
 //! for each engine (the cases themselves are in tests/common/parity.rs, shared with the
 //! compiled executables' tests).
 
@@ -30,6 +31,11 @@ fn bert_tiny() {
 #[test]
 fn bert_tiny_cls() {
     run_fixture("bert-tiny-cls", &fixture_dir("bert-tiny-cls"));
+}
+
+#[test]
+fn bert_tiny_rerank() {
+    run_fixture("bert-tiny-rerank", &fixture_dir("bert-tiny-rerank"));
 }
 
 #[test]

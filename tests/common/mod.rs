@@ -44,11 +44,29 @@ pub struct Reference {
 
 impl Reference {
     pub fn load(fixture: &str) -> Reference {
+        Self::load_file(fixture, "reference")
+    }
+
+    /// Every reference file pair of `fixture`: `reference.*`, then `reference-inputs.*`
+    /// (inputs as the reference libraries take them) when present.
+    pub fn all(fixture: &str) -> Vec<Reference> {
+        ["reference", "reference-inputs"]
+            .into_iter()
+            .filter(|stem| fixture_dir(fixture).join(format!("{stem}.json")).is_file())
+            .map(|stem| Self::load_file(fixture, stem))
+            .collect()
+    }
+
+    /// `STEM.json` and `STEM.safetensors` of `fixture`.
+    pub fn load_file(fixture: &str, stem: &str) -> Reference {
         let dir = fixture_dir(fixture);
-        let json: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-                .unwrap();
-        let tensors = Weights::open_files(&[dir.join("reference.safetensors")]).unwrap();
+        let path = dir.join(format!("{stem}.json"));
+        let json: Value = serde_json::from_str(
+            &std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .unwrap();
+        let tensors = Weights::open_files(&[dir.join(format!("{stem}.safetensors"))]).unwrap();
         let abs = json["tolerance"]["abs"].as_f64().unwrap() as f32;
         let rel = json["tolerance"]["rel"].as_f64().unwrap() as f32;
         Reference {

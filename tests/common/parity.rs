@@ -94,6 +94,24 @@ impl Runner {
             .unwrap_or_else(|e| panic!("{task} {rest:?}: not JSON ({e}): {line}"))
     }
 
+    /// Like [`Self::json`], also returning stderr.
+    pub fn json_and_stderr(&self, task: &str, rest: &[&str]) -> (Value, String) {
+        let out = self.output(task, rest);
+        assert!(
+            out.status.success(),
+            "{} {} failed ({}):\n{}",
+            self.program.display(),
+            self.args(task, rest).join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("stdout is UTF-8");
+        let line = text.lines().last().unwrap_or_else(|| panic!("no output from {task}"));
+        let v = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{task} {rest:?}: not JSON ({e}): {line}"));
+        (v, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     /// `forward` on `input`; returns the written tensors.
     pub fn forward(&self, input: Value, tag: &str) -> Weights {
         let dir = scratch(&format!("fwd-{tag}"));
@@ -129,9 +147,84 @@ pub fn strs(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Runs every case of `fixture` through `run`; `label` (the engine) tags messages and files.
+/// The label names of `fixture`'s classifier in id order (config.json's id2label), or the
+/// next-sentence head's.
+fn label_names(fixture: &str) -> Vec<String> {
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir(fixture).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    match config["id2label"].as_object() {
+        Some(m) => (0..m.len()).map(|i| m[&i.to_string()].as_str().unwrap().to_string()).collect(),
+        None => vec!["is_next".into(), "not_next".into()],
+    }
+}
+
+fn softmax_rows(logits: &[f32], width: usize) -> Vec<f32> {
+    logits
+        .chunks(width)
+        .flat_map(|row| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let e: Vec<f64> = row.iter().map(|&x| ((x - max) as f64).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            e.into_iter().map(move |x| (x / sum) as f32)
+        })
+        .collect()
+}
+
+/// `classify --json [--pairs] [--truncate]` on `texts` (pairs flattened): checks the labels,
+/// and the scores against `want_probs` `[rows, labels]` in label-id order.
+fn check_classify(
+    run: &Runner,
+    fixture: &str,
+    tag: &str,
+    flags: &[&str],
+    texts: &[String],
+    labels: &Value,
+    want_probs: (&str, &[f32]),
+    r: &Reference,
+) {
+    let mut args = vec!["--json"];
+    args.extend(flags);
+    args.push("--");
+    args.extend(texts.iter().map(String::as_str));
+    let c = run.json("classify", &args);
+    let results = c["results"].as_array().unwrap();
+    let got: Vec<String> = results
+        .iter()
+        .map(|x| x["label"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, strs(labels), "{tag}: labels");
+    let names = label_names(fixture);
+    let scores: Vec<f32> = results
+        .iter()
+        .flat_map(|x| names.iter().map(|n| x["scores"][n].as_f64().unwrap() as f32))
+        .collect();
+    let (what, want) = want_probs;
+    let shape = [results.len(), names.len()];
+    check_close(&format!("{tag}: {what}"), want, &shape, &scores, r.abs, r.rel, |_| true);
+}
+
+/// The reference input of a case for `forward`: the listed ids, and the mask when given.
+fn forward_input(case: &Value) -> Value {
+    let mut input = json!({"input_ids": case["input_ids"]});
+    for key in ["token_type_ids", "attention_mask"] {
+        if !case[key].is_null() {
+            input[key] = case[key].clone();
+        }
+    }
+    input
+}
+
+/// Runs every case of every reference file of `fixture` through `run`; `label` (the engine)
+/// tags messages and files.
 pub fn run_cases(fixture: &str, run: &Runner, label: &str) {
-    let r = Reference::load(fixture);
+    for r in Reference::all(fixture) {
+        run_reference(fixture, &r, run, label);
+    }
+}
+
+fn run_reference(fixture: &str, r: &Reference, run: &Runner, label: &str) {
     for case in r.cases() {
         let name = case["name"].as_str().unwrap();
         let tag = format!("{fixture}-{name}-{label}");
@@ -182,21 +275,90 @@ pub fn run_cases(fixture: &str, run: &Runner, label: &str) {
                     .collect();
                 assert_eq!(toks, strs(&case["top5_tokens"]), "{tag}: fill-mask tokens");
             }
-            "bert_classify" => {
-                let w = run.forward(json!({"input_ids": case["input_ids"], "attention_mask": case["attention_mask"]}), &tag);
+            "bert_classify" | "bert_classify_pairs" => {
+                let w = run.forward(forward_input(case), &tag);
                 let (v, s) = got(&w, "logits");
                 r.check(&key("logits"), &v, &s);
-                let texts = strs(&case["texts"]);
-                let mut args = vec!["--json"];
-                args.extend(texts.iter().map(String::as_str));
-                let c = run.json("classify", &args);
-                let labels: Vec<String> = c["results"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x["label"].as_str().unwrap().to_string())
-                    .collect();
-                assert_eq!(labels, strs(&case["labels"]), "{tag}: labels");
+                let (want, shape) = r.tensor(&key("logits"));
+                let probs = softmax_rows(&want, shape[1]);
+                let mut flags = vec![];
+                if case.get("truncation").is_some() {
+                    assert_eq!(case["truncation"], "longest_first", "{tag}");
+                    flags.push("--truncate");
+                }
+                let texts = if kind == "bert_classify_pairs" {
+                    flags.push("--pairs");
+                    case["pairs"].as_array().unwrap().iter().flat_map(strs).collect()
+                } else {
+                    strs(&case["texts"])
+                };
+                check_classify(run, fixture, &tag, &flags, &texts, &case["labels"], ("softmax(logits)", &probs), r);
+            }
+            "bert_next_sentence" => {
+                let texts: Vec<String> =
+                    case["pairs"].as_array().unwrap().iter().flat_map(strs).collect();
+                let (want, _) = r.tensor(&key("probs"));
+                check_classify(run, fixture, &tag, &["--pairs"], &texts, &case["labels"], ("probs", &want), r);
+            }
+            "bert_fill_mask_multi" => {
+                let w = run.forward(json!({"input_ids": case["input_ids"]}), &tag);
+                let (v, s) = got(&w, "mlm_logits");
+                let vocab = s[2];
+                let masks = case["masks"].as_array().unwrap();
+                for (i, m) in masks.iter().enumerate() {
+                    let pos = m["position"].as_u64().unwrap() as usize;
+                    let row = &v[pos * vocab..(pos + 1) * vocab];
+                    r.check(&key(&format!("mask{i}_logits")), row, &[vocab]);
+                }
+                let p = run.json(
+                    "fill-mask",
+                    &["--json", "--top-k", "5", case["text"].as_str().unwrap()],
+                );
+                assert!(p.get("predictions").is_none(), "{tag}: several masks, one list each");
+                let got_masks = p["masks"].as_array().unwrap();
+                assert_eq!(got_masks.len(), masks.len(), "{tag}: one entry per mask");
+                for (g, m) in got_masks.iter().zip(masks) {
+                    assert_eq!(g["position"], m["position"], "{tag}: mask position");
+                    let preds = g["predictions"].as_array().unwrap();
+                    let ids: Vec<i64> = preds.iter().map(|x| x["id"].as_i64().unwrap()).collect();
+                    assert_eq!(ids, flat_ids(&m["top5_ids"]), "{tag}: top 5 ids");
+                    let toks: Vec<String> =
+                        preds.iter().map(|x| x["token"].as_str().unwrap().to_string()).collect();
+                    assert_eq!(toks, strs(&m["top5_tokens"]), "{tag}: top 5 tokens");
+                    let scores: Vec<f32> =
+                        preds.iter().map(|x| x["score"].as_f64().unwrap() as f32).collect();
+                    let want: Vec<f32> = m["top5_scores"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap() as f32)
+                        .collect();
+                    check_close(&format!("{tag}: top 5 scores"), &want, &[5], &scores, r.abs, r.rel, |_| true);
+                }
+            }
+            "bert_rerank" => {
+                let docs = strs(&case["documents"]);
+                let query = case["query"].as_str().unwrap();
+                let mut args = vec!["--json", "--query", query, "--"];
+                args.extend(docs.iter().map(String::as_str));
+                let out = run.json("rerank", &args);
+                let results = out["results"].as_array().unwrap();
+                let order: Vec<i64> = results.iter().map(|x| x["index"].as_i64().unwrap()).collect();
+                assert_eq!(order, flat_ids(&case["ranking"]), "{tag}: ranking");
+                // Back in document order, to compare with the references.
+                let mut scores = vec![f32::NAN; docs.len()];
+                let mut logits = vec![f32::NAN; docs.len()];
+                for x in results {
+                    let i = x["index"].as_u64().unwrap() as usize;
+                    scores[i] = x["score"].as_f64().unwrap() as f32;
+                    logits[i] = x["logit"].as_f64().unwrap() as f32;
+                }
+                r.check(&key("logits"), &logits, &[docs.len()]);
+                r.check(&key("scores"), &scores, &[docs.len()]);
+                let mut top = vec!["--json", "--top-n", "2", "--query", query, "--"];
+                top.extend(docs.iter().map(String::as_str));
+                let two = run.json("rerank", &top);
+                assert_eq!(two["results"].as_array().unwrap()[..], results[..2], "{tag}: --top-n 2");
             }
             "gpt2_forward" => {
                 let w = run.forward(json!({"input_ids": case["input_ids"]}), &tag);
@@ -284,7 +446,15 @@ pub fn run_cases(fixture: &str, run: &Runner, label: &str) {
                 let texts = strs(&case["texts"]);
                 let mut args = vec!["--json"];
                 args.extend(texts.iter().map(String::as_str));
-                let e = run.json("embed", &args);
+                let (e, stderr) = run.json_and_stderr("embed", &args);
+                if let Some(max) = case.get("max_seq_length").and_then(Value::as_u64) {
+                    let long = flat_ids(&case["untruncated_tokens"])
+                        .iter()
+                        .filter(|&&n| n as u64 > max)
+                        .count();
+                    let note = format!("truncated {long} of {} texts to {max} tokens", texts.len());
+                    assert!(stderr.contains(&note), "{tag}: stderr lacks {note:?}:\n{stderr}");
+                }
                 let rows: Vec<Vec<f32>> = e["embeddings"]
                     .as_array()
                     .unwrap()
@@ -309,15 +479,19 @@ pub fn run_cases(fixture: &str, run: &Runner, label: &str) {
                         cos[i * n + j] = dot / (ni * nj);
                     }
                 }
-                r.check(&key("cosine"), &cos, &[n, n]);
+                if r.json["tensors"].get(key("cosine")).is_some() {
+                    r.check(&key("cosine"), &cos, &[n, n]);
+                }
                 if let Some(best) = case.get("most_similar_to_first").and_then(Value::as_u64) {
                     let top = (1..n).max_by(|&a, &b| cos[a].total_cmp(&cos[b])).unwrap();
                     assert_eq!(top as u64, best, "{tag}: most similar to the first text");
                 }
-                let w = run.forward(json!({"input_ids": case["input_ids"], "attention_mask": case["attention_mask"]}), &tag);
-                let (v, s) = got(&w, "last_hidden_state");
-                r.check(&key("last_hidden_state"), &v, &s);
-                check_tokenize(run, &case["texts"], &case["input_ids"]);
+                if !case["input_ids"].is_null() {
+                    let w = run.forward(json!({"input_ids": case["input_ids"], "attention_mask": case["attention_mask"]}), &tag);
+                    let (v, s) = got(&w, "last_hidden_state");
+                    r.check(&key("last_hidden_state"), &v, &s);
+                    check_tokenize(run, &case["texts"], &case["input_ids"]);
+                }
             }
             other => {
                 panic!("{tag}: unknown case kind {other:?}: teach tests/common/parity.rs about it")
