@@ -1,7 +1,9 @@
 //! The tiled attention kernel (online softmax over key tiles, tasks on the thread pool)
 //! against the interpreter on sequences longer than a key tile, including keys whose scores
 //! rise tile after tile (every tile rescales what was accumulated), causal attention over a
-//! long cache, padding and additive bias; and the same bits for one thread and for two.
+//! long cache, padding and additive bias; masks as Hugging Face takes them (left padding, holes
+//! in the middle, a row with every key masked, which gets the mean of V); and the same bits for
+//! one thread and for two.
 
 mod common;
 
@@ -27,6 +29,43 @@ struct Case {
     /// Keys aligned with the queries and growing with position, so each tile's max is
     /// above the last.
     rising: bool,
+    mask: Mask,
+}
+
+/// Which keys of rows 1.. the mask hides (row 0 always sees every key).
+#[derive(Clone, Copy, Debug)]
+enum Mask {
+    /// A random-length tail (right padding).
+    Tail,
+    /// A random-length head (left padding).
+    Head,
+    /// Random runs in the middle, first and last key kept.
+    Holes,
+    /// Every key of the last row.
+    LastRowAll,
+}
+
+/// A `[B, S]` mask of kind `kind`.
+fn make_mask(kind: Mask, b: usize, s: usize, rng: &mut Rng) -> Vec<i64> {
+    let mut mask = vec![];
+    for bi in 0..b {
+        let cut = 1 + (rng.next().abs() * (s - 1) as f32) as usize;
+        let row: Vec<i64> = (0..s)
+            .map(|j| {
+                let keep = match kind {
+                    _ if bi == 0 => true,
+                    Mask::Tail => j < cut,
+                    Mask::Head => j >= s - cut,
+                    // Runs of 1..=7 hidden keys between kept ones.
+                    Mask::Holes => j == 0 || j == s - 1 || (j / 7 + j % 5) % 3 != 0,
+                    Mask::LastRowAll => bi + 1 < b,
+                };
+                keep as i64
+            })
+            .collect();
+        mask.extend(row);
+    }
+    mask
 }
 
 struct Rng(u64);
@@ -112,16 +151,7 @@ fn inputs(c: &Case, rng: &mut Rng) -> Vec<(&'static str, Tensor)> {
         }
     }
     let v = rng.vec(b * s * hd, 1.0);
-    // Row 0 sees everything; the others lose a random-length tail.
-    let mut mask = vec![];
-    for bi in 0..b {
-        let keep = if bi == 0 {
-            s
-        } else {
-            1 + (rng.next().abs() * (s - 1) as f32) as usize
-        };
-        mask.extend((0..s).map(|j| (j < keep) as i64));
-    }
+    let mask = make_mask(c.mask, b, s, rng);
     vec![
         ("q", Tensor::f32(vec![b, c.t, hd], q)),
         ("k", Tensor::f32(vec![b, s, hd], k)),
@@ -141,6 +171,7 @@ fn cases() -> Vec<Case> {
         masked: false,
         biased: false,
         rising: false,
+        mask: Mask::Tail,
     };
     vec![
         // A decode step over a long cache (GPT-2's shape, fewer heads).
@@ -184,7 +215,102 @@ fn cases() -> Vec<Case> {
             biased: true,
             ..base
         },
+        // Masks as Hugging Face takes them, over several key tiles and query blocks.
+        Case {
+            b: 3,
+            t: 150,
+            d: 13,
+            masked: true,
+            mask: Mask::Head,
+            ..base
+        },
+        Case {
+            b: 2,
+            t: 140,
+            h: 3,
+            d: 37,
+            masked: true,
+            biased: true,
+            mask: Mask::Holes,
+            ..base
+        },
+        Case {
+            b: 3,
+            t: 130,
+            masked: true,
+            mask: Mask::LastRowAll,
+            ..base
+        },
+        // GPT-2 left-padded: the first queries see only masked keys (the causal fallback).
+        Case {
+            b: 2,
+            t: 90,
+            past: 10,
+            causal: true,
+            masked: true,
+            mask: Mask::Head,
+            ..base
+        },
+        Case {
+            b: 2,
+            t: 1,
+            past: 100,
+            causal: true,
+            masked: true,
+            mask: Mask::LastRowAll,
+            ..base
+        },
     ]
+}
+
+/// Hugging Face adds float32's minimum to masked scores: where every key is masked, all
+/// scores are equal and the softmax uniform, so the output is the mean of V over the keys
+/// the query may see (every key; under `causal`, those up to the query itself).
+#[test]
+fn all_masked_rows_get_the_mean_of_v() {
+    let every = |c: &&Case| matches!(c.mask, Mask::LastRowAll) || c.causal && matches!(c.mask, Mask::Head);
+    for c in cases().iter().filter(every) {
+        let mut rng = Rng(0x51ed);
+        let m = model(c, &mut rng);
+        let ins = inputs(c, &mut rng);
+        let args: Vec<(&str, &Tensor)> = ins.iter().map(|(n, t)| (*n, t)).collect();
+        let (b, t, s, hd) = (c.b, c.t, c.past + c.t, c.h * c.d);
+        let mask = ins[3].1.as_i64().unwrap();
+        let v = ins[2].1.as_f32().unwrap();
+        let want = Interpreter::new(m.clone()).run("f", &args).unwrap();
+        let got = JitEngine::new(m).unwrap().run("f", &args).unwrap();
+        let mut checked = 0;
+        for bi in 0..b {
+            for ti in 0..t {
+                let reach = if c.causal { s - t + ti + 1 } else { s };
+                if mask[bi * s..][..reach].iter().any(|&x| x != 0) {
+                    continue;
+                }
+                let mut mean = vec![0f32; hd];
+                for j in 0..reach {
+                    for (e, x) in mean.iter_mut().enumerate() {
+                        *x += v[(bi * s + j) * hd + e];
+                    }
+                }
+                mean.iter_mut().for_each(|x| *x /= reach as f32);
+                let at = (bi * t + ti) * hd;
+                for (engine, out) in [("interp", &want), ("jit", &got)] {
+                    let row = &out["y"].as_f32().unwrap()[at..][..hd];
+                    common::check_close(
+                        &format!("{engine}: row {bi} query {ti} (all keys masked) vs mean of V"),
+                        &mean,
+                        &[hd],
+                        row,
+                        ABS,
+                        REL,
+                        |_| true,
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "{:?}: no query has every key masked", c.mask);
+    }
 }
 
 #[test]

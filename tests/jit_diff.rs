@@ -1,6 +1,7 @@
 //! Differential tests: the JIT against the interpreter on random shapes (odd sizes, 1-token
-//! and long sequences, padded batches, a KV cache), one lowered op at a time and for small
-//! random transformer blocks; plus the accuracy of the vectorised exp / tanh / erf.
+//! and long sequences, padded batches, masks with left padding, holes and all-zero rows, a KV
+//! cache), one lowered op at a time and for small random transformer blocks; plus the
+//! accuracy of the vectorised exp / tanh / erf.
 
 mod common;
 
@@ -107,6 +108,25 @@ fn padding_mask(g: &mut G, b: usize, t: usize) -> Tensor {
     Tensor::i64(vec![b, t], v)
 }
 
+/// A `[B, T]` attention mask as Hugging Face takes them, by `kind`: 0 right padding (as
+/// [`padding_mask`]), 1 left padding, 2 random holes, 3 right padding and an all-zero last row.
+fn attention_mask(g: &mut G, b: usize, t: usize, kind: usize) -> Tensor {
+    let mut m = padding_mask(g, b, t).as_i64().unwrap().to_vec();
+    for bi in 1..b {
+        let row = &mut m[bi * t..][..t];
+        match kind {
+            1 => row.reverse(),
+            2 => {
+                let r = g.rand(t, 1.0);
+                row.iter_mut().zip(r).for_each(|(x, r)| *x = (r > -0.3) as i64);
+            }
+            3 if bi == b - 1 => row.fill(0),
+            _ => {}
+        }
+    }
+    Tensor::i64(vec![b, t], m)
+}
+
 fn shapes() -> impl Strategy<Value = (usize, usize, u64)> {
     // Batch, tokens (mostly short, sometimes 1 or past 100), seed.
     (
@@ -204,7 +224,7 @@ proptest! {
 
     #[test]
     fn attention((b, t, seed) in shapes(), h in 1usize..4, d in 1usize..18, past in 0usize..7,
-                 causal: bool, masked: bool, biased: bool, bidirectional: bool) {
+                 causal: bool, masked: bool, biased: bool, bidirectional: bool, mask_kind in 0usize..4) {
         let mut g = G::new(seed | 1);
         let c = h * d;
         let q = g.g.add_input("q", bt(c));
@@ -232,7 +252,7 @@ proptest! {
         let vt = randt(&mut g, vec![b, t, c], 1.0);
         let pkt = randt(&mut g, vec![b, past, c], 2.0);
         let pvt = randt(&mut g, vec![b, past, c], 1.0);
-        let mk = padding_mask(&mut g, b, past + t);
+        let mk = attention_mask(&mut g, b, past + t, mask_kind);
         g.check(&[("q", qt), ("k", kt), ("v", vt), ("pk", pkt), ("pv", pvt), ("mask", mk)]);
     }
 

@@ -6,7 +6,11 @@
 //! FlashAttention): the running max `m` and sum `l` of exp(score - m) are rescaled by
 //! exp(m_old - m_new) whenever a tile raises the max, and the output row accumulates
 //! `Σ exp(score - m) · v` in place, divided by `l` at the end. Masked keys get score -inf,
-//! whose exp is exactly 0, as in the interpreter; a query that sees no key gets zeros.
+//! whose exp is exactly 0, as in the interpreter. A query whose keys are all masked gets the
+//! mean of V over the keys it may see (all of them, or up to itself under `causal`): Hugging
+//! Face adds float32's minimum to masked scores, which then are all equal, so its softmax is
+//! uniform there. That fallback runs only when no key was unmasked, so normal rows are not
+//! touched by it.
 //!
 //! The work is split into tasks of [`QB`] query rows of one (batch row, head) and run on the
 //! runtime's thread pool through `RuntimeFns::parallel_for`: the kernel stores its arguments
@@ -171,7 +175,8 @@ fn attention_task<M: Module>(
         let ho = k.muli(hi, 4 * d as i64);
         let krow0 = k.mul(bi, s);
         // Right padding costs nothing: keys after this row's last unmasked one are never
-        // scored (their weight is exactly 0 anyway). A row with no key left gets zeros.
+        // scored (their weight is exactly 0 anyway). A row with no key left takes the
+        // all-masked fallback below.
         let kept = if masked {
             let e = k.b.declare_var(I64);
             k.b.def_var(e, s);
@@ -213,12 +218,17 @@ fn attention_task<M: Module>(
             let row = k.add(row, ti);
             let qrow = row_at(k, q, row);
             let orow = row_at(k, out, row);
-            // Keys 0..visible: with `causal`, query ti sits at absolute S - T + ti.
-            let visible = if causal {
+            // Keys 0..reach are the query's, mask aside: with `causal`, query ti sits at
+            // absolute S - T + ti. Of those, keys 0..visible can be unmasked.
+            let reach = if causal {
                 let st = k.b.ins().isub(s, t);
                 let vis = k.add(st, ti);
-                let vis = k.addi(vis, 1);
-                k.b.ins().smin(vis, kept)
+                k.addi(vis, 1)
+            } else {
+                s
+            };
+            let visible = if causal {
+                k.b.ins().smin(reach, kept)
             } else {
                 kept
             };
@@ -393,7 +403,8 @@ fn attention_task<M: Module>(
                     }
                 });
             });
-            // out /= l; l = 0 only when no key was visible, and the row stays zero.
+            // out /= l; l >= 1 once any key was unmasked (the max contributes exp(0)), and
+            // l = 0 only when none was, with the row still zero.
             let lf = k.b.use_var(lsum);
             let zf = k.f(0.0);
             let pos = k.b.ins().fcmp(FloatCC::GreaterThan, lf, zf);
@@ -403,6 +414,37 @@ fn attention_task<M: Module>(
                 let iv = k.b.ins().splat(F32X4, inv);
                 k.map_f32(orow, orow, dv, |k, x| k.b.ins().fmul(x, iv));
             });
+            if masked {
+                // Every key masked: the uniform softmax Hugging Face's additive mask gives,
+                // out = (Σ_j v_j) · (1 / reach), summed in key order as the interpreter does.
+                let none = k.b.ins().fcmp(FloatCC::Equal, lf, zf);
+                k.when(none, |k| {
+                    let z = k.i(0);
+                    k.for_range(z, reach, 1, |k, j| {
+                        let r = k.add(krow0, j);
+                        let vrow = row_at(k, v, r);
+                        for e in (0..d & !3).step_by(4) {
+                            let o = 4 * e as i32;
+                            let acc = k.ldv(orow, o);
+                            let x = k.ldv(vrow, o);
+                            let y = k.b.ins().fadd(acc, x);
+                            k.st(y, orow, o);
+                        }
+                        for e in d & !3..d {
+                            let o = 4 * e as i32;
+                            let acc = k.ldf(orow, o);
+                            let x = k.ldf(vrow, o);
+                            let y = k.b.ins().fadd(acc, x);
+                            k.st(y, orow, o);
+                        }
+                    });
+                    let n = k.b.ins().fcvt_from_sint(F32, reach);
+                    let one = k.f(1.0);
+                    let inv = k.b.ins().fdiv(one, n);
+                    let iv = k.b.ins().splat(F32X4, inv);
+                    k.map_f32(orow, orow, dv, |k, x| k.b.ins().fmul(x, iv));
+                });
+            }
         });
     })
 }

@@ -129,7 +129,8 @@ pub struct AttnShape {
 
 /// Softmax attention per batch row and head. Masked keys (mask 0, or after the query under
 /// `causal`) get no weight, which is what adding float32's minimum to their scores gives in
-/// Hugging Face; a query that may see no key at all gets zeros.
+/// Hugging Face. A query whose keys are all masked gets what that gives there too: equal
+/// scores, a uniform softmax, so the mean of V over the keys it may see.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -167,6 +168,14 @@ pub fn attention(
                 let o = &mut out[(bi * t + ti) * c + hi * d..][..d];
                 o.fill(0.0);
                 if max == f32::NEG_INFINITY {
+                    // Summed in key order, then scaled: the JIT does the same, bit for bit.
+                    for j in 0..visible {
+                        for (oo, vv) in o.iter_mut().zip(&v[(bi * s + j) * c + hi * d..][..d]) {
+                            *oo += vv;
+                        }
+                    }
+                    let inv = 1.0 / visible as f32;
+                    o.iter_mut().for_each(|x| *x *= inv);
                     continue;
                 }
                 let mut sum = 0f64;
