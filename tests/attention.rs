@@ -268,7 +268,8 @@ fn cases() -> Vec<Case> {
 /// the query may see (every key; under `causal`, those up to the query itself).
 #[test]
 fn all_masked_rows_get_the_mean_of_v() {
-    let every = |c: &&Case| matches!(c.mask, Mask::LastRowAll) || c.causal && matches!(c.mask, Mask::Head);
+    let every =
+        |c: &&Case| matches!(c.mask, Mask::LastRowAll) || c.causal && matches!(c.mask, Mask::Head);
     for c in cases().iter().filter(every) {
         let mut rng = Rng(0x51ed);
         let m = model(c, &mut rng);

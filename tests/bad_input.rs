@@ -832,7 +832,11 @@ fn sentence_bert_config_with_bad_max_seq_length() {
     .unwrap();
     fails(
         ["embed", &s(dir.path()), "hello"],
-        &["sentence_bert_config.json", "max_seq_length", "positive whole number"],
+        &[
+            "sentence_bert_config.json",
+            "max_seq_length",
+            "positive whole number",
+        ],
     );
 }
 
@@ -845,7 +849,13 @@ fn classify_text_longer_than_positions_without_truncate() {
     );
     let long = vec!["word"; 40].join(" ");
     fails(
-        ["classify", &s(&fixture("bert-tiny-cls")), "--pairs", &long, &long],
+        [
+            "classify",
+            &s(&fixture("bert-tiny-cls")),
+            "--pairs",
+            &long,
+            &long,
+        ],
         &["pair", "83 tokens", "at most 64 positions", "--truncate"],
     );
 }
@@ -853,7 +863,14 @@ fn classify_text_longer_than_positions_without_truncate() {
 #[test]
 fn classify_pairs_odd_number_of_texts() {
     fails(
-        ["classify", &s(&fixture("bert-tiny-cls")), "--pairs", "a", "b", "c"],
+        [
+            "classify",
+            &s(&fixture("bert-tiny-cls")),
+            "--pairs",
+            "a",
+            "b",
+            "c",
+        ],
         &["--pairs", "3 texts", "no partner"],
     );
 }
@@ -915,7 +932,13 @@ fn rerank_top_n_zero() {
 #[test]
 fn rerank_on_multi_label_model() {
     fails(
-        ["rerank", &s(&fixture("bert-tiny-cls")), "--query", "q", "doc"],
+        [
+            "rerank",
+            &s(&fixture("bert-tiny-cls")),
+            "--query",
+            "q",
+            "doc",
+        ],
         &["task rerank is not supported", "cross-encoder", "3 labels"],
     );
 }
@@ -924,7 +947,11 @@ fn rerank_on_multi_label_model() {
 fn rerank_on_model_without_classifier() {
     fails(
         ["rerank", &s(&fixture("bert-tiny")), "--query", "q", "doc"],
-        &["task rerank is not supported", "cross-encoder", "BertForPreTraining"],
+        &[
+            "task rerank is not supported",
+            "cross-encoder",
+            "BertForPreTraining",
+        ],
     );
 }
 

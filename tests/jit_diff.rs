@@ -118,7 +118,9 @@ fn attention_mask(g: &mut G, b: usize, t: usize, kind: usize) -> Tensor {
             1 => row.reverse(),
             2 => {
                 let r = g.rand(t, 1.0);
-                row.iter_mut().zip(r).for_each(|(x, r)| *x = (r > -0.3) as i64);
+                row.iter_mut()
+                    .zip(r)
+                    .for_each(|(x, r)| *x = (r > -0.3) as i64);
             }
             3 if bi == b - 1 => row.fill(0),
             _ => {}

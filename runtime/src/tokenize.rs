@@ -50,7 +50,9 @@ pub enum TokenizeError {
     #[error("cannot encode text: {message}")]
     Encode { message: String },
     /// A truncation length that leaves no room for the text beside the special tokens.
-    #[error("cannot truncate to {max_length} tokens: the special tokens of a pair alone take {special}")]
+    #[error(
+        "cannot truncate to {max_length} tokens: the special tokens of a pair alone take {special}"
+    )]
     TruncateTooShort { max_length: usize, special: usize },
     /// An id is outside the vocabulary, or the decoder failed.
     #[error("cannot decode ids: {message}")]

@@ -236,6 +236,37 @@ fn bert_special_tokens_and_pairs() {
         !tok.to_json().unwrap().contains("\"Fixed\""),
         "padding left in to_json"
     );
+
+    // longest_first: the longer text of a pair loses tokens first; the cut is flagged.
+    let cut = tok.truncating(10).unwrap();
+    let short = "one two";
+    let p = cut.encode_pair(short, &long).unwrap();
+    assert_eq!(p.ids.len(), 10);
+    assert!(p.truncated);
+    assert_eq!(
+        p.ids[..4],
+        tok.encode(short).unwrap().ids[..],
+        "the short text is whole"
+    );
+    let both = cut.encode_pair(&long, &long).unwrap();
+    assert_eq!(
+        both.type_ids,
+        [0, 0, 0, 0, 0, 1, 1, 1, 1, 1],
+        "7 text tokens split 3 / 4"
+    );
+    let fits = cut.encode_pair(short, "three").unwrap();
+    assert!(!fits.truncated);
+    assert_eq!(fits, tok.encode_pair(short, "three").unwrap());
+    assert!(
+        !tok.encode(&long).unwrap().truncated,
+        "only a truncating copy cuts"
+    );
+    // [CLS] a [SEP] b [SEP]: three special tokens leave no room at a limit of 3.
+    let err = tok.truncating(3).unwrap_err().to_string();
+    assert!(
+        err.contains("truncate to 3 tokens") && err.contains("take 3"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -62,8 +62,7 @@ impl Reference {
         let dir = fixture_dir(fixture);
         let path = dir.join(format!("{stem}.json"));
         let json: Value = serde_json::from_str(
-            &std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
         )
         .unwrap();
         let tensors = Weights::open_files(&[dir.join(format!("{stem}.safetensors"))]).unwrap();

@@ -106,7 +106,10 @@ impl Runner {
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8(out.stdout).expect("stdout is UTF-8");
-        let line = text.lines().last().unwrap_or_else(|| panic!("no output from {task}"));
+        let line = text
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no output from {task}"));
         let v = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("{task} {rest:?}: not JSON ({e}): {line}"));
         (v, String::from_utf8_lossy(&out.stderr).into_owned())
@@ -155,7 +158,9 @@ fn label_names(fixture: &str) -> Vec<String> {
     )
     .unwrap();
     match config["id2label"].as_object() {
-        Some(m) => (0..m.len()).map(|i| m[&i.to_string()].as_str().unwrap().to_string()).collect(),
+        Some(m) => (0..m.len())
+            .map(|i| m[&i.to_string()].as_str().unwrap().to_string())
+            .collect(),
         None => vec!["is_next".into(), "not_next".into()],
     }
 }
@@ -198,11 +203,23 @@ fn check_classify(
     let names = label_names(fixture);
     let scores: Vec<f32> = results
         .iter()
-        .flat_map(|x| names.iter().map(|n| x["scores"][n].as_f64().unwrap() as f32))
+        .flat_map(|x| {
+            names
+                .iter()
+                .map(|n| x["scores"][n].as_f64().unwrap() as f32)
+        })
         .collect();
     let (what, want) = want_probs;
     let shape = [results.len(), names.len()];
-    check_close(&format!("{tag}: {what}"), want, &shape, &scores, r.abs, r.rel, |_| true);
+    check_close(
+        &format!("{tag}: {what}"),
+        want,
+        &shape,
+        &scores,
+        r.abs,
+        r.rel,
+        |_| true,
+    );
 }
 
 /// The reference input of a case for `forward`: the listed ids, and the mask when given.
@@ -288,17 +305,44 @@ fn run_reference(fixture: &str, r: &Reference, run: &Runner, label: &str) {
                 }
                 let texts = if kind == "bert_classify_pairs" {
                     flags.push("--pairs");
-                    case["pairs"].as_array().unwrap().iter().flat_map(strs).collect()
+                    case["pairs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .flat_map(strs)
+                        .collect()
                 } else {
                     strs(&case["texts"])
                 };
-                check_classify(run, fixture, &tag, &flags, &texts, &case["labels"], ("softmax(logits)", &probs), r);
+                check_classify(
+                    run,
+                    fixture,
+                    &tag,
+                    &flags,
+                    &texts,
+                    &case["labels"],
+                    ("softmax(logits)", &probs),
+                    r,
+                );
             }
             "bert_next_sentence" => {
-                let texts: Vec<String> =
-                    case["pairs"].as_array().unwrap().iter().flat_map(strs).collect();
+                let texts: Vec<String> = case["pairs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(strs)
+                    .collect();
                 let (want, _) = r.tensor(&key("probs"));
-                check_classify(run, fixture, &tag, &["--pairs"], &texts, &case["labels"], ("probs", &want), r);
+                check_classify(
+                    run,
+                    fixture,
+                    &tag,
+                    &["--pairs"],
+                    &texts,
+                    &case["labels"],
+                    ("probs", &want),
+                    r,
+                );
             }
             "bert_fill_mask_multi" => {
                 let w = run.forward(json!({"input_ids": case["input_ids"]}), &tag);
@@ -314,7 +358,10 @@ fn run_reference(fixture: &str, r: &Reference, run: &Runner, label: &str) {
                     "fill-mask",
                     &["--json", "--top-k", "5", case["text"].as_str().unwrap()],
                 );
-                assert!(p.get("predictions").is_none(), "{tag}: several masks, one list each");
+                assert!(
+                    p.get("predictions").is_none(),
+                    "{tag}: several masks, one list each"
+                );
                 let got_masks = p["masks"].as_array().unwrap();
                 assert_eq!(got_masks.len(), masks.len(), "{tag}: one entry per mask");
                 for (g, m) in got_masks.iter().zip(masks) {
@@ -322,18 +369,30 @@ fn run_reference(fixture: &str, r: &Reference, run: &Runner, label: &str) {
                     let preds = g["predictions"].as_array().unwrap();
                     let ids: Vec<i64> = preds.iter().map(|x| x["id"].as_i64().unwrap()).collect();
                     assert_eq!(ids, flat_ids(&m["top5_ids"]), "{tag}: top 5 ids");
-                    let toks: Vec<String> =
-                        preds.iter().map(|x| x["token"].as_str().unwrap().to_string()).collect();
+                    let toks: Vec<String> = preds
+                        .iter()
+                        .map(|x| x["token"].as_str().unwrap().to_string())
+                        .collect();
                     assert_eq!(toks, strs(&m["top5_tokens"]), "{tag}: top 5 tokens");
-                    let scores: Vec<f32> =
-                        preds.iter().map(|x| x["score"].as_f64().unwrap() as f32).collect();
+                    let scores: Vec<f32> = preds
+                        .iter()
+                        .map(|x| x["score"].as_f64().unwrap() as f32)
+                        .collect();
                     let want: Vec<f32> = m["top5_scores"]
                         .as_array()
                         .unwrap()
                         .iter()
                         .map(|x| x.as_f64().unwrap() as f32)
                         .collect();
-                    check_close(&format!("{tag}: top 5 scores"), &want, &[5], &scores, r.abs, r.rel, |_| true);
+                    check_close(
+                        &format!("{tag}: top 5 scores"),
+                        &want,
+                        &[5],
+                        &scores,
+                        r.abs,
+                        r.rel,
+                        |_| true,
+                    );
                 }
             }
             "bert_rerank" => {
@@ -343,7 +402,10 @@ fn run_reference(fixture: &str, r: &Reference, run: &Runner, label: &str) {
                 args.extend(docs.iter().map(String::as_str));
                 let out = run.json("rerank", &args);
                 let results = out["results"].as_array().unwrap();
-                let order: Vec<i64> = results.iter().map(|x| x["index"].as_i64().unwrap()).collect();
+                let order: Vec<i64> = results
+                    .iter()
+                    .map(|x| x["index"].as_i64().unwrap())
+                    .collect();
                 assert_eq!(order, flat_ids(&case["ranking"]), "{tag}: ranking");
                 // Back in document order, to compare with the references.
                 let mut scores = vec![f32::NAN; docs.len()];
@@ -358,7 +420,11 @@ fn run_reference(fixture: &str, r: &Reference, run: &Runner, label: &str) {
                 let mut top = vec!["--json", "--top-n", "2", "--query", query, "--"];
                 top.extend(docs.iter().map(String::as_str));
                 let two = run.json("rerank", &top);
-                assert_eq!(two["results"].as_array().unwrap()[..], results[..2], "{tag}: --top-n 2");
+                assert_eq!(
+                    two["results"].as_array().unwrap()[..],
+                    results[..2],
+                    "{tag}: --top-n 2"
+                );
             }
             "gpt2_forward" => {
                 let w = run.forward(json!({"input_ids": case["input_ids"]}), &tag);
@@ -453,7 +519,10 @@ fn run_reference(fixture: &str, r: &Reference, run: &Runner, label: &str) {
                         .filter(|&&n| n as u64 > max)
                         .count();
                     let note = format!("truncated {long} of {} texts to {max} tokens", texts.len());
-                    assert!(stderr.contains(&note), "{tag}: stderr lacks {note:?}:\n{stderr}");
+                    assert!(
+                        stderr.contains(&note),
+                        "{tag}: stderr lacks {note:?}:\n{stderr}"
+                    );
                 }
                 let rows: Vec<Vec<f32>> = e["embeddings"]
                     .as_array()

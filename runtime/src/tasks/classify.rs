@@ -37,7 +37,7 @@ pub fn run(s: &mut Session, a: &ClassifyArgs, out: &mut dyn Write) -> Result<()>
         }
         None => bail!("this model has no classification or next-sentence head"),
     };
-    if a.pairs && a.texts.len() % 2 != 0 {
+    if a.pairs && !a.texts.len().is_multiple_of(2) {
         bail!(
             "--pairs takes the texts two at a time as (first, second) pairs, but {} texts were \
              given: the last one has no partner",

@@ -57,7 +57,11 @@ pub fn run(s: &mut Session, a: &FillMaskArgs, out: &mut dyn Write) -> Result<()>
         if masks.len() > 1 {
             writeln!(out, "[MASK] at token {}:", m["position"])?;
         }
-        for p in m["predictions"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        for p in m["predictions"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
             writeln!(out, "{}", line(p))?;
         }
     }

@@ -55,7 +55,12 @@ impl Session {
         let supported = self.info.tasks();
         if !supported.contains(&task.name()) {
             let needs = match (task, &self.info) {
-                (Task::Rerank(_), ModelInfo::Bert { labels: Some(l), .. }) => format!(
+                (
+                    Task::Rerank(_),
+                    ModelInfo::Bert {
+                        labels: Some(l), ..
+                    },
+                ) => format!(
                     " (rerank needs a cross-encoder, a sequence classifier with one label; this \
                      one has {} labels: {})",
                     l.len(),
@@ -164,7 +169,11 @@ impl Session {
                 );
             }
             self.check_vocab(&enc, &what)?;
-            if let Some(t) = enc.type_ids.iter().find(|&&t| t < 0 || t as usize >= type_vocab) {
+            if let Some(t) = enc
+                .type_ids
+                .iter()
+                .find(|&&t| t < 0 || t as usize >= type_vocab)
+            {
                 bail!(
                     "{what}: the tokenizer gives segment id {t}, but the model has {type_vocab} \
                      (type_vocab_size in config.json): it cannot read sentence pairs"
