@@ -22,7 +22,7 @@ use crate::graph::Activation;
 use crate::tiling::{Kernel, Tiling};
 use cranelift_codegen::ir::{
     condcodes::IntCC,
-    types::{F32X4, I32, I64},
+    types::{F32X4, I32, I64, I8},
     InstBuilder, StackSlotData, StackSlotKind, Value,
 };
 use cranelift_module::{FuncId, Module};
@@ -229,12 +229,13 @@ pub fn linear<M: Module>(
         let wide = match (generated_small, generated_large) {
             (false, false) => has_gemm,
             (true, true) => k.i(0),
+            // `select` needs both arms of one type: icmp gives an i8, so the constant is too.
             (true, false) => {
-                let z = k.i(0);
+                let z = k.b.ins().iconst(I8, 0);
                 k.b.ins().select(is_small, z, has_gemm)
             }
             (false, true) => {
-                let z = k.i(0);
+                let z = k.b.ins().iconst(I8, 0);
                 k.b.ins().select(is_small, has_gemm, z)
             }
         };
