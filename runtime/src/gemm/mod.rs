@@ -14,12 +14,19 @@
 //! last K block, while the tile is in L1.
 
 mod avx2;
+mod avx2_q;
 mod avx512;
+mod avx512_q;
 pub mod epilogue;
 mod portable;
+mod portable_q;
 pub mod profile;
+pub mod qgemm;
+pub mod quant;
 
 pub use epilogue::Act;
+pub use qgemm::{qgemm, QGemmCall, QKernel, KERNELS};
+pub use quant::{PackedWeight, WeightFormat};
 
 use crate::threads;
 
@@ -499,5 +506,7 @@ pub fn detected() -> Isa {
     *ISA.get_or_init(Isa::detect)
 }
 
+#[cfg(test)]
+mod qtests;
 #[cfg(test)]
 mod tests;
