@@ -223,17 +223,26 @@ fn activation_schemes() {
     println!();
     println!("int8 activation schemes, relative RMS error of A·W ({m}x{k} · {k}x{n}, int8 W):");
     for (inputs, a) in [("normal", &normal_a), ("post-GELU", &gelu_a)] {
-        for (scheme, levels) in [("u8 asymmetric (kernels)", 256), ("7-bit asymmetric", 128)] {
+        for (scheme, levels) in [
+            ("f32 (weight error alone)", None),
+            ("u8 asymmetric (kernels)", Some(256)),
+            ("7-bit asymmetric", Some(128)),
+        ] {
             let mut qa = QuantRows::new();
-            unsafe { qa.quantize(a.as_ptr(), k, m, k, false, levels) };
+            unsafe { qa.quantize(a.as_ptr(), k, m, k, false, levels.unwrap_or(256)) };
             let (mut num, mut den) = (0f64, 0f64);
             for i in 0..m {
                 for j in 0..n {
                     let (mut exact, mut q) = (0f64, 0f64);
                     for kk in 0..k {
                         exact += a[i * k + kk] as f64 * w[kk * n + j] as f64;
-                        let av =
-                            qa.scale[i] as f64 * (qa.q[i * qa.kp + kk] as f64 - qa.zero[i] as f64);
+                        let av = match levels {
+                            None => a[i * k + kk] as f64,
+                            Some(_) => {
+                                qa.scale[i] as f64
+                                    * (qa.q[i * qa.kp + kk] as f64 - qa.zero[i] as f64)
+                            }
+                        };
                         q += av * qw[kk * n + j] as f64 * sw[j] as f64;
                     }
                     num += (q - exact).powi(2);
