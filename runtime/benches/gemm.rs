@@ -143,7 +143,7 @@ fn narrow(shapes: &[(&str, usize, usize, usize)], filter: Option<&str>) {
         }
         let weights: Vec<PackedWeight> = kernels
             .iter()
-            .map(|kern| PackedWeight::pack(&w, k, n, false, kern.format))
+            .map(|kern| PackedWeight::pack(&w, k, n, false, kern.format).unwrap())
             .collect();
         for thr in [1, 2] {
             threads::set_threads(thr);
@@ -218,7 +218,7 @@ fn activation_schemes() {
         .iter()
         .map(|&x| gelu(1.5 * x as f64) as f32)
         .collect();
-    let wq = PackedWeight::pack(&w, k, n, true, WeightFormat::I8);
+    let wq = PackedWeight::pack(&w, k, n, true, WeightFormat::I8).unwrap();
     let (qw, sw) = (wq.quantized(), wq.scales());
     println!();
     println!("int8 activation schemes, relative RMS error of A·W ({m}x{k} · {k}x{n}, int8 W):");

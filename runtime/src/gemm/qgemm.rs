@@ -282,7 +282,9 @@ pub static KERNELS: &[QKernel] = &[
 ];
 
 /// One narrow-weight matmul: `c = act(a·dequant(b) + bias) + residual`, like
-/// [`super::GemmCall`] with the weight's format and its int8 side tables.
+/// [`super::GemmCall`] with the weight's format and its int8 side tables. The layout is the
+/// ABI generated code will fill: twelve 8-byte fields, then six u32 (120 bytes on 64-bit
+/// targets; codegen reads the offsets with `offset_of!`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct QGemmCall {
@@ -318,6 +320,9 @@ pub struct QGemmCall {
     /// Threads to split N over, 0 = the pool's default.
     pub threads: u32,
 }
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<QGemmCall>() == 120);
 
 unsafe impl Send for QGemmCall {}
 unsafe impl Sync for QGemmCall {}

@@ -72,7 +72,7 @@ impl Case {
     }
 
     fn pack(&self, format: WeightFormat) -> PackedWeight {
-        PackedWeight::pack(&self.w, self.k, self.n, self.in_out, format)
+        PackedWeight::pack(&self.w, self.k, self.n, self.in_out, format).unwrap()
     }
 
     /// `[K, N]` f32 weights.
@@ -474,4 +474,33 @@ fn isa_codes_pick_kernels_of_that_family() {
             }
         }
     }
+}
+
+/// Weights int8 cannot represent are refused with the reason, not packed wrong.
+#[test]
+fn packing_refuses_what_int8_cannot_hold() {
+    use super::quant::{PackError, MAX_I8_K};
+    let w = vec![0.5f32; 6];
+    assert_eq!(
+        PackedWeight::pack(&w, 2, 4, false, WeightFormat::I8).unwrap_err(),
+        PackError::Size { k: 2, n: 4, len: 6 }
+    );
+    let mut w = vec![0.5f32; 6];
+    w[4] = f32::NAN;
+    // [N=3, K=2]: element 4 is column 2.
+    let err = PackedWeight::pack(&w, 2, 3, false, WeightFormat::I8).unwrap_err();
+    assert!(
+        matches!(err, PackError::NonFinite { col: 2, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("column 2"), "{err}");
+    // The other formats keep the NaN, as f32 does.
+    let bf = PackedWeight::pack(&w, 2, 3, false, WeightFormat::Bf16).unwrap();
+    // Unpacked as [K, N]: k 0, column 2.
+    assert!(bf.unpack()[2].is_nan());
+    let k = MAX_I8_K + 1;
+    assert_eq!(
+        PackedWeight::pack(&vec![0.0; k], k, 1, false, WeightFormat::I8).unwrap_err(),
+        PackError::KTooLarge { k }
+    );
 }

@@ -55,6 +55,23 @@ impl WeightFormat {
     }
 }
 
+/// Why a weight cannot be packed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PackError {
+    /// The data is not `k × n` floats (a caller bug: shapes are checked when weights load).
+    #[error("a {k}x{n} weight needs {} values, got {len}", k * n)]
+    Size { k: usize, n: usize, len: usize },
+    /// int8's i32 sums are exact only up to this K (255·127·K < 2^31).
+    #[error("int8 weights need K <= {MAX_I8_K}, this one has K = {k}")]
+    KTooLarge { k: usize },
+    /// A NaN or infinite weight has no int8 scale; f32 would propagate it, int8 would hide it.
+    #[error("int8 cannot quantize output column {col}: it holds {value}")]
+    NonFinite { col: usize, value: f32 },
+}
+
+/// The largest K whose int8 dot products fit in i32 (`255·127·K < 2^31`).
+pub const MAX_I8_K: usize = 66_000;
+
 /// A weight matrix packed for [`super::qgemm`]: `[K, N]` in panels of [`PACK_NR`] columns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedWeight {
@@ -74,10 +91,19 @@ impl PackedWeight {
     /// Packs `w` (`[N, K]` as nn.Linear stores it, or `[K, N]` if `in_out`, as GPT-2's
     /// Conv1D) into `format`'s panels, quantizing or rounding to nearest.
     ///
-    /// # Panics
-    /// If `w.len() != k * n` (a caller bug: shapes are checked when weights load).
-    pub fn pack(w: &[f32], k: usize, n: usize, in_out: bool, format: WeightFormat) -> Self {
-        assert_eq!(w.len(), k * n, "weight of {k}x{n} has {} elements", w.len());
+    pub fn pack(
+        w: &[f32],
+        k: usize,
+        n: usize,
+        in_out: bool,
+        format: WeightFormat,
+    ) -> Result<Self, PackError> {
+        if w.len() != k * n {
+            return Err(PackError::Size { k, n, len: w.len() });
+        }
+        if format == WeightFormat::I8 && k > MAX_I8_K {
+            return Err(PackError::KTooLarge { k });
+        }
         let at = |kk: usize, j: usize| if in_out { w[kk * n + j] } else { w[j * k + kk] };
         let panels = n.div_ceil(PACK_NR);
         let kp = format.padded_k(k);
@@ -121,6 +147,9 @@ impl PackedWeight {
                 out.col_sums = vec![0; panels * PACK_NR];
                 for j in 0..n {
                     let (p, c) = (j / PACK_NR, j % PACK_NR);
+                    if let Some(value) = (0..k).map(|kk| at(kk, j)).find(|v| !v.is_finite()) {
+                        return Err(PackError::NonFinite { col: j, value });
+                    }
                     let amax = (0..k).map(|kk| at(kk, j).abs()).fold(0f32, f32::max);
                     // An all-zero column keeps scale 0 and quantizes to zeros.
                     let scale = amax / 127.0;
@@ -136,7 +165,7 @@ impl PackedWeight {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     pub fn format(&self) -> WeightFormat {
