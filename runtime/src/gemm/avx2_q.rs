@@ -60,7 +60,8 @@ unsafe fn i8_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
     }
 }
 
-#[inline(always)]
+#[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn start<const R: usize>(c: *mut f32, ldc: usize, init: Init) -> [[__m256; 2]; R] {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     match init {
@@ -83,7 +84,8 @@ unsafe fn start<const R: usize>(c: *mut f32, ldc: usize, init: Init) -> [[__m256
     acc
 }
 
-#[inline(always)]
+#[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn finish<const R: usize>(acc: &[[__m256; 2]; R], c: *mut f32, ldc: usize) {
     for (r, row) in acc.iter().enumerate() {
         _mm256_storeu_ps(c.add(r * ldc), row[0]);

@@ -39,17 +39,41 @@ unsafe fn vnni_i8_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: In
             ];
         }
     }
-    let mut pb = t.b;
-    for g in 0..t.kc / 4 {
-        let b0 = _mm512_loadu_si512(pb.cast());
-        let b1 = _mm512_loadu_si512(pb.add(64).cast());
-        for (r, row) in acc.iter_mut().enumerate() {
-            let a4 = (t.a.add(r * t.lda + 4 * g) as *const i32).read_unaligned();
-            let av = _mm512_set1_epi32(a4);
-            row[0] = _mm512_dpbusd_epi32(row[0], av, b0);
-            row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
+    // A macro, not a helper fn, so the intrinsics stay inside this target-feature function.
+    macro_rules! step {
+        ($acc:expr, $g:expr) => {{
+            let g = $g;
+            let pb = t.b.add(g * 4 * PACK_NR);
+            let b0 = _mm512_loadu_si512(pb.cast());
+            let b1 = _mm512_loadu_si512(pb.add(64).cast());
+            for (r, row) in $acc.iter_mut().enumerate() {
+                let a4 = (t.a.add(r * t.lda + 4 * g) as *const i32).read_unaligned();
+                let av = _mm512_set1_epi32(a4);
+                row[0] = _mm512_dpbusd_epi32(row[0], av, b0);
+                row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
+            }
+        }};
+    }
+    let groups = t.kc / 4;
+    if R <= 4 {
+        // Few rows (decode): 2R chains of vpdpbusd would wait on its latency, so even and
+        // odd k groups go to separate accumulators. Integer sums: the result is the same.
+        let mut odd = [[_mm512_setzero_si512(); 2]; R];
+        for g in (0..groups / 2 * 2).step_by(2) {
+            step!(acc, g);
+            step!(odd, g + 1);
         }
-        pb = pb.add(4 * PACK_NR);
+        if groups % 2 == 1 {
+            step!(acc, groups - 1);
+        }
+        for (row, o) in acc.iter_mut().zip(&odd) {
+            row[0] = _mm512_add_epi32(row[0], o[0]);
+            row[1] = _mm512_add_epi32(row[1], o[1]);
+        }
+    } else {
+        for g in 0..groups {
+            step!(acc, g);
+        }
     }
     for (r, row) in acc.iter().enumerate() {
         _mm512_storeu_si512(c.add(r * ldc).cast(), row[0]);
@@ -102,7 +126,8 @@ unsafe fn bw_i8_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: Init
 }
 
 /// Accumulators from the tile's init, as the f32 kernel starts them.
-#[inline(always)]
+#[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn start<const R: usize>(c: *mut f32, ldc: usize, init: Init) -> [[__m512; 2]; R] {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     match init {
@@ -125,7 +150,8 @@ unsafe fn start<const R: usize>(c: *mut f32, ldc: usize, init: Init) -> [[__m512
     acc
 }
 
-#[inline(always)]
+#[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn finish<const R: usize>(acc: &[[__m512; 2]; R], c: *mut f32, ldc: usize) {
     for (r, row) in acc.iter().enumerate() {
         _mm512_storeu_ps(c.add(r * ldc), row[0]);

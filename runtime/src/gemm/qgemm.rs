@@ -90,6 +90,21 @@ impl QKernel {
             .expect("every format has a portable kernel")
     }
 
+    /// Default cache blocking for `m` rows: a `kc × 32` weight sliver of about 16 KiB stays
+    /// in L1 while A's rows stream past it; with at most [`DECODE_ROWS`] rows (decode steps)
+    /// there is nothing to reuse it for, so K is not blocked and each tile is written once.
+    pub fn blocking_for(&self, m: usize) -> Blocking {
+        let bl = self.blocking();
+        if m <= DECODE_ROWS {
+            Blocking {
+                kc: usize::MAX / 2,
+                ..bl
+            }
+        } else {
+            bl
+        }
+    }
+
     /// Default cache blocking: a `kc × 32` weight sliver of about 16 KiB stays in L1.
     pub fn blocking(&self) -> Blocking {
         match self.format {
@@ -101,6 +116,10 @@ impl QKernel {
         }
     }
 }
+
+/// Up to this many rows a matmul is a decode step's (memory-bound: each weight is used by
+/// few rows), and runs without K blocking.
+pub const DECODE_ROWS: usize = 4;
 
 macro_rules! feature {
     ($($f:tt),*) => {{
@@ -387,7 +406,7 @@ impl QGemmCall {
     pub fn resolved(&self) -> (&'static QKernel, Blocking, usize) {
         let format = WeightFormat::from_code(self.format).unwrap_or(WeightFormat::F32);
         let kernel = QKernel::best(format, Isa::from_code(self.isa));
-        let def = kernel.blocking();
+        let def = kernel.blocking_for(self.m);
         let bl = Blocking {
             kc: if self.kc == 0 {
                 def.kc
@@ -502,7 +521,7 @@ unsafe fn block(
     let format = kernel.format;
     let group = format.padded_k(1);
     let kp = format.padded_k(g.k);
-    let kc_max = bl.kc.max(1).next_multiple_of(group);
+    let kc_max = bl.kc.clamp(1, kp).next_multiple_of(group);
     let mc_max = (bl.mc / mr).max(1) * mr;
     // Bytes from one k (group) of a panel to the next, and from one column to the next.
     let (group_bytes, col_bytes) = match format {

@@ -162,9 +162,10 @@ impl Case {
     }
 }
 
-fn blockings(kern: &QKernel) -> [Blocking; 3] {
+fn blockings(kern: &QKernel) -> [Blocking; 4] {
     [
         kern.blocking(),
+        kern.blocking_for(1),
         // Several K blocks and M blocks; 6 is rounded up to the format's k group.
         Blocking { kc: 8, mc: kern.mr },
         Blocking {
