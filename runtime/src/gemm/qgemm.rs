@@ -15,7 +15,7 @@
 //! Kernels are declared once in [`KERNELS`], best first; tests run every one this CPU has.
 
 use super::epilogue::{self, Act};
-use super::quant::{PackedWeight, QuantRows, WeightFormat};
+use super::quant::{PackedWeight, QuantRows, WeightFormat, WordLayout};
 use super::{Blocking, Init, Isa, PACK_NR};
 use crate::threads;
 
@@ -394,6 +394,54 @@ impl QGemmCall {
             ldc,
             residual: std::ptr::null(),
             format: w.format().code(),
+            act: 0,
+            kc: 0,
+            mc: 0,
+            isa: 0,
+            threads: 0,
+        }
+    }
+
+    /// `c = a·w + bias` for a weight in its word form ([`PackedWeight::to_words`]), as a
+    /// prepared-weight table holds it.
+    ///
+    /// # Safety
+    /// `words` must be [`WordLayout::of`]`(k, n, format).len` words packed for that shape.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn from_words(
+        m: usize,
+        a: *const f32,
+        lda: usize,
+        words: *const f32,
+        (k, n, format): (usize, usize, WeightFormat),
+        bias: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) -> QGemmCall {
+        let l = WordLayout::of(k, n, format);
+        let i8 = format == WeightFormat::I8;
+        QGemmCall {
+            m,
+            n,
+            k,
+            a,
+            lda,
+            b: words.cast(),
+            scales: if i8 {
+                words.add(l.scales)
+            } else {
+                std::ptr::null()
+            },
+            col_sums: if i8 {
+                words.add(l.col_sums).cast()
+            } else {
+                std::ptr::null()
+            },
+            bias,
+            c,
+            ldc,
+            residual: std::ptr::null(),
+            format: format.code(),
             act: 0,
             kc: 0,
             mc: 0,

@@ -505,3 +505,39 @@ fn packing_refuses_what_int8_cannot_hold() {
         PackError::KTooLarge { k }
     );
 }
+
+/// The word form (what prepared-weight tables and executables store) runs as the packed
+/// weight does, bit for bit.
+#[test]
+fn word_form_runs_like_the_packed_weight() {
+    use super::quant::WordLayout;
+    let mut seed = 19;
+    let case = Case::new(&mut seed, (6, 45, 37), true, true);
+    for format in [WeightFormat::I8, WeightFormat::Bf16, WeightFormat::F16] {
+        let w = case.pack(format);
+        let words = w.to_words();
+        assert_eq!(
+            words.len(),
+            WordLayout::of(case.k, case.n, format).len,
+            "{format:?}"
+        );
+        let kern = QKernel::best(format, Isa::Avx512);
+        let want = case.run(kern, &w, kern.blocking());
+        let mut got = vec![f32::NAN; case.m * case.n];
+        let bias = case.bias.as_ref().unwrap();
+        let g = unsafe {
+            QGemmCall::from_words(
+                case.m,
+                case.a.as_ptr(),
+                case.k,
+                words.as_ptr(),
+                (case.k, case.n, format),
+                bias.as_ptr(),
+                got.as_mut_ptr(),
+                case.n,
+            )
+        };
+        unsafe { qgemm(&g, kern, kern.blocking()) };
+        assert_eq!(got, want, "{format:?}");
+    }
+}

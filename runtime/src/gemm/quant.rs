@@ -16,14 +16,51 @@
 use super::PACK_NR;
 use half::{bf16, f16};
 
-/// How a matmul's weights are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// How a matmul's weights are stored (`--dtype`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 pub enum WeightFormat {
     F32,
     Bf16,
     F16,
-    /// Symmetric int8 with one f32 scale per output column.
+    /// Symmetric int8 with one f32 scale per output column; activations quantized per row.
+    #[value(name = "int8")]
+    #[serde(rename = "int8")]
     I8,
+}
+
+/// Where a packed weight's parts are in its 4-byte-word form ([`PackedWeight::to_words`]),
+/// in words: panels first (bytes padded to a word), then int8's scales and column sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WordLayout {
+    pub scales: usize,
+    pub col_sums: usize,
+    pub len: usize,
+}
+
+impl WordLayout {
+    pub fn of(k: usize, n: usize, format: WeightFormat) -> WordLayout {
+        let cols = n.div_ceil(PACK_NR) * PACK_NR;
+        let data_bytes = cols * format.padded_k(k) * format.bytes_per_weight();
+        let scales = data_bytes.div_ceil(4);
+        let side = if format == WeightFormat::I8 { cols } else { 0 };
+        WordLayout {
+            scales,
+            col_sums: scales + side,
+            len: scales + 2 * side,
+        }
+    }
 }
 
 impl WeightFormat {
@@ -198,6 +235,23 @@ impl PackedWeight {
     /// int8: per-column sums of the quantized weights (empty for other formats).
     pub fn col_sums(&self) -> &[i32] {
         &self.col_sums
+    }
+
+    /// The packed weight as 4-byte words ([`WordLayout`]), the unit of the prepared-weight
+    /// tables and of the F32 tensors an executable embeds: no arithmetic touches them, so
+    /// the bits survive.
+    pub fn to_words(&self) -> Vec<f32> {
+        let layout = WordLayout::of(self.k, self.n, self.format);
+        let mut out = Vec::with_capacity(layout.len);
+        out.extend(self.data.chunks(4).map(|c| {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            f32::from_le_bytes(b)
+        }));
+        out.extend(&self.scales);
+        out.extend(self.col_sums.iter().map(|&s| f32::from_bits(s as u32)));
+        debug_assert_eq!(out.len(), layout.len);
+        out
     }
 
     /// int8: the quantized weights `[K, N]` row-major (empty for other formats).
