@@ -541,3 +541,39 @@ fn word_form_runs_like_the_packed_weight() {
         assert_eq!(got, want, "{format:?}");
     }
 }
+
+/// `WeightPrep::Quantized` prepares the word form with the length it announces, and a
+/// weight int8 cannot hold is an error naming why.
+#[test]
+fn weight_prep_quantized_matches_its_length() {
+    use crate::native::WeightPrep;
+    use crate::weights::F32Buffer;
+    let mut seed = 23;
+    let case = Case::new(&mut seed, (1, 70, 33), false, false);
+    let raw = F32Buffer::from_vec(case.w.clone());
+    for format in [WeightFormat::I8, WeightFormat::Bf16, WeightFormat::F16] {
+        let prep = WeightPrep::Quantized {
+            k: case.k,
+            n: case.n,
+            in_out: false,
+            format,
+        };
+        let data = prep.apply(&raw).unwrap();
+        assert_eq!(data.len(), prep.prepared_len(raw.len()), "{format:?}");
+        let words = case.pack(format).to_words();
+        assert!(data
+            .iter()
+            .zip(&words)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+    let mut bad = case.w.clone();
+    bad[5] = f32::INFINITY;
+    let prep = WeightPrep::Quantized {
+        k: case.k,
+        n: case.n,
+        in_out: false,
+        format: WeightFormat::I8,
+    };
+    let err = prep.apply(&F32Buffer::from_vec(bad)).unwrap_err();
+    assert!(err.to_string().contains("column 0"), "{err}");
+}
