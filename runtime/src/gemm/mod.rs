@@ -12,6 +12,10 @@
 //! every element sums its products in the same order: results are identical for any
 //! number of threads. The epilogue (activation, residual) runs on each tile right after its
 //! last K block, while the tile is in L1.
+//!
+//! Narrow weights (int8, bf16, f16) have the same loop nest in `qgemm.rs`, their formats and
+//! packing in `quant.rs`, and their kernels beside the f32 ones (`avx512_q.rs`, `avx2_q.rs`,
+//! `portable_q.rs`).
 
 mod avx2;
 mod avx2_q;
