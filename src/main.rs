@@ -214,6 +214,10 @@ fn graph(
 
 fn main() {
     let cli = Cli::parse();
+    if let Err(e) = cli.common.weight_format() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     if let Some(n) = cli.common.threads {
         cranformer_runtime::threads::set_threads(n);
     }

@@ -12,7 +12,7 @@ use crate::Model;
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use cranformer_runtime::compiled::{self, prepared_key, NativeEngine, Program, PROGRAM_VERSION};
 use cranformer_runtime::config::ModelConfig;
-use cranformer_runtime::native::{EntryFn, EntryMeta, WeightPrep, PANEL};
+use cranformer_runtime::native::{EntryFn, EntryMeta};
 use cranformer_runtime::tokenize::{Tokenizer, TokenizerKind};
 use cranformer_runtime::weights::Weights;
 use cranformer_runtime::{Engine, EngineError, Outputs, Tensor};
@@ -295,11 +295,7 @@ fn write_prepared(model: &Model, entries: &[EntryMeta], out: &Path) -> Result<()
             let raw = model
                 .weight(key)
                 .ok_or_else(|| AotError::Model(format!("weight {key} was not loaded")))?;
-            let len = match *prep {
-                WeightPrep::AsIs => raw.len(),
-                WeightPrep::Panels { k, n, .. } => n.div_ceil(PANEL) * k * PANEL,
-                WeightPrep::PadPanel { n } => n.div_ceil(PANEL) * PANEL,
-            };
+            let len = prep.prepared_len(raw.len());
             items.insert(prepared_key(key, *prep), (raw, *prep, len));
         }
     }
@@ -324,8 +320,10 @@ fn write_prepared(model: &Model, entries: &[EntryMeta], out: &Path) -> Result<()
         .map_err(io(out))?;
     // Safetensors is little-endian, as are the hosts Cranelift targets here.
     const _: () = assert!(cfg!(target_endian = "little"));
-    for (raw, prep, len) in items.values() {
-        let data = prep.apply(raw);
+    for (name, (raw, prep, len)) in &items {
+        let data = prep
+            .apply(raw)
+            .map_err(|e| AotError::Model(format!("weight {name}: {e}")))?;
         assert_eq!(data.len(), *len, "prepared length");
         // SAFETY: any f32 slice is readable as bytes.
         let bytes =

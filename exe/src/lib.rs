@@ -106,6 +106,7 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
         .unwrap_or_else(|| "model".into());
     let cli = parse(&program, &name, args);
     let common = &cli.common;
+    common.weight_format().map_err(anyhow::Error::msg)?;
     if !matches!(common.engine.as_str(), "jit" | "aot") {
         bail!(
             "--engine {:?}: a compiled executable runs its compiled code only (run `cranformer {} MODEL_DIR --engine interp` for the interpreter)",

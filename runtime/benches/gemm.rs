@@ -1,11 +1,29 @@
 //! `cargo bench -p cranformer-runtime --bench gemm`: the matmul micro-kernels on real model
 //! shapes, per ISA and thread count: median time, GFLOP/s, and GB/s of weights streamed.
+//! Then the narrow weights (int8, bf16, f16) against f32, interleaved round by round, with
+//! the median of per-round ratios; then the accuracy of int8 activation schemes.
+//! `-- NAME` keeps the shapes whose name contains NAME.
 
-use cranformer_runtime::gemm::{pack_b, sgemm, Blocking, GemmCall, Isa, PACK_NR};
+use cranformer_runtime::gemm::quant::QuantRows;
+use cranformer_runtime::gemm::{
+    pack_b, qgemm, sgemm, Blocking, GemmCall, Isa, PackedWeight, QGemmCall, QKernel, WeightFormat,
+    KERNELS, PACK_NR,
+};
 use cranformer_runtime::threads;
 use std::time::Instant;
 
 fn main() {
+    println!("cpu: {}", cpu_model());
+    println!(
+        "isa: {} (f32); narrow kernels here: {}",
+        Isa::detect().name(),
+        KERNELS
+            .iter()
+            .filter(|k| k.available())
+            .map(|k| k.name)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let shapes = [
         ("bert_base_s128_ffn_in", 128, 3072, 768),
         ("bert_base_s128_ffn_out", 128, 768, 3072),
@@ -68,6 +86,170 @@ fn main() {
                     med * 1e3
                 );
             }
+        }
+    }
+    narrow(&shapes, filter.as_deref());
+    activation_schemes();
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Each format's best kernel (and the fallbacks of its family below it) against f32's,
+/// interleaved: every round times each once, so drift hits them alike.
+fn narrow(shapes: &[(&str, usize, usize, usize)], filter: Option<&str>) {
+    println!();
+    println!(
+        "{:<26} {:<26} {:>3} {:>10} {:>9} {:>8} {:>9}",
+        "shape", "kernel", "thr", "median_ms", "GOP/s", "GB/s(B)", "x f32"
+    );
+    let isa = Isa::detect();
+    for &(name, m, n, k) in shapes {
+        if filter.is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.01)
+            .collect();
+        let bias = vec![0.1f32; n];
+        let packed = pack_b(&w, k, n, false, PACK_NR);
+        // The best kernel of each format, plus the int8 kernel without VNNI and the bf16 one
+        // without vdpbf16ps where they differ from the best.
+        let mut kernels: Vec<&QKernel> = Vec::new();
+        for f in [WeightFormat::I8, WeightFormat::Bf16, WeightFormat::F16] {
+            for kern in KERNELS
+                .iter()
+                .filter(|k| k.format == f && k.isa == isa && k.available())
+            {
+                kernels.push(kern);
+            }
+        }
+        let weights: Vec<PackedWeight> = kernels
+            .iter()
+            .map(|kern| PackedWeight::pack(&w, k, n, false, kern.format).unwrap())
+            .collect();
+        for thr in [1, 2] {
+            threads::set_threads(thr);
+            let mut outs = vec![vec![0f32; m * n]; kernels.len() + 1];
+            let mut times = vec![Vec::new(); kernels.len() + 1];
+            for round in 0..25 {
+                let c = outs[0].as_mut_ptr();
+                let g = GemmCall::new(m, n, k, a.as_ptr(), k, packed.as_ptr(), bias.as_ptr(), c, n);
+                let t = Instant::now();
+                unsafe { sgemm(&g, isa, Blocking::default_for(isa)) };
+                let f32_time = t.elapsed().as_secs_f64();
+                if round >= 3 {
+                    times[0].push(f32_time);
+                }
+                for (i, (kern, pw)) in kernels.iter().zip(&weights).enumerate() {
+                    let c = outs[i + 1].as_mut_ptr();
+                    let g = QGemmCall::new(m, a.as_ptr(), k, pw, bias.as_ptr(), c, n);
+                    let t = Instant::now();
+                    unsafe { qgemm(&g, kern, kern.blocking_for(m)) };
+                    if round >= 3 {
+                        times[i + 1].push(t.elapsed().as_secs_f64() / f32_time);
+                    }
+                }
+            }
+            let f32_med = median(&mut times[0].clone());
+            let ops = 2.0 * (m * n * k) as f64;
+            println!(
+                "{name:<26} {:<26} {thr:>3} {:>10.3} {:>9.1} {:>8.1} {:>9}",
+                format!("{}_mm_f32", isa.name()),
+                f32_med * 1e3,
+                ops / f32_med / 1e9,
+                (n * k * 4) as f64 / f32_med / 1e9,
+                "1.00"
+            );
+            for (i, (kern, pw)) in kernels.iter().zip(&weights).enumerate() {
+                let ratio = median(&mut times[i + 1]);
+                let t = ratio * f32_med;
+                println!(
+                    "{name:<26} {:<26} {thr:>3} {:>10.3} {:>9.1} {:>8.1} {:>9.2}",
+                    kern.name,
+                    t * 1e3,
+                    ops / t / 1e9,
+                    pw.stream_bytes() as f64 / t / 1e9,
+                    ratio
+                );
+            }
+        }
+    }
+    threads::set_threads(0);
+}
+
+/// How much int8 activation quantization costs, per scheme, on two kinds of inputs: the
+/// relative RMS error of `A·W` (W int8 per column in every case) against f64.
+/// 8-bit asymmetric is what the kernels do (every int8 kernel, AVX2 included, computes it
+/// exactly); 7-bit asymmetric is what AVX2's `vpmaddubsw` would need to avoid i16 saturation.
+fn activation_schemes() {
+    let (m, n, k) = (64, 256, 768);
+    let mut seed = 42u64;
+    let mut uniform = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 40) as f64 / (1u64 << 24) as f64
+    };
+    // Roughly normal: a sum of 4 uniforms, scaled to unit variance.
+    let mut normal = move || ((0..4).map(|_| uniform()).sum::<f64>() - 2.0) * 3f64.sqrt();
+    let w: Vec<f32> = (0..n * k).map(|_| 0.05 * normal() as f32).collect();
+    let normal_a: Vec<f32> = (0..m * k).map(|_| normal() as f32).collect();
+    // Post-GELU inputs of an FFN's second matmul: skewed, mostly in [-0.17, 3].
+    let gelu = |x: f64| 0.5 * x * (1.0 + (0.797_884_56 * (x + 0.044715 * x * x * x)).tanh());
+    let gelu_a: Vec<f32> = normal_a
+        .iter()
+        .map(|&x| gelu(1.5 * x as f64) as f32)
+        .collect();
+    let wq = PackedWeight::pack(&w, k, n, true, WeightFormat::I8).unwrap();
+    let (qw, sw) = (wq.quantized(), wq.scales());
+    println!();
+    println!("int8 activation schemes, relative RMS error of A·W ({m}x{k} · {k}x{n}, int8 W):");
+    for (inputs, a) in [("normal", &normal_a), ("post-GELU", &gelu_a)] {
+        for (scheme, levels) in [
+            ("f32 (weight error alone)", None),
+            ("u8 asymmetric (kernels)", Some(256)),
+            ("7-bit asymmetric", Some(128)),
+        ] {
+            let mut qa = QuantRows::new();
+            unsafe { qa.quantize(a.as_ptr(), k, m, k, false, levels.unwrap_or(256)) };
+            let (mut num, mut den) = (0f64, 0f64);
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut exact, mut q) = (0f64, 0f64);
+                    for kk in 0..k {
+                        exact += a[i * k + kk] as f64 * w[kk * n + j] as f64;
+                        let av = match levels {
+                            None => a[i * k + kk] as f64,
+                            Some(_) => {
+                                qa.scale[i] as f64
+                                    * (qa.q[i * qa.kp + kk] as f64 - qa.zero[i] as f64)
+                            }
+                        };
+                        q += av * qw[kk * n + j] as f64 * sw[j] as f64;
+                    }
+                    num += (q - exact).powi(2);
+                    den += exact * exact;
+                }
+            }
+            println!("  {inputs:<10} {scheme:<26} {:.2e}", (num / den).sqrt());
         }
     }
 }

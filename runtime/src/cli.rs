@@ -1,6 +1,7 @@
 //! The tasks' command line, shared by `cranformer` (which puts MODEL_DIR first) and by every
 //! compiled model executable (which has its model built in).
 
+use crate::gemm::WeightFormat;
 use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -34,6 +35,41 @@ pub struct Common {
     /// Print timings and engine details on stderr.
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    /// Weight precision: f32, bf16, f16 or int8 (comma-separated, several for `bench` to
+    /// compare). Only f32 runs end to end so far.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "f32"
+    )]
+    pub dtype: Vec<WeightFormat>,
+}
+
+impl Common {
+    /// The weight precision to run, or why it cannot run: the runtime has int8, bf16 and f16
+    /// matmul kernels (`gemm::qgemm`), but the compiler does not emit calls to them yet, and
+    /// running f32 instead would silently ignore the flag.
+    pub fn weight_format(&self) -> Result<WeightFormat, String> {
+        match self.dtype[..] {
+            [WeightFormat::F32] => Ok(WeightFormat::F32),
+            [d] => Err(format!(
+                "--dtype {}: {} weights have runtime kernels but the compiler does not use them \
+                 yet (issue 9); run with --dtype f32",
+                d.name(),
+                d.name()
+            )),
+            _ => Err(format!(
+                "--dtype takes one value here, got {}",
+                self.dtype
+                    .iter()
+                    .map(|d| d.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -179,5 +215,63 @@ impl Task {
             Task::Rerank(_) => "rerank",
             Task::Generate(_) => "generate",
         }
+    }
+}
+
+#[cfg(test)]
+mod dtype_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: Common,
+    }
+
+    fn parse(args: &[&str]) -> Result<Common, String> {
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .map(|c| c.common)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn dtype_defaults_to_f32_and_parses_each_format() {
+        assert_eq!(parse(&[]).unwrap().dtype, [WeightFormat::F32]);
+        assert_eq!(parse(&[]).unwrap().weight_format(), Ok(WeightFormat::F32));
+        for (arg, want) in [
+            ("f32", WeightFormat::F32),
+            ("bf16", WeightFormat::Bf16),
+            ("f16", WeightFormat::F16),
+            ("int8", WeightFormat::I8),
+        ] {
+            assert_eq!(parse(&["--dtype", arg]).unwrap().dtype, [want]);
+        }
+        assert_eq!(
+            parse(&["--dtype", "int8,f32"]).unwrap().dtype,
+            [WeightFormat::I8, WeightFormat::F32]
+        );
+    }
+
+    #[test]
+    fn dtype_errors_name_the_flag_and_the_choices() {
+        let err = parse(&["--dtype", "int4"]).unwrap_err();
+        assert!(
+            err.contains("int4") && err.contains("int8") && err.contains("bf16"),
+            "{err}"
+        );
+        let err = parse(&["--dtype", "int8"])
+            .unwrap()
+            .weight_format()
+            .unwrap_err();
+        assert!(
+            err.contains("--dtype int8") && err.contains("--dtype f32"),
+            "{err}"
+        );
+        let err = parse(&["--dtype", "int8,f32"])
+            .unwrap()
+            .weight_format()
+            .unwrap_err();
+        assert!(err.contains("one value"), "{err}");
     }
 }

@@ -47,6 +47,16 @@ pub fn prepared_key(key: &str, prep: WeightPrep) -> String {
             )
         }
         WeightPrep::PadPanel { n } => format!("{key}#pad.{n}"),
+        WeightPrep::Quantized {
+            k,
+            n,
+            in_out,
+            format,
+        } => format!(
+            "{key}#{}.{k}x{n}.{}",
+            format.name(),
+            if in_out { "in_out" } else { "out_in" }
+        ),
     }
 }
 

@@ -101,6 +101,16 @@ pub enum WeightPrep {
     PadPanel {
         n: usize,
     },
+    /// A matmul weight in a narrow format (int8, bf16, f16), packed by
+    /// [`crate::gemm::PackedWeight`] and held in its word form
+    /// ([`crate::gemm::quant::WordLayout`]) for [`crate::gemm::cranformer_qgemm`]. The compiler
+    /// does not emit it yet (issue 9); f32 weights keep [`WeightPrep::Panels`].
+    Quantized {
+        k: usize,
+        n: usize,
+        in_out: bool,
+        format: crate::gemm::WeightFormat,
+    },
 }
 
 /// Columns per packed weight panel: the runtime's widest micro-kernel tile. The generated
@@ -109,9 +119,10 @@ pub enum WeightPrep {
 pub const PANEL: usize = crate::gemm::PACK_NR;
 
 impl WeightPrep {
-    /// The prepared tensor from the checkpoint's data.
-    pub fn apply(self, w: &F32Buffer) -> F32Buffer {
-        match self {
+    /// The prepared tensor from the checkpoint's data (only int8 can refuse a weight: see
+    /// [`crate::gemm::quant::PackError`]).
+    pub fn apply(self, w: &F32Buffer) -> Result<F32Buffer, crate::gemm::quant::PackError> {
+        Ok(match self {
             WeightPrep::AsIs => w.clone(),
             WeightPrep::Panels { k, n, in_out } => {
                 F32Buffer::from_vec(crate::gemm::pack_b(w, k, n, in_out, PANEL))
@@ -120,6 +131,26 @@ impl WeightPrep {
                 let mut out = w[..n].to_vec();
                 out.resize(n.div_ceil(PANEL) * PANEL, 0.0);
                 F32Buffer::from_vec(out)
+            }
+            WeightPrep::Quantized {
+                k,
+                n,
+                in_out,
+                format,
+            } => F32Buffer::from_vec(
+                crate::gemm::PackedWeight::pack(w, k, n, in_out, format)?.to_words(),
+            ),
+        })
+    }
+
+    /// Length in 4-byte words of the prepared tensor made from `raw_len` values.
+    pub fn prepared_len(self, raw_len: usize) -> usize {
+        match self {
+            WeightPrep::AsIs => raw_len,
+            WeightPrep::Panels { k, n, .. } => n.div_ceil(PANEL) * k * PANEL,
+            WeightPrep::PadPanel { n } => n.div_ceil(PANEL) * PANEL,
+            WeightPrep::Quantized { k, n, format, .. } => {
+                crate::gemm::quant::WordLayout::of(k, n, format).len
             }
         }
     }
@@ -289,7 +320,8 @@ impl NativeEntry {
                 let raw = WeightSource::parse(key)
                     .resolve(checkpoint)
                     .ok_or_else(|| format!("weight {key} not loaded"))?;
-                prepared.insert(k.clone(), prep.apply(&raw));
+                let data = prep.apply(&raw).map_err(|e| format!("weight {key}: {e}"))?;
+                prepared.insert(k.clone(), data);
             }
             weights.push(prepared[&k].clone());
         }

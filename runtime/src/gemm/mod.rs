@@ -12,14 +12,25 @@
 //! every element sums its products in the same order: results are identical for any
 //! number of threads. The epilogue (activation, residual) runs on each tile right after its
 //! last K block, while the tile is in L1.
+//!
+//! Narrow weights (int8, bf16, f16) have the same loop nest in `qgemm.rs`, their formats and
+//! packing in `quant.rs`, and their kernels beside the f32 ones (`avx512_q.rs`, `avx2_q.rs`,
+//! `portable_q.rs`).
 
 mod avx2;
+mod avx2_q;
 mod avx512;
+mod avx512_q;
 pub mod epilogue;
 mod portable;
+mod portable_q;
 pub mod profile;
+pub mod qgemm;
+pub mod quant;
 
 pub use epilogue::Act;
+pub use qgemm::{qgemm, QGemmCall, QKernel, KERNELS};
+pub use quant::{PackedWeight, WeightFormat};
 
 use crate::threads;
 
@@ -499,5 +510,7 @@ pub fn detected() -> Isa {
     *ISA.get_or_init(Isa::detect)
 }
 
+#[cfg(test)]
+mod qtests;
 #[cfg(test)]
 mod tests;

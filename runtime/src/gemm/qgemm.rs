@@ -1,0 +1,757 @@
+//! Matrix multiply with narrow weights, `C = act(A·dequant(B) + bias) + residual`: the same
+//! loop nest as the f32 [`super::sgemm`] (threads split column panels, K blocks independent
+//! of the thread count, epilogue on each tile after its last K block), with weights packed
+//! by [`PackedWeight`].
+//!
+//! - int8: A is quantized per row (asymmetric u8, see [`QuantRows`]) once per call, before the
+//!   threads start; the kernels accumulate exact i32 dot products, kept in C's memory between
+//!   K blocks, and the last block dequantizes the tile in place,
+//!   `y = (sa_i·sw_j)·(acc_ij - z_i·Σ_k w_kj) + bias_j`, before the f32 epilogue. Integer
+//!   sums are exact, so every int8 kernel, blocking and thread count gives the same bits.
+//! - bf16 / f16: f32 accumulation like the f32 kernels (bias in the accumulators), weights
+//!   widened in registers. `vdpbf16ps` (AVX512-BF16) also rounds the activations to bf16
+//!   (the operand format), which the widening kernels do not: see `BF16_DOT_TOLERANCE`.
+//!
+//! Kernels are declared once in [`KERNELS`], best first; tests run every one this CPU has.
+
+use super::epilogue::{self, Act};
+use super::quant::{PackedWeight, QuantRows, WeightFormat, WordLayout};
+use super::{Blocking, Init, Isa, PACK_NR};
+use crate::threads;
+
+use super::portable_q;
+#[cfg(target_arch = "x86_64")]
+use super::{avx2_q, avx512_q};
+
+/// One register tile of a narrow-weight kernel.
+pub(crate) struct QTile {
+    /// K of this block, padded to the format's group (4 for int8, 2 for bf16).
+    pub kc: usize,
+    /// int8: the quantized rows (u8, or i16 for widening kernels) at the block's first k,
+    /// `lda` elements apart. bf16/f16: the packed A sliver, `[kc][rows]` f32 or, for
+    /// `vdpbf16ps`, `[kc/2][rows]` bf16 pairs.
+    pub a: *const u8,
+    pub lda: usize,
+    /// The weight panel at the block's first k and the tile's first column.
+    pub b: *const u8,
+    pub rows: usize,
+    pub cols: usize,
+    pub init: Init,
+    pub bias_cols_valid: usize,
+}
+
+/// A micro-kernel: full-width tile of `rows` rows into `c` (stride `ldc`); int8 kernels
+/// write i32 bits and only see `Init::Zero` or `Init::Load`.
+type KernelFn = unsafe fn(&QTile, *mut f32, usize, Init);
+
+/// What a kernel wants of A.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AForm {
+    /// Quantized rows as u8.
+    U8,
+    /// Quantized rows widened to i16 (for `vpmaddwd`).
+    I16,
+    /// f32 slivers `[kc][rows]`.
+    F32,
+    /// bf16 pair slivers `[kc/2][rows]` (u32 each).
+    Bf16Pairs,
+}
+
+/// A narrow-weight micro-kernel, named by ISA, op, dtype and tile as tract names them.
+pub struct QKernel {
+    pub name: &'static str,
+    pub format: WeightFormat,
+    /// The family it belongs to: `CRANFORMER_ISA` and [`QGemmCall::isa`] select among them.
+    pub isa: Isa,
+    pub mr: usize,
+    pub nr: usize,
+    available: fn() -> bool,
+    pub(crate) a_form: AForm,
+    tile: KernelFn,
+}
+
+impl std::fmt::Debug for QKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl QKernel {
+    /// Whether this CPU runs it.
+    pub fn available(&self) -> bool {
+        (self.available)()
+    }
+
+    /// The best kernel for `format` within `isa`'s family (or a narrower one).
+    pub fn best(format: WeightFormat, isa: Isa) -> &'static QKernel {
+        KERNELS
+            .iter()
+            .find(|k| k.format == format && k.isa >= isa && k.available())
+            .expect("every format has a portable kernel")
+    }
+
+    /// Default cache blocking for `m` rows: a `kc × 32` weight sliver of about 16 KiB stays
+    /// in L1 while A's rows stream past it; with at most [`DECODE_ROWS`] rows (decode steps)
+    /// there is nothing to reuse it for, so K is not blocked and each tile is written once.
+    pub fn blocking_for(&self, m: usize) -> Blocking {
+        let bl = self.blocking();
+        if m <= DECODE_ROWS {
+            Blocking {
+                kc: usize::MAX / 2,
+                ..bl
+            }
+        } else {
+            bl
+        }
+    }
+
+    /// Default cache blocking: a `kc × 32` weight sliver of about 16 KiB stays in L1.
+    pub fn blocking(&self) -> Blocking {
+        match self.format {
+            WeightFormat::I8 => Blocking { kc: 512, mc: 144 },
+            _ => Blocking {
+                kc: 256,
+                mc: Blocking::default_for(self.isa).mc,
+            },
+        }
+    }
+}
+
+/// Up to this many rows a matmul is a decode step's (memory-bound: each weight is used by
+/// few rows), and runs without K blocking.
+pub const DECODE_ROWS: usize = 4;
+
+macro_rules! feature {
+    ($($f:tt),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        fn f() -> bool {
+            true $(&& std::is_x86_feature_detected!($f))*
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        fn f() -> bool {
+            false
+        }
+        f
+    }};
+}
+
+macro_rules! kernel {
+    ($name:literal, $format:ident, $isa:ident, $mr:expr, $nr:expr, $a:ident, $tile:path,
+     [$($f:tt),*]) => {
+        QKernel {
+            name: $name,
+            format: WeightFormat::$format,
+            isa: Isa::$isa,
+            mr: $mr,
+            nr: $nr,
+            available: feature!($($f),*),
+            a_form: AForm::$a,
+            tile: $tile,
+        }
+    };
+}
+
+/// Every narrow-weight kernel, best first within each format.
+#[cfg(target_arch = "x86_64")]
+pub static KERNELS: &[QKernel] = &[
+    kernel!(
+        "avx512vnni_mmm_i8_12x32",
+        I8,
+        Avx512,
+        12,
+        32,
+        U8,
+        avx512_q::vnni_i8,
+        ["avx512f", "avx512bw", "avx512vnni"]
+    ),
+    kernel!(
+        "avx512bw_mmm_i8_6x32",
+        I8,
+        Avx512,
+        6,
+        32,
+        I16,
+        avx512_q::bw_i8,
+        ["avx512f", "avx512bw"]
+    ),
+    kernel!(
+        "avx2_mmm_i8_6x8",
+        I8,
+        Avx2,
+        6,
+        8,
+        I16,
+        avx2_q::i8,
+        ["avx2", "fma"]
+    ),
+    kernel!(
+        "portable_mmm_i8_4x8",
+        I8,
+        Portable,
+        4,
+        8,
+        U8,
+        portable_q::i8,
+        []
+    ),
+    kernel!(
+        "avx512bf16_mmm_bf16_12x32",
+        Bf16,
+        Avx512,
+        12,
+        32,
+        Bf16Pairs,
+        avx512_q::bf16_dot,
+        ["avx512f", "avx512bf16"]
+    ),
+    kernel!(
+        "avx512_mmm_bf16_12x32",
+        Bf16,
+        Avx512,
+        12,
+        32,
+        F32,
+        avx512_q::bf16,
+        ["avx512f"]
+    ),
+    kernel!(
+        "avx2_mmm_bf16_6x16",
+        Bf16,
+        Avx2,
+        6,
+        16,
+        F32,
+        avx2_q::bf16,
+        ["avx2", "fma"]
+    ),
+    kernel!(
+        "portable_mmm_bf16_4x8",
+        Bf16,
+        Portable,
+        4,
+        8,
+        F32,
+        portable_q::bf16,
+        []
+    ),
+    kernel!(
+        "avx512_mmm_f16_12x32",
+        F16,
+        Avx512,
+        12,
+        32,
+        F32,
+        avx512_q::f16,
+        ["avx512f"]
+    ),
+    kernel!(
+        "avx2_mmm_f16_6x16",
+        F16,
+        Avx2,
+        6,
+        16,
+        F32,
+        avx2_q::f16,
+        ["avx2", "fma", "f16c"]
+    ),
+    kernel!(
+        "portable_mmm_f16_4x8",
+        F16,
+        Portable,
+        4,
+        8,
+        F32,
+        portable_q::f16,
+        []
+    ),
+];
+
+#[cfg(not(target_arch = "x86_64"))]
+pub static KERNELS: &[QKernel] = &[
+    kernel!(
+        "portable_mmm_i8_4x8",
+        I8,
+        Portable,
+        4,
+        8,
+        U8,
+        portable_q::i8,
+        []
+    ),
+    kernel!(
+        "portable_mmm_bf16_4x8",
+        Bf16,
+        Portable,
+        4,
+        8,
+        F32,
+        portable_q::bf16,
+        []
+    ),
+    kernel!(
+        "portable_mmm_f16_4x8",
+        F16,
+        Portable,
+        4,
+        8,
+        F32,
+        portable_q::f16,
+        []
+    ),
+];
+
+/// One narrow-weight matmul: `c = act(a·dequant(b) + bias) + residual`, like
+/// [`super::GemmCall`] with the weight's format and its int8 side tables. The layout is the
+/// ABI generated code will fill: twelve 8-byte fields, then six u32 (120 bytes on 64-bit
+/// targets; codegen reads the offsets with `offset_of!`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct QGemmCall {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// `[M, K]`, row stride `lda`.
+    pub a: *const f32,
+    pub lda: usize,
+    /// Panels as [`PackedWeight::data`].
+    pub b: *const u8,
+    /// int8: per-column scales, [`PackedWeight::scales`]; null otherwise.
+    pub scales: *const f32,
+    /// int8: per-column sums, [`PackedWeight::col_sums`]; null otherwise.
+    pub col_sums: *const i32,
+    /// `[N]` or null.
+    pub bias: *const f32,
+    /// `[M, N]`, row stride `ldc`.
+    pub c: *mut f32,
+    pub ldc: usize,
+    /// `[M, N]` with stride `ldc`, added after the activation; or null.
+    pub residual: *const f32,
+    /// [`WeightFormat`] code: 0 f32, 1 bf16, 2 f16, 3 int8.
+    pub format: u32,
+    /// [`Act`] code.
+    pub act: u32,
+    /// K per block, 0 = the kernel's default.
+    pub kc: u32,
+    /// Rows of A per block, 0 = the kernel's default.
+    pub mc: u32,
+    /// 0 auto, 1 avx512, 2 avx2, 3 portable, as [`super::GemmCall::isa`].
+    pub isa: u32,
+    /// Threads to split N over, 0 = the pool's default.
+    pub threads: u32,
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<QGemmCall>() == 120);
+
+unsafe impl Send for QGemmCall {}
+unsafe impl Sync for QGemmCall {}
+
+impl WeightFormat {
+    /// [`QGemmCall::format`]'s code.
+    pub fn code(self) -> u32 {
+        match self {
+            WeightFormat::F32 => 0,
+            WeightFormat::Bf16 => 1,
+            WeightFormat::F16 => 2,
+            WeightFormat::I8 => 3,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<WeightFormat> {
+        Some(match code {
+            0 => WeightFormat::F32,
+            1 => WeightFormat::Bf16,
+            2 => WeightFormat::F16,
+            3 => WeightFormat::I8,
+            _ => return None,
+        })
+    }
+}
+
+impl QGemmCall {
+    /// `c = a·w + bias` with automatic tiling; `w` must outlive the call's use.
+    pub fn new(
+        m: usize,
+        a: *const f32,
+        lda: usize,
+        w: &PackedWeight,
+        bias: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) -> QGemmCall {
+        let ptr_or_null = |empty: bool, p: *const u8| if empty { std::ptr::null() } else { p };
+        QGemmCall {
+            m,
+            n: w.n(),
+            k: w.k(),
+            a,
+            lda,
+            b: w.data().as_ptr(),
+            scales: ptr_or_null(w.scales().is_empty(), w.scales().as_ptr().cast()).cast(),
+            col_sums: ptr_or_null(w.col_sums().is_empty(), w.col_sums().as_ptr().cast()).cast(),
+            bias,
+            c,
+            ldc,
+            residual: std::ptr::null(),
+            format: w.format().code(),
+            act: 0,
+            kc: 0,
+            mc: 0,
+            isa: 0,
+            threads: 0,
+        }
+    }
+
+    /// `c = a·w + bias` for a weight in its word form ([`PackedWeight::to_words`]), as a
+    /// prepared-weight table holds it.
+    ///
+    /// # Safety
+    /// `words` must be [`WordLayout::of`]`(k, n, format).len` words packed for that shape.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn from_words(
+        m: usize,
+        a: *const f32,
+        lda: usize,
+        words: *const f32,
+        (k, n, format): (usize, usize, WeightFormat),
+        bias: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) -> QGemmCall {
+        let l = WordLayout::of(k, n, format);
+        let i8 = format == WeightFormat::I8;
+        QGemmCall {
+            m,
+            n,
+            k,
+            a,
+            lda,
+            b: words.cast(),
+            scales: if i8 {
+                words.add(l.scales)
+            } else {
+                std::ptr::null()
+            },
+            col_sums: if i8 {
+                words.add(l.col_sums).cast()
+            } else {
+                std::ptr::null()
+            },
+            bias,
+            c,
+            ldc,
+            residual: std::ptr::null(),
+            format: format.code(),
+            act: 0,
+            kc: 0,
+            mc: 0,
+            isa: 0,
+            threads: 0,
+        }
+    }
+
+    /// The kernel, blocking and thread count once the zeros ("auto") are resolved.
+    pub fn resolved(&self) -> (&'static QKernel, Blocking, usize) {
+        let format = WeightFormat::from_code(self.format).unwrap_or(WeightFormat::F32);
+        let kernel = QKernel::best(format, Isa::from_code(self.isa));
+        let def = kernel.blocking_for(self.m);
+        let bl = Blocking {
+            kc: if self.kc == 0 {
+                def.kc
+            } else {
+                self.kc as usize
+            },
+            mc: if self.mc == 0 {
+                def.mc
+            } else {
+                self.mc as usize
+            },
+        };
+        let pool = threads::threads();
+        let panels = self.n.div_ceil(PACK_NR).max(1);
+        let t = match self.threads {
+            0 => pool.min((self.m * self.n * self.k / 200_000).max(1)),
+            t => (t as usize).min(pool),
+        };
+        (kernel, bl, t.min(panels).max(1))
+    }
+}
+
+thread_local! {
+    static QUANT_A: std::cell::RefCell<QuantRows> = const { std::cell::RefCell::new(QuantRows::new()) };
+    static PACKED_A: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `C = act(A·dequant(B) + bias) + residual` with `kernel` (which must run on this CPU and
+/// match the call's format) and `blocking`, on the call's thread count.
+///
+/// # Safety
+/// The pointers must be valid for the sizes given; B, scales and column sums as a
+/// [`PackedWeight`] of the call's format, K and N.
+pub unsafe fn qgemm(g: &QGemmCall, kernel: &QKernel, blocking: Blocking) {
+    assert!(
+        kernel.available() && kernel.format.code() == g.format,
+        "{} cannot run a matmul of format code {}",
+        kernel.name,
+        g.format
+    );
+    let (_, _, tasks) = g.resolved();
+    run(g, kernel, blocking, tasks)
+}
+
+/// C entry point for generated code: runs `*call` with each 0 field resolved automatically.
+/// An f32 call is not for this entry (it has [`super::cranformer_gemm`]) and does nothing.
+///
+/// # Safety
+/// As [`qgemm`]; `call` points at a valid [`QGemmCall`].
+#[no_mangle]
+pub unsafe extern "C" fn cranformer_qgemm(call: *const QGemmCall) {
+    let g = &*call;
+    if g.format == WeightFormat::F32.code() {
+        return;
+    }
+    let (kernel, bl, tasks) = g.resolved();
+    run(g, kernel, bl, tasks)
+}
+
+unsafe fn run(g: &QGemmCall, kernel: &QKernel, bl: Blocking, tasks: usize) {
+    if g.m == 0 || g.n == 0 {
+        return;
+    }
+    let act = Act::from_code(g.act).unwrap_or(Act::None);
+    if g.k == 0 {
+        for i in 0..g.m {
+            for j in 0..g.n {
+                *g.c.add(i * g.ldc + j) = if g.bias.is_null() {
+                    0.0
+                } else {
+                    *g.bias.add(j)
+                };
+            }
+        }
+        epilogue::apply(act, g.c, g.ldc, g.m, g.n, g.residual);
+        return;
+    }
+    let panels = g.n.div_ceil(PACK_NR);
+    let tasks = tasks.clamp(1, panels);
+    let per = panels.div_ceil(tasks);
+    let go = |qa: Option<&QuantRows>| {
+        threads::parallel_for(tasks, &|t| {
+            let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
+            if p0 < p1 {
+                block(g, kernel, bl, act, qa, p0, p1);
+            }
+        })
+    };
+    if kernel.format == WeightFormat::I8 {
+        // Quantized once, here; the workers only read it.
+        QUANT_A.with(|qa| {
+            let mut qa = qa.borrow_mut();
+            qa.quantize(g.a, g.lda, g.m, g.k, kernel.a_form == AForm::I16, 256);
+            go(Some(&qa));
+        })
+    } else {
+        go(None)
+    }
+}
+
+/// Column panels `p0..p1` of C.
+unsafe fn block(
+    g: &QGemmCall,
+    kernel: &QKernel,
+    bl: Blocking,
+    act: Act,
+    qa: Option<&QuantRows>,
+    p0: usize,
+    p1: usize,
+) {
+    let (mr, nr) = (kernel.mr, kernel.nr);
+    let format = kernel.format;
+    let group = format.padded_k(1);
+    let kp = format.padded_k(g.k);
+    let kc_max = bl.kc.clamp(1, kp).next_multiple_of(group);
+    let mc_max = (bl.mc / mr).max(1) * mr;
+    // Bytes from one k (group) of a panel to the next, and from one column to the next.
+    let (group_bytes, col_bytes) = match format {
+        WeightFormat::I8 => (4 * PACK_NR, 4),
+        WeightFormat::Bf16 => (4 * PACK_NR, 4),
+        WeightFormat::F16 => (2 * PACK_NR, 2),
+        WeightFormat::F32 => unreachable!("f32 runs in sgemm"),
+    };
+    let panel_bytes = kp / group * group_bytes;
+    PACKED_A.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if qa.is_none() {
+            buf.resize(mc_max * kc_max, 0);
+        }
+        let mut pc = 0;
+        while pc < kp {
+            let kc = kc_max.min(kp - pc);
+            let last = pc + kc == kp;
+            let mut ic = 0;
+            while ic < g.m {
+                let mc = mc_max.min(g.m - ic);
+                if qa.is_none() {
+                    pack_a(g, ic, mc, pc, kc, mr, kernel.a_form, &mut buf);
+                }
+                for strip in p0 * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
+                    let col = strip * nr;
+                    if col >= g.n {
+                        break;
+                    }
+                    let (p, sub) = (col / PACK_NR, col % PACK_NR);
+                    let b =
+                        g.b.add(p * panel_bytes + pc / group * group_bytes + sub * col_bytes);
+                    let mut ir = 0;
+                    while ir < mc {
+                        let rows = mr.min(mc - ir);
+                        let (a, lda) = match qa {
+                            Some(q) if kernel.a_form == AForm::I16 => {
+                                (q.q16.as_ptr().add((ic + ir) * q.kp + pc).cast(), q.kp)
+                            }
+                            Some(q) => (q.q.as_ptr().add((ic + ir) * q.kp + pc), q.kp),
+                            None => (buf.as_ptr().add(ir * kc).cast(), 0),
+                        };
+                        let init = if pc > 0 {
+                            Init::Load
+                        } else if g.bias.is_null() || qa.is_some() {
+                            Init::Zero
+                        } else {
+                            Init::Bias(g.bias.add(col))
+                        };
+                        let tile = QTile {
+                            kc,
+                            a,
+                            lda,
+                            b,
+                            rows,
+                            cols: nr.min(g.n - col),
+                            init,
+                            bias_cols_valid: g.n - col,
+                        };
+                        let c = g.c.add((ic + ir) * g.ldc + col);
+                        with_full_tile(kernel, &tile, c, g.ldc);
+                        if last {
+                            if let Some(q) = qa {
+                                dequantize(g, q, ic + ir, col, rows, tile.cols);
+                            }
+                            let res = if g.residual.is_null() {
+                                g.residual
+                            } else {
+                                g.residual.add((ic + ir) * g.ldc + col)
+                            };
+                            epilogue::apply(act, c, g.ldc, rows, tile.cols, res);
+                        }
+                        ir += mr;
+                    }
+                }
+                ic += mc;
+            }
+            pc += kc;
+        }
+    });
+}
+
+/// Turns a finished int8 tile (i32 sums in C's memory) into f32 with the bias:
+/// `(sa_i·sw_j)·(acc - z_i·Σw_j) + bias_j`. Plain code shared by every int8 kernel, so they
+/// all round the same way.
+unsafe fn dequantize(
+    g: &QGemmCall,
+    q: &QuantRows,
+    row0: usize,
+    col0: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let sw = std::slice::from_raw_parts(g.scales.add(col0), cols);
+    let sums = std::slice::from_raw_parts(g.col_sums.add(col0), cols);
+    for r in 0..rows {
+        let (sa, z) = (q.scale[row0 + r], q.zero[row0 + r]);
+        let c = g.c.add((row0 + r) * g.ldc + col0);
+        let acc = std::slice::from_raw_parts(c as *const i32, cols);
+        let out = std::slice::from_raw_parts_mut(c, cols);
+        for j in 0..cols {
+            // Exact in i32: |acc|, |z·Σw| <= 255·127·K, below 2^31 for K < 66 000.
+            let d = acc[j].wrapping_sub(z.wrapping_mul(sums[j]));
+            let mut y = d as f32 * (sa * sw[j]);
+            if !g.bias.is_null() {
+                y += *g.bias.add(col0 + j);
+            }
+            out[j] = y;
+        }
+    }
+}
+
+/// Packs rows `ic..ic+mc`, columns `pc..pc+kc` of A (zero past K) into slivers of `mr` rows
+/// in the kernel's form: sliver s starts at `s*kc` u32 (f32 bits or a bf16 pair each).
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_a(
+    g: &QGemmCall,
+    ic: usize,
+    mc: usize,
+    pc: usize,
+    kc: usize,
+    mr: usize,
+    form: AForm,
+    buf: &mut [u32],
+) {
+    let mut s = 0;
+    let real = g.k.saturating_sub(pc).min(kc);
+    while s < mc {
+        let rows = mr.min(mc - s);
+        let dst = &mut buf[s * kc..(s + rows) * kc];
+        for r in 0..rows {
+            let src = std::slice::from_raw_parts(g.a.add((ic + s + r) * g.lda + pc), real);
+            let at = |kk: usize| if kk < real { src[kk] } else { 0.0 };
+            match form {
+                AForm::F32 => {
+                    for kk in 0..kc {
+                        dst[kk * rows + r] = at(kk).to_bits();
+                    }
+                }
+                AForm::Bf16Pairs => {
+                    for pair in 0..kc / 2 {
+                        let lo = half::bf16::from_f32(at(2 * pair)).to_bits() as u32;
+                        let hi = half::bf16::from_f32(at(2 * pair + 1)).to_bits() as u32;
+                        dst[pair * rows + r] = lo | hi << 16;
+                    }
+                }
+                AForm::U8 | AForm::I16 => unreachable!("int8 reads quantized rows"),
+            }
+        }
+        s += mr;
+    }
+}
+
+/// Runs `kernel` on a tile that may be partial: a partial tile goes through a scratch tile of
+/// `nr` columns so kernels only ever load and store whole vectors.
+unsafe fn with_full_tile(kernel: &QKernel, t: &QTile, c: *mut f32, ldc: usize) {
+    let nr = kernel.nr;
+    let bias_full = t.bias_cols_valid >= nr;
+    if t.cols == nr && (bias_full || !matches!(t.init, Init::Bias(_))) {
+        return (kernel.tile)(t, c, ldc, t.init);
+    }
+    let mut scratch = [0f32; 12 * 32];
+    let mut padded = [0f32; 32];
+    let init = match t.init {
+        Init::Load => {
+            for r in 0..t.rows {
+                std::ptr::copy_nonoverlapping(
+                    c.add(r * ldc),
+                    scratch.as_mut_ptr().add(r * nr),
+                    t.cols,
+                );
+            }
+            Init::Load
+        }
+        Init::Bias(b) => {
+            std::ptr::copy_nonoverlapping(b, padded.as_mut_ptr(), t.bias_cols_valid.min(nr));
+            Init::Bias(padded.as_ptr())
+        }
+        Init::Zero => Init::Zero,
+    };
+    (kernel.tile)(t, scratch.as_mut_ptr(), nr, init);
+    for r in 0..t.rows {
+        std::ptr::copy_nonoverlapping(scratch.as_ptr().add(r * nr), c.add(r * ldc), t.cols);
+    }
+}

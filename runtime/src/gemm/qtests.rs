@@ -1,0 +1,579 @@
+//! Tests of the narrow-weight kernels: `kernel_tests!` generates, for every kernel declared in
+//! [`KERNELS`], its tests against a plain reference (a kernel this CPU lacks passes with a
+//! note on stderr), and `every_kernel_has_generated_tests` checks none was left out.
+//!
+//! Named tolerances, relative to `Σ_k |a_k·w_k|` (the size of the terms, so that cancelling
+//! sums are judged fairly):
+//! - int8 is exact: the i32 sums and the shared dequantization give the reference's bits,
+//!   and the error against the f32 matmul stays within the quantization steps' bound;
+//! - bf16 / f16 widening kernels: [`F32_SUM_TOLERANCE`] against the widened weights;
+//! - `vdpbf16ps` also rounds activations to bf16: [`BF16_DOT_TOLERANCE`].
+
+use super::qgemm::{cranformer_qgemm, AForm};
+use super::quant::QuantRows;
+use super::*;
+
+/// f32 accumulation of up to ~1000 terms against an f64 sum.
+const F32_SUM_TOLERANCE: f64 = 1e-5;
+/// Activations rounded to bf16 (8 significant bits: relative error ≤ 2^-8), plus f32 sums.
+const BF16_DOT_TOLERANCE: f64 = BF16_ROUNDING + F32_SUM_TOLERANCE;
+/// Rounding to nearest: bf16 keeps 8 significant bits, f16 11 (for normal values).
+const BF16_ROUNDING: f64 = 1.0 / 256.0;
+const F16_ROUNDING: f64 = 1.0 / 2048.0;
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+}
+
+fn kernel(name: &str) -> &'static QKernel {
+    KERNELS
+        .iter()
+        .find(|k| k.name == name)
+        .unwrap_or_else(|| panic!("no kernel named {name}"))
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 33, 7),
+    (5, 17, 3),
+    (2, 100, 33),
+    (13, 40, 200),
+    (25, 65, 300),
+    (7, 96, 385),
+    (150, 70, 64),
+    (3, 5, 1030),
+];
+
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Vec<f32>,
+    /// As the checkpoint stores it (`[N, K]`, or `[K, N]` if `in_out`).
+    w: Vec<f32>,
+    in_out: bool,
+    bias: Option<Vec<f32>>,
+}
+
+impl Case {
+    fn new(seed: &mut u64, (m, n, k): (usize, usize, usize), in_out: bool, bias: bool) -> Case {
+        Case {
+            m,
+            n,
+            k,
+            a: (0..m * k).map(|_| 2.0 * lcg(seed)).collect(),
+            w: (0..n * k).map(|_| lcg(seed)).collect(),
+            in_out,
+            bias: bias.then(|| (0..n).map(|_| lcg(seed)).collect()),
+        }
+    }
+
+    fn pack(&self, format: WeightFormat) -> PackedWeight {
+        PackedWeight::pack(&self.w, self.k, self.n, self.in_out, format).unwrap()
+    }
+
+    /// `[K, N]` f32 weights.
+    fn w_kn(&self) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
+        (0..k * n)
+            .map(|i| {
+                let (kk, j) = (i / n, i % n);
+                if self.in_out {
+                    self.w[i]
+                } else {
+                    self.w[j * k + kk]
+                }
+            })
+            .collect()
+    }
+
+    /// Runs `kern` with `isa`-independent explicit blocking.
+    fn run(&self, kern: &QKernel, w: &PackedWeight, bl: Blocking) -> Vec<f32> {
+        let mut c = vec![f32::NAN; self.m * self.n];
+        let bias = self.bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
+        let g = QGemmCall::new(
+            self.m,
+            self.a.as_ptr(),
+            self.k,
+            w,
+            bias,
+            c.as_mut_ptr(),
+            self.n,
+        );
+        unsafe { qgemm(&g, kern, bl) };
+        c
+    }
+
+    /// `(Σ a·w + bias, Σ |a·w|)` per output, in f64, for `[K, N]` weights `w`.
+    fn reference(&self, w: &[f32]) -> Vec<(f64, f64)> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut mag) = (0f64, 0f64);
+                for kk in 0..k {
+                    let p = self.a[i * k + kk] as f64 * w[kk * n + j] as f64;
+                    s += p;
+                    mag += p.abs();
+                }
+                let b = self.bias.as_ref().map_or(0.0, |b| b[j] as f64);
+                out.push((s + b, mag + b.abs()));
+            }
+        }
+        out
+    }
+
+    /// The int8 result as the kernels must compute it: the same row quantization, exact
+    /// integer sums, the same dequantization.
+    fn int8_reference(&self, w: &PackedWeight) -> Vec<f32> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let mut qa = QuantRows::new();
+        unsafe { qa.quantize(self.a.as_ptr(), k, m, k, false, 256) };
+        let qw = w.quantized();
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let acc: i32 = (0..k)
+                    .map(|kk| qa.q[i * qa.kp + kk] as i32 * qw[kk * n + j] as i32)
+                    .sum();
+                let d = acc - qa.zero[i] * w.col_sums()[j];
+                let mut y = d as f32 * (qa.scale[i] * w.scales()[j]);
+                if let Some(b) = &self.bias {
+                    y += b[j];
+                }
+                out.push(y);
+            }
+        }
+        out
+    }
+
+    fn what(&self) -> String {
+        format!(
+            "m{} n{} k{} in_out {} bias {}",
+            self.m,
+            self.n,
+            self.k,
+            self.in_out,
+            self.bias.is_some()
+        )
+    }
+}
+
+fn blockings(kern: &QKernel) -> [Blocking; 4] {
+    [
+        kern.blocking(),
+        kern.blocking_for(1),
+        // Several K blocks and M blocks; 6 is rounded up to the format's k group.
+        Blocking { kc: 8, mc: kern.mr },
+        Blocking {
+            kc: 6,
+            mc: 2 * kern.mr + 1,
+        },
+    ]
+}
+
+/// The kernel against its reference on odd shapes, both weight layouts, with and without
+/// bias, with several blockings.
+fn matches_reference(name: &str) {
+    let kern = kernel(name);
+    if !kern.available() {
+        eprintln!("{name}: this CPU lacks it, skipped");
+        return;
+    }
+    let mut seed = 1;
+    for &shape in SHAPES {
+        for in_out in [false, true] {
+            for bias in [false, true] {
+                let case = Case::new(&mut seed, shape, in_out, bias);
+                let w = case.pack(kern.format);
+                let want_i8 = (kern.format == WeightFormat::I8).then(|| case.int8_reference(&w));
+                let want = case.reference(&w.unpack());
+                let tol = if kern.a_form == AForm::Bf16Pairs {
+                    BF16_DOT_TOLERANCE
+                } else {
+                    F32_SUM_TOLERANCE
+                };
+                for bl in blockings(kern) {
+                    let got = case.run(kern, &w, bl);
+                    for (i, &y) in got.iter().enumerate() {
+                        let at = (i / case.n, i % case.n);
+                        if let Some(want) = &want_i8 {
+                            assert_eq!(
+                                y.to_bits(),
+                                want[i].to_bits(),
+                                "{name} {} {bl:?} at {at:?}: got {y}, want {} exactly",
+                                case.what(),
+                                want[i]
+                            );
+                        } else {
+                            let (r, mag) = want[i];
+                            assert!(
+                                (y as f64 - r).abs() <= tol * mag + 1e-30,
+                                "{name} {} {bl:?} at {at:?}: got {y}, want {r} (tolerance {tol} × {mag})",
+                                case.what()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Act then residual, fused, against the same kernel's plain result put through the
+/// epilogue afterwards: the same bits (the epilogue's accuracy is tested in `tests.rs`).
+fn applies_every_epilogue(name: &str) {
+    let kern = kernel(name);
+    if !kern.available() {
+        eprintln!("{name}: this CPU lacks it, skipped");
+        return;
+    }
+    let mut seed = 7;
+    let case = Case::new(&mut seed, (29, 75, 130), false, true);
+    let res: Vec<f32> = (0..case.m * case.n).map(|_| lcg(&mut seed)).collect();
+    let w = case.pack(kern.format);
+    for bl in blockings(kern) {
+        let plain = case.run(kern, &w, bl);
+        for code in 0..=6 {
+            let act = Act::from_code(code).unwrap();
+            for with_res in [false, true] {
+                let mut want = plain.clone();
+                let rp = if with_res {
+                    res.as_ptr()
+                } else {
+                    std::ptr::null()
+                };
+                unsafe { epilogue::apply(act, want.as_mut_ptr(), case.n, case.m, case.n, rp) };
+                let mut got = vec![f32::NAN; case.m * case.n];
+                let bias = case.bias.as_ref().unwrap();
+                let mut g = QGemmCall::new(
+                    case.m,
+                    case.a.as_ptr(),
+                    case.k,
+                    &w,
+                    bias.as_ptr(),
+                    got.as_mut_ptr(),
+                    case.n,
+                );
+                g.act = code;
+                g.residual = rp;
+                unsafe { qgemm(&g, kern, bl) };
+                for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        x.to_bits(),
+                        y.to_bits(),
+                        "{name} {act:?} residual {with_res} {bl:?} at [{}, {}]: got {x}, want {y}",
+                        i / case.n,
+                        i % case.n
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// One thread or two: the same bits.
+fn thread_count_does_not_change_results(name: &str) {
+    let kern = kernel(name);
+    if !kern.available() {
+        eprintln!("{name}: this CPU lacks it, skipped");
+        return;
+    }
+    let mut seed = 9;
+    let case = Case::new(&mut seed, (37, 200, 300), false, true);
+    let w = case.pack(kern.format);
+    let run = |threads: u32| {
+        let mut c = vec![0f32; case.m * case.n];
+        let bias = case.bias.as_ref().unwrap();
+        let mut g = QGemmCall::new(
+            case.m,
+            case.a.as_ptr(),
+            case.k,
+            &w,
+            bias.as_ptr(),
+            c.as_mut_ptr(),
+            case.n,
+        );
+        g.threads = threads;
+        unsafe { qgemm(&g, kern, kern.blocking()) };
+        c
+    };
+    crate::threads::set_threads(2);
+    let (one, two) = (run(1), run(2));
+    crate::threads::set_threads(0);
+    assert_eq!(one, two, "{name}");
+}
+
+macro_rules! kernel_tests {
+    ($($name:ident)*) => {
+        $(
+            mod $name {
+                #[test]
+                fn matches_reference() {
+                    super::matches_reference(stringify!($name));
+                }
+                #[test]
+                fn applies_every_epilogue() {
+                    super::applies_every_epilogue(stringify!($name));
+                }
+                #[test]
+                fn thread_count_does_not_change_results() {
+                    super::thread_count_does_not_change_results(stringify!($name));
+                }
+            }
+        )*
+        const TESTED: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+kernel_tests!(
+    avx512vnni_mmm_i8_12x32
+    avx512bw_mmm_i8_6x32
+    avx2_mmm_i8_6x8
+    portable_mmm_i8_4x8
+    avx512bf16_mmm_bf16_12x32
+    avx512_mmm_bf16_12x32
+    avx2_mmm_bf16_6x16
+    portable_mmm_bf16_4x8
+    avx512_mmm_f16_12x32
+    avx2_mmm_f16_6x16
+    portable_mmm_f16_4x8
+);
+
+#[test]
+fn every_kernel_has_generated_tests() {
+    for k in KERNELS {
+        assert!(
+            TESTED.contains(&k.name),
+            "{} has no kernel_tests! entry",
+            k.name
+        );
+    }
+}
+
+/// Packing rounds each weight to nearest: the widened weights stay within the format's
+/// rounding of the originals, and int8 within half a step of its column's scale.
+#[test]
+fn packing_rounds_within_the_format() {
+    let mut seed = 3;
+    let case = Case::new(&mut seed, (1, 45, 37), false, false);
+    let orig = case.w_kn();
+    for format in [
+        WeightFormat::Bf16,
+        WeightFormat::F16,
+        WeightFormat::I8,
+        WeightFormat::F32,
+    ] {
+        let w = case.pack(format);
+        let got = w.unpack();
+        for (i, (&x, &y)) in got.iter().zip(&orig).enumerate() {
+            let err = (x - y).abs() as f64;
+            let bound = match format {
+                WeightFormat::F32 => 0.0,
+                WeightFormat::Bf16 => BF16_ROUNDING * y.abs() as f64,
+                WeightFormat::F16 => F16_ROUNDING * y.abs() as f64 + 1e-7,
+                WeightFormat::I8 => 0.5 * w.scales()[i % case.n] as f64 * (1.0 + 1e-6),
+            };
+            assert!(
+                err <= bound,
+                "{format:?} [{}, {}]: {x} for {y}",
+                i / case.n,
+                i % case.n
+            );
+        }
+    }
+}
+
+/// int8 against the f32 matmul: within the bound the quantization steps give,
+/// `Σ (sa/2)|w| + |a|(sw/2) + sa·sw/4` per output, plus f32 rounding.
+#[test]
+fn int8_error_is_within_quantization_steps() {
+    let mut seed = 11;
+    let kern = QKernel::best(WeightFormat::I8, Isa::Avx512);
+    for &shape in SHAPES {
+        let case = Case::new(&mut seed, shape, false, true);
+        let w = case.pack(WeightFormat::I8);
+        let got = case.run(kern, &w, kern.blocking());
+        let want = case.reference(&case.w_kn());
+        let mut qa = QuantRows::new();
+        unsafe { qa.quantize(case.a.as_ptr(), case.k, case.m, case.k, false, 256) };
+        let wkn = case.w_kn();
+        for (i, &y) in got.iter().enumerate() {
+            let (r, j) = (i / case.n, i % case.n);
+            let (sa, sw) = (qa.scale[r] as f64, w.scales()[j] as f64);
+            let bound: f64 = (0..case.k)
+                .map(|kk| {
+                    let (a, wv) = (case.a[r * case.k + kk] as f64, wkn[kk * case.n + j] as f64);
+                    sa / 2.0 * wv.abs() + a.abs() * sw / 2.0 + sa * sw / 4.0
+                })
+                .sum();
+            let err = (y as f64 - want[i].0).abs();
+            assert!(
+                err <= bound * (1.0 + 1e-4) + 1e-5 * want[i].1,
+                "{} at [{r}, {j}]: got {y}, f32 {} (error {err}, bound {bound})",
+                case.what(),
+                want[i].0
+            );
+        }
+    }
+}
+
+/// A NaN or infinity in a row gives NaN outputs for that row, not a silent zero.
+#[test]
+fn int8_propagates_non_finite_activations() {
+    let mut seed = 13;
+    let mut case = Case::new(&mut seed, (3, 40, 20), false, false);
+    case.a[case.k + 5] = f32::NAN;
+    case.a[2 * case.k + 1] = f32::INFINITY;
+    let w = case.pack(WeightFormat::I8);
+    for kern in KERNELS
+        .iter()
+        .filter(|k| k.format == WeightFormat::I8 && k.available())
+    {
+        let got = case.run(kern, &w, kern.blocking());
+        assert!(got[..case.n].iter().all(|y| y.is_finite()), "{}", kern.name);
+        assert!(got[case.n..].iter().all(|y| y.is_nan()), "{}", kern.name);
+    }
+}
+
+/// The family a call asks for picks that family's kernel (or a narrower one), and the C
+/// entry resolves it and runs.
+#[test]
+fn isa_codes_pick_kernels_of_that_family() {
+    let mut seed = 17;
+    let case = Case::new(&mut seed, (9, 70, 50), false, true);
+    for format in [WeightFormat::I8, WeightFormat::Bf16, WeightFormat::F16] {
+        let w = case.pack(format);
+        let mut first = None;
+        for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+            let kern = QKernel::best(format, isa);
+            assert!(
+                kern.isa >= isa && kern.format == format,
+                "{format:?} {isa:?}: {kern:?}"
+            );
+            let mut c = vec![f32::NAN; case.m * case.n];
+            let bias = case.bias.as_ref().unwrap();
+            let mut g = QGemmCall::new(
+                case.m,
+                case.a.as_ptr(),
+                case.k,
+                &w,
+                bias.as_ptr(),
+                c.as_mut_ptr(),
+                case.n,
+            );
+            g.isa = isa.code();
+            assert_eq!(g.resolved().0.isa, Isa::from_code(isa.code()).max(kern.isa));
+            unsafe { cranformer_qgemm(&g) };
+            assert!(c.iter().all(|y| y.is_finite()), "{format:?} {isa:?}");
+            if format == WeightFormat::I8 {
+                // Every int8 kernel gives the same bits.
+                assert_eq!(*first.get_or_insert_with(|| c.clone()), c, "{isa:?}");
+            }
+        }
+    }
+}
+
+/// Weights int8 cannot represent are refused with the reason, not packed wrong.
+#[test]
+fn packing_refuses_what_int8_cannot_hold() {
+    use super::quant::{PackError, MAX_I8_K};
+    let w = vec![0.5f32; 6];
+    assert_eq!(
+        PackedWeight::pack(&w, 2, 4, false, WeightFormat::I8).unwrap_err(),
+        PackError::Size { k: 2, n: 4, len: 6 }
+    );
+    let mut w = vec![0.5f32; 6];
+    w[4] = f32::NAN;
+    // [N=3, K=2]: element 4 is column 2.
+    let err = PackedWeight::pack(&w, 2, 3, false, WeightFormat::I8).unwrap_err();
+    assert!(
+        matches!(err, PackError::NonFinite { col: 2, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("column 2"), "{err}");
+    // The other formats keep the NaN, as f32 does.
+    let bf = PackedWeight::pack(&w, 2, 3, false, WeightFormat::Bf16).unwrap();
+    // Unpacked as [K, N]: k 0, column 2.
+    assert!(bf.unpack()[2].is_nan());
+    let k = MAX_I8_K + 1;
+    assert_eq!(
+        PackedWeight::pack(&vec![0.0; k], k, 1, false, WeightFormat::I8).unwrap_err(),
+        PackError::KTooLarge { k }
+    );
+}
+
+/// The word form (what prepared-weight tables and executables store) runs as the packed
+/// weight does, bit for bit.
+#[test]
+fn word_form_runs_like_the_packed_weight() {
+    use super::quant::WordLayout;
+    let mut seed = 19;
+    let case = Case::new(&mut seed, (6, 45, 37), true, true);
+    for format in [WeightFormat::I8, WeightFormat::Bf16, WeightFormat::F16] {
+        let w = case.pack(format);
+        let words = w.to_words();
+        assert_eq!(
+            words.len(),
+            WordLayout::of(case.k, case.n, format).len,
+            "{format:?}"
+        );
+        let kern = QKernel::best(format, Isa::Avx512);
+        let want = case.run(kern, &w, kern.blocking());
+        let mut got = vec![f32::NAN; case.m * case.n];
+        let bias = case.bias.as_ref().unwrap();
+        let g = unsafe {
+            QGemmCall::from_words(
+                case.m,
+                case.a.as_ptr(),
+                case.k,
+                words.as_ptr(),
+                (case.k, case.n, format),
+                bias.as_ptr(),
+                got.as_mut_ptr(),
+                case.n,
+            )
+        };
+        unsafe { qgemm(&g, kern, kern.blocking()) };
+        assert_eq!(got, want, "{format:?}");
+    }
+}
+
+/// `WeightPrep::Quantized` prepares the word form with the length it announces, and a
+/// weight int8 cannot hold is an error naming why.
+#[test]
+fn weight_prep_quantized_matches_its_length() {
+    use crate::native::WeightPrep;
+    use crate::weights::F32Buffer;
+    let mut seed = 23;
+    let case = Case::new(&mut seed, (1, 70, 33), false, false);
+    let raw = F32Buffer::from_vec(case.w.clone());
+    for format in [WeightFormat::I8, WeightFormat::Bf16, WeightFormat::F16] {
+        let prep = WeightPrep::Quantized {
+            k: case.k,
+            n: case.n,
+            in_out: false,
+            format,
+        };
+        let data = prep.apply(&raw).unwrap();
+        assert_eq!(data.len(), prep.prepared_len(raw.len()), "{format:?}");
+        let words = case.pack(format).to_words();
+        assert!(data
+            .iter()
+            .zip(&words)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+    let mut bad = case.w.clone();
+    bad[5] = f32::INFINITY;
+    let prep = WeightPrep::Quantized {
+        k: case.k,
+        n: case.n,
+        in_out: false,
+        format: WeightFormat::I8,
+    };
+    let err = prep.apply(&F32Buffer::from_vec(bad)).unwrap_err();
+    assert!(err.to_string().contains("column 0"), "{err}");
+}

@@ -1,0 +1,385 @@
+//! Weight formats narrower than f32 and their packing: int8 (symmetric, one scale per output
+//! column), bf16 and f16 (2 bytes, widened in the kernel). Like [`super::pack_b`], every format
+//! packs a `[K, N]` weight into panels of [`PACK_NR`] columns, so one packing, made at load or
+//! at compile time, serves every ISA's kernels (they walk sub-panels), and threads split N by
+//! whole panels. Also the run-time quantization of the activations for int8 (per row).
+//!
+//! Panel layouts (panel p holds columns `32p..32p+32`, zero past N; K is padded with zeros):
+//! - int8: `[K/4][32][4]` i8: for each group of 4 k, each column's 4 weights side by side,
+//!   the operand layout of `vpdpbusd` (16 columns × 4 k per zmm). Kernels without VNNI
+//!   sign-extend the same bytes to i16 and use `vpmaddwd` (see `avx2_i8.rs`).
+//! - bf16: `[K/2][32][2]` u16: pairs of k per column, the operand layout of `vdpbf16ps`. A pair
+//!   is one u32 whose low half is k0 and high half k1, so the widening kernels get both as
+//!   f32 with one shift and one mask (bf16 is the high half of an f32).
+//! - f16: `[K][32]` u16, like f32's panels: `vcvtph2ps` widens 8 or 16 consecutive columns.
+
+use super::PACK_NR;
+use half::{bf16, f16};
+
+/// How a matmul's weights are stored (`--dtype`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+pub enum WeightFormat {
+    F32,
+    Bf16,
+    F16,
+    /// Symmetric int8 with one f32 scale per output column; activations quantized per row.
+    #[value(name = "int8")]
+    #[serde(rename = "int8")]
+    I8,
+}
+
+/// Where a packed weight's parts are in its 4-byte-word form ([`PackedWeight::to_words`]),
+/// in words: panels first (bytes padded to a word), then int8's scales and column sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WordLayout {
+    pub scales: usize,
+    pub col_sums: usize,
+    pub len: usize,
+}
+
+impl WordLayout {
+    pub fn of(k: usize, n: usize, format: WeightFormat) -> WordLayout {
+        let cols = n.div_ceil(PACK_NR) * PACK_NR;
+        let data_bytes = cols * format.padded_k(k) * format.bytes_per_weight();
+        let scales = data_bytes.div_ceil(4);
+        let side = if format == WeightFormat::I8 { cols } else { 0 };
+        WordLayout {
+            scales,
+            col_sums: scales + side,
+            len: scales + 2 * side,
+        }
+    }
+}
+
+impl WeightFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::F16 => "f16",
+            WeightFormat::I8 => "int8",
+        }
+    }
+
+    /// Bytes per stored weight (the scales and column sums of int8 add 8 bytes per column).
+    pub fn bytes_per_weight(self) -> usize {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::Bf16 | WeightFormat::F16 => 2,
+            WeightFormat::I8 => 1,
+        }
+    }
+
+    /// K rounded up to what the format's panels hold (k groups of 4 for int8, pairs for bf16).
+    pub fn padded_k(self, k: usize) -> usize {
+        match self {
+            WeightFormat::I8 => k.next_multiple_of(4),
+            WeightFormat::Bf16 => k.next_multiple_of(2),
+            WeightFormat::F32 | WeightFormat::F16 => k,
+        }
+    }
+}
+
+/// Why a weight cannot be packed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PackError {
+    /// The data is not `k × n` floats (a caller bug: shapes are checked when weights load).
+    #[error("a {k}x{n} weight needs {} values, got {len}", k * n)]
+    Size { k: usize, n: usize, len: usize },
+    /// int8's i32 sums are exact only up to this K (255·127·K < 2^31).
+    #[error("int8 weights need K <= {MAX_I8_K}, this one has K = {k}")]
+    KTooLarge { k: usize },
+    /// A NaN or infinite weight has no int8 scale; f32 would propagate it, int8 would hide it.
+    #[error("int8 cannot quantize output column {col}: it holds {value}")]
+    NonFinite { col: usize, value: f32 },
+}
+
+/// The largest K whose int8 dot products fit in i32 (`255·127·K < 2^31`).
+pub const MAX_I8_K: usize = 66_000;
+
+/// A weight matrix packed for [`super::qgemm`]: `[K, N]` in panels of [`PACK_NR`] columns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedWeight {
+    format: WeightFormat,
+    k: usize,
+    n: usize,
+    /// The panels, `n.div_ceil(32) * padded_k * 32` elements of the format's width.
+    data: Vec<u8>,
+    /// int8 only: per column, `max|w| / 127` (zero-padded to whole panels).
+    scales: Vec<f32>,
+    /// int8 only: per column, the sum of its quantized weights, for the activations' zero
+    /// point (`Σ (q - z)·w = Σ q·w - z·Σ w`).
+    col_sums: Vec<i32>,
+}
+
+impl PackedWeight {
+    /// Packs `w` (`[N, K]` as nn.Linear stores it, or `[K, N]` if `in_out`, as GPT-2's
+    /// Conv1D) into `format`'s panels, quantizing or rounding to nearest.
+    ///
+    pub fn pack(
+        w: &[f32],
+        k: usize,
+        n: usize,
+        in_out: bool,
+        format: WeightFormat,
+    ) -> Result<Self, PackError> {
+        if w.len() != k * n {
+            return Err(PackError::Size { k, n, len: w.len() });
+        }
+        if format == WeightFormat::I8 && k > MAX_I8_K {
+            return Err(PackError::KTooLarge { k });
+        }
+        let at = |kk: usize, j: usize| if in_out { w[kk * n + j] } else { w[j * k + kk] };
+        let panels = n.div_ceil(PACK_NR);
+        let kp = format.padded_k(k);
+        let mut out = PackedWeight {
+            format,
+            k,
+            n,
+            data: Vec::new(),
+            scales: Vec::new(),
+            col_sums: Vec::new(),
+        };
+        match format {
+            WeightFormat::F32 => {
+                let v = super::pack_b(w, k, n, in_out, PACK_NR);
+                out.data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            }
+            WeightFormat::F16 => {
+                let mut v = vec![0u16; panels * kp * PACK_NR];
+                for j in 0..n {
+                    let (p, c) = (j / PACK_NR, j % PACK_NR);
+                    for kk in 0..k {
+                        v[(p * kp + kk) * PACK_NR + c] = f16::from_f32(at(kk, j)).to_bits();
+                    }
+                }
+                out.data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            }
+            WeightFormat::Bf16 => {
+                let mut v = vec![0u16; panels * kp * PACK_NR];
+                for j in 0..n {
+                    let (p, c) = (j / PACK_NR, j % PACK_NR);
+                    for kk in 0..k {
+                        let i = ((p * kp + kk / 2 * 2) * PACK_NR) + c * 2 + kk % 2;
+                        v[i] = bf16::from_f32(at(kk, j)).to_bits();
+                    }
+                }
+                out.data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            }
+            WeightFormat::I8 => {
+                out.data = vec![0u8; panels * kp * PACK_NR];
+                out.scales = vec![0.0; panels * PACK_NR];
+                out.col_sums = vec![0; panels * PACK_NR];
+                for j in 0..n {
+                    let (p, c) = (j / PACK_NR, j % PACK_NR);
+                    if let Some(value) = (0..k).map(|kk| at(kk, j)).find(|v| !v.is_finite()) {
+                        return Err(PackError::NonFinite { col: j, value });
+                    }
+                    let amax = (0..k).map(|kk| at(kk, j).abs()).fold(0f32, f32::max);
+                    // An all-zero column keeps scale 0 and quantizes to zeros.
+                    let scale = amax / 127.0;
+                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                    let mut sum = 0i32;
+                    for kk in 0..k {
+                        let q = (at(kk, j) * inv).round().clamp(-127.0, 127.0) as i8;
+                        sum += q as i32;
+                        out.data[(p * kp + kk / 4 * 4) * PACK_NR + c * 4 + kk % 4] = q as u8;
+                    }
+                    out.scales[j] = scale;
+                    out.col_sums[j] = sum;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The panels' bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Bytes a matmul streams to read this weight once (panels, scales, column sums).
+    pub fn stream_bytes(&self) -> usize {
+        self.data.len() + 4 * self.scales.len() + 4 * self.col_sums.len()
+    }
+
+    /// int8: per-column scales (empty for other formats).
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// int8: per-column sums of the quantized weights (empty for other formats).
+    pub fn col_sums(&self) -> &[i32] {
+        &self.col_sums
+    }
+
+    /// The packed weight as 4-byte words ([`WordLayout`]), the unit of the prepared-weight
+    /// tables and of the F32 tensors an executable embeds: no arithmetic touches them, so
+    /// the bits survive.
+    pub fn to_words(&self) -> Vec<f32> {
+        let layout = WordLayout::of(self.k, self.n, self.format);
+        let mut out = Vec::with_capacity(layout.len);
+        out.extend(self.data.chunks(4).map(|c| {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            f32::from_le_bytes(b)
+        }));
+        out.extend(&self.scales);
+        out.extend(self.col_sums.iter().map(|&s| f32::from_bits(s as u32)));
+        debug_assert_eq!(out.len(), layout.len);
+        out
+    }
+
+    /// int8: the quantized weights `[K, N]` row-major (empty for other formats).
+    pub fn quantized(&self) -> Vec<i8> {
+        if self.format != WeightFormat::I8 {
+            return Vec::new();
+        }
+        let (k, n, kp) = (self.k, self.n, self.format.padded_k(self.k));
+        let mut out = vec![0i8; k * n];
+        for j in 0..n {
+            let (p, c) = (j / PACK_NR, j % PACK_NR);
+            for kk in 0..k {
+                out[kk * n + j] = self.data[(p * kp + kk / 4 * 4) * PACK_NR + c * 4 + kk % 4] as i8;
+            }
+        }
+        out
+    }
+
+    /// The weight as the kernels see it, `[K, N]` row-major f32: dequantized or widened.
+    /// The test references multiply by this, so they check the kernels, not the rounding.
+    pub fn unpack(&self) -> Vec<f32> {
+        let (k, n, kp) = (self.k, self.n, self.format.padded_k(self.k));
+        let mut out = vec![0f32; k * n];
+        let u16_at = |i: usize| u16::from_le_bytes([self.data[2 * i], self.data[2 * i + 1]]);
+        for j in 0..n {
+            let (p, c) = (j / PACK_NR, j % PACK_NR);
+            for kk in 0..k {
+                out[kk * n + j] = match self.format {
+                    WeightFormat::F32 => {
+                        let i = 4 * ((p * k + kk) * PACK_NR + c);
+                        f32::from_le_bytes(self.data[i..i + 4].try_into().unwrap())
+                    }
+                    WeightFormat::F16 => {
+                        f16::from_bits(u16_at((p * kp + kk) * PACK_NR + c)).to_f32()
+                    }
+                    WeightFormat::Bf16 => {
+                        let i = (p * kp + kk / 2 * 2) * PACK_NR + c * 2 + kk % 2;
+                        bf16::from_bits(u16_at(i)).to_f32()
+                    }
+                    WeightFormat::I8 => {
+                        let q = self.data[(p * kp + kk / 4 * 4) * PACK_NR + c * 4 + kk % 4] as i8;
+                        q as f32 * self.scales[j]
+                    }
+                };
+            }
+        }
+        out
+    }
+}
+
+/// Activation rows quantized to u8 for the int8 kernels, asymmetric per row:
+/// `a ≈ scale·(q - zero)`, q in 0..=255, with 0.0 exactly representable.
+///
+/// Why asymmetric u8: `vpdpbusd` multiplies u8 by i8, so signed activations would need an
+/// offset of 128 and the same column-sum correction anyway; with a per-row zero point the
+/// correction is free and the full 256 levels cover each row's [min, max]. That matters for
+/// the FFN's second matmul, whose inputs (after GELU) lie in [-0.17, max]: a symmetric scheme
+/// would spend half its levels on negatives that never occur.
+pub struct QuantRows {
+    /// `[M][kp]`, K padded with zeros (the padded weights are zero too).
+    pub q: Vec<u8>,
+    /// The same values as i16, for the kernels that widen (`vpmaddwd`); empty otherwise.
+    pub q16: Vec<i16>,
+    pub kp: usize,
+    pub scale: Vec<f32>,
+    pub zero: Vec<i32>,
+}
+
+impl QuantRows {
+    pub const fn new() -> QuantRows {
+        QuantRows {
+            q: Vec::new(),
+            q16: Vec::new(),
+            kp: 0,
+            scale: Vec::new(),
+            zero: Vec::new(),
+        }
+    }
+
+    /// Quantizes `m` rows of `k` floats (row stride `lda`) from `a`, with `levels - 1` as the
+    /// largest code (255 for u8; lower only to measure narrower activations).
+    ///
+    /// # Safety
+    /// `a` must be valid for `m` rows of `k` floats at stride `lda`.
+    pub unsafe fn quantize(
+        &mut self,
+        a: *const f32,
+        lda: usize,
+        m: usize,
+        k: usize,
+        widen: bool,
+        levels: u32,
+    ) {
+        let kp = k.next_multiple_of(4);
+        self.kp = kp;
+        self.q.clear();
+        self.q.resize(m * kp, 0);
+        self.scale.clear();
+        self.zero.clear();
+        let top = (levels - 1) as f32;
+        for i in 0..m {
+            let row = std::slice::from_raw_parts(a.add(i * lda), k);
+            let (lo, hi, finite) = row.iter().fold((0f32, 0f32, true), |(lo, hi, f), &x| {
+                (lo.min(x), hi.max(x), f && x.is_finite())
+            });
+            // A NaN or infinity poisons the row's outputs, as it would in f32.
+            let scale = if finite { (hi - lo) / top } else { f32::NAN };
+            let (zero, inv) = if scale > 0.0 {
+                ((-lo / scale).round().clamp(0.0, top), 1.0 / scale)
+            } else {
+                (0.0, 0.0)
+            };
+            let dst = &mut self.q[i * kp..i * kp + k];
+            for (d, &x) in dst.iter_mut().zip(row) {
+                *d = (x * inv + zero).round().clamp(0.0, top) as u8;
+            }
+            self.scale.push(scale);
+            self.zero.push(zero as i32);
+        }
+        self.q16.clear();
+        if widen {
+            self.q16.extend(self.q.iter().map(|&x| x as i16));
+        }
+    }
+}
+
+impl Default for QuantRows {
+    fn default() -> Self {
+        QuantRows::new()
+    }
+}
