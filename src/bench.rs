@@ -19,13 +19,13 @@ use crate::presets;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cranformer_compiler::aot::SharedObjectEngine;
-use cranformer_compiler::graph::{graph_cost, node_costs, Cost, DType, Dims, Op};
+use cranformer_compiler::graph::{graph_cost, node_costs, Cost, Dims, Op};
 use cranformer_compiler::interp::Interpreter;
 use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::Model;
 use cranformer_runtime::cli::Common;
 use cranformer_runtime::kv_cache::KvCache;
-use cranformer_runtime::{Engine, ModelInfo, Outputs, Tensor, TensorData};
+use cranformer_runtime::{Engine, ModelInfo, Outputs, Tensor};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -233,17 +233,7 @@ impl Work {
     ) -> Result<Outputs> {
         if let Some(t) = trace.as_deref_mut() {
             let graph = &self.model.entries[entry];
-            let shapes: Vec<(&str, &[usize], DType)> = inputs
-                .iter()
-                .map(|(n, x)| {
-                    let dt = match x.data {
-                        TensorData::F32(_) => DType::F32,
-                        TensorData::I64(_) => DType::I64,
-                    };
-                    (*n, x.shape.as_slice(), dt)
-                })
-                .collect();
-            t.push((entry.to_string(), graph.bind_dims(&shapes)?, decode));
+            t.push((entry.to_string(), graph.bind_dims(inputs)?, decode));
         }
         Ok(engine.run(entry, inputs)?)
     }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 /// Version of [`Program`]'s encoding; an executable and its runtime library come from the
 /// same `cranformer`, so a mismatch is a bug, not a user error.
-pub const PROGRAM_VERSION: u32 = 1;
+pub const PROGRAM_VERSION: u32 = 2;
 
 /// Everything a compiled executable knows about its model besides code, tokenizer and
 /// weight bytes (embedded as JSON).

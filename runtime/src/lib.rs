@@ -12,6 +12,7 @@ pub mod kv_cache;
 pub mod model_info;
 pub mod native;
 pub mod sampling;
+pub mod shape;
 pub mod tasks;
 pub mod tensor;
 pub mod threads;

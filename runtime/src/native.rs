@@ -13,74 +13,21 @@
 //! Outputs are intermediate buffers (or inputs) that the host copies out after the call.
 
 use crate::weights::F32Buffer;
+use crate::shape::{DType, Dims, TensorType};
 use crate::{EngineError, Outputs, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A symbolic dim as the generated code sees it (mirrors the compiler's `Dim`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SymDim {
-    Const(usize),
-    Batch,
-    Seq,
-    Past,
-    /// P + T.
-    Total,
-    EncSeq,
-}
-
-/// Values of the dims for one call, in the order of `EntryCtx::dims`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CallDims {
-    pub batch: usize,
-    pub seq: usize,
-    pub past: usize,
-    pub enc_seq: usize,
-}
-
-impl SymDim {
-    pub fn eval(self, d: &CallDims) -> usize {
-        match self {
-            SymDim::Const(n) => n,
-            SymDim::Batch => d.batch,
-            SymDim::Seq => d.seq,
-            SymDim::Past => d.past,
-            SymDim::Total => d.past + d.seq,
-            SymDim::EncSeq => d.enc_seq,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ElemType {
-    F32,
-    I64,
-}
-
-impl ElemType {
-    fn name(self) -> &'static str {
-        match self {
-            ElemType::F32 => "f32",
-            ElemType::I64 => "i64",
-        }
-    }
-}
-
-/// Shape and element type of an input or buffer.
+/// Name, element type and shape of an input or buffer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorSig {
     pub name: String,
-    pub elem: ElemType,
-    pub shape: Vec<SymDim>,
+    pub ty: TensorType,
 }
 
 impl TensorSig {
-    pub fn bytes(&self, d: &CallDims) -> usize {
-        let elem = match self.elem {
-            ElemType::F32 => 4,
-            ElemType::I64 => 8,
-        };
-        elem * self.shape.iter().map(|s| s.eval(d)).product::<usize>()
+    pub fn bytes(&self, d: &Dims) -> usize {
+        self.ty.bytes(d)
     }
 }
 
@@ -313,6 +260,16 @@ impl NativeEntry {
         checkpoint: &dyn Fn(&str) -> Option<F32Buffer>,
         prepared: &mut BTreeMap<(String, WeightPrep), F32Buffer>,
     ) -> Result<NativeEntry, String> {
+        // Weight storage types (i8, bf16, f16) never cross the entry ABI until kernels
+        // compute with them: refuse rather than hand out their bytes as f32.
+        for sig in meta.inputs.iter().chain(&meta.buffers) {
+            if !matches!(sig.ty.dtype, DType::F32 | DType::I64) {
+                return Err(format!(
+                    "value {} is {}: compiled entry points take and produce only f32 and i64",
+                    sig.name, sig.ty
+                ));
+            }
+        }
         let mut weights = vec![];
         for (key, prep) in &meta.weights {
             let k = (key.clone(), *prep);
@@ -334,7 +291,7 @@ impl NativeEntry {
     }
 
     /// Binds the dims from the inputs' shapes, checking them against the signature.
-    pub fn bind(&self, inputs: &[(&str, &Tensor)]) -> Result<CallDims, EngineError> {
+    pub fn bind(&self, inputs: &[(&str, &Tensor)]) -> Result<Dims, EngineError> {
         bind(&self.meta, inputs)
     }
 
@@ -407,19 +364,21 @@ impl NativeEntry {
                     values[self.meta.inputs.len() + self.weights.len() + i] as *const u8,
                 ),
             };
-            let shape: Vec<usize> = sig.shape.iter().map(|d| d.eval(&dims)).collect();
+            let shape = sig.ty.concrete(&dims);
             let n: usize = shape.iter().product();
-            // SAFETY: the slot holds n elements of the signature's type.
+            // SAFETY: the slot holds n elements of the signature's type; `new` admitted
+            // only signatures of the types matched here.
             let t = unsafe {
-                match sig.elem {
-                    ElemType::F32 => Tensor::f32(
+                match sig.ty.dtype {
+                    DType::F32 => Tensor::f32(
                         shape,
                         std::slice::from_raw_parts(ptr as *const f32, n).to_vec(),
                     ),
-                    ElemType::I64 => Tensor::i64(
+                    DType::I64 => Tensor::i64(
                         shape,
                         std::slice::from_raw_parts(ptr as *const i64, n).to_vec(),
                     ),
+                    other => unreachable!("NativeEntry::new rejects {other} values"),
                 }
             };
             out.insert(name.clone(), t);
@@ -441,7 +400,7 @@ pub fn arena_stats() -> BTreeMap<String, (usize, usize)> {
 static ARENA_STATS: std::sync::Mutex<BTreeMap<String, (usize, usize)>> =
     std::sync::Mutex::new(BTreeMap::new());
 
-fn record_arena(meta: &EntryMeta, dims: &CallDims, planned: usize) {
+fn record_arena(meta: &EntryMeta, dims: &Dims, planned: usize) {
     let unshared: usize = meta
         .buffers
         .iter()
@@ -453,7 +412,7 @@ fn record_arena(meta: &EntryMeta, dims: &CallDims, planned: usize) {
     }
 }
 
-pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> (Vec<usize>, usize) {
+pub fn plan_memory(meta: &EntryMeta, dims: &Dims) -> (Vec<usize>, usize) {
     let n = meta.buffers.len();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&b| meta.live[b]);
@@ -484,90 +443,13 @@ pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> (Vec<usize>, usize) {
     (offsets, total)
 }
 
-fn bind(meta: &EntryMeta, given: &[(&str, &Tensor)]) -> Result<CallDims, EngineError> {
-    let err = |name: &str, m: String| EngineError::Input(format!("input {name}: {m}"));
-    let mut vals: [Option<usize>; 5] = [None; 5];
-    for sig in &meta.inputs {
-        let Some(&(_, t)) = given.iter().find(|(n, _)| *n == sig.name) else {
-            return Err(err(
-                &sig.name,
-                format!("missing; entry point {} needs it", meta.name),
-            ));
-        };
-        let elem = match t.data {
-            TensorData::F32(_) => ElemType::F32,
-            TensorData::I64(_) => ElemType::I64,
-        };
-        if elem != sig.elem {
-            return Err(err(
-                &sig.name,
-                format!("expected {} elements, got {}", sig.elem.name(), elem.name()),
-            ));
-        }
-        if t.shape.len() != sig.shape.len() {
-            return Err(err(
-                &sig.name,
-                format!("expected {} dims, got {:?}", sig.shape.len(), t.shape),
-            ));
-        }
-        for (&d, &n) in sig.shape.iter().zip(&t.shape) {
-            let i = match d {
-                SymDim::Const(c) if c == n => continue,
-                SymDim::Const(c) => {
-                    return Err(err(&sig.name, format!("dimension is {n}, expected {c}")))
-                }
-                SymDim::Batch => 0,
-                SymDim::Seq => 1,
-                SymDim::Past => 2,
-                SymDim::Total => 3,
-                SymDim::EncSeq => 4,
-            };
-            match vals[i] {
-                Some(prev) if prev != n => {
-                    return Err(err(
-                        &sig.name,
-                        format!("dimension {d:?} is {n} here but {prev} in an earlier input"),
-                    ))
-                }
-                _ => vals[i] = Some(n),
-            }
-        }
-    }
-    for (name, _) in given {
-        if !meta.inputs.iter().any(|s| s.name == *name) {
-            return Err(err(
-                name,
-                format!("entry point {} has no such input", meta.name),
-            ));
-        }
-    }
-    let seq = vals[1].unwrap_or(0);
-    let past = resolve_past(seq, vals[2], vals[3]).map_err(|m| err("attention_mask", m))?;
-    Ok(CallDims {
-        batch: vals[0].unwrap_or(1),
-        seq,
-        past,
-        enc_seq: vals[4].unwrap_or(0),
-    })
-}
-
-/// Cached tokens P from what the inputs showed: P itself (the past keys), P + T (the
-/// attention mask), both (which must agree) or neither (no cache). Shared by the native
-/// executor and the compiler's graph binding, so both judge a call alike.
-pub fn resolve_past(
-    seq: usize,
-    past: Option<usize>,
-    total: Option<usize>,
-) -> Result<usize, String> {
-    match (past, total) {
-        (Some(p), Some(t)) if p + seq != t => Err(format!(
-            "covers {t} positions, expected past {p} + new {seq}"
-        )),
-        (Some(p), _) => Ok(p),
-        (None, Some(t)) if t < seq => Err(format!(
-            "covers {t} positions, fewer than the {seq} new tokens"
-        )),
-        (None, Some(t)) => Ok(t - seq),
-        (None, None) => Ok(0),
-    }
+/// The dims of a call of `meta` with `given`, checked against its inputs' signatures
+/// ([`crate::shape::bind`]).
+pub fn bind(meta: &EntryMeta, given: &[(&str, &Tensor)]) -> Result<Dims, EngineError> {
+    let sigs: Vec<(&str, &TensorType)> = meta
+        .inputs
+        .iter()
+        .map(|s| (s.name.as_str(), &s.ty))
+        .collect();
+    crate::shape::bind(&meta.name, &sigs, given).map_err(|e| EngineError::Input(e.to_string()))
 }

@@ -1,5 +1,6 @@
 //! Host tensors passed between the task front end and an engine: dense, row-major, owned.
 
+use crate::shape::DType;
 use std::fmt;
 
 /// Element storage of a [`Tensor`]. Token ids and masks are `I64`, as in Hugging Face.
@@ -65,11 +66,15 @@ impl Tensor {
         }
     }
 
-    pub fn dtype_name(&self) -> &'static str {
+    pub fn dtype(&self) -> DType {
         match self.data {
-            TensorData::F32(_) => "f32",
-            TensorData::I64(_) => "i64",
+            TensorData::F32(_) => DType::F32,
+            TensorData::I64(_) => DType::I64,
         }
+    }
+
+    pub fn dtype_name(&self) -> &'static str {
+        self.dtype().name()
     }
 }
 

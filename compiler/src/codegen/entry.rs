@@ -8,9 +8,7 @@ use super::{
 use crate::graph::{DType, Dim, Graph, Op, TensorType};
 use cranelift_codegen::ir::{condcodes::IntCC, types::I64, InstBuilder, SourceLoc, Value};
 use cranelift_module::{FuncId, Linkage, Module};
-use cranformer_runtime::native::{
-    ElemType, EntryMeta, Slot, SymDim, TensorSig, WeightPrep, RT_PARALLEL_FOR,
-};
+use cranformer_runtime::native::{EntryMeta, Slot, TensorSig, WeightPrep, RT_PARALLEL_FOR};
 use petgraph::graph::NodeIndex;
 use std::collections::HashMap;
 
@@ -18,25 +16,10 @@ pub fn entry_symbol(graph: &str) -> String {
     format!("cranformer_entry_{graph}")
 }
 
-pub fn sym(d: Dim) -> SymDim {
-    match d {
-        Dim::Const(n) => SymDim::Const(n),
-        Dim::Batch => SymDim::Batch,
-        Dim::Seq => SymDim::Seq,
-        Dim::Past => SymDim::Past,
-        Dim::Total => SymDim::Total,
-        Dim::EncSeq => SymDim::EncSeq,
-    }
-}
-
 fn sig(name: &str, ty: &TensorType) -> TensorSig {
     TensorSig {
         name: name.into(),
-        elem: match ty.dtype {
-            DType::F32 => ElemType::F32,
-            DType::I64 => ElemType::I64,
-        },
-        shape: ty.shape.iter().map(|&d| sym(d)).collect(),
+        ty: ty.clone(),
     }
 }
 
@@ -131,6 +114,16 @@ pub fn lower_entry<M: Module>(
     l: &mut Lowering<'_, M>,
     graph: &Graph,
 ) -> Result<(FuncId, EntryMeta), CodegenError> {
+    for n in graph.g.node_indices() {
+        let node = &graph.g[n];
+        if !matches!(node.ty.dtype, DType::F32 | DType::I64) {
+            return Err(CodegenError::DType {
+                graph: graph.name.clone(),
+                value: node.label.clone(),
+                ty: node.ty.to_string(),
+            });
+        }
+    }
     let mut p = plan(graph);
     // Kernels first (each is defined once), recording each node's call.
     enum Arg {

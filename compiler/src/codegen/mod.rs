@@ -32,7 +32,7 @@ use std::collections::HashMap;
 pub use entry::entry_symbol;
 use ir::Kb;
 
-/// Errors lowering a graph. Every variant is a compiler bug or an unsupported host.
+/// Errors lowering a graph. Every variant but `DType` is a compiler bug or an unsupported host.
 #[derive(Debug, thiserror::Error)]
 pub enum CodegenError {
     /// Cranelift does not support this machine (compiler environment problem).
@@ -47,6 +47,14 @@ pub enum CodegenError {
     /// Cranelift could not compile a function (compiler bug).
     #[error("compiler bug: compiling {function}: {message}")]
     Compile { function: String, message: String },
+    /// A value has an element type the generated kernels do not compute with yet (i8, bf16,
+    /// f16 weights): the graph needs a dequantising pass first.
+    #[error("cannot compile {graph}: value {value} is {ty}; generated code computes with f32 and i64 only")]
+    DType {
+        graph: String,
+        value: String,
+        ty: String,
+    },
     /// The pass pipeline failed before lowering (see [`crate::passes::PassError`]).
     #[error(transparent)]
     Pass(#[from] crate::passes::PassError),
