@@ -3,6 +3,7 @@
 //! Linked into the `cranformer` command and into every compiled model executable, so it
 //! depends on no part of the compiler.
 
+pub mod abi;
 pub mod cli;
 pub mod compiled;
 pub mod config;

@@ -8,6 +8,7 @@
 //!   then the intermediate buffers ([`EntryMeta::buffers`] order). The host fills it.
 //! - `ctx.dims` holds B, T, P and S (encoder tokens) as i64; every size inside the generated
 //!   code is computed from them, so one compiled entry serves every batch and length.
+//! - Generated code finds every field through the offsets in [`crate::abi`].
 //! - The result is 0, or the code of an error in [`EntryMeta::errors`] (index + 1).
 //!
 //! Outputs are intermediate buffers (or inputs) that the host copies out after the call.
@@ -182,14 +183,27 @@ pub struct EntryMeta {
     pub live: Vec<(u32, u32)>,
 }
 
-/// What the generated entry function receives.
+/// What the generated entry function receives. Generated code reaches every field through
+/// [`crate::abi::ctx`].
 #[repr(C)]
 pub struct EntryCtx {
     pub values: *const *mut u8,
-    /// B, T, P, S.
-    pub dims: [i64; 4],
-    /// Runtime services the generated code calls (byte offset 40).
+    pub dims: CtxDims,
+    /// Runtime services the generated code calls.
     pub rt: *const RuntimeFns,
+}
+
+/// The call's dims as generated code reads them: every size it computes comes from these.
+#[repr(C)]
+pub struct CtxDims {
+    /// B.
+    pub batch: i64,
+    /// T.
+    pub seq: i64,
+    /// P.
+    pub past: i64,
+    /// S.
+    pub enc_seq: i64,
 }
 
 pub use crate::gemm::GemmCall;
@@ -203,7 +217,7 @@ pub type GemmFn = unsafe extern "C" fn(*const GemmCall);
 /// shared object loaded by a process that exports no symbols.
 #[repr(C)]
 pub struct RuntimeFns {
-    /// The wide matmul (offset 0), or null where only the generated f32x4 kernel should run
+    /// The wide matmul, or null where only the generated f32x4 kernel should run
     /// (CPUs without AVX2, or `CRANFORMER_ISA=portable`).
     pub gemm: Option<GemmFn>,
     /// Runs `task(ctx, i)` for every `i < n` on the runtime's thread pool
@@ -214,9 +228,6 @@ pub struct RuntimeFns {
 
 /// `parallel_for(task, ctx, n)`.
 pub type ParallelForFn = unsafe extern "C" fn(crate::threads::TaskFn, *const u8, usize);
-
-/// Byte offset of [`RuntimeFns::parallel_for`], where generated code loads it.
-pub const RT_PARALLEL_FOR: usize = std::mem::offset_of!(RuntimeFns, parallel_for);
 
 /// The runtime services for this CPU.
 pub fn runtime_fns() -> &'static RuntimeFns {
@@ -335,12 +346,12 @@ impl NativeEntry {
         }
         let ctx = EntryCtx {
             values: values.as_ptr(),
-            dims: [
-                dims.batch as i64,
-                dims.seq as i64,
-                dims.past as i64,
-                dims.enc_seq as i64,
-            ],
+            dims: CtxDims {
+                batch: dims.batch as i64,
+                seq: dims.seq as i64,
+                past: dims.past as i64,
+                enc_seq: dims.enc_seq as i64,
+            },
             rt: runtime_fns(),
         };
         // SAFETY: the table holds a live pointer of the right size for every slot the entry

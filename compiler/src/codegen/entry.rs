@@ -8,7 +8,8 @@ use super::{
 use crate::graph::{DType, Dim, Graph, Op, TensorType};
 use cranelift_codegen::ir::{condcodes::IntCC, types::I64, InstBuilder, SourceLoc, Value};
 use cranelift_module::{FuncId, Linkage, Module};
-use cranformer_runtime::native::{EntryMeta, Slot, TensorSig, WeightPrep, RT_PARALLEL_FOR};
+use cranformer_runtime::abi;
+use cranformer_runtime::native::{EntryMeta, Slot, TensorSig, WeightPrep};
 use petgraph::graph::NodeIndex;
 use std::collections::HashMap;
 
@@ -572,19 +573,20 @@ pub fn lower_entry<M: Module>(
         Some(&note),
         |k, params, refs| {
             let ctx = params[0];
-            let values = k.ld(I64, ctx, 0);
-            let dims: Vec<Value> = (0..4).map(|i| k.ld(I64, ctx, 8 + 8 * i)).collect();
-            // EntryCtx::rt, then RuntimeFns::gemm.
-            let rt = k.ld(I64, ctx, 40);
-            let sgemm = k.ld(I64, rt, 0);
+            let values = k.ld_field(ctx, abi::ctx::VALUES);
+            let [batch, seq, past, enc_seq] =
+                [abi::ctx::BATCH, abi::ctx::SEQ, abi::ctx::PAST, abi::ctx::ENC_SEQ]
+                    .map(|f| k.ld_field(ctx, f));
+            let rt = k.ld_field(ctx, abi::ctx::RT);
+            let sgemm = k.ld_field(rt, abi::rt::GEMM);
             let dim = |k: &mut super::ir::Kb, d: Dim| -> Value {
                 match d {
                     Dim::Const(c) => k.i(c as i64),
-                    Dim::Batch => dims[0],
-                    Dim::Seq => dims[1],
-                    Dim::Past => dims[2],
-                    Dim::Total => k.add(dims[2], dims[1]),
-                    Dim::EncSeq => dims[3],
+                    Dim::Batch => batch,
+                    Dim::Seq => seq,
+                    Dim::Past => past,
+                    Dim::Total => k.add(past, seq),
+                    Dim::EncSeq => enc_seq,
                 }
             };
             for (i, (n, _, args, code)) in resolved.iter().enumerate() {
@@ -592,7 +594,7 @@ pub fn lower_entry<M: Module>(
                 let vals: Vec<Value> = args
                     .iter()
                     .map(|a| match a {
-                        ArgVal::Slot(s) => k.ld(I64, values, (*s * 8) as i32),
+                        ArgVal::Slot(s) => k.ld(I64, values, *s as i32 * abi::VALUE_SLOT),
                         ArgVal::Dims(ds) => {
                             let mut acc = k.i(1);
                             for &d in ds {
@@ -603,7 +605,7 @@ pub fn lower_entry<M: Module>(
                         }
                         ArgVal::Null => k.i(0),
                         ArgVal::Sgemm => sgemm,
-                        ArgVal::ParallelFor => k.ld(I64, rt, RT_PARALLEL_FOR as i32),
+                        ArgVal::ParallelFor => k.ld_field(rt, abi::rt::PARALLEL_FOR),
                     })
                     .collect();
                 let call = k.b.ins().call(refs.funcs[callee[i]], &vals);

@@ -34,16 +34,21 @@ pub use quant::{PackedWeight, WeightFormat};
 
 use crate::threads;
 
-/// Which micro-kernel family runs.
+/// Which micro-kernel family runs; `as u32` is its [`GemmCall::isa`] code. Ordered best
+/// first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
 pub enum Isa {
     /// 12×32 tile: 24 zmm accumulators.
-    Avx512,
+    Avx512 = 1,
     /// 6×16 tile: 12 ymm accumulators.
-    Avx2,
+    Avx2 = 2,
     /// 4×8 tile in plain Rust: any CPU.
-    Portable,
+    Portable = 3,
 }
+
+/// [`GemmCall::isa`] when the call leaves the family to the runtime.
+pub const ISA_AUTO: u32 = 0;
 
 impl Isa {
     /// The best family this CPU runs (`CRANFORMER_ISA=avx2|portable` picks a lesser one).
@@ -92,23 +97,19 @@ impl Isa {
         }
     }
 
-    /// [`GemmCall::isa`]'s code: 1 avx512, 2 avx2, 3 portable (0 is "auto").
-    pub fn code(self) -> u32 {
-        match self {
-            Isa::Avx512 => 1,
-            Isa::Avx2 => 2,
-            Isa::Portable => 3,
-        }
+    /// [`GemmCall::isa`]'s code.
+    pub const fn code(self) -> u32 {
+        self as u32
     }
 
     /// The family a [`GemmCall::isa`] code asks for, if this CPU runs it; else the detected one.
     pub fn from_code(code: u32) -> Isa {
         let best = detected();
-        let want = match code {
-            1 => Isa::Avx512,
-            2 => Isa::Avx2,
-            3 => Isa::Portable,
-            _ => return best,
+        let Some(&want) = [Isa::Avx512, Isa::Avx2, Isa::Portable]
+            .iter()
+            .find(|i| i.code() == code)
+        else {
+            return best;
         };
         // Families are ordered best first: anything at or below the detected one runs.
         if want >= best {
@@ -181,8 +182,9 @@ pub(crate) enum Init {
 }
 
 /// One matmul call from generated code (`RuntimeFns::gemm`): `c = act(a·b + bias) +
-/// residual`. The layout is the ABI: generated code fills it on its stack, 8-byte fields
-/// first (offsets 0..80), then the five u32 (80..100); 104 bytes in all.
+/// residual`. Generated code fills it on its stack at the offsets [`crate::abi::gemm_call`]
+/// reads from this definition; the tiling fields (`kc`, `mc`, `isa`, `threads`) are hints a
+/// zero leaves to the runtime ([`GemmCall::resolved`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GemmCall {
@@ -202,13 +204,13 @@ pub struct GemmCall {
     /// `[M, N]` with stride `ldc`, added after the activation; or null. May alias nothing
     /// but itself (not `c`).
     pub residual: *const f32,
-    /// [`Act`] code: 0 none, 1 relu, 2 gelu (erf), 3 gelu tanh, 4 tanh, 5 silu, 6 quick_gelu.
+    /// An [`Act`] as `u32`.
     pub act: u32,
     /// K per block, 0 = the ISA's default.
     pub kc: u32,
     /// Rows of A per block, 0 = the ISA's default.
     pub mc: u32,
-    /// 0 auto, 1 avx512, 2 avx2, 3 portable (a family the CPU lacks falls back to auto).
+    /// An [`Isa`] as `u32`, or [`ISA_AUTO`] (a family the CPU lacks falls back to auto).
     pub isa: u32,
     /// Threads to split N over, 0 = the pool's default (never more than the pool has).
     pub threads: u32,
@@ -242,10 +244,10 @@ impl GemmCall {
             c,
             ldc,
             residual: std::ptr::null(),
-            act: 0,
+            act: Act::None as u32,
             kc: 0,
             mc: 0,
-            isa: 0,
+            isa: ISA_AUTO,
             threads: 0,
         }
     }
