@@ -55,6 +55,9 @@ pub enum CodegenError {
         value: String,
         ty: String,
     },
+    /// Preparing the compiled entries to run failed (a weight they read is missing).
+    #[error("preparing the compiled code: {0}")]
+    Prepare(cranformer_runtime::EngineError),
     /// The pass pipeline failed before lowering (see [`crate::passes::PassError`]).
     #[error(transparent)]
     Pass(#[from] crate::passes::PassError),
@@ -345,8 +348,12 @@ pub fn emit_clif(graph: &crate::graph::Graph) -> Result<String, CodegenError> {
     let builder =
         cranelift_jit::JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     let mut module = cranelift_jit::JITModule::new(builder);
-    let mut l = Lowering::new(&mut module)?;
-    l.clif = Some(String::new());
-    entry::lower_entry(&mut l, graph)?;
-    Ok(l.clif.take().unwrap_or_default())
+    let text = {
+        let mut l = Lowering::new(&mut module)?;
+        l.clif = Some(String::new());
+        entry::lower_entry(&mut l, graph).map(|_| l.clif.take().unwrap_or_default())
+    };
+    // SAFETY: nothing was finalised; no pointer into the module exists.
+    unsafe { module.free_memory() };
+    text
 }
