@@ -42,10 +42,8 @@ fn check_gpt2(p: &mut Pair) {
     let ids = Tensor::i64(vec![2, 5], vec![3, 14, 15, 92, 65, 35, 89, 79, 32, 38]);
     let mask = Tensor::i64(vec![2, 5], vec![1; 10]);
     let cache = KvCache::new(layers, 2, width);
-    let mut inputs: Vec<(String, &Tensor)> = vec![
-        ("input_ids".into(), &ids),
-        ("attention_mask".into(), &mask),
-    ];
+    let mut inputs: Vec<(String, &Tensor)> =
+        vec![("input_ids".into(), &ids), ("attention_mask".into(), &mask)];
     inputs.extend(cache.inputs());
     let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     p.run("forward", &named, 2e-5, 2e-4);
@@ -91,7 +89,10 @@ fn code_and_data_stay_in_reach_across_gigabytes() {
             0,
         )
     };
-    assert!(base as isize != -1, "cannot reserve {total} bytes of address space");
+    assert!(
+        base as isize != -1,
+        "cannot reserve {total} bytes of address space"
+    );
     // Fill the free ranges between the reservation and the main stack (not the one right
     // below the stack, which it grows into).
     let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");

@@ -65,7 +65,9 @@ impl JitEngine {
                 let ptr = module.get_finalized_function(id);
                 // SAFETY: `ptr` is the entry function generated for `meta`, with the
                 // `EntryFn` signature.
-                (meta, unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) })
+                (meta, unsafe {
+                    std::mem::transmute::<*const u8, EntryFn>(ptr)
+                })
             })
             .collect();
         // SAFETY: each function is the entry generated for its metadata; the module holding

@@ -13,8 +13,8 @@
 //!
 //! Outputs are intermediate buffers (or inputs) that the host copies out after the call.
 
-use crate::weights::F32Buffer;
 use crate::shape::{DType, Dims, TensorType};
+use crate::weights::F32Buffer;
 use crate::{EngineError, Outputs, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

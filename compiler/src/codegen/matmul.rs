@@ -16,9 +16,10 @@
 //! `Lowering::micro_isa`). The macro kernel walks panels (outer: a 32·K-byte panel stays in
 //! L1) and blocks of 6 rows (inner), then the remaining rows with a smaller tile.
 
+use super::entry::{Arg, At, Call};
 use super::ir::Kb;
 use super::{CodegenError, Imports, Lowering};
-use crate::graph::Activation;
+use crate::graph::{Activation, Op, WeightLayout};
 use crate::tiling::{Kernel, Tiling};
 use cranelift_codegen::ir::{
     condcodes::IntCC,
@@ -28,7 +29,7 @@ use cranelift_codegen::ir::{
 use cranelift_module::{FuncId, Module};
 use cranformer_runtime::abi::gemm_call;
 use cranformer_runtime::gemm::{Act, Isa, ISA_AUTO};
-use cranformer_runtime::native::PANEL;
+use cranformer_runtime::native::{WeightPrep, PANEL};
 
 /// Rows per register tile: 6 rows × 2 vectors = 12 accumulators of x86-64's 16 xmm registers.
 pub const MR: usize = 6;
@@ -344,4 +345,49 @@ pub fn linear<M: Module>(
         k.b.ins().jump(done, &[]);
         k.b.switch_to_block(done);
     })
+}
+
+/// The call computing a `Linear` or `FusedLinear` node: its kernel and arguments, with the
+/// weight packed into panels and the bias padded to whole panels.
+pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, CodegenError> {
+    let (layout, act, residual) = match at.node().op {
+        Op::FusedLinear {
+            layout,
+            act,
+            residual,
+        } => (layout, act, residual),
+        Op::Linear { layout } => (layout, None, false),
+        ref other => unreachable!("not a matmul: {other}"),
+    };
+    let (k, n) = (at.channels_of(0), at.channels());
+    let prep = WeightPrep::Panels {
+        k,
+        n,
+        in_out: layout == WeightLayout::InOut,
+    };
+    let bias = at.ops.len() == 3 + residual as usize;
+    let tiling = l.tiling(k, n);
+    let kernel = linear(l, k, n, bias, act, residual, &tiling)?;
+    let b = if bias {
+        at.operand(2, WeightPrep::PadPanel { n })
+    } else {
+        Arg::Null
+    };
+    let res = if residual {
+        at.v(at.ops.len() - 1)
+    } else {
+        Arg::Null
+    };
+    Ok(Call::new(
+        kernel,
+        vec![
+            at.v(0),
+            at.operand(1, prep),
+            b,
+            at.out(),
+            Arg::Rows(at.ops[0]),
+            Arg::Sgemm,
+            res,
+        ],
+    ))
 }

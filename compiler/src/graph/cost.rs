@@ -93,7 +93,6 @@ mod per_element {
     pub const REL_POS_BUCKET: u64 = 8;
 }
 
-
 fn numel(t: &TensorType, d: &Dims) -> u64 {
     t.concrete(d).iter().product::<usize>() as u64
 }

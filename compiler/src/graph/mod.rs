@@ -198,11 +198,9 @@ impl Graph {
             .iter()
             .map(|(n, node)| (n.as_str(), &self.g[*node].ty))
             .collect();
-        cranformer_runtime::shape::bind(&self.name, &sigs, given).map_err(|e| {
-            GraphError::Input {
-                name: e.input,
-                message: e.message,
-            }
+        cranformer_runtime::shape::bind(&self.name, &sigs, given).map_err(|e| GraphError::Input {
+            name: e.input,
+            message: e.message,
         })
     }
 }
