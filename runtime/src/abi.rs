@@ -1,12 +1,13 @@
 //! The layout generated code relies on, read from the runtime's own definitions: the byte
 //! offset and width of every field the generated code loads or stores in a runtime struct
-//! ([`EntryCtx`], [`RuntimeFns`], [`GemmCall`]), their sizes and alignments, and the enum
+//! ([`EntryCtx`], [`RuntimeFns`], [`GemmCall`], and [`QGemmCall`] for the narrow-weight
+//! matmul the compiler will call next), their sizes and alignments, and the enum
 //! codes it passes ([`crate::gemm::Act`], [`crate::gemm::Isa`]). The compiler uses these
 //! and nothing else, so reordering or widening a field here changes the generated code
 //! with it; the assertions at the bottom stop what the generated code cannot follow (a
 //! field width other than 4 or 8 bytes, a pointer other than 64 bits).
 
-use crate::gemm::GemmCall;
+use crate::gemm::{GemmCall, QGemmCall};
 use crate::native::{EntryCtx, RuntimeFns};
 use std::mem::{align_of, offset_of, size_of};
 
@@ -85,6 +86,36 @@ pub mod gemm_call {
     ];
 }
 
+/// [`QGemmCall`], the narrow-weight matmul's call (not emitted by the compiler yet).
+pub mod qgemm_call {
+    use super::*;
+    pub const SIZE: u32 = size_of::<QGemmCall>() as u32;
+    pub const ALIGN: u32 = align_of::<QGemmCall>() as u32;
+    pub const M: Field = field!(QGemmCall, m);
+    pub const N: Field = field!(QGemmCall, n);
+    pub const K: Field = field!(QGemmCall, k);
+    pub const A: Field = field!(QGemmCall, a);
+    pub const LDA: Field = field!(QGemmCall, lda);
+    pub const B: Field = field!(QGemmCall, b);
+    pub const SCALES: Field = field!(QGemmCall, scales);
+    pub const COL_SUMS: Field = field!(QGemmCall, col_sums);
+    pub const BIAS: Field = field!(QGemmCall, bias);
+    pub const C: Field = field!(QGemmCall, c);
+    pub const LDC: Field = field!(QGemmCall, ldc);
+    pub const RESIDUAL: Field = field!(QGemmCall, residual);
+    pub const FORMAT: Field = field!(QGemmCall, format);
+    pub const ACT: Field = field!(QGemmCall, act);
+    pub const KC: Field = field!(QGemmCall, kc);
+    pub const MC: Field = field!(QGemmCall, mc);
+    pub const ISA: Field = field!(QGemmCall, isa);
+    pub const THREADS: Field = field!(QGemmCall, threads);
+    /// Every field, so a test can check they tile the struct.
+    pub const ALL: [Field; 18] = [
+        M, N, K, A, LDA, B, SCALES, COL_SUMS, BIAS, C, LDC, RESIDUAL, FORMAT, ACT, KC, MC, ISA,
+        THREADS,
+    ];
+}
+
 // Generated code keeps pointers, sizes and dims in i64 registers and loads or stores each
 // field with an 8- or 4-byte access.
 const _: () = assert!(size_of::<usize>() == 8 && size_of::<*const u8>() == 8);
@@ -105,14 +136,18 @@ const _: () = {
         i += 1;
     }
     let mut i = 0;
-    while i < gemm_call::ALL.len() {
-        let b = gemm_call::ALL[i].bytes;
-        assert!(b == 8 || b == 4);
-        assert!(gemm_call::ALL[i].offset % b as i32 == 0);
+    while i < gemm_call::ALL.len() + qgemm_call::ALL.len() {
+        let f = if i < gemm_call::ALL.len() {
+            gemm_call::ALL[i]
+        } else {
+            qgemm_call::ALL[i - gemm_call::ALL.len()]
+        };
+        assert!(f.bytes == 8 || f.bytes == 4);
+        assert!(f.offset % f.bytes as i32 == 0);
         i += 1;
     }
-    // The stack slot generated code reserves is aligned to 8 bytes at most.
-    assert!(gemm_call::ALIGN <= 8);
+    // The stack slots generated code reserves are aligned to 8 bytes at most.
+    assert!(gemm_call::ALIGN <= 8 && qgemm_call::ALIGN <= 8);
 };
 
 #[cfg(test)]
@@ -120,16 +155,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gemm_call_fields_tile_the_struct() {
-        let mut spans: Vec<(i32, i32)> = gemm_call::ALL
-            .iter()
-            .map(|f| (f.offset, f.offset + f.bytes as i32))
-            .collect();
-        spans.sort();
-        for w in spans.windows(2) {
-            assert!(w[0].1 <= w[1].0, "fields overlap: {w:?}");
+    fn call_fields_tile_their_structs() {
+        for (all, size) in [
+            (&gemm_call::ALL[..], gemm_call::SIZE),
+            (&qgemm_call::ALL[..], qgemm_call::SIZE),
+        ] {
+            let mut spans: Vec<(i32, i32)> = all
+                .iter()
+                .map(|f| (f.offset, f.offset + f.bytes as i32))
+                .collect();
+            spans.sort();
+            for w in spans.windows(2) {
+                assert!(w[0].1 <= w[1].0, "fields overlap: {w:?}");
+            }
+            assert!(spans[spans.len() - 1].1 <= size as i32);
         }
-        assert!(spans[spans.len() - 1].1 <= gemm_call::SIZE as i32);
     }
 
     #[test]

@@ -303,7 +303,7 @@ pub static KERNELS: &[QKernel] = &[
 /// One narrow-weight matmul: `c = act(a·dequant(b) + bias) + residual`, like
 /// [`super::GemmCall`] with the weight's format and its int8 side tables. The layout is the
 /// ABI generated code will fill: twelve 8-byte fields, then six u32 (120 bytes on 64-bit
-/// targets; codegen reads the offsets with `offset_of!`).
+/// targets; codegen reads the offsets from [`crate::abi::qgemm_call`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct QGemmCall {
