@@ -236,11 +236,11 @@ impl Work {
             let shapes: Vec<(&str, &[usize], DType)> = inputs
                 .iter()
                 .map(|(n, x)| {
-                    let dt = match x.data {
+                    let dt = match x.data() {
                         TensorData::F32(_) => DType::F32,
                         TensorData::I64(_) => DType::I64,
                     };
-                    (*n, x.shape.as_slice(), dt)
+                    (*n, x.shape(), dt)
                 })
                 .collect();
             t.push((entry.to_string(), graph.bind_dims(&shapes)?, decode));
@@ -318,7 +318,7 @@ impl Work {
                     if i == 1 {
                         decode_start = Some(Instant::now());
                     }
-                    let total = cache.len() + next.shape[1];
+                    let total = cache.len() + next.shape()[1];
                     let mask = ones(b, total);
                     let mut inputs: Vec<(String, &Tensor)> = vec![
                         ("input_ids".into(), &next),

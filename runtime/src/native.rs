@@ -352,7 +352,7 @@ impl NativeEntry {
                 .find(|(n, _)| *n == sig.name)
                 .expect("bound")
                 .1;
-            values.push(match &t.data {
+            values.push(match t.data() {
                 TensorData::F32(v) => v.as_ptr() as *mut u8,
                 TensorData::I64(v) => v.as_ptr() as *mut u8,
             });
@@ -386,9 +386,19 @@ impl NativeEntry {
             ],
             rt: runtime_fns(),
         };
+        // Nothing stale may be blamed on this call.
+        let _ = crate::threads::take_panic();
         // SAFETY: the table holds a live pointer of the right size for every slot the entry
-        // reads or writes, as its metadata promises.
+        // reads or writes: inputs have the shapes `bind` checked against the signature (a
+        // `Tensor`'s data always holds its shape's element count), weights were prepared for
+        // this entry's metadata, and the arena covers the plan for these dims.
         let code = unsafe { (self.func)(&ctx) };
+        if let Some(message) = crate::threads::take_panic() {
+            return Err(EngineError::Panic {
+                entry: self.meta.name.clone(),
+                message,
+            });
+        }
         if code != 0 {
             let msg = self
                 .meta
@@ -494,7 +504,7 @@ fn bind(meta: &EntryMeta, given: &[(&str, &Tensor)]) -> Result<CallDims, EngineE
                 format!("missing; entry point {} needs it", meta.name),
             ));
         };
-        let elem = match t.data {
+        let elem = match t.data() {
             TensorData::F32(_) => ElemType::F32,
             TensorData::I64(_) => ElemType::I64,
         };
@@ -504,13 +514,13 @@ fn bind(meta: &EntryMeta, given: &[(&str, &Tensor)]) -> Result<CallDims, EngineE
                 format!("expected {} elements, got {}", sig.elem.name(), elem.name()),
             ));
         }
-        if t.shape.len() != sig.shape.len() {
+        if t.shape().len() != sig.shape.len() {
             return Err(err(
                 &sig.name,
-                format!("expected {} dims, got {:?}", sig.shape.len(), t.shape),
+                format!("expected {} dims, got {:?}", sig.shape.len(), t.shape()),
             ));
         }
-        for (&d, &n) in sig.shape.iter().zip(&t.shape) {
+        for (&d, &n) in sig.shape.iter().zip(t.shape()) {
             let i = match d {
                 SymDim::Const(c) if c == n => continue,
                 SymDim::Const(c) => {
@@ -569,5 +579,50 @@ pub fn resolve_past(
         )),
         (None, Some(t)) => Ok(t - seq),
         (None, None) => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static FAIL: AtomicBool = AtomicBool::new(false);
+
+    /// Stands in for generated code whose kernel calls a runtime service that panics.
+    unsafe extern "C" fn entry(_: *const EntryCtx) -> i64 {
+        crate::threads::catch_for_generated_code(|| {
+            if FAIL.load(Ordering::Relaxed) {
+                panic!("index 9 out of range");
+            }
+        });
+        0
+    }
+
+    #[test]
+    fn a_panic_under_an_entry_becomes_an_error_and_the_entry_runs_again() {
+        let meta = EntryMeta {
+            name: "encode".into(),
+            symbol: "cranformer_entry_encode".into(),
+            inputs: vec![],
+            weights: vec![],
+            buffers: vec![],
+            outputs: vec![],
+            errors: vec![],
+            needs_tokens: false,
+            live: vec![],
+        };
+        // SAFETY: `entry` touches no slot, as the empty metadata says.
+        let mut e = unsafe { NativeEntry::new(meta, entry, &|_| None, &mut BTreeMap::new()) }
+            .unwrap();
+        FAIL.store(true, Ordering::Relaxed);
+        let err = e.run(&[]).unwrap_err();
+        assert!(matches!(err, EngineError::Panic { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "entry point encode failed: the runtime panicked: index 9 out of range (a cranformer bug)"
+        );
+        FAIL.store(false, Ordering::Relaxed);
+        assert!(e.run(&[]).unwrap().is_empty());
     }
 }

@@ -57,11 +57,11 @@ impl Interpreter {
         let shapes: Vec<(&str, &[usize], DType)> = inputs
             .iter()
             .map(|(n, t)| {
-                let dt = match t.data {
+                let dt = match t.data() {
                     TensorData::F32(_) => DType::F32,
                     TensorData::I64(_) => DType::I64,
                 };
-                (*n, t.shape.as_slice(), dt)
+                (*n, t.shape(), dt)
             })
             .collect();
         let dims = graph
@@ -134,7 +134,7 @@ impl Interpreter {
                     .find(|(k, _)| k == name)
                     .expect("bound above")
                     .1;
-                match &t.data {
+                match t.data() {
                     TensorData::F32(v) => Value::F32(v.clone()),
                     TensorData::I64(v) => Value::I64(v.clone()),
                 }

@@ -209,7 +209,7 @@ pub fn write_safetensors(tensors: &Outputs, path: &Path) -> Result<()> {
             Ok((
                 k.clone(),
                 data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                t.shape.clone(),
+                t.shape().to_vec(),
             ))
         })
         .collect::<Result<_>>()?;

@@ -296,7 +296,7 @@ pub(crate) fn abbreviate(text: &str) -> String {
 
 /// Rows of a `[rows, width]` f32 tensor.
 pub(crate) fn rows(t: &Tensor) -> Vec<Vec<f32>> {
-    let width = *t.shape.last().unwrap_or(&0);
+    let width = *t.shape().last().unwrap_or(&0);
     t.as_f32()
         .unwrap_or(&[])
         .chunks(width.max(1))
