@@ -56,6 +56,8 @@ impl JitEngine {
             // signature; the module it lives in is kept alive by the engine.
             let func: EntryFn = unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) };
             let name = meta.name.clone();
+            // SAFETY: as above: `func` is `meta`'s entry, valid while `_module` lives, which
+            // the engine drops after its entries.
             let entry = unsafe { NativeEntry::new(meta, func, &checkpoint, &mut prepared) }
                 .map_err(|message| CodegenError::Compile {
                     function: name.clone(),

@@ -29,7 +29,9 @@ impl Blob {
     /// # Safety
     /// `start..end` must be one readable object for the whole run (the glue's blobs are).
     unsafe fn bytes(&self) -> &'static [u8] {
-        std::slice::from_raw_parts(self.start, self.end.offset_from(self.start) as usize)
+        // SAFETY: `start..end` is one readable object that lives for the whole run, as the
+        // caller promised, so `end` is at or after `start` in the same allocation.
+        unsafe { std::slice::from_raw_parts(self.start, self.end.offset_from(self.start) as usize) }
     }
 }
 
@@ -75,10 +77,13 @@ pub unsafe extern "C" fn cranformer_exe_main(
     argv: *const *const c_char,
     program: *const RawProgram,
 ) -> c_int {
+    // SAFETY: `argv` holds `argc` C strings, as the caller promised (the C runtime's `main`
+    // arguments, passed through by the glue).
     let args: Vec<OsString> = (0..argc.max(0) as usize)
-        .map(|i| OsString::from_vec(CStr::from_ptr(*argv.add(i)).to_bytes().to_vec()))
+        .map(|i| OsString::from_vec(unsafe { CStr::from_ptr(*argv.add(i)) }.to_bytes().to_vec()))
         .collect();
-    let raw = &*program;
+    // SAFETY: `program` is the glue's static table, as the caller promised.
+    let raw = unsafe { &*program };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = run(args, raw, &mut out);
@@ -136,6 +141,7 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
             let table = unsafe { std::slice::from_raw_parts(raw.entries, raw.n_entries as usize) };
             let func = table
                 .iter()
+                // SAFETY: every name in the table is a NUL-terminated string literal of the glue.
                 .find(|e| unsafe { CStr::from_ptr(e.name) }.to_bytes() == meta.name.as_bytes())
                 .with_context(|| {
                     format!("entry {} is not linked in (a cranformer bug)", meta.name)
