@@ -652,7 +652,11 @@ fn unknown_dtype_in_weights_is_refused() {
     });
     fails(
         ["generate", &s(dir.path()), "--prompt", "hi"],
-        &[&s(&path), "\"transformer.wpe.weight\"", "unknown variant `F33`"],
+        &[
+            &s(&path),
+            "\"transformer.wpe.weight\"",
+            "unknown variant `F33`",
+        ],
     );
 }
 
@@ -1185,6 +1189,39 @@ fn unknown_engine() {
         ],
         &["--engine", "\"gpu\"", "interp"],
     );
+}
+
+#[test]
+fn engine_list_for_a_task() {
+    fails(
+        [
+            "--engine",
+            "jit,interp",
+            "generate",
+            &s(&fixture("gpt2-tiny")),
+            "--prompt",
+            "hi",
+        ],
+        &["--engine jit,interp", "one engine"],
+    );
+}
+
+#[test]
+fn unknown_weights_mode_for_compile() {
+    // Anything but "external" used to mean embed.
+    let tmp = tempfile::tempdir().unwrap();
+    fails(
+        [
+            "compile".as_ref(),
+            fixture("bert-tiny").as_os_str(),
+            "-o".as_ref(),
+            tmp.path().join("bin").as_os_str(),
+            "--weights".as_ref(),
+            "extrenal".as_ref(),
+        ],
+        &["--weights", "extrenal", "embed", "external"],
+    );
+    assert!(!tmp.path().join("bin").exists());
 }
 
 #[test]

@@ -58,11 +58,7 @@ impl JitEngine {
             let name = meta.name.clone();
             // SAFETY: as above: `func` is `meta`'s entry, valid while `_module` lives, which
             // the engine drops after its entries.
-            let entry = unsafe { NativeEntry::new(meta, func, &checkpoint, &mut prepared) }
-                .map_err(|message| CodegenError::Compile {
-                    function: name.clone(),
-                    message,
-                })?;
+            let entry = unsafe { NativeEntry::new(meta, func, &checkpoint, &mut prepared) }?;
             entries.insert(name, entry);
         }
         Ok(JitEngine {

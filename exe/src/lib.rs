@@ -5,13 +5,13 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use cranformer_runtime::cli::{Common, Task};
+use cranformer_runtime::cli::{report_error, Common, EngineKind, Task};
 use cranformer_runtime::compiled::{NativeEngine, Program, PROGRAM_VERSION};
 use cranformer_runtime::native::EntryFn;
-use cranformer_runtime::tasks::Session;
+use cranformer_runtime::tasks::{self, Session};
 use cranformer_runtime::tokenize::Tokenizer;
 use cranformer_runtime::weights::Weights;
-use cranformer_runtime::{Engine, EngineError, Outputs, Tensor};
+use cranformer_runtime::Engine;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, CStr, OsString};
 use std::io::Write;
@@ -89,7 +89,7 @@ pub unsafe extern "C" fn cranformer_exe_main(
     let result = run(args, raw, &mut out);
     match result.and_then(|()| Ok(out.flush()?)) {
         Ok(()) => 0,
-        Err(e) => report(e, &mut out),
+        Err(e) => report_error(&e, &mut out),
     }
 }
 
@@ -112,10 +112,11 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
     let cli = parse(&program, &name, args);
     let common = &cli.common;
     common.weight_format().map_err(anyhow::Error::msg)?;
-    if !matches!(common.engine.as_str(), "jit" | "aot") {
+    let kind = common.engine().map_err(anyhow::Error::msg)?;
+    if !matches!(kind, EngineKind::Jit | EngineKind::Aot) {
         bail!(
             "--engine {:?}: a compiled executable runs its compiled code only (run `cranformer {} MODEL_DIR --engine interp` for the interpreter)",
-            common.engine,
+            kind.name(),
             cli.task.name()
         );
     }
@@ -124,11 +125,11 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
     }
     // SAFETY: as above.
     let tokenizer =
-        Tokenizer::from_json_bytes(unsafe { raw.tokenizer.bytes() }, program.tokenizer_kind())?;
-    let engine: Box<dyn Engine> = if matches!(cli.task, Task::Tokenize(_)) {
-        // Tokenizing needs no weights.
-        Box::new(NoEngine)
-    } else {
+        Tokenizer::from_json_bytes(unsafe { raw.tokenizer.bytes() }, program.tokenizer_kind)?;
+    if tasks::run_without_weights(&cli.task, &tokenizer, out)? {
+        return Ok(());
+    }
+    let engine: Box<dyn Engine> = {
         let weights = open_weights(&program, raw, cli.weights.as_deref())?;
         let (tensors, prepared) = if program.embedded && cli.weights.is_none() {
             (BTreeMap::new(), program.load_prepared(&weights)?)
@@ -228,47 +229,4 @@ fn open_weights(program: &Program, raw: &RawProgram, given: Option<&Path>) -> Re
         )?),
         _ => bail!("this executable carries no weights: pass --weights PATH"),
     }
-}
-
-/// Stands in for the engine when a task needs none (tokenize).
-struct NoEngine;
-
-impl Engine for NoEngine {
-    fn name(&self) -> &str {
-        "aot"
-    }
-
-    fn run(&mut self, entry: &str, _: &[(&str, &Tensor)]) -> Result<Outputs, EngineError> {
-        Err(EngineError::Internal {
-            engine: "aot".into(),
-            message: format!("entry {entry} run without weights loaded"),
-        })
-    }
-}
-
-/// Prints `e` as cranformer does ("error: <cause>: <detail>" on stderr) and returns the exit
-/// status.
-fn report(e: anyhow::Error, out: &mut dyn Write) -> c_int {
-    // A reader that went away (`| head`) is not an error worth a message.
-    let broken_pipe = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    });
-    if broken_pipe {
-        return 0;
-    }
-    let _ = out.flush();
-    // Errors that print their source in their own message would show it twice.
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !msg.contains(&text) {
-            if !msg.is_empty() {
-                msg.push_str(": ");
-            }
-            msg.push_str(&text);
-        }
-    }
-    eprintln!("error: {msg}");
-    1
 }

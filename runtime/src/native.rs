@@ -296,6 +296,22 @@ const ALIGN: usize = 64;
 #[derive(Clone, Copy)]
 struct Line([u8; ALIGN]);
 
+/// A weight an entry point reads cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightLoadError {
+    /// It is not among the tensors the entry was given (names the checkpoint key, or the
+    /// missing part of a derived `concat(..)` weight).
+    #[error("entry point {entry} reads tensor \"{key}\", which is not among the loaded weights")]
+    Missing { entry: String, key: String },
+    /// It cannot be laid out as the kernels read it.
+    #[error("entry point {entry}: weight \"{key}\" cannot be laid out for the kernels: {source}")]
+    Prepare {
+        entry: String,
+        key: String,
+        source: crate::gemm::quant::PackError,
+    },
+}
+
 /// One callable entry point with its prepared weights and a reusable arena.
 pub struct NativeEntry {
     pub meta: EntryMeta,
@@ -305,6 +321,8 @@ pub struct NativeEntry {
 }
 
 impl NativeEntry {
+    /// `checkpoint` looks a checkpoint tensor up by key.
+    ///
     /// # Safety
     /// `func` must be the entry function generated for `meta`, valid while this lives.
     pub unsafe fn new(
@@ -312,15 +330,26 @@ impl NativeEntry {
         func: EntryFn,
         checkpoint: &dyn Fn(&str) -> Option<F32Buffer>,
         prepared: &mut BTreeMap<(String, WeightPrep), F32Buffer>,
-    ) -> Result<NativeEntry, String> {
+    ) -> Result<NativeEntry, WeightLoadError> {
         let mut weights = vec![];
         for (key, prep) in &meta.weights {
             let k = (key.clone(), *prep);
             if !prepared.contains_key(&k) {
-                let raw = WeightSource::parse(key)
-                    .resolve(checkpoint)
-                    .ok_or_else(|| format!("weight {key} not loaded"))?;
-                let data = prep.apply(&raw).map_err(|e| format!("weight {key}: {e}"))?;
+                let source = WeightSource::parse(key);
+                let raw = source.resolve(checkpoint).ok_or_else(|| WeightLoadError::Missing {
+                    entry: meta.name.clone(),
+                    key: source
+                        .keys()
+                        .into_iter()
+                        .find(|k| checkpoint(k).is_none())
+                        .unwrap_or(key)
+                        .to_string(),
+                })?;
+                let data = prep.apply(&raw).map_err(|source| WeightLoadError::Prepare {
+                    entry: meta.name.clone(),
+                    key: key.clone(),
+                    source,
+                })?;
                 prepared.insert(k.clone(), data);
             }
             weights.push(prepared[&k].clone());
@@ -599,22 +628,45 @@ mod tests {
         0
     }
 
-    #[test]
-    fn a_panic_under_an_entry_becomes_an_error_and_the_entry_runs_again() {
-        let meta = EntryMeta {
+    fn meta(weights: &[&str]) -> EntryMeta {
+        EntryMeta {
             name: "encode".into(),
             symbol: "cranformer_entry_encode".into(),
             inputs: vec![],
-            weights: vec![],
+            weights: weights
+                .iter()
+                .map(|k| (k.to_string(), WeightPrep::AsIs))
+                .collect(),
             buffers: vec![],
             outputs: vec![],
             errors: vec![],
             needs_tokens: false,
             live: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn a_missing_weight_names_the_tensor() {
+        let have = |k: &str| (k == "a.weight").then(|| F32Buffer::from_vec(vec![1.0]));
+        let concat = WeightSource::concat_key(&["a.weight", "b.weight"]);
+        for key in ["b.weight", concat.as_str()] {
+            // SAFETY: the entry is never run.
+            let err = unsafe { NativeEntry::new(meta(&[key]), entry, &have, &mut BTreeMap::new()) }
+                .err()
+                .expect("a missing weight is an error");
+            assert_eq!(
+                err.to_string(),
+                "entry point encode reads tensor \"b.weight\", which is not among the loaded weights"
+            );
+        }
+    }
+
+    #[test]
+    fn a_panic_under_an_entry_becomes_an_error_and_the_entry_runs_again() {
+        let meta = meta(&[]);
         // SAFETY: `entry` touches no slot, as the empty metadata says.
-        let mut e = unsafe { NativeEntry::new(meta, entry, &|_| None, &mut BTreeMap::new()) }
-            .unwrap();
+        let mut e =
+            unsafe { NativeEntry::new(meta, entry, &|_| None, &mut BTreeMap::new()) }.unwrap();
         FAIL.store(true, Ordering::Relaxed);
         let err = e.run(&[]).unwrap_err();
         assert!(matches!(err, EngineError::Panic { .. }), "{err}");

@@ -165,7 +165,9 @@ mod tests {
                 got: 5
             }
         );
-        let err = Tensor::try_i64(vec![4], vec![0; 8]).unwrap_err().to_string();
+        let err = Tensor::try_i64(vec![4], vec![0; 8])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "a tensor of shape [4] holds 4 elements, but 8 were given"

@@ -889,7 +889,9 @@ mod tests {
         let header = serde_json::json!({"a": f32_entry(&[3], 0, 12), "b": f32_entry(&[2], 8, 16)});
         let err = open_raw("partial", header, 16);
         assert!(
-            err.contains("tensor \"b\" (data bytes 8..16) overlaps tensor \"a\" (data bytes 0..12)"),
+            err.contains(
+                "tensor \"b\" (data bytes 8..16) overlaps tensor \"a\" (data bytes 0..12)"
+            ),
             "{err}"
         );
     }
@@ -899,7 +901,9 @@ mod tests {
         let header = serde_json::json!({"a": f32_entry(&[1], 0, 4), "b": f32_entry(&[1], 8, 12)});
         let err = open_raw("hole", header, 12);
         assert!(
-            err.contains("data bytes 4..8, between tensor \"a\" and tensor \"b\", belong to no tensor"),
+            err.contains(
+                "data bytes 4..8, between tensor \"a\" and tensor \"b\", belong to no tensor"
+            ),
             "{err}"
         );
         let header = serde_json::json!({"a": f32_entry(&[1], 4, 8)});
@@ -918,19 +922,18 @@ mod tests {
 
     #[test]
     fn bad_entries_name_the_tensor() {
-        let header = serde_json::json!({"a": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}});
+        let header =
+            serde_json::json!({"a": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}});
         let err = open_raw("dtype", header, 4);
-        assert!(
-            err.contains("tensor \"a\": unknown variant `F33`"),
-            "{err}"
-        );
+        assert!(err.contains("tensor \"a\": unknown variant `F33`"), "{err}");
         let header = serde_json::json!({"a": f32_entry(&[1], 4, 0)});
         let err = open_raw("backwards", header, 4);
         assert!(
             err.contains("tensor \"a\": data_offsets [4, 0] run backwards"),
             "{err}"
         );
-        let header = serde_json::json!({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}});
+        let header =
+            serde_json::json!({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}});
         let err = open_raw("negative", header, 4);
         assert!(err.contains("tensor \"a\": invalid value"), "{err}");
         let header = serde_json::json!({"a": f32_entry(&[usize::MAX, 2], 0, 4)});
@@ -953,7 +956,10 @@ mod tests {
         let path = write(&dir, "model.safetensors", &file);
         let err = Weights::open_files(&[path]).unwrap_err().to_string();
         assert!(
-            err.contains(&format!("header length {} exceeds the file size {len}", len - 7)),
+            err.contains(&format!(
+                "header length {} exceeds the file size {len}",
+                len - 7
+            )),
             "{err}"
         );
     }
