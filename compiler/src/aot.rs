@@ -61,6 +61,12 @@ pub enum AotError {
     /// A weight the entries read was not loaded with the model (compiler bug).
     #[error("compiler bug: entry points read tensor \"{key}\", which the model did not load")]
     WeightNotLoaded { key: String },
+    /// A weight cannot be laid out as the kernels read it (names the prepared tensor).
+    #[error("weight \"{key}\" cannot be laid out for the kernels: {source}")]
+    Prepare {
+        key: String,
+        source: cranformer_runtime::gemm::quant::PackError,
+    },
     /// Loading the compiled entry points into an engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -328,9 +334,10 @@ fn write_prepared(model: &Model, entries: &[EntryMeta], out: &Path) -> Result<()
     // Safetensors is little-endian, as are the hosts Cranelift targets here.
     const _: () = assert!(cfg!(target_endian = "little"));
     for (name, (raw, prep, len)) in &items {
-        let data = prep
-            .apply(raw)
-            .map_err(|e| AotError::Model(format!("weight {name}: {e}")))?;
+        let data = prep.apply(raw).map_err(|source| AotError::Prepare {
+            key: name.clone(),
+            source,
+        })?;
         assert_eq!(data.len(), *len, "prepared length");
         // SAFETY: any f32 slice is readable as bytes.
         let bytes =

@@ -336,20 +336,24 @@ impl NativeEntry {
             let k = (key.clone(), *prep);
             if !prepared.contains_key(&k) {
                 let source = WeightSource::parse(key);
-                let raw = source.resolve(checkpoint).ok_or_else(|| WeightLoadError::Missing {
-                    entry: meta.name.clone(),
-                    key: source
-                        .keys()
-                        .into_iter()
-                        .find(|k| checkpoint(k).is_none())
-                        .unwrap_or(key)
-                        .to_string(),
-                })?;
-                let data = prep.apply(&raw).map_err(|source| WeightLoadError::Prepare {
-                    entry: meta.name.clone(),
-                    key: key.clone(),
-                    source,
-                })?;
+                let raw = source
+                    .resolve(checkpoint)
+                    .ok_or_else(|| WeightLoadError::Missing {
+                        entry: meta.name.clone(),
+                        key: source
+                            .keys()
+                            .into_iter()
+                            .find(|k| checkpoint(k).is_none())
+                            .unwrap_or(key)
+                            .to_string(),
+                    })?;
+                let data = prep
+                    .apply(&raw)
+                    .map_err(|source| WeightLoadError::Prepare {
+                        entry: meta.name.clone(),
+                        key: key.clone(),
+                        source,
+                    })?;
                 prepared.insert(k.clone(), data);
             }
             weights.push(prepared[&k].clone());
