@@ -216,7 +216,12 @@ pub struct GemmCall {
     pub threads: u32,
 }
 
+// SAFETY: a GemmCall is plain data; its pointers are only dereferenced inside `sgemm`/
+// `cranformer_gemm`, whose callers guarantee them valid for the call. The threads of one call
+// read A, B, bias and residual, which nobody writes during the call, and write disjoint column
+// ranges of C (one range of panels per task), so sharing the call between them is race-free.
 unsafe impl Send for GemmCall {}
+// SAFETY: as for Send.
 unsafe impl Sync for GemmCall {}
 
 impl GemmCall {
@@ -287,13 +292,17 @@ pub type Sgemm = GemmCall;
 /// thread count (see [`GemmCall::resolved`]; `isa` and `blocking` override the call's).
 ///
 /// # Safety
-/// The pointers must be valid for the sizes given; B must be packed with [`PACK_NR`].
+/// The pointers must be valid for the sizes given; B must be packed with [`PACK_NR`]; the
+/// CPU must have `isa` (at or below [`detected`]: [`Isa::from_code`] only returns such).
 pub unsafe fn sgemm(g: &GemmCall, isa: Isa, blocking: Blocking) {
     let (_, _, tasks) = g.resolved();
     run(g, isa, blocking, tasks)
 }
 
 /// Runs `g` with everything resolved.
+///
+/// # Safety
+/// As [`sgemm`]. Each task writes only its own panels' columns of C.
 unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
     if g.m == 0 || g.n == 0 {
         return;
@@ -334,15 +343,22 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
 /// As [`sgemm`]; `call` points at a valid [`GemmCall`].
 #[no_mangle]
 pub unsafe extern "C" fn cranformer_gemm(call: *const GemmCall) {
-    let g = &*call;
-    let (isa, bl, tasks) = g.resolved();
-    if profile::enabled() {
-        let t = std::time::Instant::now();
-        run(g, isa, bl, tasks);
-        profile::record(g, isa, bl, tasks, t.elapsed());
-    } else {
-        run(g, isa, bl, tasks);
-    }
+    // SAFETY: the caller passes a valid call (see above).
+    let g = unsafe { &*call };
+    // Generated code cannot unwind: a panic is recorded for the host instead.
+    threads::catch_for_generated_code(|| {
+        let (isa, bl, tasks) = g.resolved();
+        // SAFETY: the caller promised pointers valid for the call's sizes.
+        unsafe {
+            if profile::enabled() {
+                let t = std::time::Instant::now();
+                run(g, isa, bl, tasks);
+                profile::record(g, isa, bl, tasks, t.elapsed());
+            } else {
+                run(g, isa, bl, tasks);
+            }
+        }
+    });
 }
 
 thread_local! {
@@ -350,6 +366,9 @@ thread_local! {
 }
 
 /// Column panels `p0..p1` of C.
+///
+/// # Safety
+/// As [`sgemm`], and `p0..p1` within the panels of N.
 unsafe fn block(g: &GemmCall, isa: Isa, bl: Blocking, act: Act, p0: usize, p1: usize) {
     let (mr, nr) = (isa.mr(), isa.nr());
     let kc_max = bl.kc.max(1);
@@ -413,6 +432,9 @@ unsafe fn block(g: &GemmCall, isa: Isa, bl: Blocking, act: Act, p0: usize, p1: u
 
 /// Packs rows `ic..ic+mc`, columns `pc..pc+kc` of A into slivers of `mr` rows: sliver s is
 /// `[kc][rows]` with `rows = min(mr, mc - s*mr)`, so a micro-kernel reads A sequentially.
+///
+/// # Safety
+/// A valid for `g`'s sizes, and the block within M × K.
 unsafe fn pack_a(
     g: &GemmCall,
     ic: usize,
@@ -452,6 +474,9 @@ pub(crate) struct Tile {
     pub bias_cols_valid: usize,
 }
 
+/// # Safety
+/// The tile's pointers valid for its rows, columns and K (see [`Tile`]); `isa` one the CPU
+/// has (callers pass [`Isa::from_code`]'s choice, which falls back to what was detected).
 unsafe fn micro(isa: Isa, t: &Tile) {
     match isa {
         #[cfg(target_arch = "x86_64")]
