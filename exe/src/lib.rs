@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use cranformer_runtime::cli::{Common, Task};
+use cranformer_runtime::cli::{Common, ServeArgs, Task};
 use cranformer_runtime::compiled::{NativeEngine, Program, PROGRAM_VERSION};
 use cranformer_runtime::native::EntryFn;
 use cranformer_runtime::tasks::Session;
@@ -52,11 +52,21 @@ pub struct RawProgram {
     shards: *const Blob,
 }
 
+/// The model's tasks, and `serve`.
+#[derive(clap::Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Task(Task),
+    /// Serve the model over HTTP (OpenAI, Hugging Face TEI and KServe v2 routes), batching
+    /// concurrent requests.
+    Serve(ServeArgs),
+}
+
 #[derive(Parser)]
 #[command(version, disable_help_subcommand = true)]
 struct Cli {
     #[command(subcommand)]
-    task: Task,
+    command: Command,
     #[command(flatten)]
     common: Common,
     /// Read the weights from this safetensors file or model directory instead of the ones
@@ -107,11 +117,15 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
     let cli = parse(&program, &name, args);
     let common = &cli.common;
     common.weight_format().map_err(anyhow::Error::msg)?;
+    let task_name = match &cli.command {
+        Command::Task(t) => t.name(),
+        Command::Serve(_) => "serve",
+    };
     if !matches!(common.engine.as_str(), "jit" | "aot") {
         bail!(
             "--engine {:?}: a compiled executable runs its compiled code only (run `cranformer {} MODEL_DIR --engine interp` for the interpreter)",
             common.engine,
-            cli.task.name()
+            task_name
         );
     }
     if let Some(n) = common.threads {
@@ -120,7 +134,8 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
     // SAFETY: as above.
     let tokenizer =
         Tokenizer::from_json_bytes(unsafe { raw.tokenizer.bytes() }, program.tokenizer_kind())?;
-    let engine: Box<dyn Engine> = if matches!(cli.task, Task::Tokenize(_)) {
+    // Send: `serve` hands the engine to its engine thread.
+    let engine: Box<dyn Engine + Send> = if matches!(cli.command, Command::Task(Task::Tokenize(_))) {
         // Tokenizing needs no weights.
         Box::new(NoEngine)
     } else {
@@ -157,15 +172,30 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
         }
         Box::new(engine)
     };
+    let task = match cli.command {
+        Command::Task(task) => task,
+        Command::Serve(args) => {
+            // The weights are mapped and laid out above; the server runs its warm-up call on
+            // the engine thread before it reports ready.
+            return cranformer_serve::run(
+                &args,
+                cranformer_serve::ServedModel {
+                    info: program.info.clone(),
+                    tokenizer,
+                    engine: Box::new(move || Ok(engine as Box<dyn Engine>)),
+                },
+            );
+        }
+    };
     let mut session = Session {
         info: program.info.clone(),
         tokenizer,
         engine,
     };
     let t = std::time::Instant::now();
-    session.run(&cli.task, out)?;
+    session.run(&task, out)?;
     if common.verbose {
-        eprintln!("{} took {:.1?}", cli.task.name(), t.elapsed());
+        eprintln!("{} took {:.1?}", task.name(), t.elapsed());
     }
     Ok(())
 }
@@ -189,7 +219,7 @@ fn parse(program: &Program, name: &str, args: Vec<OsString>) -> Cli {
         .map(|s| s.get_name().to_string())
         .collect();
     for sub in names {
-        if !tasks.contains(&sub.as_str()) {
+        if sub != "serve" && !tasks.contains(&sub.as_str()) {
             cmd = cmd.mut_subcommand(sub, |s| s.hide(true));
         }
     }

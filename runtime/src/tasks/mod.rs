@@ -4,7 +4,7 @@
 mod classify;
 mod embed;
 mod fill_mask;
-mod forward;
+pub mod forward;
 mod generate;
 mod rerank;
 
