@@ -252,7 +252,6 @@ fn bad_requests_get_openai_errors() {
         ("unknown model", post("/v1/embeddings", json!({"input": "a", "model": "gpt-4"})), 404, "gpt-4"),
         ("unknown route", post("/v1/chat/completions", json!({})), 404, "/v1/embeddings"),
         ("no generation here", post("/v1/completions", json!({"prompt": "a"})), 404, "no route"),
-        ("no classifier here", post("/predict", json!({"inputs": "a"})), 404, "no route"),
         ("wrong method", s.get("/v1/embeddings"), 405, "GET"),
         ("/embed wrong type", post("/embed", json!({"inputs": {"a": 1}})), 400, "inputs"),
         ("/tokenize missing", post("/tokenize", json!({"text": "a"})), 400, "inputs"),
@@ -348,9 +347,16 @@ fn kserve_infer_matches_the_forward_task() {
     for p in ["/v1/embeddings", "/embed", "/tokenize", "/v2/models/{name}/infer", "/metrics"] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
-    assert!(!paths.contains_key("/v1/completions") && !paths.contains_key("/predict"));
+    assert!(!paths.contains_key("/v1/completions"));
     let models = s.get("/v1/models").expect(200);
     assert_eq!(models["data"][0]["id"], "tiny");
+    // bert-tiny's next-sentence head classifies pairs, as `cranformer classify` does.
+    let nsp = s
+        .post("/predict", &json!({"inputs": ["The sky is blue.", "It rarely rains."]}))
+        .expect(200);
+    let mut labels: Vec<&str> = nsp.as_array().unwrap().iter().map(|x| x["label"].as_str().unwrap()).collect();
+    labels.sort();
+    assert_eq!(labels, ["is_next", "not_next"]);
 }
 
 /// GPT-2: greedy completions equal the fixture's and `cranformer generate --json`'s, alone,
@@ -472,6 +478,7 @@ fn gpt2_completions_alone_streamed_and_batched() {
     bad(json!({"prompt": "word ".repeat(80)}), "at most 64");
     bad(json!({"prompt": "a", "max_tokens": "many"}), "max_tokens");
     s.post("/v1/embeddings", &json!({"input": "a"})).error(404);
+    s.post("/predict", &json!({"inputs": "a"})).error(404);
 }
 
 /// T5 completions and a classifier's /predict, equal to the CLI's results.
@@ -502,8 +509,9 @@ fn t5_completions_and_classifier_predict() {
 
     let cls = fixture_dir("bert-tiny-cls");
     let s = serve(&cls, &[]);
-    let texts = ["The quick brown fox jumps over the lazy dog.", "Hello world"];
-    let cli = run_json(&bin(), &["classify", cls.to_str().unwrap(), "--json", texts[0], texts[1]]);
+    // Three texts: a list of two would be one sentence pair, as in TEI.
+    let texts = ["The quick brown fox jumps over the lazy dog.", "Hello world", "A third text"];
+    let cli = run_json(&bin(), &["classify", cls.to_str().unwrap(), "--json", texts[0], texts[1], texts[2]]);
     let v = s.post("/predict", &json!({"inputs": texts})).expect(200);
     for (i, res) in v.as_array().unwrap().iter().enumerate() {
         let best = &res[0];
@@ -561,7 +569,10 @@ fn overload_and_graceful_shutdown() {
     let long: Vec<String> = (0..24)
         .map(|i| format!("sentence number {i} {}", "with many words in it ".repeat(10)))
         .collect();
-    let got = concurrently(24, |i| s.post("/v1/embeddings", &json!({"input": [long[i].clone(); 4]})));
+    let got = concurrently(24, |i| {
+        let input = vec![long[i].clone(); 4];
+        s.post("/v1/embeddings", &json!({ "input": input }))
+    });
     let busy: Vec<&Resp> = got.iter().filter(|r| r.status == 503).collect();
     assert!(
         got.iter().all(|r| r.status == 200 || r.status == 503),

@@ -35,6 +35,8 @@ pub enum RowKind {
     Embed,
     /// `encode` -> `logits` [B, labels] (classification heads)
     Classify,
+    /// `encode` -> `nsp_logits` [B, 2] (a next-sentence head: is_next, not_next)
+    NextSentence,
 }
 
 impl RowKind {
@@ -42,6 +44,7 @@ impl RowKind {
         match self {
             RowKind::Embed => ("embed", "embeddings", "embed"),
             RowKind::Classify => ("encode", "logits", "classify"),
+            RowKind::NextSentence => ("encode", "nsp_logits", "classify"),
         }
     }
 }

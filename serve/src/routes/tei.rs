@@ -1,6 +1,7 @@
 //! Hugging Face text-embeddings-inference style routes: `/embed`, `/predict`, `/tokenize`.
 //!
-//! `/predict` takes one text, one pair `["a", "b"]`, or a list of either; a pair is encoded as
+//! `/predict` takes one text, one pair `["a", "b"]`, or a list of either (as in TEI, a list of
+//! two texts is one pair: send `[["a"], ["b"]]` or three texts for a batch); a pair is encoded as
 //! BERT's `[CLS] a [SEP] b [SEP]` with segment ids 0 then 1 (`Tokenizer::encode_pair`). A
 //! `/rerank` route (a query against documents through a one-label cross-encoder) builds on the
 //! same pieces: [`Input`] for the pairs and [`classify`] for the scores.
@@ -85,6 +86,9 @@ impl Input {
         let one = |x: &Value, at: &str| -> Result<Input, ApiError> {
             match x {
                 Value::String(s) => Ok(Input::Text(s.clone())),
+                Value::Array(p) if p.len() == 1 && p[0].is_string() => {
+                    Ok(Input::Text(p[0].as_str().unwrap_or("").into()))
+                }
                 Value::Array(p) if p.len() == 2 && p.iter().all(Value::is_string) => Ok(
                     Input::Pair(p[0].as_str().unwrap_or("").into(), p[1].as_str().unwrap_or("").into()),
                 ),
@@ -133,27 +137,33 @@ impl Input {
 /// Scores per label for each input, as `classify` computes them (softmax, sigmoid for
 /// multi-label heads, raw values for regression or with `raw`).
 pub async fn classify(app: &App, inputs: &[Input], raw: bool) -> Result<Vec<Vec<(String, f32)>>, ApiError> {
-    let ModelInfo::Bert {
-        labels: Some(labels),
-        problem_type,
-        ..
-    } = &app.info
-    else {
-        return Err(ApiError::invalid("this model has no classification head"));
+    // A classifier's labels, or a next-sentence head's (as the classify task reads them).
+    let (kind, labels, problem_type) = match &app.info {
+        ModelInfo::Bert {
+            labels: Some(labels),
+            problem_type,
+            ..
+        } => (RowKind::Classify, labels.clone(), problem_type.as_str()),
+        ModelInfo::Bert { has_nsp: true, .. } => (
+            RowKind::NextSentence,
+            vec!["is_next".to_string(), "not_next".to_string()],
+            "single_label_classification",
+        ),
+        _ => return Err(ApiError::invalid("this model has no classification head")),
     };
     let seqs = inputs
         .iter()
         .enumerate()
         .map(|(i, x)| x.encode(app, &format!("inputs[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    let logits = rows(app, RowKind::Classify, seqs).await?;
+    let logits = rows(app, kind, seqs).await?;
     Ok(logits
         .iter()
         .map(|row| {
             let scores: Vec<f32> = if raw {
                 row.clone()
             } else {
-                match problem_type.as_str() {
+                match problem_type {
                     "multi_label_classification" => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
                     "regression" => row.clone(),
                     _ => softmax(row),
