@@ -79,12 +79,33 @@ pub fn set_threads(n: usize) {
     THREADS.store(n.max(1), Ordering::Relaxed);
 }
 
-/// Threads kernels use: `set_threads`, else every core.
+/// Threads kernels use: `set_threads`, else every core this process may use: the cores in
+/// its affinity mask, capped by the container's CPU quota (cgroup v2 `cpu.max`).
 pub fn threads() -> usize {
     match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
+                .ok()
+                .and_then(|s| cpu_max_limit(&s));
+            quota.map_or(cores, |q| cores.min(q))
+        }
         n => n,
     }
+}
+
+/// Whole CPUs granted by a cgroup v2 `cpu.max` ("QUOTA PERIOD" or "max PERIOD"), rounded up:
+/// a pod limited to 1.5 CPUs runs 2 threads, each busy three quarters of the time at most.
+/// (std's `available_parallelism` reads the quota too on recent Linux releases; reading it
+/// here keeps the rule explicit and testable.)
+pub fn cpu_max_limit(cpu_max: &str) -> Option<usize> {
+    let mut parts = cpu_max.split_whitespace();
+    let quota: u64 = parts.next()?.parse().ok()?;
+    let period: u64 = parts.next()?.parse().ok()?;
+    if period == 0 {
+        return None;
+    }
+    Some((quota.div_ceil(period) as usize).max(1))
 }
 
 fn pool() -> &'static Pool {
@@ -304,6 +325,15 @@ pub fn panic_message(payload: &Payload) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_quota_caps_threads() {
+        assert_eq!(cpu_max_limit("max 100000\n"), None);
+        assert_eq!(cpu_max_limit("200000 100000\n"), Some(2));
+        assert_eq!(cpu_max_limit("150000 100000"), Some(2));
+        assert_eq!(cpu_max_limit("50000 100000"), Some(1));
+        assert_eq!(cpu_max_limit("garbage"), None);
+    }
 
     #[test]
     fn every_task_runs_once() {
