@@ -634,3 +634,31 @@ fn compiled_executable_serves_the_same() {
     assert_eq!(a.get("/openapi.json").expect(200)["paths"], b.get("/openapi.json").expect(200)["paths"]);
     a.post("/v1/completions", &json!({"prompt": "x"})).error(404);
 }
+
+/// A cross-encoder's /rerank: the fixture's ranking, with the `rerank` task's scores.
+#[test]
+fn cross_encoder_rerank() {
+    let dir = fixture_dir("bert-tiny-rerank");
+    let r = Reference::load("bert-tiny-rerank");
+    let case = r.case("rerank");
+    let query = case["query"].as_str().unwrap();
+    let docs: Vec<&str> = case["documents"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    let mut args = vec!["rerank", dir.to_str().unwrap(), "--query", query, "--json"];
+    args.extend(&docs);
+    let cli = run_json(&bin(), &args);
+    let s = serve(&dir, &[]);
+    let v = s.post("/rerank", &json!({"query": query, "texts": docs})).expect(200);
+    let got: Vec<u64> = v.as_array().unwrap().iter().map(|x| x["index"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = case["ranking"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(got, want, "{v}");
+    for (g, c) in v.as_array().unwrap().iter().zip(cli["results"].as_array().unwrap()) {
+        assert_eq!(g["index"], c["index"], "{v} vs {cli}");
+        assert!((g["score"].as_f64().unwrap() - c["score"].as_f64().unwrap()).abs() < 1e-6, "{v} vs {cli}");
+    }
+    s.post("/rerank", &json!({"texts": docs})).error(400);
+    s.post("/rerank", &json!({"query": query, "texts": []})).error(400);
+    drop(s);
+    // Only cross-encoders offer it.
+    let s = serve(&fixture_dir("bert-tiny-cls"), &[]);
+    s.post("/rerank", &json!({"query": query, "texts": docs})).error(404);
+}

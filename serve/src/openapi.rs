@@ -47,6 +47,12 @@ fn request_schema(path: &str) -> Option<Value> {
             "normalize": {"type": "boolean", "default": true},
             "truncate": {"type": "boolean", "default": false},
         }}),
+        "/rerank" => json!({"type": "object", "required": ["query", "texts"], "properties": {
+            "query": {"type": "string", "minLength": 1},
+            "texts": texts_schema(),
+            "raw_scores": {"type": "boolean", "default": false},
+            "return_text": {"type": "boolean", "default": false},
+        }}),
         "/predict" => json!({"type": "object", "required": ["inputs"], "properties": {
             "inputs": {"oneOf": [
                 {"type": "string"},

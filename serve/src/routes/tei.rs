@@ -239,3 +239,78 @@ pub async fn tokenize(
         out.pop().unwrap_or(Value::Array(vec![]))
     }))
 }
+
+#[derive(Deserialize)]
+pub struct RerankRequest {
+    #[serde(default)]
+    query: Value,
+    #[serde(default)]
+    texts: Value,
+    #[serde(default)]
+    raw_scores: bool,
+    #[serde(default)]
+    return_text: bool,
+}
+
+/// `/rerank` (cross-encoders: one-label classifiers): each (query, text) pair is encoded as a
+/// sentence pair truncated `longest_first` to the positions, as the `rerank` task does; the
+/// answer lists `{index, score}` best first, score = sigmoid(logit) unless `raw_scores`.
+pub async fn rerank(
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<RerankRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let query = match &req.query {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Null => return Err(ApiError::field("query", "missing")),
+        _ => return Err(ApiError::field("query", "expected a non-empty text")),
+    };
+    let (texts, _) = texts(&req.texts, "texts")?;
+    let tokenizer = app
+        .tokenizer
+        .truncating(app.info.max_positions())
+        .map_err(|e| ApiError::field("texts", e))?;
+    let seqs = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let at = format!("texts[{i}]");
+            if t.is_empty() {
+                return Err(ApiError::field(&at, "the text is empty"));
+            }
+            let enc = tokenizer
+                .encode_pair(&query, t)
+                .map_err(|e| ApiError::field(&at, e))?;
+            let mut seq = Seq {
+                ids: enc.ids,
+                type_ids: enc.type_ids,
+            };
+            fit(&app, &mut seq, &at, false)?;
+            Ok(seq)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let logits = rows(&app, RowKind::Classify, seqs).await?;
+    let mut ranked: Vec<(usize, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, row)| (i, row.first().copied().unwrap_or(f32::NAN)))
+        .collect();
+    // Best first; equal logits keep the texts' order.
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(Json(Value::Array(
+        ranked
+            .into_iter()
+            .map(|(i, logit)| {
+                let score = if req.raw_scores {
+                    logit
+                } else {
+                    1.0 / (1.0 + (-logit).exp())
+                };
+                let mut r = json!({"index": i, "score": score, "logit": logit});
+                if req.return_text {
+                    r["text"] = json!(texts[i]);
+                }
+                r
+            })
+            .collect(),
+    )))
+}
