@@ -39,15 +39,16 @@ pub struct CallDims {
 }
 
 impl SymDim {
-    pub fn eval(self, d: &CallDims) -> usize {
-        match self {
+    /// The dim's value for this call; `None` if P + T overflows.
+    pub fn eval(self, d: &CallDims) -> Option<usize> {
+        Some(match self {
             SymDim::Const(n) => n,
             SymDim::Batch => d.batch,
             SymDim::Seq => d.seq,
             SymDim::Past => d.past,
-            SymDim::Total => d.past + d.seq,
+            SymDim::Total => d.past.checked_add(d.seq)?,
             SymDim::EncSeq => d.enc_seq,
-        }
+        })
     }
 }
 
@@ -75,12 +76,15 @@ pub struct TensorSig {
 }
 
 impl TensorSig {
-    pub fn bytes(&self, d: &CallDims) -> usize {
+    /// Bytes of the tensor at these dims; `None` if the size overflows.
+    pub fn bytes(&self, d: &CallDims) -> Option<usize> {
         let elem = match self.elem {
             ElemType::F32 => 4,
             ElemType::I64 => 8,
         };
-        elem * self.shape.iter().map(|s| s.eval(d)).product::<usize>()
+        self.shape
+            .iter()
+            .try_fold(elem, |acc: usize, s| acc.checked_mul(s.eval(d)?))
     }
 }
 
@@ -119,7 +123,29 @@ pub enum WeightPrep {
 pub const PANEL: usize = crate::gemm::PACK_NR;
 
 impl WeightPrep {
-    /// The prepared tensor from the checkpoint's data (only int8 can refuse a weight: see
+    /// The fewest checkpoint values the preparation reads (`None`: any number, or overflow).
+    pub fn source_len(self) -> Option<usize> {
+        match self {
+            WeightPrep::AsIs => None,
+            WeightPrep::Panels { k, n, .. } | WeightPrep::Quantized { k, n, .. } => {
+                k.checked_mul(n)
+            }
+            WeightPrep::PadPanel { n } => Some(n),
+        }
+    }
+
+    /// [`WeightPrep::prepared_len`] of an f32 layout (`Panels`, `PadPanel`), or `None` if it
+    /// overflows, for the sizes an executable's description claims.
+    pub fn checked_panel_len(self) -> Option<usize> {
+        match self {
+            WeightPrep::Panels { k, n, .. } => n.checked_next_multiple_of(PANEL)?.checked_mul(k),
+            WeightPrep::PadPanel { n } => n.checked_next_multiple_of(PANEL),
+            WeightPrep::AsIs | WeightPrep::Quantized { .. } => None,
+        }
+    }
+
+    /// The prepared tensor from the checkpoint's data, which must hold at least
+    /// [`WeightPrep::source_len`] values (only int8 can refuse a weight: see
     /// [`crate::gemm::quant::PackError`]).
     pub fn apply(self, w: &F32Buffer) -> Result<F32Buffer, crate::gemm::quant::PackError> {
         Ok(match self {
@@ -235,6 +261,61 @@ pub struct EntryMeta {
     pub live: Vec<(u32, u32)>,
 }
 
+impl EntryMeta {
+    /// Checks that everything the host indexes by this metadata is in range: one live range
+    /// per buffer, output slots that exist, weight layouts and constant sizes that do not
+    /// overflow.
+    pub fn check(&self) -> Result<(), String> {
+        if self.live.len() != self.buffers.len() {
+            return Err(format!(
+                "{} live ranges for {} buffers",
+                self.live.len(),
+                self.buffers.len()
+            ));
+        }
+        if let Some((b, (first, last))) = self.live.iter().enumerate().find(|(_, r)| r.0 > r.1) {
+            return Err(format!("buffer {b} is live from step {first} to {last}"));
+        }
+        for (name, slot) in &self.outputs {
+            let ok = match *slot {
+                Slot::Input(i) => i < self.inputs.len(),
+                Slot::Buffer(i) => i < self.buffers.len(),
+            };
+            if !ok {
+                return Err(format!(
+                    "output {name} is in {slot:?}, which does not exist"
+                ));
+            }
+        }
+        for (key, prep) in &self.weights {
+            let overflows = match prep {
+                WeightPrep::AsIs => false,
+                WeightPrep::Quantized { .. } => prep.source_len().is_none(),
+                _ => prep.source_len().is_none() || prep.checked_panel_len().is_none(),
+            };
+            if overflows {
+                return Err(format!("weight {key}: layout {prep:?} overflows"));
+            }
+        }
+        // With every symbolic dim at 1, a size must fit; larger dims are checked per call.
+        let ones = CallDims {
+            batch: 1,
+            seq: 1,
+            past: 0,
+            enc_seq: 1,
+        };
+        for sig in self.inputs.iter().chain(&self.buffers) {
+            if sig.bytes(&ones).is_none_or(|b| b > isize::MAX as usize) {
+                return Err(format!(
+                    "{} has an overflowing size {:?}",
+                    sig.name, sig.shape
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the generated entry function receives.
 #[repr(C)]
 pub struct EntryCtx {
@@ -320,6 +401,18 @@ impl NativeEntry {
                 let raw = WeightSource::parse(key)
                     .resolve(checkpoint)
                     .ok_or_else(|| format!("weight {key} not loaded"))?;
+                match prep.source_len() {
+                    Some(need) if raw.len() < need => {
+                        return Err(format!(
+                            "weight {key} has {} values, but {prep:?} reads {need}",
+                            raw.len()
+                        ))
+                    }
+                    None if *prep != WeightPrep::AsIs => {
+                        return Err(format!("weight {key}: {prep:?} overflows"))
+                    }
+                    _ => {}
+                }
                 let data = prep.apply(&raw).map_err(|e| format!("weight {key}: {e}"))?;
                 prepared.insert(k.clone(), data);
             }
@@ -360,7 +453,12 @@ impl NativeEntry {
         for w in &self.weights {
             values.push(w.as_ptr() as *mut u8);
         }
-        let (offsets, total) = plan_memory(&self.meta, &dims);
+        let (offsets, total) = plan_memory(&self.meta, &dims).ok_or_else(|| {
+            EngineError::Input(format!(
+                "the buffers of entry point {} for {dims:?} overflow the address space",
+                self.meta.name
+            ))
+        })?;
         record_arena(&self.meta, &dims, total);
         let lines = total / ALIGN + 1;
         if self.arena.len() < lines {
@@ -407,7 +505,12 @@ impl NativeEntry {
                     values[self.meta.inputs.len() + self.weights.len() + i] as *const u8,
                 ),
             };
-            let shape: Vec<usize> = sig.shape.iter().map(|d| d.eval(&dims)).collect();
+            // Every size fits: the memory plan computed them all.
+            let shape: Vec<usize> = sig
+                .shape
+                .iter()
+                .map(|d| d.eval(&dims).unwrap_or(0))
+                .collect();
             let n: usize = shape.iter().product();
             // SAFETY: the slot holds n elements of the signature's type.
             let t = unsafe {
@@ -445,16 +548,21 @@ fn record_arena(meta: &EntryMeta, dims: &CallDims, planned: usize) {
     let unshared: usize = meta
         .buffers
         .iter()
-        .map(|b| b.bytes(dims).div_ceil(ALIGN) * ALIGN)
-        .sum();
+        .map(|b| b.bytes(dims).unwrap_or(0).div_ceil(ALIGN) * ALIGN)
+        .fold(0, usize::saturating_add);
     if let Ok(mut m) = ARENA_STATS.lock() {
         let e = m.entry(meta.name.clone()).or_default();
         *e = (e.0.max(planned), e.1.max(unshared));
     }
 }
 
-pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> (Vec<usize>, usize) {
+///
+/// `None` if a size overflows, or the metadata gives no live range for some buffer.
+pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> Option<(Vec<usize>, usize)> {
     let n = meta.buffers.len();
+    if meta.live.len() != n {
+        return None;
+    }
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&b| meta.live[b]);
     let mut offsets = vec![0usize; n];
@@ -462,7 +570,9 @@ pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> (Vec<usize>, usize) {
     let mut placed: Vec<(usize, usize, usize)> = Vec::with_capacity(n);
     let mut total = 0;
     for b in order {
-        let size = meta.buffers[b].bytes(dims).div_ceil(ALIGN) * ALIGN;
+        let size = meta.buffers[b]
+            .bytes(dims)?
+            .checked_next_multiple_of(ALIGN)?;
         let (first, last) = meta.live[b];
         let mut clash: Vec<(usize, usize)> = placed
             .iter()
@@ -477,11 +587,14 @@ pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> (Vec<usize>, usize) {
             }
             at = at.max(e);
         }
+        let end = at.checked_add(size)?;
         offsets[b] = at;
-        placed.push((at, at + size, b));
-        total = total.max(at + size);
+        placed.push((at, end, b));
+        total = total.max(end);
     }
-    (offsets, total)
+    // The arena is allocated in whole lines, one more than total / ALIGN.
+    total.checked_add(ALIGN)?;
+    Some((offsets, total))
 }
 
 fn bind(meta: &EntryMeta, given: &[(&str, &Tensor)]) -> Result<CallDims, EngineError> {
@@ -560,7 +673,7 @@ pub fn resolve_past(
     total: Option<usize>,
 ) -> Result<usize, String> {
     match (past, total) {
-        (Some(p), Some(t)) if p + seq != t => Err(format!(
+        (Some(p), Some(t)) if p.checked_add(seq) != Some(t) => Err(format!(
             "covers {t} positions, expected past {p} + new {seq}"
         )),
         (Some(p), _) => Ok(p),
