@@ -158,6 +158,7 @@ fn models() -> [ModelInfo; 3] {
                 mode: "mean".into(),
                 normalize: false,
             },
+            max_seq_length: None,
         },
         ModelInfo::Gpt2 {
             architecture: "GPT2LMHeadModel".into(),
@@ -304,6 +305,14 @@ pub fn tokenizer(data: &[u8]) {
                 tok.decode(&[id]).is_err(),
                 "id {id} decodes but has no token"
             );
+        }
+    }
+    // Truncation (`embed`, `rerank`): never more tokens than asked for.
+    if let Ok(short) = tok.truncating(8) {
+        for text in TEXTS {
+            if let Ok(enc) = short.encode_pair(text, text) {
+                assert!(enc.ids.len() <= 8, "{} tokens", enc.ids.len());
+            }
         }
     }
     // What compile embeds must load again.
