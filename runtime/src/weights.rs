@@ -550,11 +550,8 @@ impl ShardIndex {
             let shard = shard
                 .as_str()
                 .ok_or_else(|| malformed(format!("weight_map[\"{key}\"] is not a file name")))?;
-            let mut parts = Path::new(shard).components();
-            if !matches!(
-                (parts.next(), parts.next()),
-                (Some(std::path::Component::Normal(_)), None)
-            ) {
+            // Exactly its own file name: no directory, "..", "." or trailing slash.
+            if Path::new(shard).file_name() != Some(std::ffi::OsStr::new(shard)) {
                 return Err(malformed(format!(
                     "weight_map[\"{key}\"] is \"{shard}\", expected a file name in the model \
                      directory"

@@ -282,7 +282,16 @@ fn weight_layout_reading_past_the_tensor_is_an_error() {
 #[test]
 fn shard_index_may_not_point_outside_the_model_directory() {
     let index = Path::new("/m/model.safetensors.index.json");
-    for shard in ["../x.safetensors", "/etc/passwd", "a/../../b", ".", ""] {
+    // The fuzzer found "model-00001-of-00002.safetensors/" passing as a file name.
+    for shard in [
+        "../x.safetensors",
+        "/etc/passwd",
+        "a/../../b",
+        ".",
+        "",
+        "m.safetensors/",
+        "./m",
+    ] {
         let text = serde_json::json!({"weight_map": {"w": shard}}).to_string();
         let err = ShardIndex::parse(text.as_bytes(), index)
             .unwrap_err()
