@@ -213,21 +213,25 @@ fn cache_sizes() -> (u64, u64, u64) {
 fn fma_gflops(bits: u32) -> f64 {
     let iters = 20_000_000u64;
     let t = Instant::now();
-    let (flops, sink) = unsafe { fma_loop(bits, iters) };
+    let (flops, sink) = fma_loop(bits, iters);
     let secs = t.elapsed().as_secs_f64();
     std::hint::black_box(sink);
     flops / secs / 1e9
 }
 
 /// Runs `iters` steps of independent FMAs; returns the FLOPs done and a value to keep.
-unsafe fn fma_loop(bits: u32, iters: u64) -> (f64, f32) {
+fn fma_loop(bits: u32, iters: u64) -> (f64, f32) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
         match bits {
-            512 if is_x86_feature_detected!("avx512f") => return fma512(iters),
-            256 if is_x86_feature_detected!("fma") => return fma256(iters),
-            128 if is_x86_feature_detected!("fma") => return fma128(iters),
+            // SAFETY: each of the three runs only where its target features were detected.
+            512 if is_x86_feature_detected!("avx512f") => return unsafe { fma512(iters) },
+            256 if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") => {
+                return unsafe { fma256(iters) }
+            }
+            // SAFETY: as above.
+            128 if is_x86_feature_detected!("fma") => return unsafe { fma128(iters) },
             _ => {}
         }
         #[target_feature(enable = "avx512f")]
@@ -298,7 +302,7 @@ fn read_gbs(bytes: usize) -> f64 {
         let t = Instant::now();
         let mut sink = 0f32;
         for _ in 0..passes {
-            sink += unsafe { sum(&buf) };
+            sink += sum(&buf);
         }
         std::hint::black_box(sink);
         best = best.min(t.elapsed().as_secs_f64());
@@ -306,11 +310,12 @@ fn read_gbs(bytes: usize) -> f64 {
     (n * 4 * passes) as f64 / best / 1e9
 }
 
-unsafe fn sum(buf: &[f32]) -> f32 {
+fn sum(buf: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
-            return sum512(buf);
+            // SAFETY: AVX-512F was detected just above.
+            return unsafe { sum512(buf) };
         }
         #[target_feature(enable = "avx512f")]
         unsafe fn sum512(buf: &[f32]) -> f32 {
@@ -318,6 +323,7 @@ unsafe fn sum(buf: &[f32]) -> f32 {
             let mut acc = [_mm512_setzero_ps(); 8];
             for chunk in buf.chunks_exact(128) {
                 for (j, a) in acc.iter_mut().enumerate() {
+                    // 16 floats at 16 * j, j < 8: within the chunk of 128.
                     *a = _mm512_add_ps(*a, _mm512_loadu_ps(chunk.as_ptr().add(16 * j)));
                 }
             }

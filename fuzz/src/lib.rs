@@ -8,7 +8,8 @@
 use cranformer_runtime::compiled::{Program, ProgramError};
 use cranformer_runtime::config::ModelConfig;
 use cranformer_runtime::model_info::{ModelInfo, Pooling};
-use cranformer_runtime::native::{plan_memory, CallDims, EntryCtx, NativeEntry};
+use cranformer_runtime::native::{plan_memory, EntryCtx, NativeEntry};
+use cranformer_runtime::shape::Dims;
 use cranformer_runtime::tasks::forward::ForwardInput;
 use cranformer_runtime::tokenize::{Tokenizer, TokenizerKind};
 use cranformer_runtime::weights::{DType, F32Buffer, ShardIndex, Weights, WeightsError};
@@ -194,14 +195,14 @@ pub fn forward_input(data: &[u8]) {
                 continue;
             }
         };
-        let shape = input.input_ids.shape.clone();
+        let shape = input.input_ids.shape().to_vec();
         assert_eq!(shape.len(), 2);
         assert!(shape[0] > 0 && shape[1] > 0 && shape[1] <= info.max_positions());
         let ids = input.input_ids.as_i64().unwrap();
         assert!(ids
             .iter()
             .all(|&id| id >= 0 && (id as usize) < info.vocab_size()));
-        assert_eq!(input.attention_mask.shape, shape);
+        assert_eq!(input.attention_mask.shape(), shape);
         assert!(input
             .attention_mask
             .as_i64()
@@ -213,7 +214,7 @@ pub fn forward_input(data: &[u8]) {
                 type_vocab_size, ..
             } => {
                 let tt = input.token_type_ids.as_ref().expect("BERT has token types");
-                assert_eq!(tt.shape, shape);
+                assert_eq!(tt.shape(), shape);
                 assert!(tt
                     .as_i64()
                     .unwrap()
@@ -223,8 +224,8 @@ pub fn forward_input(data: &[u8]) {
             ModelInfo::Gpt2 { .. } => assert!(input.token_type_ids.is_none()),
             ModelInfo::T5 { .. } => {
                 if let Some(dec) = &input.decoder_input_ids {
-                    assert_eq!(dec.shape[0], shape[0]);
-                    assert!(dec.shape[1] > 0 && dec.shape[1] <= info.max_positions());
+                    assert_eq!(dec.shape()[0], shape[0]);
+                    assert!(dec.shape()[1] > 0 && dec.shape()[1] <= info.max_positions());
                 }
             }
         }
@@ -338,7 +339,6 @@ pub fn program_blob(data: &[u8]) {
                 e,
                 ProgramError::Json(_)
                     | ProgramError::Version { .. }
-                    | ProgramError::TokenizerKind(_)
                     | ProgramError::Entry { .. }
             ));
             assert!(
@@ -349,21 +349,21 @@ pub fn program_blob(data: &[u8]) {
             return;
         }
     };
-    std::hint::black_box((program.info.tasks(), program.tokenizer_kind()));
+    std::hint::black_box((program.info.tasks(), program.tokenizer_kind));
     let sizes = [
-        CallDims {
+        Dims {
             batch: 1,
             seq: 1,
             past: 0,
             enc_seq: 1,
         },
-        CallDims {
+        Dims {
             batch: 3,
             seq: 7,
             past: 5,
             enc_seq: 2,
         },
-        CallDims {
+        Dims {
             batch: usize::MAX / 2,
             seq: 1 << 40,
             past: usize::MAX - 3,
@@ -374,7 +374,7 @@ pub fn program_blob(data: &[u8]) {
         for dims in &sizes {
             if let Some((offsets, total)) = plan_memory(meta, dims) {
                 for (sig, &at) in meta.buffers.iter().zip(&offsets) {
-                    assert!(at + sig.bytes(dims).unwrap() <= total, "{}", sig.name);
+                    assert!(at + sig.checked_bytes(dims).unwrap() <= total, "{}", sig.name);
                 }
             }
         }

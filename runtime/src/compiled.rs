@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 /// Version of [`Program`]'s encoding; an executable and its runtime library come from the
 /// same `cranformer`, so a mismatch is a bug, not a user error.
-pub const PROGRAM_VERSION: u32 = 1;
+pub const PROGRAM_VERSION: u32 = 2;
 
 /// Everything a compiled executable knows about its model besides code, tokenizer and
 /// weight bytes (embedded as JSON).
@@ -24,8 +24,7 @@ pub struct Program {
     /// The model directory it was compiled from (shown by `--verbose`).
     pub source: String,
     pub info: ModelInfo,
-    /// "bert", "gpt2" or "t5".
-    pub tokenizer_kind: String,
+    pub tokenizer_kind: TokenizerKind,
     pub entries: Vec<EntryMeta>,
     /// Every checkpoint tensor the entries read, with the shape the compiler checked.
     pub weights: Vec<(String, Vec<usize>)>,
@@ -64,15 +63,13 @@ pub fn prepared_key(key: &str, prep: WeightPrep) -> String {
 /// executable: the compiler writes the description the runtime reads.
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
-    /// The bytes are not the JSON of a [`Program`].
+    /// The bytes are not the JSON of a [`Program`] (including a `tokenizer_kind` that names
+    /// no tokenizer family).
     #[error("the embedded program description is not valid: {0}")]
     Json(#[from] serde_json::Error),
     /// The description was written for another version of the runtime.
     #[error("the embedded program description is version {found}, this runtime reads version {PROGRAM_VERSION}")]
     Version { found: u32 },
-    /// `tokenizer_kind` names no tokenizer family.
-    #[error("the embedded program description names tokenizer kind {0:?}, expected \"bert\", \"gpt2\" or \"t5\"")]
-    TokenizerKind(String),
     /// An entry's metadata contradicts itself.
     #[error("the embedded program description's entry {entry:?}: {message}")]
     Entry { entry: String, message: String },
@@ -89,9 +86,6 @@ impl Program {
                 found: program.version,
             });
         }
-        if !matches!(program.tokenizer_kind.as_str(), "bert" | "gpt2" | "t5") {
-            return Err(ProgramError::TokenizerKind(program.tokenizer_kind));
-        }
         for (i, meta) in program.entries.iter().enumerate() {
             let bad = |message: String| ProgramError::Entry {
                 entry: meta.name.clone(),
@@ -103,14 +97,6 @@ impl Program {
             meta.check().map_err(bad)?;
         }
         Ok(program)
-    }
-
-    pub fn tokenizer_kind(&self) -> TokenizerKind {
-        match self.tokenizer_kind.as_str() {
-            "gpt2" => TokenizerKind::Gpt2,
-            "t5" => TokenizerKind::T5,
-            _ => TokenizerKind::Bert,
-        }
     }
 
     /// Every prepared weight the entries read, from the embedded store written by the
@@ -163,14 +149,6 @@ impl Program {
     }
 }
 
-pub fn tokenizer_kind_name(kind: TokenizerKind) -> &'static str {
-    match kind {
-        TokenizerKind::Bert => "bert",
-        TokenizerKind::Gpt2 => "gpt2",
-        TokenizerKind::T5 => "t5",
-    }
-}
-
 /// Runs entry functions that were linked ahead of time.
 pub struct NativeEngine {
     name: &'static str,
@@ -194,13 +172,7 @@ impl NativeEngine {
         let mut map = BTreeMap::new();
         for (meta, func) in entries {
             let entry_name = meta.name.clone();
-            let entry =
-                NativeEntry::new(meta, func, &lookup, &mut prepared).map_err(|message| {
-                    EngineError::Internal {
-                        engine: name.into(),
-                        message: format!("entry {entry_name}: {message}"),
-                    }
-                })?;
+            let entry = NativeEntry::new(meta, func, &lookup, &mut prepared)?;
             map.insert(entry_name, entry);
         }
         Ok(NativeEngine { name, entries: map })
@@ -222,5 +194,26 @@ impl Engine for NativeEngine {
                 available,
             })?;
         e.run(inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_kind_is_read_by_name_and_unknown_names_are_refused() {
+        for (name, kind) in [
+            ("bert", TokenizerKind::Bert),
+            ("gpt2", TokenizerKind::Gpt2),
+            ("t5", TokenizerKind::T5),
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), name);
+            let parsed: TokenizerKind = serde_json::from_value(name.into()).unwrap();
+            assert_eq!(parsed, kind);
+        }
+        // It used to read as BERT.
+        let err = serde_json::from_value::<TokenizerKind>("llama".into()).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `llama`"), "{err}");
     }
 }

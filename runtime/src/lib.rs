@@ -3,6 +3,7 @@
 //! Linked into the `cranformer` command and into every compiled model executable, so it
 //! depends on no part of the compiler.
 
+pub mod abi;
 pub mod cli;
 pub mod compiled;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod kv_cache;
 pub mod model_info;
 pub mod native;
 pub mod sampling;
+pub mod shape;
 pub mod tasks;
 pub mod tensor;
 pub mod threads;
@@ -21,4 +23,4 @@ pub mod weights;
 pub use config::ModelConfig;
 pub use engine::{Engine, EngineError, Outputs};
 pub use model_info::ModelInfo;
-pub use tensor::{Tensor, TensorData};
+pub use tensor::{Tensor, TensorData, TensorError};

@@ -8,83 +8,33 @@
 //!   then the intermediate buffers ([`EntryMeta::buffers`] order). The host fills it.
 //! - `ctx.dims` holds B, T, P and S (encoder tokens) as i64; every size inside the generated
 //!   code is computed from them, so one compiled entry serves every batch and length.
+//! - Generated code finds every field through the offsets in [`crate::abi`].
 //! - The result is 0, or the code of an error in [`EntryMeta::errors`] (index + 1).
 //!
 //! Outputs are intermediate buffers (or inputs) that the host copies out after the call.
 
+use crate::shape::{DType, Dims, TensorType};
 use crate::weights::F32Buffer;
 use crate::{EngineError, Outputs, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A symbolic dim as the generated code sees it (mirrors the compiler's `Dim`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SymDim {
-    Const(usize),
-    Batch,
-    Seq,
-    Past,
-    /// P + T.
-    Total,
-    EncSeq,
-}
-
-/// Values of the dims for one call, in the order of `EntryCtx::dims`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CallDims {
-    pub batch: usize,
-    pub seq: usize,
-    pub past: usize,
-    pub enc_seq: usize,
-}
-
-impl SymDim {
-    /// The dim's value for this call; `None` if P + T overflows.
-    pub fn eval(self, d: &CallDims) -> Option<usize> {
-        Some(match self {
-            SymDim::Const(n) => n,
-            SymDim::Batch => d.batch,
-            SymDim::Seq => d.seq,
-            SymDim::Past => d.past,
-            SymDim::Total => d.past.checked_add(d.seq)?,
-            SymDim::EncSeq => d.enc_seq,
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ElemType {
-    F32,
-    I64,
-}
-
-impl ElemType {
-    fn name(self) -> &'static str {
-        match self {
-            ElemType::F32 => "f32",
-            ElemType::I64 => "i64",
-        }
-    }
-}
-
-/// Shape and element type of an input or buffer.
+/// Name, element type and shape of an input or buffer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorSig {
     pub name: String,
-    pub elem: ElemType,
-    pub shape: Vec<SymDim>,
+    pub ty: TensorType,
 }
 
 impl TensorSig {
-    /// Bytes of the tensor at these dims; `None` if the size overflows.
-    pub fn bytes(&self, d: &CallDims) -> Option<usize> {
-        let elem = match self.elem {
-            ElemType::F32 => 4,
-            ElemType::I64 => 8,
-        };
-        self.shape
-            .iter()
-            .try_fold(elem, |acc: usize, s| acc.checked_mul(s.eval(d)?))
+    pub fn bytes(&self, d: &Dims) -> usize {
+        self.ty.bytes(d)
+    }
+
+    /// [`TensorSig::bytes`], or `None` if the size overflows (for sizes an executable's
+    /// description claims).
+    pub fn checked_bytes(&self, d: &Dims) -> Option<usize> {
+        self.ty.checked_bytes(d)
     }
 }
 
@@ -298,17 +248,17 @@ impl EntryMeta {
             }
         }
         // With every symbolic dim at 1, a size must fit; larger dims are checked per call.
-        let ones = CallDims {
+        let ones = Dims {
             batch: 1,
             seq: 1,
             past: 0,
             enc_seq: 1,
         };
         for sig in self.inputs.iter().chain(&self.buffers) {
-            if sig.bytes(&ones).is_none_or(|b| b > isize::MAX as usize) {
+            if sig.checked_bytes(&ones).is_none_or(|b| b > isize::MAX as usize) {
                 return Err(format!(
-                    "{} has an overflowing size {:?}",
-                    sig.name, sig.shape
+                    "{} has an overflowing size {}",
+                    sig.name, sig.ty
                 ));
             }
         }
@@ -316,14 +266,27 @@ impl EntryMeta {
     }
 }
 
-/// What the generated entry function receives.
+/// What the generated entry function receives. Generated code reaches every field through
+/// [`crate::abi::ctx`].
 #[repr(C)]
 pub struct EntryCtx {
     pub values: *const *mut u8,
-    /// B, T, P, S.
-    pub dims: [i64; 4],
-    /// Runtime services the generated code calls (byte offset 40).
+    pub dims: CtxDims,
+    /// Runtime services the generated code calls.
     pub rt: *const RuntimeFns,
+}
+
+/// The call's dims as generated code reads them: every size it computes comes from these.
+#[repr(C)]
+pub struct CtxDims {
+    /// B.
+    pub batch: i64,
+    /// T.
+    pub seq: i64,
+    /// P.
+    pub past: i64,
+    /// S.
+    pub enc_seq: i64,
 }
 
 pub use crate::gemm::GemmCall;
@@ -337,7 +300,7 @@ pub type GemmFn = unsafe extern "C" fn(*const GemmCall);
 /// shared object loaded by a process that exports no symbols.
 #[repr(C)]
 pub struct RuntimeFns {
-    /// The wide matmul (offset 0), or null where only the generated f32x4 kernel should run
+    /// The wide matmul, or null where only the generated f32x4 kernel should run
     /// (CPUs without AVX2, or `CRANFORMER_ISA=portable`).
     pub gemm: Option<GemmFn>,
     /// Runs `task(ctx, i)` for every `i < n` on the runtime's thread pool
@@ -348,9 +311,6 @@ pub struct RuntimeFns {
 
 /// `parallel_for(task, ctx, n)`.
 pub type ParallelForFn = unsafe extern "C" fn(crate::threads::TaskFn, *const u8, usize);
-
-/// Byte offset of [`RuntimeFns::parallel_for`], where generated code loads it.
-pub const RT_PARALLEL_FOR: usize = std::mem::offset_of!(RuntimeFns, parallel_for);
 
 /// The runtime services for this CPU.
 pub fn runtime_fns() -> &'static RuntimeFns {
@@ -377,6 +337,34 @@ const ALIGN: usize = 64;
 #[derive(Clone, Copy)]
 struct Line([u8; ALIGN]);
 
+/// A weight an entry point reads cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightLoadError {
+    /// It is not among the tensors the entry was given (names the checkpoint key, or the
+    /// missing part of a derived `concat(..)` weight).
+    #[error("entry point {entry} reads tensor \"{key}\", which is not among the loaded weights")]
+    Missing { entry: String, key: String },
+    /// A value of the entry has a weight storage type (i8, bf16, f16) that never crosses the
+    /// entry ABI until kernels compute with it: refused rather than handed out as f32.
+    #[error("entry point {entry}: value {value} is {ty}: compiled entry points take and produce only f32 and i64")]
+    DType { entry: String, value: String, ty: String },
+    /// It cannot be laid out as the kernels read it.
+    #[error("entry point {entry}: weight \"{key}\" cannot be laid out for the kernels: {source}")]
+    Prepare {
+        entry: String,
+        key: String,
+        source: crate::gemm::quant::PackError,
+    },
+    /// The checkpoint tensor does not fit the layout the entry reads it in (a corrupt
+    /// executable description or checkpoint).
+    #[error("entry point {entry}: weight \"{key}\": {reason}")]
+    Layout {
+        entry: String,
+        key: String,
+        reason: String,
+    },
+}
+
 /// One callable entry point with its prepared weights and a reusable arena.
 pub struct NativeEntry {
     pub meta: EntryMeta,
@@ -386,6 +374,8 @@ pub struct NativeEntry {
 }
 
 impl NativeEntry {
+    /// `checkpoint` looks a checkpoint tensor up by key.
+    ///
     /// # Safety
     /// `func` must be the entry function generated for `meta`, valid while this lives.
     pub unsafe fn new(
@@ -393,27 +383,58 @@ impl NativeEntry {
         func: EntryFn,
         checkpoint: &dyn Fn(&str) -> Option<F32Buffer>,
         prepared: &mut BTreeMap<(String, WeightPrep), F32Buffer>,
-    ) -> Result<NativeEntry, String> {
+    ) -> Result<NativeEntry, WeightLoadError> {
+        // Weight storage types (i8, bf16, f16) never cross the entry ABI until kernels
+        // compute with them: refuse rather than hand out their bytes as f32.
+        for sig in meta.inputs.iter().chain(&meta.buffers) {
+            if !matches!(sig.ty.dtype, DType::F32 | DType::I64) {
+                return Err(WeightLoadError::DType {
+                    entry: meta.name.clone(),
+                    value: sig.name.clone(),
+                    ty: sig.ty.to_string(),
+                });
+            }
+        }
         let mut weights = vec![];
         for (key, prep) in &meta.weights {
             let k = (key.clone(), *prep);
             if !prepared.contains_key(&k) {
-                let raw = WeightSource::parse(key)
+                let source = WeightSource::parse(key);
+                let raw = source
                     .resolve(checkpoint)
-                    .ok_or_else(|| format!("weight {key} not loaded"))?;
+                    .ok_or_else(|| WeightLoadError::Missing {
+                        entry: meta.name.clone(),
+                        key: source
+                            .keys()
+                            .into_iter()
+                            .find(|k| checkpoint(k).is_none())
+                            .unwrap_or(key)
+                            .to_string(),
+                    })?;
                 match prep.source_len() {
                     Some(need) if raw.len() < need => {
-                        return Err(format!(
-                            "weight {key} has {} values, but {prep:?} reads {need}",
-                            raw.len()
-                        ))
+                        return Err(WeightLoadError::Layout {
+                            entry: meta.name.clone(),
+                            key: key.clone(),
+                            reason: format!("it has {} values, but {prep:?} reads {need}", raw.len()),
+                        })
                     }
                     None if *prep != WeightPrep::AsIs => {
-                        return Err(format!("weight {key}: {prep:?} overflows"))
+                        return Err(WeightLoadError::Layout {
+                            entry: meta.name.clone(),
+                            key: key.clone(),
+                            reason: format!("{prep:?} overflows"),
+                        })
                     }
                     _ => {}
                 }
-                let data = prep.apply(&raw).map_err(|e| format!("weight {key}: {e}"))?;
+                let data = prep
+                    .apply(&raw)
+                    .map_err(|source| WeightLoadError::Prepare {
+                        entry: meta.name.clone(),
+                        key: key.clone(),
+                        source,
+                    })?;
                 prepared.insert(k.clone(), data);
             }
             weights.push(prepared[&k].clone());
@@ -427,7 +448,7 @@ impl NativeEntry {
     }
 
     /// Binds the dims from the inputs' shapes, checking them against the signature.
-    pub fn bind(&self, inputs: &[(&str, &Tensor)]) -> Result<CallDims, EngineError> {
+    pub fn bind(&self, inputs: &[(&str, &Tensor)]) -> Result<Dims, EngineError> {
         bind(&self.meta, inputs)
     }
 
@@ -445,7 +466,7 @@ impl NativeEntry {
                 .find(|(n, _)| *n == sig.name)
                 .expect("bound")
                 .1;
-            values.push(match &t.data {
+            values.push(match t.data() {
                 TensorData::F32(v) => v.as_ptr() as *mut u8,
                 TensorData::I64(v) => v.as_ptr() as *mut u8,
             });
@@ -476,17 +497,27 @@ impl NativeEntry {
         }
         let ctx = EntryCtx {
             values: values.as_ptr(),
-            dims: [
-                dims.batch as i64,
-                dims.seq as i64,
-                dims.past as i64,
-                dims.enc_seq as i64,
-            ],
+            dims: CtxDims {
+                batch: dims.batch as i64,
+                seq: dims.seq as i64,
+                past: dims.past as i64,
+                enc_seq: dims.enc_seq as i64,
+            },
             rt: runtime_fns(),
         };
+        // Nothing stale may be blamed on this call.
+        let _ = crate::threads::take_panic();
         // SAFETY: the table holds a live pointer of the right size for every slot the entry
-        // reads or writes, as its metadata promises.
+        // reads or writes: inputs have the shapes `bind` checked against the signature (a
+        // `Tensor`'s data always holds its shape's element count), weights were prepared for
+        // this entry's metadata, and the arena covers the plan for these dims.
         let code = unsafe { (self.func)(&ctx) };
+        if let Some(message) = crate::threads::take_panic() {
+            return Err(EngineError::Panic {
+                entry: self.meta.name.clone(),
+                message,
+            });
+        }
         if code != 0 {
             let msg = self
                 .meta
@@ -507,22 +538,25 @@ impl NativeEntry {
             };
             // Every size fits: the memory plan computed them all.
             let shape: Vec<usize> = sig
+                .ty
                 .shape
                 .iter()
-                .map(|d| d.eval(&dims).unwrap_or(0))
+                .map(|d| d.try_eval(&dims).unwrap_or(0))
                 .collect();
             let n: usize = shape.iter().product();
-            // SAFETY: the slot holds n elements of the signature's type.
+            // SAFETY: the slot holds n elements of the signature's type; `new` admitted
+            // only signatures of the types matched here.
             let t = unsafe {
-                match sig.elem {
-                    ElemType::F32 => Tensor::f32(
+                match sig.ty.dtype {
+                    DType::F32 => Tensor::f32(
                         shape,
                         std::slice::from_raw_parts(ptr as *const f32, n).to_vec(),
                     ),
-                    ElemType::I64 => Tensor::i64(
+                    DType::I64 => Tensor::i64(
                         shape,
                         std::slice::from_raw_parts(ptr as *const i64, n).to_vec(),
                     ),
+                    other => unreachable!("NativeEntry::new rejects {other} values"),
                 }
             };
             out.insert(name.clone(), t);
@@ -544,11 +578,11 @@ pub fn arena_stats() -> BTreeMap<String, (usize, usize)> {
 static ARENA_STATS: std::sync::Mutex<BTreeMap<String, (usize, usize)>> =
     std::sync::Mutex::new(BTreeMap::new());
 
-fn record_arena(meta: &EntryMeta, dims: &CallDims, planned: usize) {
+fn record_arena(meta: &EntryMeta, dims: &Dims, planned: usize) {
     let unshared: usize = meta
         .buffers
         .iter()
-        .map(|b| b.bytes(dims).unwrap_or(0).div_ceil(ALIGN) * ALIGN)
+        .map(|b| b.checked_bytes(dims).unwrap_or(0).div_ceil(ALIGN) * ALIGN)
         .fold(0, usize::saturating_add);
     if let Ok(mut m) = ARENA_STATS.lock() {
         let e = m.entry(meta.name.clone()).or_default();
@@ -556,9 +590,10 @@ fn record_arena(meta: &EntryMeta, dims: &CallDims, planned: usize) {
     }
 }
 
-///
-/// `None` if a size overflows, or the metadata gives no live range for some buffer.
-pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> Option<(Vec<usize>, usize)> {
+/// Offsets of the buffers in one arena (buffers whose live ranges are disjoint share bytes),
+/// and the arena's size; `None` if a size overflows, or the metadata gives no live range for
+/// some buffer.
+pub fn plan_memory(meta: &EntryMeta, dims: &Dims) -> Option<(Vec<usize>, usize)> {
     let n = meta.buffers.len();
     if meta.live.len() != n {
         return None;
@@ -571,7 +606,7 @@ pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> Option<(Vec<usize>, usi
     let mut total = 0;
     for b in order {
         let size = meta.buffers[b]
-            .bytes(dims)?
+            .checked_bytes(dims)?
             .checked_next_multiple_of(ALIGN)?;
         let (first, last) = meta.live[b];
         let mut clash: Vec<(usize, usize)> = placed
@@ -580,9 +615,9 @@ pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> Option<(Vec<usize>, usi
             .map(|&(s, e, _)| (s, e))
             .collect();
         clash.sort_unstable();
-        let mut at = 0;
+        let mut at: usize = 0;
         for (s, e) in clash {
-            if at + size <= s {
+            if at.saturating_add(size) <= s {
                 break;
             }
             at = at.max(e);
@@ -597,90 +632,81 @@ pub fn plan_memory(meta: &EntryMeta, dims: &CallDims) -> Option<(Vec<usize>, usi
     Some((offsets, total))
 }
 
-fn bind(meta: &EntryMeta, given: &[(&str, &Tensor)]) -> Result<CallDims, EngineError> {
-    let err = |name: &str, m: String| EngineError::Input(format!("input {name}: {m}"));
-    let mut vals: [Option<usize>; 5] = [None; 5];
-    for sig in &meta.inputs {
-        let Some(&(_, t)) = given.iter().find(|(n, _)| *n == sig.name) else {
-            return Err(err(
-                &sig.name,
-                format!("missing; entry point {} needs it", meta.name),
-            ));
-        };
-        let elem = match t.data {
-            TensorData::F32(_) => ElemType::F32,
-            TensorData::I64(_) => ElemType::I64,
-        };
-        if elem != sig.elem {
-            return Err(err(
-                &sig.name,
-                format!("expected {} elements, got {}", sig.elem.name(), elem.name()),
-            ));
-        }
-        if t.shape.len() != sig.shape.len() {
-            return Err(err(
-                &sig.name,
-                format!("expected {} dims, got {:?}", sig.shape.len(), t.shape),
-            ));
-        }
-        for (&d, &n) in sig.shape.iter().zip(&t.shape) {
-            let i = match d {
-                SymDim::Const(c) if c == n => continue,
-                SymDim::Const(c) => {
-                    return Err(err(&sig.name, format!("dimension is {n}, expected {c}")))
-                }
-                SymDim::Batch => 0,
-                SymDim::Seq => 1,
-                SymDim::Past => 2,
-                SymDim::Total => 3,
-                SymDim::EncSeq => 4,
-            };
-            match vals[i] {
-                Some(prev) if prev != n => {
-                    return Err(err(
-                        &sig.name,
-                        format!("dimension {d:?} is {n} here but {prev} in an earlier input"),
-                    ))
-                }
-                _ => vals[i] = Some(n),
-            }
-        }
-    }
-    for (name, _) in given {
-        if !meta.inputs.iter().any(|s| s.name == *name) {
-            return Err(err(
-                name,
-                format!("entry point {} has no such input", meta.name),
-            ));
-        }
-    }
-    let seq = vals[1].unwrap_or(0);
-    let past = resolve_past(seq, vals[2], vals[3]).map_err(|m| err("attention_mask", m))?;
-    Ok(CallDims {
-        batch: vals[0].unwrap_or(1),
-        seq,
-        past,
-        enc_seq: vals[4].unwrap_or(0),
-    })
+/// The dims of a call of `meta` with `given`, checked against its inputs' signatures
+/// ([`crate::shape::bind`]).
+pub fn bind(meta: &EntryMeta, given: &[(&str, &Tensor)]) -> Result<Dims, EngineError> {
+    let sigs: Vec<(&str, &TensorType)> = meta
+        .inputs
+        .iter()
+        .map(|s| (s.name.as_str(), &s.ty))
+        .collect();
+    crate::shape::bind(&meta.name, &sigs, given).map_err(|e| EngineError::Input(e.to_string()))
 }
 
-/// Cached tokens P from what the inputs showed: P itself (the past keys), P + T (the
-/// attention mask), both (which must agree) or neither (no cache). Shared by the native
-/// executor and the compiler's graph binding, so both judge a call alike.
-pub fn resolve_past(
-    seq: usize,
-    past: Option<usize>,
-    total: Option<usize>,
-) -> Result<usize, String> {
-    match (past, total) {
-        (Some(p), Some(t)) if p.checked_add(seq) != Some(t) => Err(format!(
-            "covers {t} positions, expected past {p} + new {seq}"
-        )),
-        (Some(p), _) => Ok(p),
-        (None, Some(t)) if t < seq => Err(format!(
-            "covers {t} positions, fewer than the {seq} new tokens"
-        )),
-        (None, Some(t)) => Ok(t - seq),
-        (None, None) => Ok(0),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static FAIL: AtomicBool = AtomicBool::new(false);
+
+    /// Stands in for generated code whose kernel calls a runtime service that panics.
+    unsafe extern "C" fn entry(_: *const EntryCtx) -> i64 {
+        crate::threads::catch_for_generated_code(|| {
+            if FAIL.load(Ordering::Relaxed) {
+                panic!("index 9 out of range");
+            }
+        });
+        0
+    }
+
+    fn meta(weights: &[&str]) -> EntryMeta {
+        EntryMeta {
+            name: "encode".into(),
+            symbol: "cranformer_entry_encode".into(),
+            inputs: vec![],
+            weights: weights
+                .iter()
+                .map(|k| (k.to_string(), WeightPrep::AsIs))
+                .collect(),
+            buffers: vec![],
+            outputs: vec![],
+            errors: vec![],
+            needs_tokens: false,
+            live: vec![],
+        }
+    }
+
+    #[test]
+    fn a_missing_weight_names_the_tensor() {
+        let have = |k: &str| (k == "a.weight").then(|| F32Buffer::from_vec(vec![1.0]));
+        let concat = WeightSource::concat_key(&["a.weight", "b.weight"]);
+        for key in ["b.weight", concat.as_str()] {
+            // SAFETY: the entry is never run.
+            let err = unsafe { NativeEntry::new(meta(&[key]), entry, &have, &mut BTreeMap::new()) }
+                .err()
+                .expect("a missing weight is an error");
+            assert_eq!(
+                err.to_string(),
+                "entry point encode reads tensor \"b.weight\", which is not among the loaded weights"
+            );
+        }
+    }
+
+    #[test]
+    fn a_panic_under_an_entry_becomes_an_error_and_the_entry_runs_again() {
+        let meta = meta(&[]);
+        // SAFETY: `entry` touches no slot, as the empty metadata says.
+        let mut e =
+            unsafe { NativeEntry::new(meta, entry, &|_| None, &mut BTreeMap::new()) }.unwrap();
+        FAIL.store(true, Ordering::Relaxed);
+        let err = e.run(&[]).unwrap_err();
+        assert!(matches!(err, EngineError::Panic { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "entry point encode failed: the runtime panicked: index 9 out of range (a cranformer bug)"
+        );
+        FAIL.store(false, Ordering::Relaxed);
+        assert!(e.run(&[]).unwrap().is_empty());
     }
 }

@@ -17,8 +17,10 @@
 //! in a stack slot and hands the pool its per-task function and that slot. Each task writes
 //! only its own output rows, in a fixed order, so results do not depend on the thread count.
 
+use super::entry::{Arg, At, Call};
 use super::ir::Kb;
 use super::{math, CodegenError, Imports, Lowering};
+use crate::graph::{Dim, Op};
 use crate::interp::kernels::relative_bucket;
 use cranelift_codegen::ir::{
     condcodes::{FloatCC, IntCC},
@@ -517,4 +519,66 @@ pub fn rel_pos_bias<M: Module>(
             });
         });
     })
+}
+
+/// The call computing an `Attention` or `RelPosBias` node.
+pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, CodegenError> {
+    match at.node().op {
+        Op::Attention {
+            heads,
+            head_dim,
+            scale,
+            causal,
+            masked,
+            biased,
+        } => {
+            let a = Attn {
+                heads,
+                head_dim,
+                scale,
+                causal,
+                masked,
+                biased,
+            };
+            let q = at.shape(0);
+            let s = at.shape(1)[1];
+            let mask = if masked { at.v(3) } else { Arg::Null };
+            let bias = if biased {
+                at.v(3 + masked as usize)
+            } else {
+                Arg::Null
+            };
+            Ok(Call::new(
+                attention(l, &a)?,
+                vec![
+                    at.v(0),
+                    at.v(1),
+                    at.v(2),
+                    mask,
+                    bias,
+                    at.out(),
+                    Arg::ParallelFor,
+                    Arg::Dim(q[0]),
+                    Arg::Dim(q[1]),
+                    Arg::Dim(s),
+                ],
+            ))
+        }
+        Op::RelPosBias {
+            buckets,
+            max_distance,
+            bidirectional,
+            keys,
+        } => Ok(Call::new(
+            rel_pos_bias(l, at.channels_of(0), buckets, max_distance, bidirectional)?,
+            vec![
+                at.v(0),
+                at.out(),
+                Arg::Dim(Dim::Seq),
+                Arg::Dim(keys),
+                Arg::Dim(Dim::Past),
+            ],
+        )),
+        ref other => unreachable!("not attention: {other}"),
+    }
 }

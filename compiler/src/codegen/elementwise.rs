@@ -1,9 +1,10 @@
 //! Elementwise kernels: broadcast add and multiply, scaling and the activations (their
 //! polynomials are in `math`), T5's gated activation and fused pointwise chains.
 
+use super::entry::{Arg, At, Call};
 use super::ir::Kb;
 use super::{math, CodegenError, Imports, Lowering};
-use crate::graph::{Activation, EwStep};
+use crate::graph::{Activation, EwStep, Op};
 use cranelift_codegen::ir::{condcodes::IntCC, types::F32X4, InstBuilder, Value};
 use cranelift_module::{FuncId, Module};
 
@@ -211,4 +212,50 @@ fn store(k: &mut Kb, v: Value, p: Value, j: Value, vector: bool) {
         let s = k.b.ins().extractlane(v, 0);
         k.st(s, a, 0);
     }
+}
+
+/// The call computing an elementwise node; a lone activation runs on the thread pool
+/// (`parallel::split`) when there are enough elements.
+pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, CodegenError> {
+    Ok(match &at.node().op {
+        Op::GatedAct(a) => Call::new(
+            gated(l, *a, at.channels())?,
+            vec![at.v(0), at.out(), Arg::Rows(at.n)],
+        ),
+        Op::Elementwise(steps) => {
+            // Each extra operand: a scalar, or rows of the last axis repeated over x's.
+            let scalar: Vec<bool> = (1..at.ops.len()).map(|i| at.shape(i).is_empty()).collect();
+            let mut args = vec![at.v(0), at.out(), Arg::Rows(at.n)];
+            for i in 1..at.ops.len() {
+                args.push(at.v(i));
+                args.push(Arg::Rows(at.ops[i]));
+            }
+            Call::new(chain(l, steps, at.channels(), &scalar)?, args)
+        }
+        op @ (Op::Add | Op::Mul) => Call::new(
+            binary(l, matches!(op, Op::Add))?,
+            vec![
+                at.v(0),
+                at.v(1),
+                at.out(),
+                Arg::Numel(at.ops[0]),
+                Arg::Numel(at.ops[1]),
+            ],
+        ),
+        Op::Scale { factor } => Call::new(
+            scale(l, *factor)?,
+            vec![at.v(0), at.out(), Arg::Numel(at.n)],
+        ),
+        Op::Act(a) => {
+            let inner = activation(l, *a)?;
+            let name = format!("cf_act_{a:?}_parallel")
+                .to_lowercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "");
+            Call::new(
+                super::parallel::split(l, &name, inner, &[4, 4], 1 << 14, 16)?,
+                vec![at.v(0), at.out(), Arg::Numel(at.n), Arg::ParallelFor],
+            )
+        }
+        other => unreachable!("not elementwise: {other}"),
+    })
 }

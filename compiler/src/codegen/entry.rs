@@ -1,16 +1,15 @@
 //! One entry function per graph: assigns every value a slot of the host's value table
 //! (inputs, prepared weights, buffers), then calls one kernel per node in topological order
-//! with sizes computed from the run-time dims.
+//! with sizes computed from the run-time dims. Each kernel family's file says how its nodes
+//! are called (its `call`: a kernel and a list of [`Arg`]s); this file only dispatches and
+//! resolves the arguments.
 
-use super::{
-    attention, elementwise, matmul, memory, norm, parallel, CodegenError, Imports, Lowering,
-};
+use super::{attention, elementwise, matmul, memory, norm, CodegenError, Imports, Lowering};
 use crate::graph::{DType, Dim, Graph, Op, TensorType};
 use cranelift_codegen::ir::{condcodes::IntCC, types::I64, InstBuilder, SourceLoc, Value};
 use cranelift_module::{FuncId, Linkage, Module};
-use cranformer_runtime::native::{
-    ElemType, EntryMeta, Slot, SymDim, TensorSig, WeightPrep, RT_PARALLEL_FOR,
-};
+use cranformer_runtime::abi;
+use cranformer_runtime::native::{EntryMeta, Slot, TensorSig, WeightPrep};
 use petgraph::graph::NodeIndex;
 use std::collections::HashMap;
 
@@ -18,25 +17,10 @@ pub fn entry_symbol(graph: &str) -> String {
     format!("cranformer_entry_{graph}")
 }
 
-pub fn sym(d: Dim) -> SymDim {
-    match d {
-        Dim::Const(n) => SymDim::Const(n),
-        Dim::Batch => SymDim::Batch,
-        Dim::Seq => SymDim::Seq,
-        Dim::Past => SymDim::Past,
-        Dim::Total => SymDim::Total,
-        Dim::EncSeq => SymDim::EncSeq,
-    }
-}
-
 fn sig(name: &str, ty: &TensorType) -> TensorSig {
     TensorSig {
         name: name.into(),
-        elem: match ty.dtype {
-            DType::F32 => ElemType::F32,
-            DType::I64 => ElemType::I64,
-        },
-        shape: ty.shape.iter().map(|&d| sym(d)).collect(),
+        ty: ty.clone(),
     }
 }
 
@@ -131,359 +115,51 @@ pub fn lower_entry<M: Module>(
     l: &mut Lowering<'_, M>,
     graph: &Graph,
 ) -> Result<(FuncId, EntryMeta), CodegenError> {
-    let mut p = plan(graph);
-    // Kernels first (each is defined once), recording each node's call.
-    enum Arg {
-        Val(NodeIndex),
-        Weight(String, WeightPrep),
-        Dim(Dim),
-        /// The product of a node's dims except the last (rows of a `[.., C]` tensor).
-        Rows(NodeIndex),
-        Numel(NodeIndex),
-        Null,
-        /// The runtime's wide matmul (`EntryCtx::rt->gemm`), or null.
-        Sgemm,
-        /// The runtime's thread pool (`EntryCtx::rt->parallel_for`).
-        ParallelFor,
-    }
-    struct Call {
-        node: NodeIndex,
-        kernel: FuncId,
-        args: Vec<Arg>,
-        /// Error message when the kernel returns non-zero.
-        fails: Option<String>,
-    }
-    let mut calls: Vec<Call> = vec![];
-    let operand = |graph: &Graph, o: NodeIndex, prep: WeightPrep| -> Arg {
-        match &graph.g[o].op {
-            Op::Weight { key } => Arg::Weight(key.clone(), prep),
-            _ => Arg::Val(o),
-        }
-    };
-    let last = |graph: &Graph, o: NodeIndex| -> usize {
-        match graph.g[o].ty.last() {
-            Some(Dim::Const(c)) => c,
-            other => panic!("graph verified: channels are constant, got {other:?}"),
-        }
-    };
-    for n in graph.topo_order() {
+    for n in graph.g.node_indices() {
         let node = &graph.g[n];
-        let ops = graph.operands(n);
-        let v = |i: usize| operand(graph, ops[i], WeightPrep::AsIs);
-        let (kernel, args, fails) = match &node.op {
+        if !matches!(node.ty.dtype, DType::F32 | DType::I64) {
+            return Err(CodegenError::DType {
+                graph: graph.name.clone(),
+                value: node.label.clone(),
+                ty: node.ty.to_string(),
+            });
+        }
+    }
+    let mut p = plan(graph);
+    // Kernels first (each is defined once, by its family's file), recording each node's call.
+    let mut calls: Vec<(NodeIndex, Call)> = vec![];
+    for n in graph.topo_order() {
+        let at = At::new(graph, n);
+        let call = match &graph.g[n].op {
             Op::Input { .. } | Op::Weight { .. } => continue,
-            Op::Gather => {
-                let rows = match graph.g[ops[0]].ty.shape[0] {
-                    Dim::Const(r) => r,
-                    _ => unreachable!("tables are weights"),
-                };
-                let c = last(graph, ops[0]);
-                // A table that is also a tied head's `nn.Linear` weight is read from the
-                // head's packed panels, so only that copy of it is prepared.
-                let tied = matches!(graph.g[ops[0]].op, Op::Weight { .. })
-                    && graph
-                        .g
-                        .neighbors_directed(ops[0], petgraph::Direction::Outgoing)
-                        .any(|u| {
-                            matches!(
-                                graph.g[u].op,
-                                Op::Linear {
-                                    layout: crate::graph::WeightLayout::OutIn
-                                } | Op::FusedLinear {
-                                    layout: crate::graph::WeightLayout::OutIn,
-                                    ..
-                                }
-                            ) && graph.operands(u)[1] == ops[0]
-                        });
-                let (k, table) = if tied {
-                    let prep = WeightPrep::Panels {
-                        k: c,
-                        n: rows,
-                        in_out: false,
-                    };
-                    (
-                        memory::gather_panels(l, c, rows)?,
-                        operand(graph, ops[0], prep),
-                    )
-                } else {
-                    (memory::gather(l, c, rows)?, v(0))
-                };
-                let msg = format!(
-                    "{}: an index is out of range (the table has {rows} rows)",
-                    node.label
-                );
-                (
-                    k,
-                    vec![table, v(1), Arg::Val(n), Arg::Numel(ops[1])],
-                    Some(msg),
-                )
-            }
-            Op::Positions => (
-                memory::positions(l)?,
-                vec![Arg::Val(n), Arg::Dim(Dim::Past), Arg::Dim(Dim::Seq)],
-                None,
-            ),
-            Op::Linear { .. } | Op::FusedLinear { .. } => {
-                let (layout, act, residual) = match node.op {
-                    Op::FusedLinear {
-                        layout,
-                        act,
-                        residual,
-                    } => (layout, act, residual),
-                    Op::Linear { layout } => (layout, None, false),
-                    _ => unreachable!(),
-                };
-                let k = last(graph, ops[0]);
-                let nn = last(graph, n);
-                let prep = WeightPrep::Panels {
-                    k,
-                    n: nn,
-                    in_out: layout == crate::graph::WeightLayout::InOut,
-                };
-                let bias = ops.len() == 3 + residual as usize;
-                let tiling = l.tiling(k, nn);
-                let kern = matmul::linear(l, k, nn, bias, act, residual, &tiling)?;
-                let b = if bias {
-                    operand(graph, ops[2], WeightPrep::PadPanel { n: nn })
-                } else {
-                    Arg::Null
-                };
-                let res = if residual {
-                    v(ops.len() - 1)
-                } else {
-                    Arg::Null
-                };
-                (
-                    kern,
-                    vec![
-                        v(0),
-                        operand(graph, ops[1], prep),
-                        b,
-                        Arg::Val(n),
-                        Arg::Rows(ops[0]),
-                        Arg::Sgemm,
-                        res,
-                    ],
-                    None,
-                )
-            }
-            Op::AddLayerNorm { eps } => (
-                norm::add_layer_norm(l, last(graph, n), *eps)?,
-                vec![
-                    v(0),
-                    v(1),
-                    v(2),
-                    v(3),
-                    Arg::Val(n),
-                    Arg::Rows(n),
-                    Arg::Rows(ops[1]),
-                ],
-                None,
-            ),
-            Op::AddRmsNorm { eps } => (
-                norm::add_rms_norm(l, last(graph, n), *eps)?,
-                vec![
-                    v(0),
-                    v(1),
-                    v(2),
-                    Arg::Val(n),
-                    Arg::Rows(n),
-                    Arg::Rows(ops[1]),
-                ],
-                None,
-            ),
-            Op::GatedAct(a) => (
-                elementwise::gated(l, *a, last(graph, n))?,
-                vec![v(0), Arg::Val(n), Arg::Rows(n)],
-                None,
-            ),
-            Op::Elementwise(steps) => {
-                // Each extra operand: a scalar, or rows of the last axis repeated over x's.
-                let scalar: Vec<bool> = ops[1..]
-                    .iter()
-                    .map(|&o| graph.g[o].ty.shape.is_empty())
-                    .collect();
-                let mut args = vec![v(0), Arg::Val(n), Arg::Rows(n)];
-                for (i, &o) in ops.iter().enumerate().skip(1) {
-                    args.push(v(i));
-                    args.push(Arg::Rows(o));
-                }
-                (
-                    elementwise::chain(l, steps, last(graph, n), &scalar)?,
-                    args,
-                    None,
-                )
-            }
-            Op::Add | Op::Mul => (
-                elementwise::binary(l, matches!(node.op, Op::Add))?,
-                vec![
-                    v(0),
-                    v(1),
-                    Arg::Val(n),
-                    Arg::Numel(ops[0]),
-                    Arg::Numel(ops[1]),
-                ],
-                None,
-            ),
-            Op::Scale { factor } => (
-                elementwise::scale(l, *factor)?,
-                vec![v(0), Arg::Val(n), Arg::Numel(n)],
-                None,
-            ),
-            // Row-wise kernels run on the thread pool (`parallel::split`) when big enough.
-            Op::Act(a) => {
-                let inner = elementwise::activation(l, *a)?;
-                let name = format!("cf_act_{a:?}_parallel")
-                    .to_lowercase()
-                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "");
-                (
-                    parallel::split(l, &name, inner, &[4, 4], 1 << 14, 16)?,
-                    vec![v(0), Arg::Val(n), Arg::Numel(n), Arg::ParallelFor],
-                    None,
-                )
-            }
-            Op::LayerNorm { eps } => {
-                let c = last(graph, n);
-                let inner = norm::layer_norm(l, c, *eps)?;
-                let name = format!("cf_layer_norm_c{c}_e{:08x}_parallel", eps.to_bits());
-                let row = 4 * c as i64;
-                (
-                    parallel::split(l, &name, inner, &[row, 0, 0, row], 16, 1)?,
-                    vec![
-                        v(0),
-                        v(1),
-                        v(2),
-                        Arg::Val(n),
-                        Arg::Rows(n),
-                        Arg::ParallelFor,
-                    ],
-                    None,
-                )
-            }
-            Op::RmsNorm { eps } => {
-                let c = last(graph, n);
-                let inner = norm::rms_norm(l, c, *eps)?;
-                let name = format!("cf_rms_norm_c{c}_e{:08x}_parallel", eps.to_bits());
-                let row = 4 * c as i64;
-                (
-                    parallel::split(l, &name, inner, &[row, 0, row], 16, 1)?,
-                    vec![v(0), v(1), Arg::Val(n), Arg::Rows(n), Arg::ParallelFor],
-                    None,
-                )
-            }
-            Op::Attention {
-                heads,
-                head_dim,
-                scale,
-                causal,
-                masked,
-                biased,
-            } => {
-                let a = attention::Attn {
-                    heads: *heads,
-                    head_dim: *head_dim,
-                    scale: *scale,
-                    causal: *causal,
-                    masked: *masked,
-                    biased: *biased,
-                };
-                let q = &graph.g[ops[0]].ty.shape;
-                let s = graph.g[ops[1]].ty.shape[1];
-                let mask = if *masked { v(3) } else { Arg::Null };
-                let bias = if *biased {
-                    v(3 + *masked as usize)
-                } else {
-                    Arg::Null
-                };
-                (
-                    attention::attention(l, &a)?,
-                    vec![
-                        v(0),
-                        v(1),
-                        v(2),
-                        mask,
-                        bias,
-                        Arg::Val(n),
-                        Arg::ParallelFor,
-                        Arg::Dim(q[0]),
-                        Arg::Dim(q[1]),
-                        Arg::Dim(s),
-                    ],
-                    None,
-                )
-            }
-            Op::RelPosBias {
-                buckets,
-                max_distance,
-                bidirectional,
-                keys,
-            } => {
-                let heads = last(graph, ops[0]);
-                (
-                    attention::rel_pos_bias(l, heads, *buckets, *max_distance, *bidirectional)?,
-                    vec![
-                        v(0),
-                        Arg::Val(n),
-                        Arg::Dim(Dim::Seq),
-                        Arg::Dim(*keys),
-                        Arg::Dim(Dim::Past),
-                    ],
-                    None,
-                )
-            }
-            Op::SliceLast { start, len } => (
-                memory::slice_last(l, last(graph, ops[0]), *start, *len)?,
-                vec![v(0), Arg::Val(n), Arg::Rows(n)],
-                None,
-            ),
-            Op::ConcatSeq => {
-                let sh = &graph.g[ops[0]].ty.shape;
-                (
-                    memory::concat_seq(l, last(graph, n))?,
-                    vec![
-                        v(0),
-                        v(1),
-                        Arg::Val(n),
-                        Arg::Dim(sh[0]),
-                        Arg::Dim(Dim::Past),
-                        Arg::Dim(Dim::Seq),
-                    ],
-                    None,
-                )
-            }
-            Op::LastToken | Op::FirstToken => {
-                let sh = &graph.g[ops[0]].ty.shape;
-                (
-                    memory::pick_token(l, last(graph, n), matches!(node.op, Op::LastToken))?,
-                    vec![v(0), Arg::Val(n), Arg::Dim(sh[0]), Arg::Dim(sh[1])],
-                    None,
-                )
-            }
-            Op::MeanPool | Op::MaxPool => {
-                let sh = &graph.g[ops[0]].ty.shape;
-                (
-                    memory::pool(l, last(graph, n), matches!(node.op, Op::MeanPool))?,
-                    vec![v(0), v(1), Arg::Val(n), Arg::Dim(sh[0]), Arg::Dim(sh[1])],
-                    None,
-                )
-            }
-            Op::L2Normalize => (
-                norm::l2_normalize(l, last(graph, n))?,
-                vec![v(0), Arg::Val(n), Arg::Rows(n)],
-                None,
-            ),
+            Op::Linear { .. } | Op::FusedLinear { .. } => matmul::call(l, &at)?,
+            Op::Attention { .. } | Op::RelPosBias { .. } => attention::call(l, &at)?,
+            Op::LayerNorm { .. }
+            | Op::RmsNorm { .. }
+            | Op::AddLayerNorm { .. }
+            | Op::AddRmsNorm { .. }
+            | Op::L2Normalize => norm::call(l, &at)?,
+            Op::Act(_)
+            | Op::GatedAct(_)
+            | Op::Elementwise(_)
+            | Op::Add
+            | Op::Mul
+            | Op::Scale { .. } => elementwise::call(l, &at)?,
+            Op::Gather
+            | Op::Positions
+            | Op::SliceLast { .. }
+            | Op::ConcatSeq
+            | Op::LastToken
+            | Op::FirstToken
+            | Op::MeanPool
+            | Op::MaxPool => memory::call(l, &at)?,
         };
-        calls.push(Call {
-            node: n,
-            kernel,
-            args,
-            fails,
-        });
+        calls.push((n, call));
     }
 
     // Resolve slots now that every weight slot is known: the value table holds inputs,
     // then weights, then buffers.
-    for c in &calls {
+    for (_, c) in &calls {
         for a in &c.args {
             if let Arg::Weight(key, prep) = a {
                 p.weight(key, *prep);
@@ -501,7 +177,7 @@ pub fn lower_entry<M: Module>(
     let mut errors = vec![];
     let resolved: Vec<(NodeIndex, FuncId, Vec<ArgVal>, Option<i64>)> = calls
         .into_iter()
-        .map(|c| {
+        .map(|(node, c)| {
             let args = c
                 .args
                 .iter()
@@ -525,7 +201,7 @@ pub fn lower_entry<M: Module>(
                 errors.push(m);
                 errors.len() as i64
             });
-            (c.node, c.kernel, args, code)
+            (node, c.kernel, args, code)
         })
         .collect();
     p.meta.errors = errors;
@@ -579,19 +255,24 @@ pub fn lower_entry<M: Module>(
         Some(&note),
         |k, params, refs| {
             let ctx = params[0];
-            let values = k.ld(I64, ctx, 0);
-            let dims: Vec<Value> = (0..4).map(|i| k.ld(I64, ctx, 8 + 8 * i)).collect();
-            // EntryCtx::rt, then RuntimeFns::gemm.
-            let rt = k.ld(I64, ctx, 40);
-            let sgemm = k.ld(I64, rt, 0);
+            let values = k.ld_field(ctx, abi::ctx::VALUES);
+            let [batch, seq, past, enc_seq] = [
+                abi::ctx::BATCH,
+                abi::ctx::SEQ,
+                abi::ctx::PAST,
+                abi::ctx::ENC_SEQ,
+            ]
+            .map(|f| k.ld_field(ctx, f));
+            let rt = k.ld_field(ctx, abi::ctx::RT);
+            let sgemm = k.ld_field(rt, abi::rt::GEMM);
             let dim = |k: &mut super::ir::Kb, d: Dim| -> Value {
                 match d {
                     Dim::Const(c) => k.i(c as i64),
-                    Dim::Batch => dims[0],
-                    Dim::Seq => dims[1],
-                    Dim::Past => dims[2],
-                    Dim::Total => k.add(dims[2], dims[1]),
-                    Dim::EncSeq => dims[3],
+                    Dim::Batch => batch,
+                    Dim::Seq => seq,
+                    Dim::Past => past,
+                    Dim::Total => k.add(past, seq),
+                    Dim::EncSeq => enc_seq,
                 }
             };
             for (i, (n, _, args, code)) in resolved.iter().enumerate() {
@@ -599,7 +280,7 @@ pub fn lower_entry<M: Module>(
                 let vals: Vec<Value> = args
                     .iter()
                     .map(|a| match a {
-                        ArgVal::Slot(s) => k.ld(I64, values, (*s * 8) as i32),
+                        ArgVal::Slot(s) => k.ld(I64, values, *s as i32 * abi::VALUE_SLOT),
                         ArgVal::Dims(ds) => {
                             let mut acc = k.i(1);
                             for &d in ds {
@@ -610,7 +291,7 @@ pub fn lower_entry<M: Module>(
                         }
                         ArgVal::Null => k.i(0),
                         ArgVal::Sgemm => sgemm,
-                        ArgVal::ParallelFor => k.ld(I64, rt, RT_PARALLEL_FOR as i32),
+                        ArgVal::ParallelFor => k.ld_field(rt, abi::rt::PARALLEL_FOR),
                     })
                     .collect();
                 let call = k.b.ins().call(refs.funcs[callee[i]], &vals);
@@ -633,6 +314,104 @@ pub fn lower_entry<M: Module>(
         },
     )?;
     Ok((id, p.meta))
+}
+
+/// One argument of a kernel call, as the kernel families describe it.
+pub(super) enum Arg {
+    /// The slot of a computed value or input.
+    Val(NodeIndex),
+    /// The slot of a weight laid out as the kernel reads it.
+    Weight(String, WeightPrep),
+    Dim(Dim),
+    /// The product of a node's dims except the last (rows of a `[.., C]` tensor).
+    Rows(NodeIndex),
+    Numel(NodeIndex),
+    Null,
+    /// The runtime's wide matmul (`RuntimeFns::gemm`), or null.
+    Sgemm,
+    /// The runtime's thread pool (`RuntimeFns::parallel_for`).
+    ParallelFor,
+}
+
+/// How one node is computed: a kernel and its arguments, returned by each kernel family's
+/// `call`.
+pub(super) struct Call {
+    pub kernel: FuncId,
+    pub args: Vec<Arg>,
+    /// Error message when the kernel returns non-zero.
+    pub fails: Option<String>,
+}
+
+impl Call {
+    pub fn new(kernel: FuncId, args: Vec<Arg>) -> Call {
+        Call {
+            kernel,
+            args,
+            fails: None,
+        }
+    }
+}
+
+/// The node being lowered, for the kernel families' `call`s.
+pub(super) struct At<'g> {
+    pub graph: &'g Graph,
+    pub n: NodeIndex,
+    pub ops: Vec<NodeIndex>,
+}
+
+impl<'g> At<'g> {
+    fn new(graph: &'g Graph, n: NodeIndex) -> At<'g> {
+        At {
+            graph,
+            n,
+            ops: graph.operands(n),
+        }
+    }
+
+    pub fn node(&self) -> &'g crate::graph::Node {
+        &self.graph.g[self.n]
+    }
+
+    /// Operand `i`: its slot, or a weight's as the kernel reads it laid out by `prep`.
+    pub fn operand(&self, i: usize, prep: WeightPrep) -> Arg {
+        let o = self.ops[i];
+        match &self.graph.g[o].op {
+            Op::Weight { key } => Arg::Weight(key.clone(), prep),
+            _ => Arg::Val(o),
+        }
+    }
+
+    /// Operand `i` as it is.
+    pub fn v(&self, i: usize) -> Arg {
+        self.operand(i, WeightPrep::AsIs)
+    }
+
+    /// The node's own output.
+    pub fn out(&self) -> Arg {
+        Arg::Val(self.n)
+    }
+
+    /// The symbolic shape of operand `i`.
+    pub fn shape(&self, i: usize) -> &'g [Dim] {
+        &self.graph.g[self.ops[i]].ty.shape
+    }
+
+    /// Channels (the constant last dim) of operand `i`.
+    pub fn channels_of(&self, i: usize) -> usize {
+        last(self.graph, self.ops[i])
+    }
+
+    /// Channels of the node's output.
+    pub fn channels(&self) -> usize {
+        last(self.graph, self.n)
+    }
+}
+
+fn last(graph: &Graph, o: NodeIndex) -> usize {
+    match graph.g[o].ty.last() {
+        Some(Dim::Const(c)) => c,
+        other => panic!("graph verified: channels are constant, got {other:?}"),
+    }
 }
 
 enum ArgVal {

@@ -4,15 +4,25 @@
 
 use cranelift_codegen::ir::{
     condcodes::{FloatCC, IntCC},
-    types::{F32, F32X4, I32X4, I64},
-    Endianness, InstBuilder, MemFlagsData, Value,
+    types::{F32, F32X4, I32, I32X4, I64},
+    Endianness, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_frontend::FunctionBuilder;
+use cranformer_runtime::abi::Field;
 
 /// Memory flags for every access: no trap (the host sized every buffer), alignment not
 /// promised (vectors are loaded with unaligned moves).
 pub fn mem() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
+}
+
+/// The integer type of a runtime field's width.
+fn int_type(f: Field) -> Type {
+    match f.bytes {
+        8 => I64,
+        4 => I32,
+        b => panic!("the runtime's ABI has only 4- and 8-byte fields, got {b}"),
+    }
 }
 
 /// A kernel under construction.
@@ -54,6 +64,22 @@ impl<'a> Kb<'a> {
     }
     pub fn st(&mut self, v: Value, p: Value, off: i32) {
         self.b.ins().store(mem(), v, p, off);
+    }
+    /// Loads a runtime struct's field at `p` (as I64 or I32 by its width: see
+    /// `cranformer_runtime::abi`).
+    pub fn ld_field(&mut self, p: Value, f: Field) -> Value {
+        self.ld(int_type(f), p, f.offset)
+    }
+    /// Stores `v` into a runtime struct's field at `p`; `v` must have the field's width.
+    pub fn st_field(&mut self, v: Value, p: Value, f: Field) {
+        let ty = self.b.func.dfg.value_type(v);
+        assert_eq!(
+            ty,
+            int_type(f),
+            "compiler bug: storing {ty} into a {}-byte runtime field",
+            f.bytes
+        );
+        self.st(v, p, f.offset);
     }
     pub fn ldf(&mut self, p: Value, off: i32) -> Value {
         self.ld(F32, p, off)

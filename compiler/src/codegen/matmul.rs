@@ -16,9 +16,10 @@
 //! `Lowering::micro_isa`). The macro kernel walks panels (outer: a 32·K-byte panel stays in
 //! L1) and blocks of 6 rows (inner), then the remaining rows with a smaller tile.
 
+use super::entry::{Arg, At, Call};
 use super::ir::Kb;
 use super::{CodegenError, Imports, Lowering};
-use crate::graph::Activation;
+use crate::graph::{Activation, Op, WeightLayout};
 use crate::tiling::{Kernel, Tiling};
 use cranelift_codegen::ir::{
     condcodes::IntCC,
@@ -26,7 +27,9 @@ use cranelift_codegen::ir::{
     InstBuilder, StackSlotData, StackSlotKind, Value,
 };
 use cranelift_module::{FuncId, Module};
-use cranformer_runtime::native::PANEL;
+use cranformer_runtime::abi::gemm_call;
+use cranformer_runtime::gemm::{Act, Isa, ISA_AUTO};
+use cranformer_runtime::native::{WeightPrep, PANEL};
 
 /// Rows per register tile: 6 rows × 2 vectors = 12 accumulators of x86-64's 16 xmm registers.
 pub const MR: usize = 6;
@@ -143,32 +146,27 @@ fn micro<M: Module>(
     })
 }
 
-/// The `GemmCall::act` code of an activation (0 = none).
-pub fn act_code(a: Option<Activation>) -> u32 {
+/// The runtime epilogue's form of an activation.
+pub fn gemm_act(a: Option<Activation>) -> Act {
     match a {
-        None => 0,
-        Some(Activation::Relu) => 1,
-        Some(Activation::Gelu) => 2,
-        Some(Activation::GeluTanh) => 3,
-        Some(Activation::Tanh) => 4,
-        Some(Activation::Silu) => 5,
-        Some(Activation::QuickGelu) => 6,
+        None => Act::None,
+        Some(Activation::Relu) => Act::Relu,
+        Some(Activation::Gelu) => Act::Gelu,
+        Some(Activation::GeluTanh) => Act::GeluTanh,
+        Some(Activation::Tanh) => Act::Tanh,
+        Some(Activation::Silu) => Act::Silu,
+        Some(Activation::QuickGelu) => Act::QuickGelu,
     }
 }
 
+/// The `GemmCall::isa` code of the tiling's kernel family.
 fn isa_code(k: Kernel) -> u32 {
     match k {
-        Kernel::Auto | Kernel::F32x4 => 0,
-        Kernel::Avx512 => 1,
-        Kernel::Avx2 => 2,
+        Kernel::Auto | Kernel::F32x4 => ISA_AUTO,
+        Kernel::Avx512 => Isa::Avx512.code(),
+        Kernel::Avx2 => Isa::Avx2.code(),
     }
 }
-
-/// Byte offsets in `GemmCall` (`cranformer_runtime::gemm`, `#[repr(C)]`): ten 8-byte fields,
-/// then five u32.
-const CALL_BYTES: u32 = 104;
-const CALL_RESIDUAL: i32 = 72;
-const CALL_ACT: i32 = 80;
 
 /// Kernel parameters, in order: `(x, panels, bias, out, m, gemm, residual)`:
 /// `out [M, N] = act(x [M, K] · W + bias) + residual`, with `bias` (padded to whole panels)
@@ -247,28 +245,37 @@ pub fn linear<M: Module>(
         k.b.switch_to_block(call);
         let slot = k.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
-            CALL_BYTES,
-            3,
+            gemm_call::SIZE,
+            gemm_call::ALIGN.trailing_zeros() as u8,
         ));
         let c = k.b.ins().stack_addr(I64, slot, 0);
         let (kv, nv) = (k.i(kdim as i64), k.i(n as i64));
         let res_or_null = if residual { res } else { k.i(0) };
-        for (i, v) in [m, nv, kv, x, kv, w, b, out, nv, res_or_null]
-            .into_iter()
-            .enumerate()
-        {
-            k.st(v, c, 8 * i as i32);
+        for (f, v) in [
+            (gemm_call::M, m),
+            (gemm_call::N, nv),
+            (gemm_call::K, kv),
+            (gemm_call::A, x),
+            (gemm_call::LDA, kv),
+            (gemm_call::B, w),
+            (gemm_call::BIAS, b),
+            (gemm_call::C, out),
+            (gemm_call::LDC, nv),
+            (gemm_call::RESIDUAL, res_or_null),
+        ] {
+            k.st_field(v, c, f);
         }
-        debug_assert_eq!(CALL_RESIDUAL, 8 * 9);
-        // act, kc, mc, isa, threads: the small or large tiling by M.
+        // The epilogue, then the small or large tiling by M.
         let fields = |ch: &crate::tiling::Choice| {
-            [act_code(act), ch.kc, ch.mc, isa_code(ch.kernel), ch.threads]
+            [
+                (gemm_call::ACT, gemm_act(act) as u32),
+                (gemm_call::KC, ch.kc),
+                (gemm_call::MC, ch.mc),
+                (gemm_call::ISA, isa_code(ch.kernel)),
+                (gemm_call::THREADS, ch.threads),
+            ]
         };
-        for (i, (s, l_)) in fields(&t.small)
-            .into_iter()
-            .zip(fields(&t.large))
-            .enumerate()
-        {
+        for ((f, s), (_, l_)) in fields(&t.small).into_iter().zip(fields(&t.large)) {
             let v = if s == l_ {
                 k.b.ins().iconst(I32, s as i64)
             } else {
@@ -276,7 +283,7 @@ pub fn linear<M: Module>(
                 let lv = k.b.ins().iconst(I32, l_ as i64);
                 k.b.ins().select(is_small, sv, lv)
             };
-            k.st(v, c, CALL_ACT + 4 * i as i32);
+            k.st_field(v, c, f);
         }
         let sig = k.b.import_signature(gemm_sig);
         k.b.ins().call_indirect(sig, gemm, &[c]);
@@ -338,4 +345,49 @@ pub fn linear<M: Module>(
         k.b.ins().jump(done, &[]);
         k.b.switch_to_block(done);
     })
+}
+
+/// The call computing a `Linear` or `FusedLinear` node: its kernel and arguments, with the
+/// weight packed into panels and the bias padded to whole panels.
+pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, CodegenError> {
+    let (layout, act, residual) = match at.node().op {
+        Op::FusedLinear {
+            layout,
+            act,
+            residual,
+        } => (layout, act, residual),
+        Op::Linear { layout } => (layout, None, false),
+        ref other => unreachable!("not a matmul: {other}"),
+    };
+    let (k, n) = (at.channels_of(0), at.channels());
+    let prep = WeightPrep::Panels {
+        k,
+        n,
+        in_out: layout == WeightLayout::InOut,
+    };
+    let bias = at.ops.len() == 3 + residual as usize;
+    let tiling = l.tiling(k, n);
+    let kernel = linear(l, k, n, bias, act, residual, &tiling)?;
+    let b = if bias {
+        at.operand(2, WeightPrep::PadPanel { n })
+    } else {
+        Arg::Null
+    };
+    let res = if residual {
+        at.v(at.ops.len() - 1)
+    } else {
+        Arg::Null
+    };
+    Ok(Call::new(
+        kernel,
+        vec![
+            at.v(0),
+            at.operand(1, prep),
+            b,
+            at.out(),
+            Arg::Rows(at.ops[0]),
+            Arg::Sgemm,
+            res,
+        ],
+    ))
 }

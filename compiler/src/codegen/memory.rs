@@ -1,15 +1,17 @@
 //! Data movement: embedding gathers, positions, column slices, the KV-cache append, first and
 //! last token, and masked mean / max pooling.
 
+use super::entry::{Arg, At, Call};
 use super::ir::Kb;
 use super::{CodegenError, Imports, Lowering};
+use crate::graph::{Dim, Op, WeightLayout};
 use cranelift_codegen::ir::{
     condcodes::IntCC,
     types::{F32X4, I64},
     InstBuilder, Value,
 };
 use cranelift_module::{FuncId, Module};
-use cranformer_runtime::native::PANEL;
+use cranformer_runtime::native::{WeightPrep, PANEL};
 
 /// Copies `c` (a constant) f32s.
 fn copy_row(k: &mut Kb, src: Value, dst: Value, c: usize) {
@@ -264,4 +266,88 @@ fn acc_rows(
         let r = k.b.ins().extractlane(r, 0);
         k.st(r, acc, o);
     }
+}
+
+/// The call computing a node that moves data: gathers, positions, slices, concatenation,
+/// token picks and pooling.
+pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, CodegenError> {
+    let node = at.node();
+    Ok(match &node.op {
+        Op::Gather => {
+            let rows = match at.shape(0)[0] {
+                Dim::Const(r) => r,
+                _ => unreachable!("tables are weights"),
+            };
+            let c = at.channels_of(0);
+            let table = at.ops[0];
+            // A table that is also a tied head's `nn.Linear` weight is read from the head's
+            // packed panels, so only that copy of it is prepared.
+            let g = &at.graph.g;
+            let tied = matches!(g[table].op, Op::Weight { .. })
+                && g.neighbors_directed(table, petgraph::Direction::Outgoing)
+                    .any(|u| {
+                        matches!(
+                            g[u].op,
+                            Op::Linear {
+                                layout: WeightLayout::OutIn
+                            } | Op::FusedLinear {
+                                layout: WeightLayout::OutIn,
+                                ..
+                            }
+                        ) && at.graph.operands(u)[1] == table
+                    });
+            let (kernel, table) = if tied {
+                let prep = WeightPrep::Panels {
+                    k: c,
+                    n: rows,
+                    in_out: false,
+                };
+                (gather_panels(l, c, rows)?, at.operand(0, prep))
+            } else {
+                (gather(l, c, rows)?, at.v(0))
+            };
+            Call {
+                kernel,
+                args: vec![table, at.v(1), at.out(), Arg::Numel(at.ops[1])],
+                fails: Some(format!(
+                    "{}: an index is out of range (the table has {rows} rows)",
+                    node.label
+                )),
+            }
+        }
+        Op::Positions => Call::new(
+            positions(l)?,
+            vec![at.out(), Arg::Dim(Dim::Past), Arg::Dim(Dim::Seq)],
+        ),
+        Op::SliceLast { start, len } => Call::new(
+            slice_last(l, at.channels_of(0), *start, *len)?,
+            vec![at.v(0), at.out(), Arg::Rows(at.n)],
+        ),
+        Op::ConcatSeq => Call::new(
+            concat_seq(l, at.channels())?,
+            vec![
+                at.v(0),
+                at.v(1),
+                at.out(),
+                Arg::Dim(at.shape(0)[0]),
+                Arg::Dim(Dim::Past),
+                Arg::Dim(Dim::Seq),
+            ],
+        ),
+        op @ (Op::LastToken | Op::FirstToken) => {
+            let sh = at.shape(0);
+            Call::new(
+                pick_token(l, at.channels(), matches!(op, Op::LastToken))?,
+                vec![at.v(0), at.out(), Arg::Dim(sh[0]), Arg::Dim(sh[1])],
+            )
+        }
+        op @ (Op::MeanPool | Op::MaxPool) => {
+            let sh = at.shape(0);
+            Call::new(
+                pool(l, at.channels(), matches!(op, Op::MeanPool))?,
+                vec![at.v(0), at.v(1), at.out(), Arg::Dim(sh[0]), Arg::Dim(sh[1])],
+            )
+        }
+        other => unreachable!("not a memory op: {other}"),
+    })
 }

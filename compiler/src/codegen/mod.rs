@@ -32,7 +32,7 @@ use std::collections::HashMap;
 pub use entry::entry_symbol;
 use ir::Kb;
 
-/// Errors lowering a graph. Every variant is a compiler bug or an unsupported host.
+/// Errors lowering a graph. Every variant but `DType` is a compiler bug or an unsupported host.
 #[derive(Debug, thiserror::Error)]
 pub enum CodegenError {
     /// Cranelift does not support this machine (compiler environment problem).
@@ -47,9 +47,23 @@ pub enum CodegenError {
     /// Cranelift could not compile a function (compiler bug).
     #[error("compiler bug: compiling {function}: {message}")]
     Compile { function: String, message: String },
+    /// A value has an element type the generated kernels do not compute with yet (i8, bf16,
+    /// f16 weights): the graph needs a dequantising pass first.
+    #[error("cannot compile {graph}: value {value} is {ty}; generated code computes with f32 and i64 only")]
+    DType {
+        graph: String,
+        value: String,
+        ty: String,
+    },
+    /// Preparing the compiled entries to run failed (a weight they read is missing).
+    #[error("preparing the compiled code: {0}")]
+    Prepare(cranformer_runtime::EngineError),
     /// The pass pipeline failed before lowering (see [`crate::passes::PassError`]).
     #[error(transparent)]
     Pass(#[from] crate::passes::PassError),
+    /// An entry point reads a weight the model did not load (names the tensor).
+    #[error(transparent)]
+    Weight(#[from] cranformer_runtime::native::WeightLoadError),
 }
 
 impl From<ModuleError> for CodegenError {
@@ -337,8 +351,12 @@ pub fn emit_clif(graph: &crate::graph::Graph) -> Result<String, CodegenError> {
     let builder =
         cranelift_jit::JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     let mut module = cranelift_jit::JITModule::new(builder);
-    let mut l = Lowering::new(&mut module)?;
-    l.clif = Some(String::new());
-    entry::lower_entry(&mut l, graph)?;
-    Ok(l.clif.take().unwrap_or_default())
+    let text = {
+        let mut l = Lowering::new(&mut module)?;
+        l.clif = Some(String::new());
+        entry::lower_entry(&mut l, graph).map(|_| l.clif.take().unwrap_or_default())
+    };
+    // SAFETY: nothing was finalised; no pointer into the module exists.
+    unsafe { module.free_memory() };
+    text
 }

@@ -3,8 +3,10 @@
 //! sums (the interpreter uses f64; the difference is far inside the fixtures' tolerance for
 //! rows of up to thousands of channels).
 
+use super::entry::{Arg, At, Call};
 use super::ir::Kb;
-use super::{CodegenError, Imports, Lowering};
+use super::{parallel, CodegenError, Imports, Lowering};
+use crate::graph::Op;
 use cranelift_codegen::ir::{types::F32X4, InstBuilder, Value};
 use cranelift_module::{FuncId, Module};
 
@@ -252,5 +254,57 @@ pub fn add_rms_norm<M: Module>(
             let or = add_row(k, a, b, out, r, rows_b, c);
             rms_norm_row(k, or, g, or, c, eps);
         });
+    })
+}
+
+/// The call computing a normalisation node; the plain norms run on the thread pool
+/// (`parallel::split`) when there are enough rows.
+pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, CodegenError> {
+    let c = at.channels();
+    let rows = Arg::Rows(at.n);
+    Ok(match at.node().op {
+        Op::AddLayerNorm { eps } => Call::new(
+            add_layer_norm(l, c, eps)?,
+            vec![
+                at.v(0),
+                at.v(1),
+                at.v(2),
+                at.v(3),
+                at.out(),
+                rows,
+                Arg::Rows(at.ops[1]),
+            ],
+        ),
+        Op::AddRmsNorm { eps } => Call::new(
+            add_rms_norm(l, c, eps)?,
+            vec![
+                at.v(0),
+                at.v(1),
+                at.v(2),
+                at.out(),
+                rows,
+                Arg::Rows(at.ops[1]),
+            ],
+        ),
+        Op::LayerNorm { eps } => {
+            let inner = layer_norm(l, c, eps)?;
+            let name = format!("cf_layer_norm_c{c}_e{:08x}_parallel", eps.to_bits());
+            let row = 4 * c as i64;
+            Call::new(
+                parallel::split(l, &name, inner, &[row, 0, 0, row], 16, 1)?,
+                vec![at.v(0), at.v(1), at.v(2), at.out(), rows, Arg::ParallelFor],
+            )
+        }
+        Op::RmsNorm { eps } => {
+            let inner = rms_norm(l, c, eps)?;
+            let name = format!("cf_rms_norm_c{c}_e{:08x}_parallel", eps.to_bits());
+            let row = 4 * c as i64;
+            Call::new(
+                parallel::split(l, &name, inner, &[row, 0, row], 16, 1)?,
+                vec![at.v(0), at.v(1), at.out(), rows, Arg::ParallelFor],
+            )
+        }
+        Op::L2Normalize => Call::new(l2_normalize(l, c)?, vec![at.v(0), at.out(), rows]),
+        ref other => unreachable!("not a norm: {other}"),
     })
 }

@@ -8,7 +8,7 @@
 //! roofline treats them differently (read once per call, never written, often from DRAM).
 //! Data movement ops (gather, slice, concat, token picks) cost bytes and no FLOPs.
 
-use super::{DType, Dims, EwStep, Graph, Op, TensorType};
+use super::{Dims, EwStep, Graph, Op, TensorType};
 use petgraph::graph::NodeIndex;
 use std::ops::{Add, AddAssign};
 
@@ -93,19 +93,12 @@ mod per_element {
     pub const REL_POS_BUCKET: u64 = 8;
 }
 
-fn elem_bytes(t: &TensorType) -> u64 {
-    match t.dtype {
-        DType::F32 => 4,
-        DType::I64 => 8,
-    }
-}
-
 fn numel(t: &TensorType, d: &Dims) -> u64 {
     t.concrete(d).iter().product::<usize>() as u64
 }
 
 fn bytes(t: &TensorType, d: &Dims) -> u64 {
-    numel(t, d) * elem_bytes(t)
+    t.bytes(d) as u64
 }
 
 /// The cost of node `n` in one call with dims `d`. Inputs and weights themselves cost

@@ -9,11 +9,13 @@ mod cost;
 mod infer;
 mod op;
 mod print;
-mod shape;
 
 pub use cost::{graph_cost, node_cost, node_costs, Cost};
+// Shapes and element types are the runtime's, shared with generated code and its host.
+pub use cranformer_runtime::shape::{DType, Dim, Dims, Shape, TensorType};
 pub use op::{Activation, EwStep, Op, WeightLayout};
-pub use shape::{DType, Dim, Dims, Shape, TensorType};
+
+use cranformer_runtime::Tensor;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
@@ -190,7 +192,15 @@ impl Graph {
     }
 
     /// Binds the symbolic dims from the shapes of the caller's inputs, checking every one.
-    pub fn bind_dims(&self, shapes: &[(&str, &[usize], DType)]) -> Result<Dims, GraphError> {
-        shape::bind(self, shapes)
+    pub fn bind_dims(&self, given: &[(&str, &Tensor)]) -> Result<Dims, GraphError> {
+        let sigs: Vec<(&str, &TensorType)> = self
+            .inputs
+            .iter()
+            .map(|(n, node)| (n.as_str(), &self.g[*node].ty))
+            .collect();
+        cranformer_runtime::shape::bind(&self.name, &sigs, given).map_err(|e| GraphError::Input {
+            name: e.input,
+            message: e.message,
+        })
     }
 }

@@ -6,7 +6,7 @@
 
 pub mod kernels;
 
-use crate::graph::{DType, Dims, EwStep, Graph, Op, WeightLayout};
+use crate::graph::{Dims, EwStep, Graph, Op, WeightLayout};
 use crate::Model;
 use cranformer_runtime::weights::F32Buffer;
 use cranformer_runtime::{Engine, EngineError, Outputs, Tensor, TensorData};
@@ -54,18 +54,8 @@ impl Interpreter {
         graph: &Graph,
         inputs: &[(&str, &Tensor)],
     ) -> Result<Outputs, EngineError> {
-        let shapes: Vec<(&str, &[usize], DType)> = inputs
-            .iter()
-            .map(|(n, t)| {
-                let dt = match t.data {
-                    TensorData::F32(_) => DType::F32,
-                    TensorData::I64(_) => DType::I64,
-                };
-                (*n, t.shape.as_slice(), dt)
-            })
-            .collect();
         let dims = graph
-            .bind_dims(&shapes)
+            .bind_dims(inputs)
             .map_err(|e| EngineError::Input(e.to_string()))?;
 
         let order = graph.topo_order();
@@ -134,10 +124,18 @@ impl Interpreter {
                     .find(|(k, _)| k == name)
                     .expect("bound above")
                     .1;
-                match &t.data {
+                match t.data() {
                     TensorData::F32(v) => Value::F32(v.clone()),
                     TensorData::I64(v) => Value::I64(v.clone()),
                 }
+            }
+            // The model hands out weights as f32 only; a graph declaring an i8 / bf16 / f16
+            // weight needs a dequantising op first, which the interpreter does not have yet.
+            Op::Weight { key } if node.ty.dtype != crate::graph::DType::F32 => {
+                return Err(internal(format!(
+                    "weight {key} is {}; the interpreter computes with f32 weights only",
+                    node.ty
+                )))
             }
             Op::Weight { key } => Value::Weight(
                 self.model

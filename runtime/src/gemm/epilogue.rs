@@ -19,7 +19,7 @@
 // Coefficients as published (Cephes, Numerical Recipes); f32 rounds them.
 #![allow(clippy::excessive_precision)]
 
-/// Activation codes of [`super::GemmCall::act`].
+/// The epilogue's activation; `as u32` is its [`super::GemmCall::act`] code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Act {
@@ -34,17 +34,18 @@ pub enum Act {
 }
 
 impl Act {
+    pub const ALL: [Act; 7] = [
+        Act::None,
+        Act::Relu,
+        Act::Gelu,
+        Act::GeluTanh,
+        Act::Tanh,
+        Act::Silu,
+        Act::QuickGelu,
+    ];
+
     pub fn from_code(c: u32) -> Option<Act> {
-        Some(match c {
-            0 => Act::None,
-            1 => Act::Relu,
-            2 => Act::Gelu,
-            3 => Act::GeluTanh,
-            4 => Act::Tanh,
-            5 => Act::Silu,
-            6 => Act::QuickGelu,
-            _ => return None,
-        })
+        Act::ALL.into_iter().find(|&a| a as u32 == c)
     }
 
     pub fn name(self) -> &'static str {

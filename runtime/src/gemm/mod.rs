@@ -34,16 +34,21 @@ pub use quant::{PackedWeight, WeightFormat};
 
 use crate::threads;
 
-/// Which micro-kernel family runs.
+/// Which micro-kernel family runs; `as u32` is its [`GemmCall::isa`] code. Ordered best
+/// first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
 pub enum Isa {
     /// 12×32 tile: 24 zmm accumulators.
-    Avx512,
+    Avx512 = 1,
     /// 6×16 tile: 12 ymm accumulators.
-    Avx2,
+    Avx2 = 2,
     /// 4×8 tile in plain Rust: any CPU.
-    Portable,
+    Portable = 3,
 }
+
+/// [`GemmCall::isa`] when the call leaves the family to the runtime.
+pub const ISA_AUTO: u32 = 0;
 
 impl Isa {
     /// The best family this CPU runs (`CRANFORMER_ISA=avx2|portable` picks a lesser one).
@@ -92,23 +97,19 @@ impl Isa {
         }
     }
 
-    /// [`GemmCall::isa`]'s code: 1 avx512, 2 avx2, 3 portable (0 is "auto").
-    pub fn code(self) -> u32 {
-        match self {
-            Isa::Avx512 => 1,
-            Isa::Avx2 => 2,
-            Isa::Portable => 3,
-        }
+    /// [`GemmCall::isa`]'s code.
+    pub const fn code(self) -> u32 {
+        self as u32
     }
 
     /// The family a [`GemmCall::isa`] code asks for, if this CPU runs it; else the detected one.
     pub fn from_code(code: u32) -> Isa {
         let best = detected();
-        let want = match code {
-            1 => Isa::Avx512,
-            2 => Isa::Avx2,
-            3 => Isa::Portable,
-            _ => return best,
+        let Some(&want) = [Isa::Avx512, Isa::Avx2, Isa::Portable]
+            .iter()
+            .find(|i| i.code() == code)
+        else {
+            return best;
         };
         // Families are ordered best first: anything at or below the detected one runs.
         if want >= best {
@@ -181,8 +182,9 @@ pub(crate) enum Init {
 }
 
 /// One matmul call from generated code (`RuntimeFns::gemm`): `c = act(a·b + bias) +
-/// residual`. The layout is the ABI: generated code fills it on its stack, 8-byte fields
-/// first (offsets 0..80), then the five u32 (80..100); 104 bytes in all.
+/// residual`. Generated code fills it on its stack at the offsets [`crate::abi::gemm_call`]
+/// reads from this definition; the tiling fields (`kc`, `mc`, `isa`, `threads`) are hints a
+/// zero leaves to the runtime ([`GemmCall::resolved`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GemmCall {
@@ -202,19 +204,24 @@ pub struct GemmCall {
     /// `[M, N]` with stride `ldc`, added after the activation; or null. May alias nothing
     /// but itself (not `c`).
     pub residual: *const f32,
-    /// [`Act`] code: 0 none, 1 relu, 2 gelu (erf), 3 gelu tanh, 4 tanh, 5 silu, 6 quick_gelu.
+    /// An [`Act`] as `u32`.
     pub act: u32,
     /// K per block, 0 = the ISA's default.
     pub kc: u32,
     /// Rows of A per block, 0 = the ISA's default.
     pub mc: u32,
-    /// 0 auto, 1 avx512, 2 avx2, 3 portable (a family the CPU lacks falls back to auto).
+    /// An [`Isa`] as `u32`, or [`ISA_AUTO`] (a family the CPU lacks falls back to auto).
     pub isa: u32,
     /// Threads to split N over, 0 = the pool's default (never more than the pool has).
     pub threads: u32,
 }
 
+// SAFETY: a GemmCall is plain data; its pointers are only dereferenced inside `sgemm`/
+// `cranformer_gemm`, whose callers guarantee them valid for the call. The threads of one call
+// read A, B, bias and residual, which nobody writes during the call, and write disjoint column
+// ranges of C (one range of panels per task), so sharing the call between them is race-free.
 unsafe impl Send for GemmCall {}
+// SAFETY: as for Send.
 unsafe impl Sync for GemmCall {}
 
 impl GemmCall {
@@ -242,10 +249,10 @@ impl GemmCall {
             c,
             ldc,
             residual: std::ptr::null(),
-            act: 0,
+            act: Act::None as u32,
             kc: 0,
             mc: 0,
-            isa: 0,
+            isa: ISA_AUTO,
             threads: 0,
         }
     }
@@ -285,13 +292,17 @@ pub type Sgemm = GemmCall;
 /// thread count (see [`GemmCall::resolved`]; `isa` and `blocking` override the call's).
 ///
 /// # Safety
-/// The pointers must be valid for the sizes given; B must be packed with [`PACK_NR`].
+/// The pointers must be valid for the sizes given; B must be packed with [`PACK_NR`]; the
+/// CPU must have `isa` (at or below [`detected`]: [`Isa::from_code`] only returns such).
 pub unsafe fn sgemm(g: &GemmCall, isa: Isa, blocking: Blocking) {
     let (_, _, tasks) = g.resolved();
     run(g, isa, blocking, tasks)
 }
 
 /// Runs `g` with everything resolved.
+///
+/// # Safety
+/// As [`sgemm`]. Each task writes only its own panels' columns of C.
 unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
     if g.m == 0 || g.n == 0 {
         return;
@@ -332,15 +343,22 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
 /// As [`sgemm`]; `call` points at a valid [`GemmCall`].
 #[no_mangle]
 pub unsafe extern "C" fn cranformer_gemm(call: *const GemmCall) {
-    let g = &*call;
-    let (isa, bl, tasks) = g.resolved();
-    if profile::enabled() {
-        let t = std::time::Instant::now();
-        run(g, isa, bl, tasks);
-        profile::record(g, isa, bl, tasks, t.elapsed());
-    } else {
-        run(g, isa, bl, tasks);
-    }
+    // SAFETY: the caller passes a valid call (see above).
+    let g = unsafe { &*call };
+    // Generated code cannot unwind: a panic is recorded for the host instead.
+    threads::catch_for_generated_code(|| {
+        let (isa, bl, tasks) = g.resolved();
+        // SAFETY: the caller promised pointers valid for the call's sizes.
+        unsafe {
+            if profile::enabled() {
+                let t = std::time::Instant::now();
+                run(g, isa, bl, tasks);
+                profile::record(g, isa, bl, tasks, t.elapsed());
+            } else {
+                run(g, isa, bl, tasks);
+            }
+        }
+    });
 }
 
 thread_local! {
@@ -348,6 +366,9 @@ thread_local! {
 }
 
 /// Column panels `p0..p1` of C.
+///
+/// # Safety
+/// As [`sgemm`], and `p0..p1` within the panels of N.
 unsafe fn block(g: &GemmCall, isa: Isa, bl: Blocking, act: Act, p0: usize, p1: usize) {
     let (mr, nr) = (isa.mr(), isa.nr());
     let kc_max = bl.kc.max(1);
@@ -411,6 +432,9 @@ unsafe fn block(g: &GemmCall, isa: Isa, bl: Blocking, act: Act, p0: usize, p1: u
 
 /// Packs rows `ic..ic+mc`, columns `pc..pc+kc` of A into slivers of `mr` rows: sliver s is
 /// `[kc][rows]` with `rows = min(mr, mc - s*mr)`, so a micro-kernel reads A sequentially.
+///
+/// # Safety
+/// A valid for `g`'s sizes, and the block within M × K.
 unsafe fn pack_a(
     g: &GemmCall,
     ic: usize,
@@ -450,6 +474,9 @@ pub(crate) struct Tile {
     pub bias_cols_valid: usize,
 }
 
+/// # Safety
+/// The tile's pointers valid for its rows, columns and K (see [`Tile`]); `isa` one the CPU
+/// has (callers pass [`Isa::from_code`]'s choice, which falls back to what was detected).
 unsafe fn micro(isa: Isa, t: &Tile) {
     match isa {
         #[cfg(target_arch = "x86_64")]

@@ -88,6 +88,7 @@ fn matches_reference_on_odd_shapes() {
                             c.as_mut_ptr(),
                             n,
                         );
+                        // SAFETY: a, packed B, bias and c are live and sized for m, n, k; the CPU has isa.
                         unsafe { sgemm(&g, isa, bl) };
                         for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                             assert!(
@@ -126,6 +127,7 @@ fn thread_count_does_not_change_results() {
             c.as_mut_ptr(),
             n,
         );
+        // SAFETY: a, packed B and c are live and sized for m, n, k; isa was detected.
         unsafe { sgemm(&g, isa, Blocking::default_for(isa)) };
         c
     };
@@ -199,6 +201,7 @@ fn activations_are_accurate_against_f64() {
         // A dense sweep over [-12, 12] through the vectorised path (one row of C).
         let xs: Vec<f32> = (0..=240_000).map(|i| -12.0 + i as f32 * 1e-4).collect();
         let mut ys = xs.clone();
+        // SAFETY: one row of ys.len() floats, no residual.
         unsafe { epilogue::apply(a, ys.as_mut_ptr(), ys.len(), 1, ys.len(), std::ptr::null()) };
         let mut worst = (0.0f64, 0.0f32, 0.0f32, 0.0f64);
         for (&x, &y) in xs.iter().zip(&ys) {
@@ -252,6 +255,7 @@ fn epilogue_applies_act_then_residual_on_every_isa_and_blocking() {
                 g.isa = isa.code();
                 g.kc = kc;
                 g.mc = mc;
+                // SAFETY: every pointer of the call is live and sized for m, n, k.
                 unsafe { cranformer_gemm(&g) };
                 for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                     assert!(

@@ -1,5 +1,6 @@
 //! `forward`: token ids from a JSON file in, the model's output tensors out as safetensors.
 
+use super::decode::{named, step_inputs};
 use super::{check_length, Session};
 use crate::cli::ForwardArgs;
 use crate::kv_cache::KvCache;
@@ -174,7 +175,7 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
     let path = &a.input;
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let input = ForwardInput::parse(&text, path, &s.info)?;
-    let b = input.input_ids.shape[0];
+    let b = input.input_ids.shape()[0];
     let (ids_t, mask) = (&input.input_ids, &input.attention_mask);
 
     let outputs: Outputs = match s.info.clone() {
@@ -188,12 +189,8 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
             ..
         } => {
             let cache = KvCache::new(layers, b, hidden_size);
-            let mut inputs: Vec<(String, &Tensor)> =
-                vec![("input_ids".into(), ids_t), ("attention_mask".into(), mask)];
-            inputs.extend(cache.inputs());
-            let named: Vec<(&str, &Tensor)> =
-                inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-            let mut o = s.engine.run("forward", &named)?;
+            let inputs = step_inputs(ids_t, mask, &cache, None);
+            let mut o = s.engine.run("forward", &named(&inputs))?;
             o.retain(|k, _| k == "logits" || k == "last_hidden_state");
             o
         }
@@ -212,15 +209,8 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
                     .engine
                     .run("cross_kv", &[("encoder_hidden_states", &hidden)])?;
                 let cache = KvCache::new(decoder_layers, b, kv_width);
-                let mut inputs: Vec<(String, &Tensor)> = vec![
-                    ("decoder_input_ids".into(), dec_t),
-                    ("encoder_attention_mask".into(), mask),
-                ];
-                inputs.extend(cache.inputs());
-                inputs.extend(cross.iter().map(|(k, v)| (k.clone(), v)));
-                let named: Vec<(&str, &Tensor)> =
-                    inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-                let mut o = s.engine.run("decode", &named)?;
+                let inputs = step_inputs(dec_t, mask, &cache, Some(&cross));
+                let mut o = s.engine.run("decode", &named(&inputs))?;
                 result.insert(
                     "logits".into(),
                     o.remove("logits").context("decode returned no logits")?,
@@ -245,7 +235,7 @@ pub fn write_safetensors(tensors: &Outputs, path: &Path) -> Result<()> {
             Ok((
                 k.clone(),
                 data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                t.shape.clone(),
+                t.shape().to_vec(),
             ))
         })
         .collect::<Result<_>>()?;
