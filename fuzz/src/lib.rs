@@ -337,9 +337,7 @@ pub fn program_blob(data: &[u8]) {
         Err(e) => {
             assert!(matches!(
                 e,
-                ProgramError::Json(_)
-                    | ProgramError::Version { .. }
-                    | ProgramError::Entry { .. }
+                ProgramError::Json(_) | ProgramError::Version { .. } | ProgramError::Entry { .. }
             ));
             assert!(
                 e.to_string()
@@ -374,7 +372,11 @@ pub fn program_blob(data: &[u8]) {
         for dims in &sizes {
             if let Some((offsets, total)) = plan_memory(meta, dims) {
                 for (sig, &at) in meta.buffers.iter().zip(&offsets) {
-                    assert!(at + sig.checked_bytes(dims).unwrap() <= total, "{}", sig.name);
+                    assert!(
+                        at + sig.checked_bytes(dims).unwrap() <= total,
+                        "{}",
+                        sig.name
+                    );
                 }
             }
         }

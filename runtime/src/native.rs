@@ -255,11 +255,11 @@ impl EntryMeta {
             enc_seq: 1,
         };
         for sig in self.inputs.iter().chain(&self.buffers) {
-            if sig.checked_bytes(&ones).is_none_or(|b| b > isize::MAX as usize) {
-                return Err(format!(
-                    "{} has an overflowing size {}",
-                    sig.name, sig.ty
-                ));
+            if sig
+                .checked_bytes(&ones)
+                .is_none_or(|b| b > isize::MAX as usize)
+            {
+                return Err(format!("{} has an overflowing size {}", sig.name, sig.ty));
             }
         }
         Ok(())
@@ -347,7 +347,11 @@ pub enum WeightLoadError {
     /// A value of the entry has a weight storage type (i8, bf16, f16) that never crosses the
     /// entry ABI until kernels compute with it: refused rather than handed out as f32.
     #[error("entry point {entry}: value {value} is {ty}: compiled entry points take and produce only f32 and i64")]
-    DType { entry: String, value: String, ty: String },
+    DType {
+        entry: String,
+        value: String,
+        ty: String,
+    },
     /// It cannot be laid out as the kernels read it.
     #[error("entry point {entry}: weight \"{key}\" cannot be laid out for the kernels: {source}")]
     Prepare {
@@ -416,7 +420,10 @@ impl NativeEntry {
                         return Err(WeightLoadError::Layout {
                             entry: meta.name.clone(),
                             key: key.clone(),
-                            reason: format!("it has {} values, but {prep:?} reads {need}", raw.len()),
+                            reason: format!(
+                                "it has {} values, but {prep:?} reads {need}",
+                                raw.len()
+                            ),
                         })
                     }
                     None if *prep != WeightPrep::AsIs => {

@@ -310,3 +310,15 @@ fn shard_index_may_not_point_outside_the_model_directory() {
     let ok = serde_json::json!({"weight_map": {"w": "model-00001-of-00002.safetensors"}});
     ShardIndex::parse(ok.to_string().as_bytes(), index).unwrap();
 }
+
+#[test]
+fn every_program_seed_decodes() {
+    // Seeds the runtime refuses would only exercise the JSON parser, not the host-side steps.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/program_blob");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if let Err(e) = Program::decode(&std::fs::read(&path).unwrap()) {
+            panic!("{}: {e}", path.display());
+        }
+    }
+}
