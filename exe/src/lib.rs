@@ -112,7 +112,7 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
         );
     }
     // SAFETY: the glue's blobs live in the executable's read-only data.
-    let program: Program = serde_json::from_slice(unsafe { raw.program.bytes() })
+    let program = Program::decode(unsafe { raw.program.bytes() })
         .context("reading the embedded program description (a cranformer bug)")?;
     let name = args
         .first()

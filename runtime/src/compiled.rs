@@ -59,7 +59,46 @@ pub fn prepared_key(key: &str, prep: WeightPrep) -> String {
     }
 }
 
+/// Why an embedded program description cannot be used. Always a cranformer bug or a corrupt
+/// executable: the compiler writes the description the runtime reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    /// The bytes are not the JSON of a [`Program`] (including a `tokenizer_kind` that names
+    /// no tokenizer family).
+    #[error("the embedded program description is not valid: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The description was written for another version of the runtime.
+    #[error("the embedded program description is version {found}, this runtime reads version {PROGRAM_VERSION}")]
+    Version { found: u32 },
+    /// An entry's metadata contradicts itself.
+    #[error("the embedded program description's entry {entry:?}: {message}")]
+    Entry { entry: String, message: String },
+}
+
 impl Program {
+    /// Reads and checks the description a compiled executable embeds: everything the host
+    /// indexes by it (output slots, live ranges, weight layouts) is in range, so a corrupt
+    /// blob gives an error instead of a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Program, ProgramError> {
+        let program: Program = serde_json::from_slice(bytes)?;
+        if program.version != PROGRAM_VERSION {
+            return Err(ProgramError::Version {
+                found: program.version,
+            });
+        }
+        for (i, meta) in program.entries.iter().enumerate() {
+            let bad = |message: String| ProgramError::Entry {
+                entry: meta.name.clone(),
+                message,
+            };
+            if program.entries[..i].iter().any(|m| m.name == meta.name) {
+                return Err(bad("defined twice".into()));
+            }
+            meta.check().map_err(bad)?;
+        }
+        Ok(program)
+    }
+
     /// Every prepared weight the entries read, from the embedded store written by the
     /// compiler (views into the executable's read-only data).
     pub fn load_prepared(
@@ -70,7 +109,27 @@ impl Program {
         for meta in &self.entries {
             for (key, prep) in &meta.weights {
                 let pk = prepared_key(key, *prep);
-                let len = weights.info(&pk).map_or(0, |i| i.shape.iter().product());
+                // The generated code reads as many values as the layout holds: a shorter
+                // tensor is refused here, not read past its end.
+                // (A quantized layout's length is its packer's business: as stored.)
+                let stored = || {
+                    weights.info(&pk).map_or(0, |i| {
+                        i.shape
+                            .iter()
+                            .try_fold(1usize, |a, &d| a.checked_mul(d))
+                            .unwrap_or(0)
+                    })
+                };
+                let len = match prep {
+                    WeightPrep::AsIs => self
+                        .weights
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .map_or_else(stored, |(_, shape)| shape.iter().product()),
+                    WeightPrep::Quantized { .. } => stored(),
+                    // Program::decode refused layouts whose size overflows.
+                    _ => prep.checked_panel_len().unwrap_or(usize::MAX),
+                };
                 map.insert((key.clone(), *prep), weights.get(&pk, &[len])?);
             }
         }

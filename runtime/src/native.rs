@@ -30,6 +30,12 @@ impl TensorSig {
     pub fn bytes(&self, d: &Dims) -> usize {
         self.ty.bytes(d)
     }
+
+    /// [`TensorSig::bytes`], or `None` if the size overflows (for sizes an executable's
+    /// description claims).
+    pub fn checked_bytes(&self, d: &Dims) -> Option<usize> {
+        self.ty.checked_bytes(d)
+    }
 }
 
 /// How a checkpoint tensor is laid out before the generated code reads it.
@@ -67,7 +73,29 @@ pub enum WeightPrep {
 pub const PANEL: usize = crate::gemm::PACK_NR;
 
 impl WeightPrep {
-    /// The prepared tensor from the checkpoint's data (only int8 can refuse a weight: see
+    /// The fewest checkpoint values the preparation reads (`None`: any number, or overflow).
+    pub fn source_len(self) -> Option<usize> {
+        match self {
+            WeightPrep::AsIs => None,
+            WeightPrep::Panels { k, n, .. } | WeightPrep::Quantized { k, n, .. } => {
+                k.checked_mul(n)
+            }
+            WeightPrep::PadPanel { n } => Some(n),
+        }
+    }
+
+    /// [`WeightPrep::prepared_len`] of an f32 layout (`Panels`, `PadPanel`), or `None` if it
+    /// overflows, for the sizes an executable's description claims.
+    pub fn checked_panel_len(self) -> Option<usize> {
+        match self {
+            WeightPrep::Panels { k, n, .. } => n.checked_next_multiple_of(PANEL)?.checked_mul(k),
+            WeightPrep::PadPanel { n } => n.checked_next_multiple_of(PANEL),
+            WeightPrep::AsIs | WeightPrep::Quantized { .. } => None,
+        }
+    }
+
+    /// The prepared tensor from the checkpoint's data, which must hold at least
+    /// [`WeightPrep::source_len`] values (only int8 can refuse a weight: see
     /// [`crate::gemm::quant::PackError`]).
     pub fn apply(self, w: &F32Buffer) -> Result<F32Buffer, crate::gemm::quant::PackError> {
         Ok(match self {
@@ -183,6 +211,61 @@ pub struct EntryMeta {
     pub live: Vec<(u32, u32)>,
 }
 
+impl EntryMeta {
+    /// Checks that everything the host indexes by this metadata is in range: one live range
+    /// per buffer, output slots that exist, weight layouts and constant sizes that do not
+    /// overflow.
+    pub fn check(&self) -> Result<(), String> {
+        if self.live.len() != self.buffers.len() {
+            return Err(format!(
+                "{} live ranges for {} buffers",
+                self.live.len(),
+                self.buffers.len()
+            ));
+        }
+        if let Some((b, (first, last))) = self.live.iter().enumerate().find(|(_, r)| r.0 > r.1) {
+            return Err(format!("buffer {b} is live from step {first} to {last}"));
+        }
+        for (name, slot) in &self.outputs {
+            let ok = match *slot {
+                Slot::Input(i) => i < self.inputs.len(),
+                Slot::Buffer(i) => i < self.buffers.len(),
+            };
+            if !ok {
+                return Err(format!(
+                    "output {name} is in {slot:?}, which does not exist"
+                ));
+            }
+        }
+        for (key, prep) in &self.weights {
+            let overflows = match prep {
+                WeightPrep::AsIs => false,
+                WeightPrep::Quantized { .. } => prep.source_len().is_none(),
+                _ => prep.source_len().is_none() || prep.checked_panel_len().is_none(),
+            };
+            if overflows {
+                return Err(format!("weight {key}: layout {prep:?} overflows"));
+            }
+        }
+        // With every symbolic dim at 1, a size must fit; larger dims are checked per call.
+        let ones = Dims {
+            batch: 1,
+            seq: 1,
+            past: 0,
+            enc_seq: 1,
+        };
+        for sig in self.inputs.iter().chain(&self.buffers) {
+            if sig
+                .checked_bytes(&ones)
+                .is_none_or(|b| b > isize::MAX as usize)
+            {
+                return Err(format!("{} has an overflowing size {}", sig.name, sig.ty));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the generated entry function receives. Generated code reaches every field through
 /// [`crate::abi::ctx`].
 #[repr(C)]
@@ -264,13 +347,25 @@ pub enum WeightLoadError {
     /// A value of the entry has a weight storage type (i8, bf16, f16) that never crosses the
     /// entry ABI until kernels compute with it: refused rather than handed out as f32.
     #[error("entry point {entry}: value {value} is {ty}: compiled entry points take and produce only f32 and i64")]
-    DType { entry: String, value: String, ty: String },
+    DType {
+        entry: String,
+        value: String,
+        ty: String,
+    },
     /// It cannot be laid out as the kernels read it.
     #[error("entry point {entry}: weight \"{key}\" cannot be laid out for the kernels: {source}")]
     Prepare {
         entry: String,
         key: String,
         source: crate::gemm::quant::PackError,
+    },
+    /// The checkpoint tensor does not fit the layout the entry reads it in (a corrupt
+    /// executable description or checkpoint).
+    #[error("entry point {entry}: weight \"{key}\": {reason}")]
+    Layout {
+        entry: String,
+        key: String,
+        reason: String,
     },
 }
 
@@ -320,6 +415,26 @@ impl NativeEntry {
                             .unwrap_or(key)
                             .to_string(),
                     })?;
+                match prep.source_len() {
+                    Some(need) if raw.len() < need => {
+                        return Err(WeightLoadError::Layout {
+                            entry: meta.name.clone(),
+                            key: key.clone(),
+                            reason: format!(
+                                "it has {} values, but {prep:?} reads {need}",
+                                raw.len()
+                            ),
+                        })
+                    }
+                    None if *prep != WeightPrep::AsIs => {
+                        return Err(WeightLoadError::Layout {
+                            entry: meta.name.clone(),
+                            key: key.clone(),
+                            reason: format!("{prep:?} overflows"),
+                        })
+                    }
+                    _ => {}
+                }
                 let data = prep
                     .apply(&raw)
                     .map_err(|source| WeightLoadError::Prepare {
@@ -366,7 +481,12 @@ impl NativeEntry {
         for w in &self.weights {
             values.push(w.as_ptr() as *mut u8);
         }
-        let (offsets, total) = plan_memory(&self.meta, &dims);
+        let (offsets, total) = plan_memory(&self.meta, &dims).ok_or_else(|| {
+            EngineError::Input(format!(
+                "the buffers of entry point {} for {dims:?} overflow the address space",
+                self.meta.name
+            ))
+        })?;
         record_arena(&self.meta, &dims, total);
         let lines = total / ALIGN + 1;
         if self.arena.len() < lines {
@@ -423,7 +543,13 @@ impl NativeEntry {
                     values[self.meta.inputs.len() + self.weights.len() + i] as *const u8,
                 ),
             };
-            let shape = sig.ty.concrete(&dims);
+            // Every size fits: the memory plan computed them all.
+            let shape: Vec<usize> = sig
+                .ty
+                .shape
+                .iter()
+                .map(|d| d.try_eval(&dims).unwrap_or(0))
+                .collect();
             let n: usize = shape.iter().product();
             // SAFETY: the slot holds n elements of the signature's type; `new` admitted
             // only signatures of the types matched here.
@@ -463,16 +589,22 @@ fn record_arena(meta: &EntryMeta, dims: &Dims, planned: usize) {
     let unshared: usize = meta
         .buffers
         .iter()
-        .map(|b| b.bytes(dims).div_ceil(ALIGN) * ALIGN)
-        .sum();
+        .map(|b| b.checked_bytes(dims).unwrap_or(0).div_ceil(ALIGN) * ALIGN)
+        .fold(0, usize::saturating_add);
     if let Ok(mut m) = ARENA_STATS.lock() {
         let e = m.entry(meta.name.clone()).or_default();
         *e = (e.0.max(planned), e.1.max(unshared));
     }
 }
 
-pub fn plan_memory(meta: &EntryMeta, dims: &Dims) -> (Vec<usize>, usize) {
+/// Offsets of the buffers in one arena (buffers whose live ranges are disjoint share bytes),
+/// and the arena's size; `None` if a size overflows, or the metadata gives no live range for
+/// some buffer.
+pub fn plan_memory(meta: &EntryMeta, dims: &Dims) -> Option<(Vec<usize>, usize)> {
     let n = meta.buffers.len();
+    if meta.live.len() != n {
+        return None;
+    }
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&b| meta.live[b]);
     let mut offsets = vec![0usize; n];
@@ -480,7 +612,9 @@ pub fn plan_memory(meta: &EntryMeta, dims: &Dims) -> (Vec<usize>, usize) {
     let mut placed: Vec<(usize, usize, usize)> = Vec::with_capacity(n);
     let mut total = 0;
     for b in order {
-        let size = meta.buffers[b].bytes(dims).div_ceil(ALIGN) * ALIGN;
+        let size = meta.buffers[b]
+            .checked_bytes(dims)?
+            .checked_next_multiple_of(ALIGN)?;
         let (first, last) = meta.live[b];
         let mut clash: Vec<(usize, usize)> = placed
             .iter()
@@ -488,18 +622,21 @@ pub fn plan_memory(meta: &EntryMeta, dims: &Dims) -> (Vec<usize>, usize) {
             .map(|&(s, e, _)| (s, e))
             .collect();
         clash.sort_unstable();
-        let mut at = 0;
+        let mut at: usize = 0;
         for (s, e) in clash {
-            if at + size <= s {
+            if at.saturating_add(size) <= s {
                 break;
             }
             at = at.max(e);
         }
+        let end = at.checked_add(size)?;
         offsets[b] = at;
-        placed.push((at, at + size, b));
-        total = total.max(at + size);
+        placed.push((at, end, b));
+        total = total.max(end);
     }
-    (offsets, total)
+    // The arena is allocated in whole lines, one more than total / ALIGN.
+    total.checked_add(ALIGN)?;
+    Some((offsets, total))
 }
 
 /// The dims of a call of `meta` with `given`, checked against its inputs' signatures

@@ -89,6 +89,15 @@ pub struct Dims {
 }
 
 impl Dim {
+    /// The dim's value for this call; `None` if P + T overflows (sizes read from untrusted
+    /// metadata: see [`TensorType::checked_bytes`]).
+    pub fn try_eval(self, d: &Dims) -> Option<usize> {
+        match self {
+            Dim::Total => d.past.checked_add(d.seq),
+            _ => Some(self.eval(d)),
+        }
+    }
+
     pub fn eval(self, d: &Dims) -> usize {
         match self {
             Dim::Const(n) => n,
@@ -145,6 +154,16 @@ impl TensorType {
     }
     pub fn bytes(&self, d: &Dims) -> usize {
         self.numel(d) * self.dtype.size()
+    }
+    /// [`TensorType::numel`], or `None` if it overflows.
+    pub fn checked_numel(&self, d: &Dims) -> Option<usize> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, x| acc.checked_mul(x.try_eval(d)?))
+    }
+    /// [`TensorType::bytes`], or `None` if it overflows.
+    pub fn checked_bytes(&self, d: &Dims) -> Option<usize> {
+        self.checked_numel(d)?.checked_mul(self.dtype.size())
     }
     /// The last dim, which every op here keeps constant (channels).
     pub fn last(&self) -> Option<Dim> {
@@ -257,7 +276,7 @@ pub fn resolve_past(
     total: Option<usize>,
 ) -> Result<usize, String> {
     match (past, total) {
-        (Some(p), Some(t)) if p + seq != t => Err(format!(
+        (Some(p), Some(t)) if p.checked_add(seq) != Some(t) => Err(format!(
             "covers {t} positions, expected past {p} + new {seq}"
         )),
         (Some(p), _) => Ok(p),

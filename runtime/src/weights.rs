@@ -121,6 +121,7 @@ fn hint_message(hint: &Option<String>) -> String {
 enum Backing {
     Mmap(memmap2::Mmap),
     Static(&'static [u8]),
+    Owned(Box<[u8]>),
 }
 
 impl Backing {
@@ -128,6 +129,7 @@ impl Backing {
         match self {
             Backing::Mmap(map) => map,
             Backing::Static(bytes) => bytes,
+            Backing::Owned(bytes) => bytes,
         }
     }
 }
@@ -233,50 +235,28 @@ impl Weights {
                 dir: dir.to_path_buf(),
             });
         }
-        let text = std::fs::read_to_string(&index).map_err(|source| WeightsError::Io {
+        let text = std::fs::read(&index).map_err(|source| WeightsError::Io {
             path: index.clone(),
             source,
         })?;
-        let malformed = |reason: String| WeightsError::Malformed {
-            path: index.clone(),
-            reason,
-        };
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| malformed("no \"weight_map\" object".into()))?;
-        let mut shards: Vec<&str> = Vec::new();
-        for (key, shard) in map {
-            let shard = shard
-                .as_str()
-                .ok_or_else(|| malformed(format!("weight_map[\"{key}\"] is not a file name")))?;
-            if !shards.contains(&shard) {
-                shards.push(shard);
-            }
-        }
-        if shards.is_empty() {
-            return Err(malformed("empty weight_map".into()));
-        }
-        shards.sort_unstable();
-        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
-        if let Some((shard, _)) = shards.iter().zip(&paths).find(|(_, p)| !p.is_file()) {
-            return Err(malformed(format!(
-                "weight_map names shard \"{shard}\", which is not in {}",
-                dir.display()
-            )));
+        let shard_index = ShardIndex::parse(&text, &index)?;
+        let paths: Vec<PathBuf> = shard_index.shards.iter().map(|s| dir.join(s)).collect();
+        if let Some((shard, _)) = shard_index
+            .shards
+            .iter()
+            .zip(&paths)
+            .find(|(_, p)| !p.is_file())
+        {
+            return Err(WeightsError::Malformed {
+                path: index.clone(),
+                reason: format!(
+                    "weight_map names shard \"{shard}\", which is not in {}",
+                    dir.display()
+                ),
+            });
         }
         let mut weights = Weights::open_files(&paths)?;
-        // The index and the shards must agree, or a tensor would silently come from elsewhere.
-        for (key, shard) in map {
-            let in_shard = weights.entries.get(key).map(|e| &e.info.file);
-            if in_shard != Some(&dir.join(shard.as_str().unwrap_or_default())) {
-                return Err(malformed(format!(
-                    "weight_map puts \"{key}\" in {shard}, but that shard does not contain it"
-                )));
-            }
-        }
+        shard_index.check(&weights, dir)?;
         weights.source = format!("{} ({} shards)", index.display(), paths.len());
         Ok(weights)
     }
@@ -306,6 +286,22 @@ impl Weights {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
+        Ok(weights)
+    }
+
+    /// From files already in memory, as (name for error messages, bytes); a key may appear in
+    /// only one of them.
+    pub fn from_bytes(files: Vec<(PathBuf, Vec<u8>)>) -> Result<Weights, WeightsError> {
+        let mut weights = Weights {
+            files: Vec::new(),
+            entries: BTreeMap::new(),
+            source: String::new(),
+        };
+        let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+        for (path, bytes) in files {
+            weights.add(Backing::Owned(bytes.into_boxed_slice()), &path)?;
+        }
+        weights.source = names.join(", ");
         Ok(weights)
     }
 
@@ -473,6 +469,77 @@ impl Weights {
             );
         }
         self.files.push(Arc::new(backing));
+        Ok(())
+    }
+}
+
+/// A parsed `model.safetensors.index.json`: which shard holds each tensor.
+#[derive(Clone, Debug)]
+pub struct ShardIndex {
+    /// The index file, for error messages.
+    path: PathBuf,
+    /// (tensor key, shard file name) in the index's order.
+    weight_map: Vec<(String, String)>,
+    /// The distinct shard file names, sorted.
+    pub shards: Vec<String>,
+}
+
+impl ShardIndex {
+    /// Parses the index text; `path` is only used in errors. Shard names must be plain file
+    /// names: an index may not point outside its model directory.
+    pub fn parse(text: &[u8], path: &Path) -> Result<ShardIndex, WeightsError> {
+        let malformed = |reason: String| WeightsError::Malformed {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(text).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| malformed("no \"weight_map\" object".into()))?;
+        let mut weight_map = Vec::with_capacity(map.len());
+        let mut shards: Vec<String> = Vec::new();
+        for (key, shard) in map {
+            let shard = shard
+                .as_str()
+                .ok_or_else(|| malformed(format!("weight_map[\"{key}\"] is not a file name")))?;
+            // Exactly its own file name: no directory, "..", "." or trailing slash.
+            if Path::new(shard).file_name() != Some(std::ffi::OsStr::new(shard)) {
+                return Err(malformed(format!(
+                    "weight_map[\"{key}\"] is \"{shard}\", expected a file name in the model \
+                     directory"
+                )));
+            }
+            weight_map.push((key.clone(), shard.to_string()));
+            shards.push(shard.to_string());
+        }
+        if shards.is_empty() {
+            return Err(malformed("empty weight_map".into()));
+        }
+        shards.sort_unstable();
+        shards.dedup();
+        Ok(ShardIndex {
+            path: path.to_path_buf(),
+            weight_map,
+            shards,
+        })
+    }
+
+    /// Checks that every tensor the index names is in the shard it names, in `weights` opened
+    /// from the shards `dir/<shard>`: otherwise a tensor would silently come from elsewhere.
+    pub fn check(&self, weights: &Weights, dir: &Path) -> Result<(), WeightsError> {
+        for (key, shard) in &self.weight_map {
+            let in_shard = weights.entries.get(key).map(|e| &e.info.file);
+            if in_shard != Some(&dir.join(shard)) {
+                return Err(WeightsError::Malformed {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "weight_map puts \"{key}\" in {shard}, but that shard does not contain it"
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! `forward`: token ids from a JSON file in, the model's output tensors out as safetensors.
 
 use super::decode::{named, step_inputs};
-use super::Session;
+use super::{check_length, Session};
 use crate::cli::ForwardArgs;
 use crate::kv_cache::KvCache;
 use crate::{ModelInfo, Outputs, Tensor};
@@ -89,13 +89,93 @@ fn check_mask(rows: &[Vec<i64>], ids: &[Vec<i64>], key: &str, path: &Path) -> Re
     Ok(())
 }
 
+/// The validated contents of forward's input JSON: `[B, T]` rows, every id inside the
+/// model's vocabulary and every sequence within its positions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardInput {
+    pub input_ids: Tensor,
+    /// All ones when the file gives no `attention_mask`.
+    pub attention_mask: Tensor,
+    /// BERT only; zeros when absent.
+    pub token_type_ids: Option<Tensor>,
+    /// T5 only, when given: the decoder is run on them.
+    pub decoder_input_ids: Option<Tensor>,
+}
+
+impl ForwardInput {
+    /// Parses and checks the input JSON `text` for a model described by `info`; `path` is
+    /// only used in errors.
+    pub fn parse(text: &[u8], path: &Path, info: &ModelInfo) -> Result<ForwardInput> {
+        let doc: Value = serde_json::from_slice(text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        if !doc.is_object() {
+            bail!(
+                "{}: expected a JSON object with \"input_ids\"",
+                path.display()
+            );
+        }
+        let ids = batch_of(&doc, "input_ids", path)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: missing \"input_ids\" (a list of lists of token ids)",
+                path.display()
+            )
+        })?;
+        let (b, t) = (ids.len(), ids[0].len());
+        check_length(info, t, &format!("{}: input_ids", path.display()))?;
+        let mask = batch_of(&doc, "attention_mask", path)?;
+        if let Some(m) = &mask {
+            check_mask(m, &ids, "attention_mask", path)?;
+        }
+        check_ids(&ids, info.vocab_size(), "input_ids", path)?;
+        let mut token_type_ids = None;
+        let mut decoder_input_ids = None;
+        match info {
+            ModelInfo::Bert {
+                type_vocab_size, ..
+            } => {
+                let types = batch_of(&doc, "token_type_ids", path)?;
+                if let Some(tt) = &types {
+                    check_shape(tt, &ids, "token_type_ids", path)?;
+                    check_ids(tt, *type_vocab_size, "token_type_ids", path)?;
+                }
+                token_type_ids = Some(Tensor::i64_rows(
+                    &types.unwrap_or_else(|| vec![vec![0; t]; b]),
+                ));
+            }
+            ModelInfo::Gpt2 { .. } => {}
+            ModelInfo::T5 { .. } => {
+                if let Some(dec) = batch_of(&doc, "decoder_input_ids", path)? {
+                    if dec.len() != b {
+                        bail!(
+                            "{}: decoder_input_ids has {} rows but input_ids has {b}",
+                            path.display(),
+                            dec.len()
+                        );
+                    }
+                    check_ids(&dec, info.vocab_size(), "decoder_input_ids", path)?;
+                    check_length(
+                        info,
+                        dec[0].len(),
+                        &format!("{}: decoder_input_ids", path.display()),
+                    )?;
+                    decoder_input_ids = Some(Tensor::i64_rows(&dec));
+                }
+            }
+        }
+        Ok(ForwardInput {
+            input_ids: Tensor::i64_rows(&ids),
+            attention_mask: Tensor::i64_rows(&mask.unwrap_or_else(|| vec![vec![1; t]; b])),
+            token_type_ids,
+            decoder_input_ids,
+        })
+    }
+}
+
 pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> {
     let path = &a.input;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let doc: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let outputs = outputs(s, &doc, path)?;
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let input = ForwardInput::parse(&text, path, &s.info)?;
+    let outputs = run_input(s, &input)?;
     write_safetensors(&outputs, &a.output)?;
     let names: Vec<String> = outputs.iter().map(|(k, v)| format!("{k} {v}")).collect();
     writeln!(out, "wrote {}: {}", a.output.display(), names.join(", "))?;
@@ -105,48 +185,28 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
 /// The `forward` outputs for an input document (`{"input_ids": [[..]], ..}`); `path` names
 /// where it came from in error messages (a file, or a server's request).
 pub fn outputs(s: &mut Session, doc: &Value, path: &Path) -> Result<Outputs> {
-    if !doc.is_object() {
-        bail!(
-            "{}: expected a JSON object with \"input_ids\"",
-            path.display()
-        );
-    }
-    let ids = batch_of(doc, "input_ids", path)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: missing \"input_ids\" (a list of lists of token ids)",
-            path.display()
-        )
-    })?;
-    let (b, t) = (ids.len(), ids[0].len());
-    s.check_length(t, &format!("{}: input_ids", path.display()))?;
-    let mask = batch_of(doc, "attention_mask", path)?;
-    if let Some(m) = &mask {
-        check_mask(m, &ids, "attention_mask", path)?;
-    }
-    let mask = Tensor::i64_rows(&mask.unwrap_or_else(|| vec![vec![1; t]; b]));
-    let ids_t = Tensor::i64_rows(&ids);
+    let text = serde_json::to_vec(doc)?;
+    let input = ForwardInput::parse(&text, path, &s.info)?;
+    run_input(s, &input)
+}
+
+/// Runs the model on checked inputs: the tensors `forward` writes.
+pub fn run_input(s: &mut Session, input: &ForwardInput) -> Result<Outputs> {
+    let b = input.input_ids.shape()[0];
+    let (ids_t, mask) = (&input.input_ids, &input.attention_mask);
 
     let outputs: Outputs = match s.info.clone() {
-        ModelInfo::Bert {
-            type_vocab_size, ..
-        } => {
-            check_ids(&ids, s.info.vocab_size(), "input_ids", path)?;
-            let types = batch_of(doc, "token_type_ids", path)?;
-            if let Some(tt) = &types {
-                check_shape(tt, &ids, "token_type_ids", path)?;
-                check_ids(tt, type_vocab_size, "token_type_ids", path)?;
-            }
-            let types = Tensor::i64_rows(&types.unwrap_or_else(|| vec![vec![0; t]; b]));
-            s.run_bert("encode", &(ids_t, types, mask))?
+        ModelInfo::Bert { .. } => {
+            let types = input.token_type_ids.clone().expect("parsed for BERT");
+            s.run_bert("encode", &(ids_t.clone(), types, mask.clone()))?
         }
         ModelInfo::Gpt2 {
             layers,
             hidden_size,
             ..
         } => {
-            check_ids(&ids, s.info.vocab_size(), "input_ids", path)?;
             let cache = KvCache::new(layers, b, hidden_size);
-            let inputs = step_inputs(&ids_t, &mask, &cache, None);
+            let inputs = step_inputs(ids_t, mask, &cache, None);
             let mut o = s.engine.run("forward", &named(&inputs))?;
             o.retain(|k, _| k == "logits" || k == "last_hidden_state");
             o
@@ -156,32 +216,17 @@ pub fn outputs(s: &mut Session, doc: &Value, path: &Path) -> Result<Outputs> {
             kv_width,
             ..
         } => {
-            check_ids(&ids, s.info.vocab_size(), "input_ids", path)?;
-            let enc = s.engine.run(
-                "encode",
-                &[("input_ids", &ids_t), ("attention_mask", &mask)],
-            )?;
+            let enc = s
+                .engine
+                .run("encode", &[("input_ids", ids_t), ("attention_mask", mask)])?;
             let mut result = Outputs::new();
             let hidden = enc["encoder_last_hidden_state"].clone();
-            if let Some(dec) = batch_of(doc, "decoder_input_ids", path)? {
-                if dec.len() != b {
-                    bail!(
-                        "{}: decoder_input_ids has {} rows but input_ids has {b}",
-                        path.display(),
-                        dec.len()
-                    );
-                }
-                check_ids(&dec, s.info.vocab_size(), "decoder_input_ids", path)?;
-                s.check_length(
-                    dec[0].len(),
-                    &format!("{}: decoder_input_ids", path.display()),
-                )?;
-                let dec_t = Tensor::i64_rows(&dec);
+            if let Some(dec_t) = &input.decoder_input_ids {
                 let cross = s
                     .engine
                     .run("cross_kv", &[("encoder_hidden_states", &hidden)])?;
                 let cache = KvCache::new(decoder_layers, b, kv_width);
-                let inputs = step_inputs(&dec_t, &mask, &cache, Some(&cross));
+                let inputs = step_inputs(dec_t, mask, &cache, Some(&cross));
                 let mut o = s.engine.run("decode", &named(&inputs))?;
                 result.insert(
                     "logits".into(),

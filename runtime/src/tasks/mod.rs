@@ -146,11 +146,7 @@ impl Session {
 
     /// Fails when `len` tokens do not fit the model's positions.
     pub fn check_length(&self, len: usize, what: &str) -> Result<()> {
-        let max = self.info.max_positions();
-        if len > max {
-            bail!("{what} has {len} tokens, but this model takes at most {max} positions");
-        }
-        Ok(())
+        check_length(&self.info, len, what)
     }
 
     /// Tokenizes every input, checked against the model's vocabulary and `limit`: an input
@@ -301,6 +297,15 @@ impl Session {
             .run(entry, &inputs)
             .with_context(|| format!("running {entry}"))
     }
+}
+
+/// Fails when `len` tokens do not fit the positions of the model `info` describes.
+pub(crate) fn check_length(info: &ModelInfo, len: usize, what: &str) -> Result<()> {
+    let max = info.max_positions();
+    if len > max {
+        bail!("{what} has {len} tokens, but this model takes at most {max} positions");
+    }
+    Ok(())
 }
 
 pub(crate) fn abbreviate(text: &str) -> String {
