@@ -390,7 +390,7 @@ mod tests {
     fn one_layer_presets_build_every_entry() {
         for (name, entries) in [
             ("bert-base", "embed, encode"),
-            ("gpt2", "forward, step"),
+            ("gpt2", "batch_step, forward, step"),
             ("t5-small", "cross_kv, decode, encode, step"),
         ] {
             let m = load(name, Some(1), 7).unwrap_or_else(|e| panic!("{name}: {e:#}"));
