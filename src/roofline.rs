@@ -1,5 +1,5 @@
 //! `cranformer roofline`: measures this machine once and caches the profile the tile picker
-//! reads (`cranformer_compiler::tiling::roofline`), at
+//! and the runtime read (`cranformer_runtime::machine`), at
 //! `$XDG_CACHE_HOME/cranformer/roofline-<cpu>.json` (else `~/.cache/cranformer/...`);
 //! `--refresh` measures again.
 //!
@@ -10,7 +10,7 @@
 //! - read bandwidth from buffers of half of L1, half of L2, a third of (each core's share
 //!   of) L3 and 64 MiB per thread (DRAM), summing with the widest vectors into 8 accumulators;
 //! - DRAM triad (`a = b + s·c`, 3 × 32 MiB per thread);
-//! - core count and cache sizes from /sys/devices/system/cpu/cpu0/cache.
+//! - core count (affinity and cgroup quota) and cache sizes (sysfs, else cpuid).
 
 use anyhow::{Context, Result};
 use cranformer_compiler::tiling::roofline::{cache_path, cpu_name, Level, MachineProfile, Peak};
@@ -92,8 +92,8 @@ pub fn describe(p: &MachineProfile) -> String {
 
 /// Measures this machine.
 pub fn measure() -> MachineProfile {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let caches = cache_sizes();
+    let cores = cranformer_runtime::machine::host_cores();
+    let caches = cranformer_runtime::machine::cache_sizes();
     let mut peaks = vec![];
     for bits in widths() {
         for t in if cores > 1 { vec![1, cores] } else { vec![1] } {
@@ -176,37 +176,6 @@ fn widths() -> Vec<u32> {
         v.push(128);
     }
     v
-}
-
-/// L1d (per core), L2 (per core), L3 (shared) in bytes, from sysfs (0 when absent).
-fn cache_sizes() -> (u64, u64, u64) {
-    let mut out = (0, 0, 0);
-    for i in 0..8 {
-        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
-        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
-        let (Some(level), Some(ty), Some(size)) = (read("level"), read("type"), read("size"))
-        else {
-            continue;
-        };
-        if ty.trim() == "Instruction" {
-            continue;
-        }
-        let size = size.trim();
-        let bytes = match size.strip_suffix('K') {
-            Some(k) => k.parse::<u64>().unwrap_or(0) << 10,
-            None => match size.strip_suffix('M') {
-                Some(m) => m.parse::<u64>().unwrap_or(0) << 20,
-                None => size.parse().unwrap_or(0),
-            },
-        };
-        match level.trim() {
-            "1" => out.0 = bytes,
-            "2" => out.1 = bytes,
-            "3" => out.2 = bytes,
-            _ => {}
-        }
-    }
-    out
 }
 
 /// GFLOP/s of one thread's FMA loop at `bits`.

@@ -57,7 +57,7 @@ fn main() {
             for thr in [1, 2] {
                 threads::set_threads(thr);
                 let mut c = vec![0f32; m * n];
-                let g = GemmCall::new(
+                let mut g = GemmCall::new(
                     m,
                     n,
                     k,
@@ -68,6 +68,7 @@ fn main() {
                     c.as_mut_ptr(),
                     n,
                 );
+                g.threads = thr as u32;
                 let mut times = vec![];
                 for i in 0..25 {
                     let t = Instant::now();

@@ -115,7 +115,7 @@ fn thread_count_does_not_change_results() {
     let run = |threads: usize| {
         crate::threads::set_threads(threads);
         let mut c = vec![0f32; m * n];
-        let g = GemmCall::new(
+        let mut g = GemmCall::new(
             m,
             n,
             k,
@@ -126,13 +126,25 @@ fn thread_count_does_not_change_results() {
             c.as_mut_ptr(),
             n,
         );
+        // Forced: the cost model might keep so small a product on one thread.
+        g.threads = threads as u32;
         unsafe { sgemm(&g, isa, Blocking::default_for(isa)) };
-        c
+        // And as generated code calls it, every tiling field resolved by the runtime.
+        let mut auto = vec![0f32; m * n];
+        let g = GemmCall {
+            c: auto.as_mut_ptr(),
+            ..g
+        };
+        let g = GemmCall { threads: 0, ..g };
+        unsafe { cranformer_gemm(&g) };
+        (c, auto)
     };
     let one = run(1);
     let two = run(2);
     crate::threads::set_threads(0);
-    assert_eq!(one, two);
+    assert_eq!(one.0, two.0);
+    // The runtime's own tiling keeps its K blocking whatever the thread count.
+    assert_eq!(one.1, two.1);
 }
 
 /// f64 references of the activations, as the interpreter computes them.
