@@ -24,6 +24,7 @@ mod avx2_q;
 mod avx512;
 mod avx512_q;
 pub mod epilogue;
+mod gemv;
 pub mod plan;
 mod portable;
 mod portable_q;
@@ -459,9 +460,15 @@ unsafe fn block(
         let mut ic = 0;
         while ic < g.m {
             let mc = mc_max.min(g.m - ic);
+            // A decode step's single row reads several whole panels at once (`gemv`).
+            let first = if g.m == 1 {
+                gemv_panels(g, isa, act, packed.sliver(pc, kc, 0), pc, kc, p0, p1)
+            } else {
+                p0
+            };
             // Each tile-wide column strip of the panels, its kc × nr B sliver in L1, meets
             // the mc rows' packed A (in L2).
-            for strip in p0 * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
+            for strip in first * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
                 let col = strip * nr;
                 if col >= g.n {
                     break;
@@ -504,6 +511,58 @@ unsafe fn block(
         }
         pc += kc;
     }
+}
+
+/// Runs whole panels `p0..` of a one-row product in groups through the GEMV kernels, as far
+/// as whole groups of full panels go; returns the first panel left to the tile path.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_panels(
+    g: &GemmCall,
+    isa: Isa,
+    act: Act,
+    a: *const f32,
+    pc: usize,
+    kc: usize,
+    p0: usize,
+    p1: usize,
+) -> usize {
+    let group = match isa {
+        Isa::Avx512 => gemv::AVX512_PANELS,
+        Isa::Avx2 => gemv::AVX2_PANELS,
+        Isa::Portable => return p0,
+    };
+    let mut p = p0;
+    while p + group <= p1 && (p + group) * PACK_NR <= g.n {
+        let col = p * PACK_NR;
+        let init = if pc > 0 {
+            Init::Load
+        } else if g.bias.is_null() {
+            Init::Zero
+        } else {
+            Init::Bias(g.bias.add(col))
+        };
+        let b = g.b.add(p * g.k * PACK_NR + pc * PACK_NR);
+        let c = g.c.add(col);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                gemv::avx512::<{ gemv::AVX512_PANELS }>(kc, a, b, g.k * PACK_NR, c, init)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => gemv::avx2::<{ gemv::AVX2_PANELS }>(kc, a, b, g.k * PACK_NR, c, init),
+            _ => return p,
+        }
+        if pc + kc == g.k {
+            let res = if g.residual.is_null() {
+                g.residual
+            } else {
+                g.residual.add(col)
+            };
+            epilogue::apply(act, c, g.ldc, 1, group * PACK_NR, res);
+        }
+        p += group;
+    }
+    p
 }
 
 /// One register tile: `rows × cols` of C from a packed A sliver and a B sliver.

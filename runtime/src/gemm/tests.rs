@@ -55,6 +55,7 @@ fn matches_reference_on_odd_shapes() {
         (25, 65, 300),
         (7, 96, 385),
         (150, 70, 64),
+        (1, 420, 300),
     ] {
         let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
         let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
@@ -100,6 +101,41 @@ fn matches_reference_on_odd_shapes() {
                     }
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn gemv_matches_the_tile_path_bit_for_bit() {
+    // One row runs the GEMV kernels on whole groups of panels; as the first of two rows it
+    // runs the tile kernels: the same sums in the same order.
+    let (n, k) = (32 * 13 + 5, 300);
+    let mut seed = 5;
+    let a: Vec<f32> = (0..2 * k).map(|_| lcg(&mut seed)).collect();
+    let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+    let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+    let packed = pack_b(&w, k, n, false, PACK_NR);
+    for isa in isas() {
+        for kc in [64, k] {
+            let run = |m: usize| {
+                let mut c = vec![0f32; m * n];
+                let mut g = GemmCall::new(
+                    m,
+                    n,
+                    k,
+                    a.as_ptr(),
+                    k,
+                    packed.as_ptr(),
+                    bias.as_ptr(),
+                    c.as_mut_ptr(),
+                    n,
+                );
+                g.threads = 2;
+                unsafe { sgemm(&g, isa, Blocking { kc, mc: isa.mr() }) };
+                c
+            };
+            let (one, two) = (run(1), run(2));
+            assert_eq!(one[..], two[..n], "{isa:?} kc{kc}");
         }
     }
 }
