@@ -8,11 +8,13 @@
 //! Cranelift emits 128-bit vectors only, a quarter of this machine's 512-bit FMA peak, so
 //! the matmuls call these micro-kernels, written with `std::arch` and chosen by the CPU's
 //! features at run time (as IREE's generated code calls its ukernels). Loop nest (BLIS
-//! order): threads split the column panels; for each K block of `kc`, A's rows are packed
-//! into slivers of MR rows; each packed B sliver (`kc × NR`, kept in L1) is multiplied with
-//! every A sliver (streamed from L2). The K blocking never depends on the thread count, so
-//! every element sums its products in the same order: results are identical for any
-//! number of threads. The epilogue (activation, residual) runs on each tile right after its
+//! order): A is packed once per call into slivers of MR rows per K block of `kc`, shared by
+//! all threads; the column panels go out in chunks, several per thread, to whichever thread
+//! asks next; within a chunk, for each K block and block of `mc` rows, each packed B sliver
+//! (`kc × NR`, kept in L1) is multiplied with every A sliver (streamed from L2). A single row
+//! (decode) reads several whole panels at once instead (`gemv`). The K blocking never depends
+//! on the thread count (see [`plan::resolve_on`]), so every element sums its products in the
+//! same order: results are identical for any number of threads. The epilogue (activation, residual) runs on each tile right after its
 //! last K block, while the tile is in L1.
 //!
 //! Narrow weights (int8, bf16, f16) have the same loop nest in `qgemm.rs`, their formats and
