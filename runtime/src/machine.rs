@@ -194,9 +194,24 @@ impl MachineProfile {
         // dual-channel ~40 GB/s.
         let l1_bpc = (2 * isa.bits().max(128) / 8) as f64;
         let levels = vec![
-            level("L1", or(l1, 32 << 10) / 1024, ghz * l1_bpc, ghz * l1_bpc * c),
-            level("L2", or(l2, 512 << 10) / 1024, ghz * l1_bpc / 2.0, ghz * l1_bpc / 2.0 * c),
-            level("L3", or(l3, 8 << 20) / 1024, ghz * 16.0, ghz * 16.0 * c.min(8.0)),
+            level(
+                "L1",
+                or(l1, 32 << 10) / 1024,
+                ghz * l1_bpc,
+                ghz * l1_bpc * c,
+            ),
+            level(
+                "L2",
+                or(l2, 512 << 10) / 1024,
+                ghz * l1_bpc / 2.0,
+                ghz * l1_bpc / 2.0 * c,
+            ),
+            level(
+                "L3",
+                or(l3, 8 << 20) / 1024,
+                ghz * 16.0,
+                ghz * 16.0 * c.min(8.0),
+            ),
             level("DRAM", 0, 12.0, (12.0 * c).min(40.0)),
         ];
         MachineProfile {
@@ -348,8 +363,7 @@ fn cpuid_cache_sizes() -> (u64, u64, u64) {
         // cpuid exists on every x86-64 CPU; leaves past the maximum are checked below.
         let max_ext = __cpuid_count(0x8000_0000, 0).eax;
         let max_std = __cpuid_count(0, 0).eax;
-        let leaf = if max_ext >= 0x8000_001D && __cpuid_count(0x8000_001D, 0).eax & 0x1f != 0
-        {
+        let leaf = if max_ext >= 0x8000_001D && __cpuid_count(0x8000_001D, 0).eax & 0x1f != 0 {
             0x8000_001D
         } else if max_std >= 4 {
             4

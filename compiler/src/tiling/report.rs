@@ -11,10 +11,10 @@
 //! level that holds their operands)`, from `graph::cost`.
 
 use super::choose::{candidates, choose_problem, evaluate, explain, Choice, Kernel, Problem};
-use cranformer_runtime::gemm::profile::Timing;
 use super::roofline::MachineProfile;
 use crate::graph::node_cost;
 use crate::graph::{Dims, Graph, Op};
+use cranformer_runtime::gemm::profile::Timing;
 
 /// One kernel, or several calls of the same kernel summed.
 #[derive(Clone, Debug, PartialEq)]

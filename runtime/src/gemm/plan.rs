@@ -643,15 +643,31 @@ mod tests {
         let c4 = resolve_on(&p, &bert_ffn(), 4);
         assert_eq!(c4.choice.threads, 4, "{:?}", c4.choice);
         // The K blocking and kernel do not depend on the thread limit.
-        assert_eq!((c.choice.kernel, c.choice.kc), (c4.choice.kernel, c4.choice.kc));
+        assert_eq!(
+            (c.choice.kernel, c.choice.kc),
+            (c4.choice.kernel, c4.choice.kc)
+        );
         let c1 = resolve_on(&p, &bert_ffn(), 1);
         assert_eq!(c1.choice.threads, 1);
-        assert_eq!((c.choice.kernel, c.choice.kc), (c1.choice.kernel, c1.choice.kc));
+        assert_eq!(
+            (c.choice.kernel, c.choice.kc),
+            (c1.choice.kernel, c1.choice.kc)
+        );
     }
 
     #[test]
     fn the_runtime_never_resolves_to_the_generated_kernel_when_it_has_a_wide_one() {
-        let c = resolve_on(&server(), &Problem { m: 2, n: 8, k: 8, weights_in_flight: 0, residual: false }, 2);
+        let c = resolve_on(
+            &server(),
+            &Problem {
+                m: 2,
+                n: 8,
+                k: 8,
+                weights_in_flight: 0,
+                residual: false,
+            },
+            2,
+        );
         assert_eq!(c.choice.kernel, Kernel::Avx512);
         let mut p = server();
         p.limit_bits(256);
