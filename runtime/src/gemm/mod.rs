@@ -58,8 +58,21 @@ pub const ISA_AUTO: u32 = 0;
 
 impl Isa {
     /// The best family this CPU runs (`CRANFORMER_ISA=avx2|portable` picks a lesser one).
+    /// An empty `CRANFORMER_ISA` means unset; an unknown value is reported on stderr and
+    /// ignored (it used to select the portable path without a word).
     pub fn detect() -> Isa {
-        Isa::detect_with(std::env::var("CRANFORMER_ISA").ok())
+        let forced = std::env::var("CRANFORMER_ISA")
+            .ok()
+            .filter(|v| !v.is_empty());
+        if let Some(v) = forced.as_deref() {
+            if !["avx512", "avx2", "portable"].contains(&v) {
+                eprintln!(
+                    "cranformer: CRANFORMER_ISA={v:?} is not one of avx512, avx2, portable; using the CPU's best"
+                );
+                return Isa::detect_with(None);
+            }
+        }
+        Isa::detect_with(forced)
     }
 
     fn detect_with(forced: Option<String>) -> Isa {
