@@ -380,13 +380,7 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
         // next: a thread that starts late (woken from sleep, or preempted by another process)
         // takes fewer chunks instead of leaving its whole share to the others' wait.
         let panels = g.n.div_ceil(PACK_NR);
-        let chunks = if threads == 1 {
-            1
-        } else {
-            panels.min(threads * CHUNKS_PER_THREAD)
-        };
-        let per = panels.div_ceil(chunks);
-        let chunks = panels.div_ceil(per);
+        let (chunks, per) = chunks(panels, threads, g.m);
         threads::parallel_for_on(threads, chunks, &|t| {
             let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
             block(g, isa, blocking, act, &packed, p0, p1);
@@ -400,6 +394,25 @@ const PARALLEL_PACK_MIN: usize = 32 * 1024;
 
 /// Chunks of panels per thread ([`run`]).
 const CHUNKS_PER_THREAD: usize = 4;
+
+/// How [`run`] cuts `panels` for `threads`: `(chunks, panels per chunk)`. Up to
+/// [`CHUNKS_PER_THREAD`] per thread, fewer for a decode row, whose chunks keep at least two
+/// GEMV groups of panels each (small chunks would cut the groups' streams short: a 768-wide
+/// GEMV in 8 chunks of 3 panels ran one panel at a time, and the whole decode step on 2
+/// threads was slower than before the chunks).
+pub fn chunks(panels: usize, threads: usize, m: usize) -> (usize, usize) {
+    if threads <= 1 || panels <= 1 {
+        return (1, panels.max(1));
+    }
+    let per_thread = if m == 1 {
+        (panels / (threads * 2 * gemv::AVX512_PANELS)).clamp(1, CHUNKS_PER_THREAD)
+    } else {
+        CHUNKS_PER_THREAD
+    };
+    let chunks = panels.min(threads * per_thread);
+    let per = panels.div_ceil(chunks);
+    (panels.div_ceil(per), per)
+}
 
 /// All of A, packed: K block by K block (each `kc` long but the last), within a block sliver
 /// by sliver of `mr` rows, each `[kc][rows]`, so a micro-kernel reads A sequentially.

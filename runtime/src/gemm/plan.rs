@@ -343,11 +343,9 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
     let n_pad = (pr.n.div_ceil(32) * 32) as f64;
     let panels = pr.n.div_ceil(32).max(1);
     let t = (c.threads as usize).clamp(1, panels);
-    // Panels go out in chunks, `CHUNKS_PER_THREAD` per thread (`gemm::run`): the busiest
+    // Panels go out in chunks, several per thread (`gemm::chunks`): the busiest
     // thread does its share of chunks rounded up, against the `panels / t` average.
-    let chunks = if t == 1 { 1 } else { panels.min(t * 4) };
-    let per = panels.div_ceil(chunks);
-    let chunks = panels.div_ceil(per);
+    let (chunks, per) = super::chunks(panels, t, pr.m);
     let imbalance = (chunks.div_ceil(t) * per * t) as f64 / panels as f64;
     let (l1, l2) = (
         p.level("L1").map_or(32 << 10, |i| p.levels[i].bytes),
