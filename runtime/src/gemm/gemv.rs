@@ -1,8 +1,9 @@
 //! `avx512_gemv_f32_1x32x4` and `avx2_gemv_f32_1x32x3`: one row of A against several whole
 //! weight panels at once, for decode steps (M = 1). A GEMV is bound by streaming the weights
 //! from DRAM; one panel at a time is one sequential stream per thread, and a core keeps more
-//! misses in flight over several streams (a sum over 64 MiB here: 4 interleaved streams read
-//! 1.7-2.9x faster than one on one thread, measured on the AMD EPYC with AVX-512 under load).
+//! misses in flight over several streams (a sum over 64 MiB on one thread of the AMD EPYC with
+//! AVX-512, under load: 4 interleaved streams read a median 2.5x faster than one, 1.1-3.0x
+//! over 5 rounds).
 //! Each column still sums its products in the order the tile kernels do (bias or C, then
 //! k ascending, one FMA per k), so results are bit-identical to the tile path.
 
