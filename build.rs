@@ -39,6 +39,9 @@ fn main() {
     .args(["--", "--print", "native-static-libs"])
     // The library is linked into every executable: no debug info to carry around.
     .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
+    // `strip` does nothing to a static library: pin it so that the library's build does not
+    // depend on the release profile's choice.
+    .env("CARGO_PROFILE_RELEASE_STRIP", "none")
     // Under `cargo clippy` the outer build sets a wrapper; the library only needs a build.
     .env_remove("RUSTC_WORKSPACE_WRAPPER")
     .env_remove("CARGO_TARGET_DIR");

@@ -24,8 +24,8 @@ pub struct CompileArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// embed: the weights go into the executable; external: it records the safetensors path.
-    #[arg(long, default_value = "embed", value_parser = ["embed", "external"])]
-    pub weights: String,
+    #[arg(long, value_enum, default_value_t = WeightsArg::Embed)]
+    pub weights: WeightsArg,
     /// After compiling, print the tiling report: per kernel FLOPs, bytes, intensity, bound,
     /// chosen tiling, predicted and measured time (one run on --seq random tokens).
     #[arg(long)]
@@ -38,8 +38,21 @@ pub struct CompileArgs {
     pub svg: Option<PathBuf>,
     /// Also write the Cranelift IR of every entry, annotated with the graph node each part
     /// comes from, to BIN.clif.
-    #[arg(long, value_parser = ["clif"])]
-    pub emit: Option<String>,
+    #[arg(long, value_enum)]
+    pub emit: Option<EmitArg>,
+}
+
+/// `--weights`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsArg {
+    Embed,
+    External,
+}
+
+/// `--emit`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmitArg {
+    Clif,
 }
 
 pub fn run(args: &CompileArgs, common: &Common, out: &mut dyn Write) -> Result<()> {
@@ -54,9 +67,9 @@ pub fn run(args: &CompileArgs, common: &Common, out: &mut dyn Write) -> Result<(
     let lib = work.path().join("libcranformer_exe.a");
     std::fs::write(&lib, RUNTIME_LIB).with_context(|| format!("writing {}", lib.display()))?;
     let libs: Vec<String> = NATIVE_LIBS.split_whitespace().map(String::from).collect();
-    let weights = match args.weights.as_str() {
-        "external" => WeightsMode::External,
-        _ => WeightsMode::Embed,
+    let weights = match args.weights {
+        WeightsArg::Embed => WeightsMode::Embed,
+        WeightsArg::External => WeightsMode::External,
     };
     // Linking into a temporary name first: a failed link never leaves half an executable
     // where the old one was.
@@ -100,7 +113,7 @@ pub fn run(args: &CompileArgs, common: &Common, out: &mut dyn Write) -> Result<(
         },
         model.info.tasks().join(", ")
     )?;
-    if args.emit.is_some() {
+    if args.emit == Some(EmitArg::Clif) {
         let path = PathBuf::from(format!("{}.clif", args.output.display()));
         let mut text = String::new();
         for (name, g) in model.optimized(None)? {

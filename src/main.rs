@@ -11,11 +11,12 @@ use cranformer_compiler::interp::Interpreter;
 use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::Model;
 use cranformer_runtime::cli::{
-    ClassifyArgs, Common, EmbedArgs, FillMaskArgs, ForwardArgs, GenerateArgs, RerankArgs, Task,
+    ClassifyArgs, Common, EmbedArgs, EngineKind, FillMaskArgs, ForwardArgs, GenerateArgs,
+    RerankArgs, Task,
     TokenizeArgs,
 };
-use cranformer_runtime::tasks::Session;
-use cranformer_runtime::tokenize::{Tokenizer, TokenizerKind};
+use cranformer_runtime::tasks::{self, Session};
+use cranformer_runtime::tokenize::Tokenizer;
 use cranformer_runtime::{Engine, ModelConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -86,8 +87,8 @@ enum Command {
         #[arg(long)]
         dot: bool,
         /// What to print: graph (default), dot, or clif (Cranelift IR, annotated with graph nodes).
-        #[arg(long, value_parser = ["graph", "dot", "clif"])]
-        emit: Option<String>,
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
         /// Only this entry point (e.g. encode, step).
         #[arg(long)]
         entry: Option<String>,
@@ -105,19 +106,11 @@ enum Command {
     Roofline(roofline::RooflineArgs),
 }
 
-fn tokenizer_kind(config: &ModelConfig) -> TokenizerKind {
-    match config {
-        ModelConfig::Bert(_) => TokenizerKind::Bert,
-        ModelConfig::Gpt2(_) => TokenizerKind::Gpt2,
-        ModelConfig::T5(_) => TokenizerKind::T5,
-    }
-}
-
 /// The engine named by `--engine`.
-pub fn engine_for(name: &str, model: Arc<Model>, verbose: bool) -> Result<Box<dyn Engine>> {
-    Ok(match name {
-        "interp" => Box::new(Interpreter::new(model)),
-        "jit" => {
+pub fn engine_for(kind: EngineKind, model: Arc<Model>, verbose: bool) -> Result<Box<dyn Engine>> {
+    Ok(match kind {
+        EngineKind::Interp => Box::new(Interpreter::new(model)),
+        EngineKind::Jit => {
             let e = JitEngine::new(model).context("JIT compilation failed")?;
             if verbose {
                 eprintln!(
@@ -128,33 +121,24 @@ pub fn engine_for(name: &str, model: Arc<Model>, verbose: bool) -> Result<Box<dy
             }
             Box::new(e)
         }
-        other => bail!("unknown --engine {other:?} (available: jit, interp)"),
+        EngineKind::Aot => bail!(
+            "--engine aot runs in compiled executables (`cranformer compile`) and in `cranformer \
+             bench`; the tasks here run jit or interp"
+        ),
     })
 }
 
 fn run_task(dir: &Path, task: Task, common: &Common, out: &mut dyn Write) -> Result<()> {
     let started = std::time::Instant::now();
     let config = ModelConfig::load(dir)?;
-    let tokenizer = Tokenizer::from_model_dir(dir, tokenizer_kind(&config))?;
-    if let Task::Tokenize(a) = &task {
-        // Tokenizing needs no weights.
-        let enc = tokenizer.encode(&a.text)?;
-        if a.json {
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({"ids": enc.ids, "tokens": enc.tokens})
-            )?;
-        } else {
-            for (id, tok) in enc.ids.iter().zip(&enc.tokens) {
-                writeln!(out, "{id:>8}  {tok}")?;
-            }
-        }
+    let tokenizer = Tokenizer::from_model_dir(dir, config.tokenizer_kind())?;
+    if tasks::run_without_weights(&task, &tokenizer, out)? {
         return Ok(());
     }
+    let kind = common.engine().map_err(anyhow::Error::msg)?;
     let model = Arc::new(Model::load(dir)?);
     let info = model.info.clone();
-    let engine = engine_for(&common.engine, model, common.verbose)?;
+    let engine = engine_for(kind, model, common.verbose)?;
     if common.verbose {
         eprintln!(
             "loaded {} ({}) with engine {} in {:.1?}",
@@ -177,9 +161,17 @@ fn run_task(dir: &Path, task: Task, common: &Common, out: &mut dyn Write) -> Res
     Ok(())
 }
 
+/// What `graph --emit` prints.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Emit {
+    Graph,
+    Dot,
+    Clif,
+}
+
 fn graph(
     dir: &Path,
-    emit: &str,
+    emit: Emit,
     entry: Option<&str>,
     after: Option<&str>,
     out: &mut dyn Write,
@@ -194,7 +186,7 @@ fn graph(
         }
     }
     // Code is only ever generated for optimised graphs.
-    let after = after.or((emit == "clif").then_some("all"));
+    let after = after.or((emit == Emit::Clif).then_some("all"));
     let graphs = match after {
         Some(pass) => model.optimized(Some(pass))?,
         None => model.entries.clone(),
@@ -204,9 +196,9 @@ fn graph(
             continue;
         }
         match emit {
-            "dot" => write!(out, "{}", g.to_dot())?,
-            "clif" => write!(out, "{}", cranformer_compiler::codegen::emit_clif(g)?)?,
-            _ => writeln!(out, "{g}")?,
+            Emit::Dot => write!(out, "{}", g.to_dot())?,
+            Emit::Clif => write!(out, "{}", cranformer_compiler::codegen::emit_clif(g)?)?,
+            Emit::Graph => writeln!(out, "{g}")?,
         }
     }
     Ok(())
@@ -252,10 +244,10 @@ fn main() {
             entry,
             after,
         } => {
-            let emit = emit.unwrap_or_else(|| if dot { "dot".into() } else { "graph".into() });
+            let emit = emit.unwrap_or(if dot { Emit::Dot } else { Emit::Graph });
             graph(
                 &model_dir,
-                &emit,
+                emit,
                 entry.as_deref(),
                 after.as_deref(),
                 &mut out,
@@ -264,35 +256,8 @@ fn main() {
         Command::Compile(args) => compile::run(&args, &cli.common, &mut out),
         Command::Bench(args) => bench::run(&args, &cli.common, &mut out),
         Command::Roofline(args) => roofline::run(&args, &mut out),
-    }
-    .context("cranformer");
+    };
     if let Err(e) = result {
-        // A reader that went away (`| head`) is not an error worth a message.
-        let broken_pipe = e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        });
-        if broken_pipe {
-            std::process::exit(0);
-        }
-        let _ = out.flush();
-        // The chain without the outer context line reads best: "error: <cause>: <detail>".
-        // Errors that print their source in their own message (io, safetensors) would show
-        // it twice, so a cause already in the text is skipped.
-        let mut msg = String::new();
-        for cause in e.chain() {
-            let text = cause.to_string();
-            if !msg.contains(&text) {
-                if !msg.is_empty() {
-                    msg.push_str(": ");
-                }
-                msg.push_str(&text);
-            }
-        }
-        eprintln!(
-            "error: {}",
-            msg.strip_prefix("cranformer: ").unwrap_or(&msg)
-        );
-        std::process::exit(1);
+        std::process::exit(cranformer_runtime::cli::report_error(&e, &mut out));
     }
 }

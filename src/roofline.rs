@@ -183,21 +183,25 @@ fn widths() -> Vec<u32> {
 fn fma_gflops(bits: u32) -> f64 {
     let iters = 20_000_000u64;
     let t = Instant::now();
-    let (flops, sink) = unsafe { fma_loop(bits, iters) };
+    let (flops, sink) = fma_loop(bits, iters);
     let secs = t.elapsed().as_secs_f64();
     std::hint::black_box(sink);
     flops / secs / 1e9
 }
 
 /// Runs `iters` steps of independent FMAs; returns the FLOPs done and a value to keep.
-unsafe fn fma_loop(bits: u32, iters: u64) -> (f64, f32) {
+fn fma_loop(bits: u32, iters: u64) -> (f64, f32) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
         match bits {
-            512 if is_x86_feature_detected!("avx512f") => return fma512(iters),
-            256 if is_x86_feature_detected!("fma") => return fma256(iters),
-            128 if is_x86_feature_detected!("fma") => return fma128(iters),
+            // SAFETY: each of the three runs only where its target features were detected.
+            512 if is_x86_feature_detected!("avx512f") => return unsafe { fma512(iters) },
+            256 if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") => {
+                return unsafe { fma256(iters) }
+            }
+            // SAFETY: as above.
+            128 if is_x86_feature_detected!("fma") => return unsafe { fma128(iters) },
             _ => {}
         }
         #[target_feature(enable = "avx512f")]
@@ -272,7 +276,7 @@ fn read_gbs(bytes: usize) -> f64 {
             let t = Instant::now();
             let mut sink = 0f32;
             for _ in 0..passes {
-                sink += unsafe { sum(&buf, streams) };
+                sink += sum(&buf, streams);
             }
             std::hint::black_box(sink);
             best = best.min(t.elapsed().as_secs_f64());
@@ -283,14 +287,16 @@ fn read_gbs(bytes: usize) -> f64 {
 
 /// Sums `buf` read as `streams` interleaved sequential streams (its equal parts, a
 /// 512-byte step of each in turn), with the widest vectors the CPU has.
-unsafe fn sum(buf: &[f32], streams: usize) -> f32 {
+fn sum(buf: &[f32], streams: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
-            return sum512(buf, streams);
+            // SAFETY: AVX-512F was detected just above.
+            return unsafe { sum512(buf, streams) };
         }
         if is_x86_feature_detected!("avx2") {
-            return sum256(buf, streams);
+            // SAFETY: AVX2 was detected just above.
+            return unsafe { sum256(buf, streams) };
         }
         #[target_feature(enable = "avx512f")]
         unsafe fn sum512(buf: &[f32], streams: usize) -> f32 {
@@ -301,6 +307,8 @@ unsafe fn sum(buf: &[f32], streams: usize) -> f32 {
                 for s in 0..streams {
                     let p = buf.as_ptr().add(s * part + i);
                     for (j, a) in acc.iter_mut().enumerate() {
+                        // 16 floats at s * part + i + 16 * j, j < 8: i + 128 <= part, so
+                        // within part s of buf.
                         *a = _mm512_add_ps(*a, _mm512_loadu_ps(p.add(16 * j)));
                     }
                 }
@@ -321,6 +329,8 @@ unsafe fn sum(buf: &[f32], streams: usize) -> f32 {
                 for s in 0..streams {
                     let p = buf.as_ptr().add(s * part + i);
                     for (j, a) in acc.iter_mut().enumerate() {
+                        // 8 floats at s * part + i + 8 * j, j < 8: i + 64 <= part, so
+                        // within part s of buf.
                         *a = _mm256_add_ps(*a, _mm256_loadu_ps(p.add(8 * j)));
                     }
                 }

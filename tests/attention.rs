@@ -324,7 +324,7 @@ fn tiled_attention_matches_the_interpreter() {
         let want = Interpreter::new(m.clone()).run("f", &args).unwrap();
         let got = JitEngine::new(m).unwrap().run("f", &args).unwrap();
         let (w, g) = (&want["y"], &got["y"]);
-        assert_eq!(w.shape, g.shape);
+        assert_eq!(w.shape(), g.shape());
         let big = w.as_f32().unwrap().iter().fold(0f32, |m, x| m.max(x.abs()));
         assert!(
             big > 0.05,
@@ -336,7 +336,7 @@ fn tiled_attention_matches_the_interpreter() {
                 c.b, c.t, c.past, c.h, c.d
             ),
             w.as_f32().unwrap(),
-            &w.shape,
+            w.shape(),
             g.as_f32().unwrap(),
             ABS,
             REL,

@@ -574,6 +574,124 @@ fn random_bytes_as_weights() {
     );
 }
 
+/// Rewrites the header of `dir/model.safetensors` through `edit` and keeps the data bytes as
+/// they are, so the header can lie about them.
+fn edit_header(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> PathBuf {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut header);
+    let mut json = serde_json::to_vec(&header).unwrap();
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn overlapping_tensors_are_refused() {
+    // ln_1.weight claims the bytes of ln_1.bias, stored just before it (same shape and
+    // dtype): each entry is consistent on its own, only the layout is forbidden.
+    let dir = copy_of("gpt2-tiny");
+    let path = edit_header(dir.path(), |h| {
+        let bias = h["transformer.h.0.ln_1.bias"]["data_offsets"].clone();
+        h["transformer.h.0.ln_1.weight"]["data_offsets"] = bias;
+    });
+    fails(
+        ["generate", &s(dir.path()), "--prompt", "hi"],
+        &[
+            &s(&path),
+            "not a valid safetensors file",
+            "overlaps tensor",
+            "transformer.h.0.ln_1.",
+            "forbids tensors sharing bytes",
+        ],
+    );
+}
+
+#[test]
+fn hole_in_weights_is_refused() {
+    // A tensor dropped from the header leaves its bytes between two others.
+    let dir = copy_of("gpt2-tiny");
+    let path = edit_header(dir.path(), |h| {
+        h.remove("transformer.h.0.ln_1.bias").unwrap();
+    });
+    fails(
+        ["generate", &s(dir.path()), "--prompt", "hi"],
+        &[&s(&path), "belong to no tensor", "the format forbids holes"],
+    );
+}
+
+#[test]
+fn trailing_bytes_after_weights_are_refused() {
+    let dir = copy_of("bert-tiny");
+    let path = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"<html>hidden</html>");
+    std::fs::write(&path, bytes).unwrap();
+    fails(
+        ["embed", &s(dir.path()), "hi"],
+        &[
+            &s(&path),
+            "19 bytes after the last tensor's data belong to no tensor",
+        ],
+    );
+}
+
+#[test]
+fn unknown_dtype_in_weights_is_refused() {
+    let dir = copy_of("gpt2-tiny");
+    let path = edit_header(dir.path(), |h| {
+        h["transformer.wpe.weight"]["dtype"] = json!("F33");
+    });
+    fails(
+        ["generate", &s(dir.path()), "--prompt", "hi"],
+        &[
+            &s(&path),
+            "\"transformer.wpe.weight\"",
+            "unknown variant `F33`",
+        ],
+    );
+}
+
+#[test]
+fn size_that_disagrees_with_shape_is_refused() {
+    let dir = copy_of("gpt2-tiny");
+    let path = edit_header(dir.path(), |h| {
+        h["transformer.h.0.ln_1.weight"]["shape"] = json!([33]);
+    });
+    fails(
+        ["generate", &s(dir.path()), "--prompt", "hi"],
+        &[
+            &s(&path),
+            "\"transformer.h.0.ln_1.weight\": 128 data bytes, but dtype F32 and shape [33] need 132",
+        ],
+    );
+}
+
+#[test]
+fn header_length_past_end_of_file() {
+    let dir = copy_of("t5-tiny");
+    let path = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len() as u64;
+    bytes[..8].copy_from_slice(&len.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    fails(
+        ["generate", &s(dir.path()), "--prompt", "hi"],
+        &[
+            &s(&path),
+            &format!("header length {len} exceeds the file size {len} (truncated file?)"),
+        ],
+    );
+}
+
 #[test]
 fn missing_tensor_names_key() {
     let dir = copy_of("gpt2-tiny");
@@ -1071,6 +1189,39 @@ fn unknown_engine() {
         ],
         &["--engine", "\"gpu\"", "interp"],
     );
+}
+
+#[test]
+fn engine_list_for_a_task() {
+    fails(
+        [
+            "--engine",
+            "jit,interp",
+            "generate",
+            &s(&fixture("gpt2-tiny")),
+            "--prompt",
+            "hi",
+        ],
+        &["--engine jit,interp", "one engine"],
+    );
+}
+
+#[test]
+fn unknown_weights_mode_for_compile() {
+    // Anything but "external" used to mean embed.
+    let tmp = tempfile::tempdir().unwrap();
+    fails(
+        [
+            "compile".as_ref(),
+            fixture("bert-tiny").as_os_str(),
+            "-o".as_ref(),
+            tmp.path().join("bin").as_os_str(),
+            "--weights".as_ref(),
+            "extrenal".as_ref(),
+        ],
+        &["--weights", "extrenal", "embed", "external"],
+    );
+    assert!(!tmp.path().join("bin").exists());
 }
 
 #[test]

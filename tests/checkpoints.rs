@@ -237,7 +237,7 @@ fn right_padding_changes_nothing_in_real_positions() {
         let run = |e: &mut Interpreter, rows: &[Vec<i64>], mask: &[Vec<i64>]| {
             let ids = Tensor::i64_rows(rows);
             let m = Tensor::i64_rows(mask);
-            let tt = Tensor::i64(ids.shape.clone(), vec![0; ids.numel()]);
+            let tt = Tensor::i64(ids.shape().to_vec(), vec![0; ids.numel()]);
             let mut inputs = vec![("input_ids", &ids), ("attention_mask", &m)];
             if fixture.starts_with("bert") {
                 inputs.push(("token_type_ids", &tt));

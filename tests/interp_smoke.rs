@@ -33,7 +33,7 @@ fn smoke_bert() {
         r.check(
             &format!("single_batch.{name}"),
             t.as_f32().unwrap(),
-            &t.shape,
+            t.shape(),
         );
     }
 }
@@ -56,7 +56,7 @@ fn smoke_gpt2() {
     let inp: Vec<(&str, &Tensor)> = inputs.iter().map(|(a, b)| (a.as_str(), *b)).collect();
     let out = e.run("forward", &inp).unwrap();
     let t = &out["logits"];
-    r.check("logits.logits", t.as_f32().unwrap(), &t.shape);
+    r.check("logits.logits", t.as_f32().unwrap(), t.shape());
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn smoke_t5() {
         r.check(
             "encode.last_hidden_state",
             enc.as_f32().unwrap(),
-            &enc.shape,
+            enc.shape(),
         );
         let kv = e
             .run("cross_kv", &[("encoder_hidden_states", enc)])
@@ -95,6 +95,6 @@ fn smoke_t5() {
         let inp: Vec<(&str, &Tensor)> = inputs.iter().map(|(a, b)| (a.as_str(), *b)).collect();
         let out = e.run("decode", &inp).unwrap();
         let t = &out["logits"];
-        r.check("decode.logits", t.as_f32().unwrap(), &t.shape);
+        r.check("decode.logits", t.as_f32().unwrap(), t.shape());
     }
 }

@@ -72,10 +72,10 @@ impl G {
         let got = jit.run("f", &args).unwrap();
         for (name, w) in &want {
             let g = &got[name];
-            assert_eq!(w.shape, g.shape, "{name}: shape");
-            match (&w.data, &g.data) {
+            assert_eq!(w.shape(), g.shape(), "{name}: shape");
+            match (w.data(), g.data()) {
                 (TensorData::F32(wv), TensorData::F32(gv)) => {
-                    common::check_close(name, wv, &w.shape, gv, ABS, REL, |_| true)
+                    common::check_close(name, wv, w.shape(), gv, ABS, REL, |_| true)
                 }
                 (TensorData::I64(wv), TensorData::I64(gv)) => assert_eq!(wv, gv, "{name}"),
                 _ => panic!("{name}: dtype"),

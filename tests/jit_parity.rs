@@ -37,14 +37,14 @@ fn bert_tiny() {
         for name in c["outputs"].as_array().unwrap() {
             let name = name.as_str().unwrap();
             let got = &out[name];
-            r.check(&format!("{case}.{name}"), got.as_f32().unwrap(), &got.shape);
+            r.check(&format!("{case}.{name}"), got.as_f32().unwrap(), got.shape());
         }
         p.run("embed", &inputs, ABS, REL);
     }
     let c = r.case("fill_mask");
     let i = ids(&c["input_ids"]);
-    let t = Tensor::i64(i.shape.clone(), vec![0; i.numel()]);
-    let m = Tensor::i64(i.shape.clone(), vec![1; i.numel()]);
+    let t = Tensor::i64(i.shape().to_vec(), vec![0; i.numel()]);
+    let m = Tensor::i64(i.shape().to_vec(), vec![1; i.numel()]);
     let out = p.run(
         "encode",
         &[
@@ -67,7 +67,7 @@ fn bert_tiny_cls() {
     let c = r.case("classify");
     let i = ids(&c["input_ids"]);
     let m = ids(&c["attention_mask"]);
-    let t = Tensor::i64(i.shape.clone(), vec![0; i.numel()]);
+    let t = Tensor::i64(i.shape().to_vec(), vec![0; i.numel()]);
     let inputs = [
         ("input_ids", &i),
         ("token_type_ids", &t),
@@ -75,7 +75,7 @@ fn bert_tiny_cls() {
     ];
     let out = p.run("encode", &inputs, ABS, REL);
     let got = &out["logits"];
-    r.check("classify.logits", got.as_f32().unwrap(), &got.shape);
+    r.check("classify.logits", got.as_f32().unwrap(), got.shape());
     p.run("embed", &inputs, ABS, REL);
 }
 
@@ -109,13 +109,13 @@ fn gpt2_tiny() {
 
     let c = r.case("logits");
     let i = ids(&c["input_ids"]);
-    let m = Tensor::i64(i.shape.clone(), vec![1; i.numel()]);
+    let m = Tensor::i64(i.shape().to_vec(), vec![1; i.numel()]);
     let inp = gpt2_inputs(&i, &m, &empty(1));
     let out = p.run("forward", &args(&inp), ABS, REL);
     r.check(
         "logits.logits",
         out["logits"].as_f32().unwrap(),
-        &out["logits"].shape,
+        out["logits"].shape(),
     );
 
     let c = r.case("padded_batch");
@@ -124,11 +124,11 @@ fn gpt2_tiny() {
     let inp = gpt2_inputs(&i, &m, &empty(2));
     let out = p.run("forward", &args(&inp), ABS, REL);
     let mask = m.as_i64().unwrap().to_vec();
-    let v = out["logits"].shape[2];
+    let v = out["logits"].shape()[2];
     r.check_where(
         "padded_batch.logits",
         out["logits"].as_f32().unwrap(),
-        &out["logits"].shape,
+        out["logits"].shape(),
         |e| mask[e / v] != 0,
     );
 
@@ -158,7 +158,7 @@ fn gpt2_tiny() {
         let mut next = argmax(&first) as i64;
         let mut got = vec![next];
         for _ in 1..want.len() {
-            let total = past[0].0.shape[1] + 1;
+            let total = past[0].0.shape()[1] + 1;
             let i = Tensor::i64(vec![1, 1], vec![next]);
             let m = Tensor::i64(vec![1, total], vec![1; total]);
             let inp = gpt2_inputs(&i, &m, &past);
@@ -193,7 +193,7 @@ fn t5(fixture: &str) {
         REL,
     );
     let h = &enc["encoder_last_hidden_state"];
-    r.check("encode.last_hidden_state", h.as_f32().unwrap(), &h.shape);
+    r.check("encode.last_hidden_state", h.as_f32().unwrap(), h.shape());
 
     let c = r.case("decode");
     let i = ids(&c["input_ids"]);
@@ -207,7 +207,7 @@ fn t5(fixture: &str) {
     let h = &enc["encoder_last_hidden_state"];
     let kv = p.run("cross_kv", &[("encoder_hidden_states", h)], ABS, REL);
     let dec = ids(&c["decoder_input_ids"]);
-    let b = dec.shape[0];
+    let b = dec.shape()[0];
     let inputs = |dec: &Tensor, past: &[(Tensor, Tensor)]| -> Vec<(String, Tensor)> {
         let mut v = vec![
             ("decoder_input_ids".to_string(), dec.clone()),
@@ -235,11 +235,11 @@ fn t5(fixture: &str) {
         .collect();
     let out = p.run("decode", &args(&inputs(&dec, &empty)), ABS, REL);
     let logits = &out["logits"];
-    r.check("decode.logits", logits.as_f32().unwrap(), &logits.shape);
+    r.check("decode.logits", logits.as_f32().unwrap(), logits.shape());
 
     // The same logits one token at a time through the cache (`step`, P = 0, 1, ..).
     let (want, _) = r.tensor("decode.logits");
-    let (tt, v) = (dec.shape[1], logits.shape[2]);
+    let (tt, v) = (dec.shape()[1], logits.shape()[2]);
     let mut past = empty.clone();
     for pos in 0..tt {
         let tok: Vec<i64> = (0..b)
@@ -289,7 +289,7 @@ fn minilm() {
     let c = r.case("embed");
     let i = ids(&c["input_ids"]);
     let m = ids(&c["attention_mask"]);
-    let t = Tensor::i64(i.shape.clone(), vec![0; i.numel()]);
+    let t = Tensor::i64(i.shape().to_vec(), vec![0; i.numel()]);
     let inputs = [
         ("input_ids", &i),
         ("token_type_ids", &t),
@@ -297,10 +297,10 @@ fn minilm() {
     ];
     let out = p.run("embed", &inputs, ABS, REL);
     let e = &out["embeddings"];
-    r.check("embed.embeddings", e.as_f32().unwrap(), &e.shape);
+    r.check("embed.embeddings", e.as_f32().unwrap(), e.shape());
     let out = p.run("encode", &inputs, ABS, REL);
     let h = &out["last_hidden_state"];
-    r.check("embed.last_hidden_state", h.as_f32().unwrap(), &h.shape);
+    r.check("embed.last_hidden_state", h.as_f32().unwrap(), h.shape());
 }
 
 /// Engines move into the task runner's threads.

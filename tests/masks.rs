@@ -57,7 +57,7 @@ fn t5_decode(p: &mut Pair, hidden: &Tensor, mask: &Tensor, decoder_ids: &Tensor)
         panic!("not T5");
     };
     let cross = p.run("cross_kv", &[("encoder_hidden_states", hidden)], ABS, REL);
-    let cache = KvCache::new(decoder_layers, hidden.shape[0], kv_width);
+    let cache = KvCache::new(decoder_layers, hidden.shape()[0], kv_width);
     let mut inputs: Vec<(String, &Tensor)> = vec![
         ("decoder_input_ids".into(), decoder_ids),
         ("encoder_attention_mask".into(), mask),
@@ -88,7 +88,7 @@ fn t5_left_padding_gives_the_reference() {
     );
     // Back to the reference's right-padded layout, to compare where the mask is 1.
     let hidden = &enc["encoder_last_hidden_state"];
-    let (b, t, ch) = (hidden.shape[0], hidden.shape[1], hidden.shape[2]);
+    let (b, t, ch) = (hidden.shape()[0], hidden.shape()[1], hidden.shape()[2]);
     let got = hidden.as_f32().unwrap();
     let mut shifted = vec![0f32; got.len()];
     for bi in 0..b {
@@ -98,13 +98,13 @@ fn t5_left_padding_gives_the_reference() {
             shifted[(bi * t + ti) * ch..][..ch].copy_from_slice(&got[from..][..ch]);
         }
     }
-    r.check_where("encode.last_hidden_state", &shifted, &hidden.shape, |i| {
+    r.check_where("encode.last_hidden_state", &shifted, hidden.shape(), |i| {
         mask[i / (t * ch)][(i / ch) % t] == 1
     });
     let dec = Tensor::i64_rows(&ids_of(&c["decoder_input_ids"]));
     let out = t5_decode(&mut p, hidden, &left_mask_t, &dec);
     let logits = &out["logits"];
-    r.check("decode.logits", logits.as_f32().unwrap(), &logits.shape);
+    r.check("decode.logits", logits.as_f32().unwrap(), logits.shape());
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn t5_holes_in_cross_attention_give_the_reference() {
         REL,
     );
     let hidden = &enc["encoder_last_hidden_state"];
-    let (b, t, ch) = (hidden.shape[0], hidden.shape[1], hidden.shape[2]);
+    let (b, t, ch) = (hidden.shape()[0], hidden.shape()[1], hidden.shape()[2]);
     // Junk rows (large, so a leak would show) hidden after key 0, before key 5 and in a run
     // of three in the middle; the reference's own right padding stays masked too.
     let holes_before = [1usize, 5, 12, 12, 12];
@@ -146,7 +146,7 @@ fn t5_holes_in_cross_attention_give_the_reference() {
     let dec = Tensor::i64_rows(&ids_of(&c["decoder_input_ids"]));
     let out = t5_decode(&mut p, &holed, &holed_mask, &dec);
     let logits = &out["logits"];
-    r.check("decode.logits", logits.as_f32().unwrap(), &logits.shape);
+    r.check("decode.logits", logits.as_f32().unwrap(), logits.shape());
     // The junk does reach the decoder when unmasked: the holes are what keeps it out.
     let open = Tensor::i64(vec![b, s], vec![1; b * s]);
     let leaked = t5_decode(&mut p, &holed, &open, &dec);
@@ -206,7 +206,7 @@ fn bert_all_masked_row_holes_and_left_padding() {
     ];
     let out = p.run("encode", &named, ABS, REL);
     let h = &out["last_hidden_state"];
-    let ch = h.shape[2];
+    let ch = h.shape()[2];
     let states = h.as_f32().unwrap();
     r.check(
         "single_batch.last_hidden_state",
@@ -216,8 +216,8 @@ fn bert_all_masked_row_holes_and_left_padding() {
     let pooled = &out["pooler_output"];
     r.check(
         "single_batch.pooler_output",
-        &pooled.as_f32().unwrap()[..n * pooled.shape[1]],
-        &[n, pooled.shape[1]],
+        &pooled.as_f32().unwrap()[..n * pooled.shape()[1]],
+        &[n, pooled.shape()[1]],
     );
     assert!(states.iter().all(|x| x.is_finite()), "non-finite states");
     let row = |i: usize| &states[i * t * ch..][..t * ch];

@@ -182,12 +182,12 @@ fn every_stage_agrees_with_the_frontend_graph_in_the_interpreter() {
                 let got = interp.run_graph(&g, &args).unwrap();
                 for (out, w) in &want {
                     let gt = &got[out];
-                    assert_eq!(w.shape, gt.shape);
-                    match (&w.data, &gt.data) {
+                    assert_eq!(w.shape(), gt.shape());
+                    match (w.data(), gt.data()) {
                         (TensorData::F32(wv), TensorData::F32(gv)) => common::check_close(
                             &format!("{fixture} {name}.{out} after {pass}"),
                             wv,
-                            &w.shape,
+                            w.shape(),
                             gv,
                             1e-6,
                             1e-5,

@@ -10,11 +10,10 @@
 use crate::codegen::{self, CodegenError, Lowering};
 use crate::Model;
 use cranelift_object::{ObjectBuilder, ObjectModule};
-use cranformer_runtime::compiled::{self, prepared_key, NativeEngine, Program, PROGRAM_VERSION};
-use cranformer_runtime::config::ModelConfig;
+use cranformer_runtime::compiled::{prepared_key, NativeEngine, Program, PROGRAM_VERSION};
 use cranformer_runtime::native::{EntryFn, EntryMeta};
-use cranformer_runtime::tokenize::{Tokenizer, TokenizerKind};
-use cranformer_runtime::weights::Weights;
+use cranformer_runtime::tokenize::{TokenizeError, Tokenizer};
+use cranformer_runtime::weights::{Weights, WeightsError};
 use cranformer_runtime::{Engine, EngineError, Outputs, Tensor};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -49,9 +48,28 @@ pub enum AotError {
     /// The linked shared object could not be loaded or lacks an entry (compiler bug).
     #[error("loading the compiled shared object {}: {message}", path.display())]
     Load { path: PathBuf, message: String },
-    /// Reading the weights or tokenizer to embed failed.
-    #[error("{0}")]
-    Model(String),
+    /// Reading the weights to embed failed (names the file and what is wrong).
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// Reading the tokenizer to embed failed.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizeError),
+    /// A weight the entries read is not in the checkpoint the model was loaded from: the
+    /// checkpoint changed since, or a compiler bug.
+    #[error("tensor \"{key}\" is no longer in the weights of {}: was the checkpoint replaced while compiling?", dir.display())]
+    WeightVanished { key: String, dir: PathBuf },
+    /// A weight the entries read was not loaded with the model (compiler bug).
+    #[error("compiler bug: entry points read tensor \"{key}\", which the model did not load")]
+    WeightNotLoaded { key: String },
+    /// A weight cannot be laid out as the kernels read it (names the prepared tensor).
+    #[error("weight \"{key}\" cannot be laid out for the kernels: {source}")]
+    Prepare {
+        key: String,
+        source: cranformer_runtime::gemm::quant::PackError,
+    },
+    /// Loading the compiled entry points into an engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AotError + '_ {
@@ -175,23 +193,18 @@ pub fn write_executable(
     let object = dir.join("model.o");
     std::fs::write(&object, &code.bytes).map_err(io(&object))?;
 
-    let weights = Weights::open(&model.dir).map_err(|e| AotError::Model(e.to_string()))?;
+    let weights = Weights::open(&model.dir)?;
     let files = weight_files(&weights);
     let mut shapes = vec![];
     for key in model.weights.keys() {
-        let info = weights
-            .info(key)
-            .ok_or_else(|| AotError::Model(format!("weight {key} vanished from the checkpoint")))?;
+        let info = weights.info(key).ok_or_else(|| AotError::WeightVanished {
+            key: key.clone(),
+            dir: model.dir.clone(),
+        })?;
         shapes.push((key.clone(), info.shape.clone()));
     }
-    let kind = match model.config {
-        ModelConfig::Bert(_) => TokenizerKind::Bert,
-        ModelConfig::Gpt2(_) => TokenizerKind::Gpt2,
-        ModelConfig::T5(_) => TokenizerKind::T5,
-    };
-    let tokenizer = Tokenizer::from_model_dir(&model.dir, kind)
-        .and_then(|t| t.to_json())
-        .map_err(|e| AotError::Model(e.to_string()))?;
+    let kind = model.config.tokenizer_kind();
+    let tokenizer = Tokenizer::from_model_dir(&model.dir, kind).and_then(|t| t.to_json())?;
     let external = match opts.weights {
         WeightsMode::Embed => vec![],
         WeightsMode::External => files
@@ -203,7 +216,7 @@ pub fn write_executable(
         version: PROGRAM_VERSION,
         source: model.dir.display().to_string(),
         info: model.info.clone(),
-        tokenizer_kind: compiled::tokenizer_kind_name(kind).into(),
+        tokenizer_kind: kind,
         entries: code.entries.clone(),
         weights: shapes,
         external,
@@ -294,7 +307,7 @@ fn write_prepared(model: &Model, entries: &[EntryMeta], out: &Path) -> Result<()
             // laid out, like any other.
             let raw = model
                 .weight(key)
-                .ok_or_else(|| AotError::Model(format!("weight {key} was not loaded")))?;
+                .ok_or_else(|| AotError::WeightNotLoaded { key: key.clone() })?;
             let len = prep.prepared_len(raw.len());
             items.insert(prepared_key(key, *prep), (raw, *prep, len));
         }
@@ -321,9 +334,10 @@ fn write_prepared(model: &Model, entries: &[EntryMeta], out: &Path) -> Result<()
     // Safetensors is little-endian, as are the hosts Cranelift targets here.
     const _: () = assert!(cfg!(target_endian = "little"));
     for (name, (raw, prep, len)) in &items {
-        let data = prep
-            .apply(raw)
-            .map_err(|e| AotError::Model(format!("weight {name}: {e}")))?;
+        let data = prep.apply(raw).map_err(|source| AotError::Prepare {
+            key: name.clone(),
+            source,
+        })?;
         assert_eq!(data.len(), *len, "prepared length");
         // SAFETY: any f32 slice is readable as bytes.
         let bytes =
@@ -478,8 +492,7 @@ impl SharedObjectEngine {
         let start = Instant::now();
         // SAFETY: as above.
         let engine =
-            unsafe { NativeEngine::new("aot", entries, &model.weights, Default::default()) }
-                .map_err(|e| load_err(e.to_string()))?;
+            unsafe { NativeEngine::new("aot", entries, &model.weights, Default::default()) }?;
         Ok(SharedObjectEngine {
             engine,
             compile_time,

@@ -5,13 +5,13 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use cranformer_runtime::cli::{Common, Task};
+use cranformer_runtime::cli::{report_error, Common, EngineKind, Task};
 use cranformer_runtime::compiled::{NativeEngine, Program, PROGRAM_VERSION};
 use cranformer_runtime::native::EntryFn;
-use cranformer_runtime::tasks::Session;
+use cranformer_runtime::tasks::{self, Session};
 use cranformer_runtime::tokenize::Tokenizer;
 use cranformer_runtime::weights::Weights;
-use cranformer_runtime::{Engine, EngineError, Outputs, Tensor};
+use cranformer_runtime::Engine;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, CStr, OsString};
 use std::io::Write;
@@ -29,7 +29,9 @@ impl Blob {
     /// # Safety
     /// `start..end` must be one readable object for the whole run (the glue's blobs are).
     unsafe fn bytes(&self) -> &'static [u8] {
-        std::slice::from_raw_parts(self.start, self.end.offset_from(self.start) as usize)
+        // SAFETY: `start..end` is one readable object that lives for the whole run, as the
+        // caller promised, so `end` is at or after `start` in the same allocation.
+        unsafe { std::slice::from_raw_parts(self.start, self.end.offset_from(self.start) as usize) }
     }
 }
 
@@ -75,16 +77,19 @@ pub unsafe extern "C" fn cranformer_exe_main(
     argv: *const *const c_char,
     program: *const RawProgram,
 ) -> c_int {
+    // SAFETY: `argv` holds `argc` C strings, as the caller promised (the C runtime's `main`
+    // arguments, passed through by the glue).
     let args: Vec<OsString> = (0..argc.max(0) as usize)
-        .map(|i| OsString::from_vec(CStr::from_ptr(*argv.add(i)).to_bytes().to_vec()))
+        .map(|i| OsString::from_vec(unsafe { CStr::from_ptr(*argv.add(i)) }.to_bytes().to_vec()))
         .collect();
-    let raw = &*program;
+    // SAFETY: `program` is the glue's static table, as the caller promised.
+    let raw = unsafe { &*program };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = run(args, raw, &mut out);
     match result.and_then(|()| Ok(out.flush()?)) {
         Ok(()) => 0,
-        Err(e) => report(e, &mut out),
+        Err(e) => report_error(&e, &mut out),
     }
 }
 
@@ -107,10 +112,11 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
     let cli = parse(&program, &name, args);
     let common = &cli.common;
     common.weight_format().map_err(anyhow::Error::msg)?;
-    if !matches!(common.engine.as_str(), "jit" | "aot") {
+    let kind = common.engine().map_err(anyhow::Error::msg)?;
+    if !matches!(kind, EngineKind::Jit | EngineKind::Aot) {
         bail!(
             "--engine {:?}: a compiled executable runs its compiled code only (run `cranformer {} MODEL_DIR --engine interp` for the interpreter)",
-            common.engine,
+            kind.name(),
             cli.task.name()
         );
     }
@@ -119,11 +125,11 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
     }
     // SAFETY: as above.
     let tokenizer =
-        Tokenizer::from_json_bytes(unsafe { raw.tokenizer.bytes() }, program.tokenizer_kind())?;
-    let engine: Box<dyn Engine> = if matches!(cli.task, Task::Tokenize(_)) {
-        // Tokenizing needs no weights.
-        Box::new(NoEngine)
-    } else {
+        Tokenizer::from_json_bytes(unsafe { raw.tokenizer.bytes() }, program.tokenizer_kind)?;
+    if tasks::run_without_weights(&cli.task, &tokenizer, out)? {
+        return Ok(());
+    }
+    let engine: Box<dyn Engine> = {
         let weights = open_weights(&program, raw, cli.weights.as_deref())?;
         let (tensors, prepared) = if program.embedded && cli.weights.is_none() {
             (BTreeMap::new(), program.load_prepared(&weights)?)
@@ -136,6 +142,7 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
             let table = unsafe { std::slice::from_raw_parts(raw.entries, raw.n_entries as usize) };
             let func = table
                 .iter()
+                // SAFETY: every name in the table is a NUL-terminated string literal of the glue.
                 .find(|e| unsafe { CStr::from_ptr(e.name) }.to_bytes() == meta.name.as_bytes())
                 .with_context(|| {
                     format!("entry {} is not linked in (a cranformer bug)", meta.name)
@@ -222,47 +229,4 @@ fn open_weights(program: &Program, raw: &RawProgram, given: Option<&Path>) -> Re
         )?),
         _ => bail!("this executable carries no weights: pass --weights PATH"),
     }
-}
-
-/// Stands in for the engine when a task needs none (tokenize).
-struct NoEngine;
-
-impl Engine for NoEngine {
-    fn name(&self) -> &str {
-        "aot"
-    }
-
-    fn run(&mut self, entry: &str, _: &[(&str, &Tensor)]) -> Result<Outputs, EngineError> {
-        Err(EngineError::Internal {
-            engine: "aot".into(),
-            message: format!("entry {entry} run without weights loaded"),
-        })
-    }
-}
-
-/// Prints `e` as cranformer does ("error: <cause>: <detail>" on stderr) and returns the exit
-/// status.
-fn report(e: anyhow::Error, out: &mut dyn Write) -> c_int {
-    // A reader that went away (`| head`) is not an error worth a message.
-    let broken_pipe = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    });
-    if broken_pipe {
-        return 0;
-    }
-    let _ = out.flush();
-    // Errors that print their source in their own message would show it twice.
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !msg.contains(&text) {
-            if !msg.is_empty() {
-                msg.push_str(": ");
-            }
-            msg.push_str(&text);
-        }
-    }
-    eprintln!("error: {msg}");
-    1
 }

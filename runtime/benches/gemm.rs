@@ -72,6 +72,7 @@ fn main() {
                 let mut times = vec![];
                 for i in 0..25 {
                     let t = Instant::now();
+                    // SAFETY: a, packed B, bias and c are live and sized for m, n, k; the CPU has isa.
                     unsafe { sgemm(&g, isa, Blocking::default_for(isa)) };
                     if i >= 3 {
                         times.push(t.elapsed().as_secs_f64());
@@ -158,6 +159,7 @@ fn narrow(shapes: &[(&str, usize, usize, usize)], filter: Option<&str>) {
                 let c = outs[0].as_mut_ptr();
                 let g = GemmCall::new(m, n, k, a.as_ptr(), k, packed.as_ptr(), bias.as_ptr(), c, n);
                 let t = Instant::now();
+                // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
                 unsafe { sgemm(&g, isa, Blocking::default_for(isa)) };
                 let f32_time = t.elapsed().as_secs_f64();
                 if round >= 3 {
@@ -167,6 +169,7 @@ fn narrow(shapes: &[(&str, usize, usize, usize)], filter: Option<&str>) {
                     let c = outs[i + 1].as_mut_ptr();
                     let g = QGemmCall::new(m, a.as_ptr(), k, pw, bias.as_ptr(), c, n);
                     let t = Instant::now();
+                    // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
                     unsafe { qgemm(&g, kern, kern.blocking_for(m)) };
                     if round >= 3 {
                         times[i + 1].push(t.elapsed().as_secs_f64() / f32_time);
@@ -234,6 +237,7 @@ fn activation_schemes() {
             ("7-bit asymmetric", Some(128)),
         ] {
             let mut qa = QuantRows::new();
+            // SAFETY: `a` holds m rows of k floats, as the call says.
             unsafe { qa.quantize(a.as_ptr(), k, m, k, false, levels.unwrap_or(256)) };
             let (mut num, mut den) = (0f64, 0f64);
             for i in 0..m {

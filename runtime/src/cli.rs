@@ -3,7 +3,8 @@
 
 use crate::gemm::WeightFormat;
 use clap::builder::{OsStringValueParser, TypedValueParser};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
+use std::io::Write;
 use std::path::PathBuf;
 
 /// Text arguments: clap's own UTF-8 check does not say which argument failed; this one does.
@@ -23,12 +24,67 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// What runs a model's entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    /// The reference interpreter.
+    Interp,
+    /// Native code from Cranelift, generated in the process.
+    Jit,
+    /// Code compiled ahead of time (a compiled executable, or `bench`'s shared object).
+    Aot,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Interp => "interp",
+            EngineKind::Jit => "jit",
+            EngineKind::Aot => "aot",
+        }
+    }
+}
+
+/// `--engine`'s value: one engine, or for `bench` a comma-separated list of them (repeats
+/// dropped, order kept).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineList(pub Vec<EngineKind>);
+
+impl EngineList {
+    fn parse(list: &str) -> Result<EngineList, String> {
+        let mut kinds = vec![];
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let kind = EngineKind::from_str(name, false).map_err(|_| {
+                let available: Vec<&str> = EngineKind::value_variants()
+                    .iter()
+                    .map(|k| k.name())
+                    .collect();
+                format!(
+                    "unknown --engine {name:?} (available: {})",
+                    available.join(", ")
+                )
+            })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        if kinds.is_empty() {
+            return Err(format!(
+                "--engine {list:?} names no engine (expected one such as jit, or for bench a \
+                 list such as interp,jit,aot)"
+            ));
+        }
+        Ok(EngineList(kinds))
+    }
+}
+
 /// Flags every task takes.
 #[derive(Args, Clone, Debug)]
 pub struct Common {
-    /// Engine that runs the model: jit (native code from Cranelift) or interp (the reference interpreter).
-    #[arg(long, default_value = "jit", global = true)]
-    pub engine: String,
+    /// Engine that runs the model: jit (native code from Cranelift, the default) or interp
+    /// (the reference interpreter); bench takes a comma-separated list (interp, jit, aot).
+    #[arg(long, global = true, value_name = "ENGINE", value_parser = EngineList::parse)]
+    pub engine: Option<EngineList>,
     /// Worker threads (default: all cores; the interpreter always uses one).
     #[arg(long, global = true, value_parser = at_least_one)]
     pub threads: Option<usize>,
@@ -67,6 +123,20 @@ impl Common {
                     .map(|d| d.name())
                     .collect::<Vec<_>>()
                     .join(",")
+            )),
+        }
+    }
+}
+
+impl Common {
+    /// The one engine a task runs on: `--engine`, else the JIT.
+    pub fn engine(&self) -> Result<EngineKind, String> {
+        match self.engine.as_ref().map(|l| &l.0[..]) {
+            None => Ok(EngineKind::Jit),
+            Some([one]) => Ok(*one),
+            Some(list) => Err(format!(
+                "--engine {}: a task runs on one engine (lists are for bench)",
+                list.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")
             )),
         }
     }
@@ -273,5 +343,76 @@ mod dtype_tests {
             .weight_format()
             .unwrap_err();
         assert!(err.contains("one value"), "{err}");
+    }
+}
+
+/// Prints `e` as every cranformer program does ("error: <cause>: <detail>" on stderr, after
+/// flushing `out`) and returns the exit status: 1, or 0 when the reader of `out` went away
+/// (`| head`), which is not an error worth a message.
+pub fn report_error(e: &anyhow::Error, out: &mut dyn Write) -> i32 {
+    let broken_pipe = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return 0;
+    }
+    let _ = out.flush();
+    eprintln!("error: {}", error_message(e));
+    1
+}
+
+/// The causes of `e` joined by ": ". Errors that print their source in their own message
+/// (io, safetensors) would show it twice, so a cause already in the text is skipped.
+pub fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_lists_parse_and_name_unknown_engines() {
+        let l = EngineList::parse("jit, interp,jit,aot").unwrap();
+        assert_eq!(l.0, [EngineKind::Jit, EngineKind::Interp, EngineKind::Aot]);
+        assert_eq!(
+            EngineList::parse("jit,fast").unwrap_err(),
+            "unknown --engine \"fast\" (available: interp, jit, aot)"
+        );
+        assert!(EngineList::parse(" , ")
+            .unwrap_err()
+            .contains("names no engine"));
+        let common = |engine| Common {
+            engine,
+            threads: None,
+            verbose: false,
+            dtype: vec![WeightFormat::F32],
+        };
+        assert_eq!(common(None).engine(), Ok(EngineKind::Jit));
+        assert_eq!(
+            common(Some(EngineList(vec![EngineKind::Interp]))).engine(),
+            Ok(EngineKind::Interp)
+        );
+        assert!(common(Some(l)).engine().unwrap_err().contains("one engine"));
+    }
+
+    #[test]
+    fn error_message_skips_causes_already_said() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = anyhow::Error::new(io).context("cannot read x: gone");
+        assert_eq!(error_message(&e), "cannot read x: gone");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_message(&e), "outer: inner");
     }
 }

@@ -24,8 +24,7 @@ pub struct Program {
     /// The model directory it was compiled from (shown by `--verbose`).
     pub source: String,
     pub info: ModelInfo,
-    /// "bert", "gpt2" or "t5".
-    pub tokenizer_kind: String,
+    pub tokenizer_kind: TokenizerKind,
     pub entries: Vec<EntryMeta>,
     /// Every checkpoint tensor the entries read, with the shape the compiler checked.
     pub weights: Vec<(String, Vec<usize>)>,
@@ -61,14 +60,6 @@ pub fn prepared_key(key: &str, prep: WeightPrep) -> String {
 }
 
 impl Program {
-    pub fn tokenizer_kind(&self) -> TokenizerKind {
-        match self.tokenizer_kind.as_str() {
-            "gpt2" => TokenizerKind::Gpt2,
-            "t5" => TokenizerKind::T5,
-            _ => TokenizerKind::Bert,
-        }
-    }
-
     /// Every prepared weight the entries read, from the embedded store written by the
     /// compiler (views into the executable's read-only data).
     pub fn load_prepared(
@@ -99,14 +90,6 @@ impl Program {
     }
 }
 
-pub fn tokenizer_kind_name(kind: TokenizerKind) -> &'static str {
-    match kind {
-        TokenizerKind::Bert => "bert",
-        TokenizerKind::Gpt2 => "gpt2",
-        TokenizerKind::T5 => "t5",
-    }
-}
-
 /// Runs entry functions that were linked ahead of time.
 pub struct NativeEngine {
     name: &'static str,
@@ -130,13 +113,7 @@ impl NativeEngine {
         let mut map = BTreeMap::new();
         for (meta, func) in entries {
             let entry_name = meta.name.clone();
-            let entry =
-                NativeEntry::new(meta, func, &lookup, &mut prepared).map_err(|message| {
-                    EngineError::Internal {
-                        engine: name.into(),
-                        message: format!("entry {entry_name}: {message}"),
-                    }
-                })?;
+            let entry = NativeEntry::new(meta, func, &lookup, &mut prepared)?;
             map.insert(entry_name, entry);
         }
         Ok(NativeEngine { name, entries: map })
@@ -158,5 +135,26 @@ impl Engine for NativeEngine {
                 available,
             })?;
         e.run(inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_kind_is_read_by_name_and_unknown_names_are_refused() {
+        for (name, kind) in [
+            ("bert", TokenizerKind::Bert),
+            ("gpt2", TokenizerKind::Gpt2),
+            ("t5", TokenizerKind::T5),
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), name);
+            let parsed: TokenizerKind = serde_json::from_value(name.into()).unwrap();
+            assert_eq!(parsed, kind);
+        }
+        // It used to read as BERT.
+        let err = serde_json::from_value::<TokenizerKind>("llama".into()).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `llama`"), "{err}");
     }
 }

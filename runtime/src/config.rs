@@ -199,6 +199,18 @@ pub enum ModelConfig {
     T5(T5Config),
 }
 
+impl ModelConfig {
+    /// The tokenizer family of the architecture.
+    pub fn tokenizer_kind(&self) -> crate::tokenize::TokenizerKind {
+        use crate::tokenize::TokenizerKind;
+        match self {
+            ModelConfig::Bert(_) => TokenizerKind::Bert,
+            ModelConfig::Gpt2(_) => TokenizerKind::Gpt2,
+            ModelConfig::T5(_) => TokenizerKind::T5,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct ModelTypeOnly {
     model_type: Option<String>,

@@ -33,6 +33,13 @@ pub enum EngineError {
     /// The inputs do not fit the entry point (user error: names the input and what was expected).
     #[error("{0}")]
     Input(String),
+    /// A weight an entry point reads was not loaded (names the tensor).
+    #[error(transparent)]
+    Weight(#[from] crate::native::WeightLoadError),
+    /// Code the entry point ran panicked: always a cranformer bug. The panic was stopped and
+    /// the engine stays usable.
+    #[error("entry point {entry} failed: the runtime panicked: {message} (a cranformer bug)")]
+    Panic { entry: String, message: String },
     /// Anything else: a bug in the engine or the generated code.
     #[error("internal error in the {engine} engine: {message}")]
     Internal { engine: String, message: String },

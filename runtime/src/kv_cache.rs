@@ -20,7 +20,7 @@ impl KvCache {
 
     /// Tokens already cached.
     pub fn len(&self) -> usize {
-        self.keys.first().map_or(0, |k| k.shape[1])
+        self.keys.first().map_or(0, |k| k.shape()[1])
     }
 
     pub fn is_empty(&self) -> bool {

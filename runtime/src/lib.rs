@@ -24,4 +24,4 @@ pub mod weights;
 pub use config::ModelConfig;
 pub use engine::{Engine, EngineError, Outputs};
 pub use model_info::ModelInfo;
-pub use tensor::{Tensor, TensorData};
+pub use tensor::{Tensor, TensorData, TensorError};

@@ -83,6 +83,16 @@ impl ModelInfo {
         }
     }
 
+    /// The token generation stops at (none for BERT, which does not generate).
+    pub fn eos_token_id(&self) -> Option<i64> {
+        match self {
+            ModelInfo::Gpt2 { eos_token_id, .. } | ModelInfo::T5 { eos_token_id, .. } => {
+                *eos_token_id
+            }
+            ModelInfo::Bert { .. } => None,
+        }
+    }
+
     /// Rows of the token embedding (may exceed the tokenizer's vocabulary, as in T5).
     pub fn vocab_size(&self) -> usize {
         match self {

@@ -254,6 +254,26 @@ const ALIGN: usize = 64;
 #[derive(Clone, Copy)]
 struct Line([u8; ALIGN]);
 
+/// A weight an entry point reads cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightLoadError {
+    /// It is not among the tensors the entry was given (names the checkpoint key, or the
+    /// missing part of a derived `concat(..)` weight).
+    #[error("entry point {entry} reads tensor \"{key}\", which is not among the loaded weights")]
+    Missing { entry: String, key: String },
+    /// A value of the entry has a weight storage type (i8, bf16, f16) that never crosses the
+    /// entry ABI until kernels compute with it: refused rather than handed out as f32.
+    #[error("entry point {entry}: value {value} is {ty}: compiled entry points take and produce only f32 and i64")]
+    DType { entry: String, value: String, ty: String },
+    /// It cannot be laid out as the kernels read it.
+    #[error("entry point {entry}: weight \"{key}\" cannot be laid out for the kernels: {source}")]
+    Prepare {
+        entry: String,
+        key: String,
+        source: crate::gemm::quant::PackError,
+    },
+}
+
 /// One callable entry point with its prepared weights and a reusable arena.
 pub struct NativeEntry {
     pub meta: EntryMeta,
@@ -263,6 +283,8 @@ pub struct NativeEntry {
 }
 
 impl NativeEntry {
+    /// `checkpoint` looks a checkpoint tensor up by key.
+    ///
     /// # Safety
     /// `func` must be the entry function generated for `meta`, valid while this lives.
     pub unsafe fn new(
@@ -270,25 +292,41 @@ impl NativeEntry {
         func: EntryFn,
         checkpoint: &dyn Fn(&str) -> Option<F32Buffer>,
         prepared: &mut BTreeMap<(String, WeightPrep), F32Buffer>,
-    ) -> Result<NativeEntry, String> {
+    ) -> Result<NativeEntry, WeightLoadError> {
         // Weight storage types (i8, bf16, f16) never cross the entry ABI until kernels
         // compute with them: refuse rather than hand out their bytes as f32.
         for sig in meta.inputs.iter().chain(&meta.buffers) {
             if !matches!(sig.ty.dtype, DType::F32 | DType::I64) {
-                return Err(format!(
-                    "value {} is {}: compiled entry points take and produce only f32 and i64",
-                    sig.name, sig.ty
-                ));
+                return Err(WeightLoadError::DType {
+                    entry: meta.name.clone(),
+                    value: sig.name.clone(),
+                    ty: sig.ty.to_string(),
+                });
             }
         }
         let mut weights = vec![];
         for (key, prep) in &meta.weights {
             let k = (key.clone(), *prep);
             if !prepared.contains_key(&k) {
-                let raw = WeightSource::parse(key)
+                let source = WeightSource::parse(key);
+                let raw = source
                     .resolve(checkpoint)
-                    .ok_or_else(|| format!("weight {key} not loaded"))?;
-                let data = prep.apply(&raw).map_err(|e| format!("weight {key}: {e}"))?;
+                    .ok_or_else(|| WeightLoadError::Missing {
+                        entry: meta.name.clone(),
+                        key: source
+                            .keys()
+                            .into_iter()
+                            .find(|k| checkpoint(k).is_none())
+                            .unwrap_or(key)
+                            .to_string(),
+                    })?;
+                let data = prep
+                    .apply(&raw)
+                    .map_err(|source| WeightLoadError::Prepare {
+                        entry: meta.name.clone(),
+                        key: key.clone(),
+                        source,
+                    })?;
                 prepared.insert(k.clone(), data);
             }
             weights.push(prepared[&k].clone());
@@ -324,7 +362,7 @@ impl NativeEntry {
                 .find(|(n, _)| *n == sig.name)
                 .expect("bound")
                 .1;
-            values.push(match &t.data {
+            values.push(match t.data() {
                 TensorData::F32(v) => v.as_ptr() as *mut u8,
                 TensorData::I64(v) => v.as_ptr() as *mut u8,
             });
@@ -358,9 +396,19 @@ impl NativeEntry {
             },
             rt: runtime_fns(),
         };
+        // Nothing stale may be blamed on this call.
+        let _ = crate::threads::take_panic();
         // SAFETY: the table holds a live pointer of the right size for every slot the entry
-        // reads or writes, as its metadata promises.
+        // reads or writes: inputs have the shapes `bind` checked against the signature (a
+        // `Tensor`'s data always holds its shape's element count), weights were prepared for
+        // this entry's metadata, and the arena covers the plan for these dims.
         let code = unsafe { (self.func)(&ctx) };
+        if let Some(message) = crate::threads::take_panic() {
+            return Err(EngineError::Panic {
+                entry: self.meta.name.clone(),
+                message,
+            });
+        }
         if code != 0 {
             let msg = self
                 .meta
@@ -467,4 +515,72 @@ pub fn bind(meta: &EntryMeta, given: &[(&str, &Tensor)]) -> Result<Dims, EngineE
         .map(|s| (s.name.as_str(), &s.ty))
         .collect();
     crate::shape::bind(&meta.name, &sigs, given).map_err(|e| EngineError::Input(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static FAIL: AtomicBool = AtomicBool::new(false);
+
+    /// Stands in for generated code whose kernel calls a runtime service that panics.
+    unsafe extern "C" fn entry(_: *const EntryCtx) -> i64 {
+        crate::threads::catch_for_generated_code(|| {
+            if FAIL.load(Ordering::Relaxed) {
+                panic!("index 9 out of range");
+            }
+        });
+        0
+    }
+
+    fn meta(weights: &[&str]) -> EntryMeta {
+        EntryMeta {
+            name: "encode".into(),
+            symbol: "cranformer_entry_encode".into(),
+            inputs: vec![],
+            weights: weights
+                .iter()
+                .map(|k| (k.to_string(), WeightPrep::AsIs))
+                .collect(),
+            buffers: vec![],
+            outputs: vec![],
+            errors: vec![],
+            needs_tokens: false,
+            live: vec![],
+        }
+    }
+
+    #[test]
+    fn a_missing_weight_names_the_tensor() {
+        let have = |k: &str| (k == "a.weight").then(|| F32Buffer::from_vec(vec![1.0]));
+        let concat = WeightSource::concat_key(&["a.weight", "b.weight"]);
+        for key in ["b.weight", concat.as_str()] {
+            // SAFETY: the entry is never run.
+            let err = unsafe { NativeEntry::new(meta(&[key]), entry, &have, &mut BTreeMap::new()) }
+                .err()
+                .expect("a missing weight is an error");
+            assert_eq!(
+                err.to_string(),
+                "entry point encode reads tensor \"b.weight\", which is not among the loaded weights"
+            );
+        }
+    }
+
+    #[test]
+    fn a_panic_under_an_entry_becomes_an_error_and_the_entry_runs_again() {
+        let meta = meta(&[]);
+        // SAFETY: `entry` touches no slot, as the empty metadata says.
+        let mut e =
+            unsafe { NativeEntry::new(meta, entry, &|_| None, &mut BTreeMap::new()) }.unwrap();
+        FAIL.store(true, Ordering::Relaxed);
+        let err = e.run(&[]).unwrap_err();
+        assert!(matches!(err, EngineError::Panic { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "entry point encode failed: the runtime panicked: index 9 out of range (a cranformer bug)"
+        );
+        FAIL.store(false, Ordering::Relaxed);
+        assert!(e.run(&[]).unwrap().is_empty());
+    }
 }

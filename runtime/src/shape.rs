@@ -191,7 +191,7 @@ pub fn bind(
                 format!("missing; entry point {entry} needs {ty}"),
             ));
         };
-        let shape = t.shape.as_slice();
+        let shape = t.shape();
         if t.dtype() != ty.dtype {
             return Err(err(
                 name,

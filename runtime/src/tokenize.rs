@@ -19,7 +19,9 @@ use tokenizers::utils::truncation::{TruncationDirection, TruncationParams, Trunc
 use tokenizers::{AddedToken, EncodeInput};
 
 /// The tokenizer family, which decides how a model directory without tokenizer.json is read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Serialised as "bert", "gpt2" or "t5" (a compiled executable's program description).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TokenizerKind {
     Bert,
     Gpt2,

@@ -12,8 +12,11 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The same cap as the safetensors crate: a header longer than this is a corrupt length field.
-const MAX_HEADER_LEN: usize = 100_000_000;
+use safetensors::tensor::{Dtype, SafeTensorError, TensorInfo as HeaderEntry};
+use safetensors::SafeTensors;
+
+/// The safetensors crate's cap on the header length (it refuses longer headers).
+const MAX_HEADER_LEN: u64 = 100_000_000;
 
 /// Element type of a stored tensor. Only `F32`, `F16` and `BF16` can be read; anything else
 /// is kept as `Other` so that checkpoints carrying integer buffers still open.
@@ -26,29 +29,13 @@ pub enum DType {
     Other(String),
 }
 
-impl DType {
-    fn parse(name: &str) -> DType {
-        match name {
-            "F32" => DType::F32,
-            "F16" => DType::F16,
-            "BF16" => DType::BF16,
+impl From<Dtype> for DType {
+    fn from(dtype: Dtype) -> DType {
+        match dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
             other => DType::Other(other.to_string()),
-        }
-    }
-
-    /// Bytes per element, when the format defines a whole number of them.
-    fn size(&self) -> Option<usize> {
-        match self {
-            DType::F32 => Some(4),
-            DType::F16 | DType::BF16 => Some(2),
-            DType::Other(name) => match name.as_str() {
-                "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => Some(1),
-                "I16" | "U16" => Some(2),
-                "I32" | "U32" => Some(4),
-                "I64" | "U64" | "F64" => Some(8),
-                // Sub-byte formats (F4, F6...) and future names: only the bounds are checked.
-                _ => None,
-            },
         }
     }
 }
@@ -445,67 +432,34 @@ impl Weights {
         Some(keys.join(", "))
     }
 
-    /// Parses and validates the header of one file and indexes its tensors.
+    /// Validates the header of one file and indexes its tensors.
+    ///
+    /// The safetensors crate decides what is a valid file, so we accept exactly what the
+    /// reference loader accepts: a header within the file, tensors whose data ranges tile the
+    /// data section from its first byte to the file's last (no holes, no overlaps, which is
+    /// what stops polyglot files) and whose sizes match dtype and shape. We only add an
+    /// explanation of what is wrong ([`explain`]).
     fn add(&mut self, backing: Backing, path: &Path) -> Result<(), WeightsError> {
-        let malformed = |reason: String| WeightsError::Malformed {
-            path: path.to_path_buf(),
-            reason,
-        };
         let bytes = backing.bytes();
-        if bytes.len() < 8 {
-            return Err(malformed(format!(
-                "file is {} bytes, too short for the 8-byte header length (truncated file?)",
-                bytes.len()
-            )));
-        }
-        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        if header_len > (bytes.len() - 8) as u64 || header_len as usize > MAX_HEADER_LEN {
-            return Err(malformed(format!(
-                "header length {header_len} exceeds the file size {} (truncated file?)",
-                bytes.len()
-            )));
-        }
-        let data_start = 8 + header_len as usize;
-        let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&bytes[8..data_start])
-                .map_err(|e| malformed(format!("header is not a JSON object: {e}")))?;
+        let (header_len, header) =
+            SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::Malformed {
+                path: path.to_path_buf(),
+                reason: explain(bytes, &e),
+            })?;
+        let data_start = 8 + header_len;
         let file_index = self.files.len();
-        for (key, value) in header {
-            if key == "__metadata__" {
-                continue;
-            }
-            let (dtype, shape, begin, end) = parse_tensor_header(&value)
-                .map_err(|r| malformed(format!("tensor \"{key}\": {r}")))?;
-            let data_len = bytes.len() - data_start;
-            if end > data_len {
-                return Err(malformed(format!(
-                    "tensor \"{key}\": data_offsets [{begin}, {end}] outside the {data_len} data \
-                     bytes (truncated file?)"
-                )));
-            }
-            let (start, end) = (data_start + begin, data_start + end);
-            if let Some(size) = dtype.size() {
-                let expected = shape
-                    .iter()
-                    .try_fold(size, |acc, &d| acc.checked_mul(d))
-                    .unwrap_or(usize::MAX);
-                if end - start != expected {
-                    return Err(malformed(format!(
-                        "tensor \"{key}\": {} data bytes, but dtype {dtype} and shape {shape:?} \
-                         need {expected}",
-                        end - start
-                    )));
-                }
-            }
+        for key in header.offset_keys() {
+            let entry = header.info(&key).expect("a key of this header");
             if let Some(other) = self.entries.get(&key) {
-                return Err(malformed(format!(
-                    "tensor \"{key}\" is also in {}",
-                    other.info.file.display()
-                )));
+                return Err(WeightsError::Malformed {
+                    path: path.to_path_buf(),
+                    reason: format!("tensor \"{key}\" is also in {}", other.info.file.display()),
+                });
             }
+            let (begin, end) = entry.data_offsets;
             let info = TensorInfo {
-                dtype,
-                shape,
+                dtype: entry.dtype.into(),
+                shape: entry.shape.clone(),
                 file: path.to_path_buf(),
             };
             self.entries.insert(
@@ -513,8 +467,8 @@ impl Weights {
                 Entry {
                     info,
                     file: file_index,
-                    start,
-                    end,
+                    start: data_start + begin,
+                    end: data_start + end,
                 },
             );
         }
@@ -523,39 +477,129 @@ impl Weights {
     }
 }
 
-/// One header entry: `{"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}`.
-fn parse_tensor_header(
-    value: &serde_json::Value,
-) -> Result<(DType, Vec<usize>, usize, usize), String> {
-    let dtype = value
-        .get("dtype")
-        .and_then(|d| d.as_str())
-        .ok_or("missing \"dtype\" string")?;
-    let dims = |field: &str| -> Result<Vec<usize>, String> {
-        value
-            .get(field)
-            .and_then(|s| s.as_array())
-            .ok_or(format!("missing \"{field}\" array"))?
-            .iter()
-            .map(|d| {
-                d.as_u64()
-                    .and_then(|d| usize::try_from(d).ok())
-                    .ok_or(format!("\"{field}\" holds {d}, not a size"))
+/// What is wrong with a file the safetensors crate refused, in terms of its tensors: the
+/// crate's own messages do not say which tensor or which bytes. Only explains: whether a file
+/// is valid is the crate's decision alone.
+fn explain(bytes: &[u8], err: &SafeTensorError) -> String {
+    let file_len = bytes.len();
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let header = header_len.and_then(|n| {
+        let end = usize::try_from(n).ok()?.checked_add(8)?;
+        bytes.get(8..end)
+    });
+    let detail = match (err, header_len, header) {
+        (SafeTensorError::HeaderTooSmall, ..) => Some(format!(
+            "file is {file_len} bytes, too short for the 8-byte header length (truncated file?)"
+        )),
+        (SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength, Some(n), _) => {
+            Some(if n > (file_len - 8) as u64 {
+                format!("header length {n} exceeds the file size {file_len} (truncated file?)")
+            } else {
+                format!("header length {n} is over the format's limit of {MAX_HEADER_LEN} bytes")
             })
-            .collect()
+        }
+        (SafeTensorError::InvalidHeader(e), ..) => Some(format!("header is not UTF-8 text: {e}")),
+        (_, _, Some(header)) => explain_header(header, file_len - 8 - header.len()),
+        _ => None,
     };
-    let shape = dims("shape")?;
-    let offsets = dims("data_offsets")?;
-    let [begin, end] = offsets[..] else {
-        return Err(format!(
-            "\"data_offsets\" has {} entries, expected 2",
-            offsets.len()
-        ));
+    detail.unwrap_or_else(|| err.to_string())
+}
+
+/// The first problem in a header's JSON or in the layout it describes, checked in the order
+/// the safetensors crate checks: entries sorted by offsets must each start where the previous
+/// one ended, and hold exactly dtype size × elements bytes; the last must end the file.
+fn explain_header(header: &[u8], data_len: usize) -> Option<String> {
+    let map: serde_json::Map<String, serde_json::Value> = match serde_json::from_slice(header) {
+        Ok(map) => map,
+        Err(e) => return Some(format!("header is not a JSON object: {e}")),
     };
-    if begin > end {
-        return Err(format!("\"data_offsets\" [{begin}, {end}] run backwards"));
+    let mut tensors: Vec<(String, HeaderEntry)> = Vec::new();
+    for (key, value) in map {
+        if key == "__metadata__" {
+            if let Err(e) =
+                serde_json::from_value::<Option<std::collections::HashMap<String, String>>>(value)
+            {
+                return Some(format!("\"__metadata__\" is not a map of strings: {e}"));
+            }
+            continue;
+        }
+        match serde_json::from_value::<HeaderEntry>(value) {
+            Ok(entry) => tensors.push((key, entry)),
+            Err(e) => return Some(format!("tensor \"{key}\": {e}")),
+        }
     }
-    Ok((DType::parse(dtype), shape, begin, end))
+    tensors.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
+    let mut at = 0;
+    let mut previous: Option<&(String, HeaderEntry)> = None;
+    for t in &tensors {
+        let (key, entry) = t;
+        let (begin, end) = entry.data_offsets;
+        if end < begin {
+            return Some(format!(
+                "tensor \"{key}\": data_offsets [{begin}, {end}] run backwards"
+            ));
+        }
+        if begin < at {
+            let (other, o) = previous.expect("only a tensor after another can start early");
+            let (ob, oe) = o.data_offsets;
+            return Some(format!(
+                "tensor \"{key}\" (data bytes {begin}..{end}) overlaps tensor \"{other}\" \
+                 (data bytes {ob}..{oe}): the format forbids tensors sharing bytes"
+            ));
+        }
+        if begin > at {
+            let after = previous.map_or("the start of the data".to_string(), |(k, _)| {
+                format!("tensor \"{k}\"")
+            });
+            return Some(format!(
+                "data bytes {at}..{begin}, between {after} and tensor \"{key}\", belong to no \
+                 tensor: the format forbids holes"
+            ));
+        }
+        let bits = entry
+            .shape
+            .iter()
+            .try_fold(entry.dtype.bitsize(), |acc, &d| acc.checked_mul(d));
+        let Some(bits) = bits else {
+            return Some(format!(
+                "tensor \"{key}\": shape {:?} of {} overflows the address space",
+                entry.shape, entry.dtype
+            ));
+        };
+        if bits % 8 != 0 {
+            return Some(format!(
+                "tensor \"{key}\": shape {:?} of {} does not fill whole bytes",
+                entry.shape, entry.dtype
+            ));
+        }
+        if end - begin != bits / 8 {
+            return Some(format!(
+                "tensor \"{key}\": {} data bytes, but dtype {} and shape {:?} need {}",
+                end - begin,
+                entry.dtype,
+                entry.shape,
+                bits / 8
+            ));
+        }
+        at = end;
+        previous = Some(t);
+    }
+    if at > data_len {
+        return Some(format!(
+            "the tensors need {at} data bytes, but the file has {data_len} after the header \
+             (truncated file?)"
+        ));
+    }
+    if at < data_len {
+        return Some(format!(
+            "{} bytes after the last tensor's data belong to no tensor (the tensors end at data \
+             byte {at} of {data_len}): the format forbids trailing bytes",
+            data_len - at
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -796,6 +840,126 @@ mod tests {
         let err = Weights::open_files(&[path]).unwrap_err().to_string();
         assert!(
             err.contains("huge.safetensors") && err.contains("header length"),
+            "{err}"
+        );
+    }
+
+    /// A file with a hand-written header over `data_len` zero bytes; the header is padded
+    /// to 8 bytes as the reference writer does.
+    fn raw_file(header: serde_json::Value, data_len: usize) -> Vec<u8> {
+        let mut json = serde_json::to_vec(&header).unwrap();
+        while !json.len().is_multiple_of(8) {
+            json.push(b' ');
+        }
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend(json);
+        out.resize(out.len() + data_len, 0);
+        out
+    }
+
+    fn open_raw(name: &str, header: serde_json::Value, data_len: usize) -> String {
+        let dir = temp_dir(name);
+        let path = write(&dir, "model.safetensors", &raw_file(header, data_len));
+        let err = Weights::open_files(&[path]).unwrap_err();
+        assert!(matches!(err, WeightsError::Malformed { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("model.safetensors: not a valid safetensors file"),
+            "{text}"
+        );
+        text
+    }
+
+    fn f32_entry(shape: &[usize], begin: usize, end: usize) -> serde_json::Value {
+        serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [begin, end]})
+    }
+
+    #[test]
+    fn overlapping_tensors_are_refused() {
+        // "b" aliases the bytes of "a": a polyglot file the format forbids.
+        let header = serde_json::json!({"a": f32_entry(&[2], 0, 8), "b": f32_entry(&[2], 0, 8)});
+        let err = open_raw("alias", header, 8);
+        assert!(
+            err.contains("overlaps tensor") && err.contains("data bytes 0..8"),
+            "{err}"
+        );
+        assert!(err.contains("forbids tensors sharing bytes"), "{err}");
+
+        // A partial overlap, with sizes that each agree with their shapes.
+        let header = serde_json::json!({"a": f32_entry(&[3], 0, 12), "b": f32_entry(&[2], 8, 16)});
+        let err = open_raw("partial", header, 16);
+        assert!(
+            err.contains(
+                "tensor \"b\" (data bytes 8..16) overlaps tensor \"a\" (data bytes 0..12)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn holes_and_trailing_bytes_are_refused() {
+        let header = serde_json::json!({"a": f32_entry(&[1], 0, 4), "b": f32_entry(&[1], 8, 12)});
+        let err = open_raw("hole", header, 12);
+        assert!(
+            err.contains(
+                "data bytes 4..8, between tensor \"a\" and tensor \"b\", belong to no tensor"
+            ),
+            "{err}"
+        );
+        let header = serde_json::json!({"a": f32_entry(&[1], 4, 8)});
+        let err = open_raw("lead", header, 8);
+        assert!(
+            err.contains("data bytes 0..4, between the start of the data and tensor \"a\""),
+            "{err}"
+        );
+        let header = serde_json::json!({"a": f32_entry(&[1], 0, 4)});
+        let err = open_raw("trailing", header, 12);
+        assert!(
+            err.contains("8 bytes after the last tensor's data belong to no tensor"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_entries_name_the_tensor() {
+        let header =
+            serde_json::json!({"a": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}});
+        let err = open_raw("dtype", header, 4);
+        assert!(err.contains("tensor \"a\": unknown variant `F33`"), "{err}");
+        let header = serde_json::json!({"a": f32_entry(&[1], 4, 0)});
+        let err = open_raw("backwards", header, 4);
+        assert!(
+            err.contains("tensor \"a\": data_offsets [4, 0] run backwards"),
+            "{err}"
+        );
+        let header =
+            serde_json::json!({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}});
+        let err = open_raw("negative", header, 4);
+        assert!(err.contains("tensor \"a\": invalid value"), "{err}");
+        let header = serde_json::json!({"a": f32_entry(&[usize::MAX, 2], 0, 4)});
+        let err = open_raw("overflow", header, 4);
+        assert!(err.contains("overflows"), "{err}");
+        let header = serde_json::json!({"__metadata__": {"format": 1}, "a": f32_entry(&[1], 0, 4)});
+        let err = open_raw("metadata", header, 4);
+        assert!(
+            err.contains("\"__metadata__\" is not a map of strings"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn header_length_past_the_end_is_refused() {
+        let mut file = raw_file(serde_json::json!({"a": f32_entry(&[1], 0, 4)}), 4);
+        let len = file.len() as u64;
+        file[..8].copy_from_slice(&(len - 7).to_le_bytes());
+        let dir = temp_dir("past-end");
+        let path = write(&dir, "model.safetensors", &file);
+        let err = Weights::open_files(&[path]).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "header length {} exceeds the file size {len}",
+                len - 7
+            )),
             "{err}"
         );
     }

@@ -41,12 +41,12 @@ impl Pair {
         );
         for (name, w) in &want {
             let g = &got[name];
-            assert_eq!(w.shape, g.shape, "{entry}.{name}: shape");
-            match (&w.data, &g.data) {
+            assert_eq!(w.shape(), g.shape(), "{entry}.{name}: shape");
+            match (w.data(), g.data()) {
                 (TensorData::F32(wv), TensorData::F32(gv)) => super::check_close(
                     &format!("jit vs interp {entry}.{name}"),
                     wv,
-                    &w.shape,
+                    w.shape(),
                     gv,
                     abs,
                     rel,
@@ -69,7 +69,7 @@ pub fn args(v: &[(String, Tensor)]) -> Vec<(&str, &Tensor)> {
 
 /// Row `b`, position `t` of a `[B, T, V]` tensor.
 pub fn row(t: &Tensor, b: usize, pos: usize) -> Vec<f32> {
-    let (tt, v) = (t.shape[1], t.shape[2]);
+    let (tt, v) = (t.shape()[1], t.shape()[2]);
     t.as_f32().unwrap()[(b * tt + pos) * v..][..v].to_vec()
 }
 

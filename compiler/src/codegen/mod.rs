@@ -61,6 +61,9 @@ pub enum CodegenError {
     /// The pass pipeline failed before lowering (see [`crate::passes::PassError`]).
     #[error(transparent)]
     Pass(#[from] crate::passes::PassError),
+    /// An entry point reads a weight the model did not load (names the tensor).
+    #[error(transparent)]
+    Weight(#[from] cranformer_runtime::native::WeightLoadError),
 }
 
 impl From<ModuleError> for CodegenError {

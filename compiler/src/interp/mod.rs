@@ -124,7 +124,7 @@ impl Interpreter {
                     .find(|(k, _)| k == name)
                     .expect("bound above")
                     .1;
-                match &t.data {
+                match t.data() {
                     TensorData::F32(v) => Value::F32(v.clone()),
                     TensorData::I64(v) => Value::I64(v.clone()),
                 }

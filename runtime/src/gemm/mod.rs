@@ -247,7 +247,12 @@ pub struct GemmCall {
     pub threads: u32,
 }
 
+// SAFETY: a GemmCall is plain data; its pointers are only dereferenced inside `sgemm`/
+// `cranformer_gemm`, whose callers guarantee them valid for the call. The threads of one call
+// read A, B, bias and residual, which nobody writes during the call, and write disjoint column
+// ranges of C (one range of panels per task), so sharing the call between them is race-free.
 unsafe impl Send for GemmCall {}
+// SAFETY: as for Send.
 unsafe impl Sync for GemmCall {}
 
 impl GemmCall {
@@ -324,13 +329,17 @@ pub type Sgemm = GemmCall;
 /// thread count (see [`GemmCall::resolved`]; `isa` and `blocking` override the call's).
 ///
 /// # Safety
-/// The pointers must be valid for the sizes given; B must be packed with [`PACK_NR`].
+/// The pointers must be valid for the sizes given; B must be packed with [`PACK_NR`]; the
+/// CPU must have `isa` (at or below [`detected`]: [`Isa::from_code`] only returns such).
 pub unsafe fn sgemm(g: &GemmCall, isa: Isa, blocking: Blocking) {
     let (_, _, tasks) = g.resolved();
     run(g, isa, blocking, tasks)
 }
 
 /// Runs `g` with everything resolved.
+///
+/// # Safety
+/// As [`sgemm`]. Each task writes only its own panels' columns of C.
 unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
     if g.m == 0 || g.n == 0 {
         return;
@@ -434,6 +443,10 @@ impl Packed {
     }
 
     /// Packs rows `s*mr..` (up to `mr`), columns `pc..pc+kc` of A.
+    ///
+    /// # Safety
+    /// A valid for `g`'s sizes, the buffer sized by `run` for them, `pc` a K block's start
+    /// and `s` a sliver of M; no other task packs the same sliver of the same block.
     unsafe fn pack(&self, g: &GemmCall, pc: usize, s: usize) {
         let kc = self.kc.min(g.k - pc);
         let rows = self.mr.min(g.m - s * self.mr);
@@ -454,15 +467,22 @@ impl Packed {
 /// As [`sgemm`]; `call` points at a valid [`GemmCall`].
 #[no_mangle]
 pub unsafe extern "C" fn cranformer_gemm(call: *const GemmCall) {
-    let g = &*call;
-    let (isa, bl, tasks) = g.resolved();
-    if profile::enabled() {
-        let t = std::time::Instant::now();
-        run(g, isa, bl, tasks);
-        profile::record(g, isa, bl, tasks, t.elapsed());
-    } else {
-        run(g, isa, bl, tasks);
-    }
+    // SAFETY: the caller passes a valid call (see above).
+    let g = unsafe { &*call };
+    // Generated code cannot unwind: a panic is recorded for the host instead.
+    threads::catch_for_generated_code(|| {
+        let (isa, bl, tasks) = g.resolved();
+        // SAFETY: the caller promised pointers valid for the call's sizes.
+        unsafe {
+            if profile::enabled() {
+                let t = std::time::Instant::now();
+                run(g, isa, bl, tasks);
+                profile::record(g, isa, bl, tasks, t.elapsed());
+            } else {
+                run(g, isa, bl, tasks);
+            }
+        }
+    });
 }
 
 thread_local! {
@@ -470,6 +490,9 @@ thread_local! {
 }
 
 /// Column panels `p0..p1` of C, from A packed by [`Packed::pack`].
+///
+/// # Safety
+/// As [`sgemm`], `p0..p1` within the panels of N, and all of A packed into `packed`.
 unsafe fn block(
     g: &GemmCall,
     isa: Isa,
@@ -543,6 +566,10 @@ unsafe fn block(
 
 /// Runs whole panels `p0..` of a one-row product in groups through the GEMV kernels, as far
 /// as whole groups of full panels go; returns the first panel left to the tile path.
+///
+/// # Safety
+/// As [`sgemm`] with `g.m == 1`; `a` is A's packed row for the K block `pc..pc+kc`, and
+/// `p0..p1` within the panels of N.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemv_panels(
     g: &GemmCall,
@@ -609,6 +636,9 @@ pub(crate) struct Tile {
     pub bias_cols_valid: usize,
 }
 
+/// # Safety
+/// The tile's pointers valid for its rows, columns and K (see [`Tile`]); `isa` one the CPU
+/// has (callers pass [`Isa::from_code`]'s choice, which falls back to what was detected).
 unsafe fn micro(isa: Isa, t: &Tile) {
     match isa {
         #[cfg(target_arch = "x86_64")]

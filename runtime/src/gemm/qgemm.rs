@@ -343,7 +343,11 @@ pub struct QGemmCall {
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<QGemmCall>() == 120);
 
+// SAFETY: as for `GemmCall`: plain data whose pointers are dereferenced only inside `qgemm`/
+// `cranformer_qgemm`, whose callers guarantee them valid for the call; the threads of one
+// call read A, B, the side tables, bias and residual and write disjoint column ranges of C.
 unsafe impl Send for QGemmCall {}
+// SAFETY: as for Send.
 unsafe impl Sync for QGemmCall {}
 
 impl WeightFormat {
@@ -506,12 +510,17 @@ pub unsafe fn qgemm(g: &QGemmCall, kernel: &QKernel, blocking: Blocking) {
 /// As [`qgemm`]; `call` points at a valid [`QGemmCall`].
 #[no_mangle]
 pub unsafe extern "C" fn cranformer_qgemm(call: *const QGemmCall) {
-    let g = &*call;
+    // SAFETY: the caller passes a valid call.
+    let g = unsafe { &*call };
     if g.format == WeightFormat::F32.code() {
         return;
     }
-    let (kernel, bl, tasks) = g.resolved();
-    run(g, kernel, bl, tasks)
+    // Generated code cannot unwind: a panic is recorded for the host instead.
+    crate::threads::catch_for_generated_code(|| {
+        let (kernel, bl, tasks) = g.resolved();
+        // SAFETY: the caller promised pointers valid for the call's sizes.
+        unsafe { run(g, kernel, bl, tasks) }
+    });
 }
 
 unsafe fn run(g: &QGemmCall, kernel: &QKernel, bl: Blocking, tasks: usize) {

@@ -103,6 +103,7 @@ impl Case {
             c.as_mut_ptr(),
             self.n,
         );
+        // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
         unsafe { qgemm(&g, kern, bl) };
         c
     }
@@ -131,6 +132,7 @@ impl Case {
     fn int8_reference(&self, w: &PackedWeight) -> Vec<f32> {
         let (m, n, k) = (self.m, self.n, self.k);
         let mut qa = QuantRows::new();
+        // SAFETY: `a` holds m rows of k floats, as the call says.
         unsafe { qa.quantize(self.a.as_ptr(), k, m, k, false, 256) };
         let qw = w.quantized();
         let mut out = Vec::with_capacity(m * n);
@@ -246,6 +248,7 @@ fn applies_every_epilogue(name: &str) {
                 } else {
                     std::ptr::null()
                 };
+                // SAFETY: the tile and the residual are live and sized m x n with stride n.
                 unsafe { epilogue::apply(act, want.as_mut_ptr(), case.n, case.m, case.n, rp) };
                 let mut got = vec![f32::NAN; case.m * case.n];
                 let bias = case.bias.as_ref().unwrap();
@@ -260,6 +263,7 @@ fn applies_every_epilogue(name: &str) {
                 );
                 g.act = code;
                 g.residual = rp;
+                // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
                 unsafe { qgemm(&g, kern, bl) };
                 for (i, (x, y)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(
@@ -298,6 +302,7 @@ fn thread_count_does_not_change_results(name: &str) {
             case.n,
         );
         g.threads = threads;
+        // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
         unsafe { qgemm(&g, kern, kern.blocking()) };
         c
     };
@@ -399,6 +404,7 @@ fn int8_error_is_within_quantization_steps() {
         let got = case.run(kern, &w, kern.blocking());
         let want = case.reference(&case.w_kn());
         let mut qa = QuantRows::new();
+        // SAFETY: `a` holds m rows of k floats, as the call says.
         unsafe { qa.quantize(case.a.as_ptr(), case.k, case.m, case.k, false, 256) };
         let wkn = case.w_kn();
         for (i, &y) in got.iter().enumerate() {
@@ -467,6 +473,7 @@ fn isa_codes_pick_kernels_of_that_family() {
             );
             g.isa = isa.code();
             assert_eq!(g.resolved().0.isa, Isa::from_code(isa.code()).max(kern.isa));
+            // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
             unsafe { cranformer_qgemm(&g) };
             assert!(c.iter().all(|y| y.is_finite()), "{format:?} {isa:?}");
             if format == WeightFormat::I8 {
@@ -525,6 +532,7 @@ fn word_form_runs_like_the_packed_weight() {
         let want = case.run(kern, &w, kern.blocking());
         let mut got = vec![f32::NAN; case.m * case.n];
         let bias = case.bias.as_ref().unwrap();
+        // SAFETY: the packed weight and the buffers outlive the call made from them.
         let g = unsafe {
             QGemmCall::from_words(
                 case.m,
@@ -537,6 +545,7 @@ fn word_form_runs_like_the_packed_weight() {
                 case.n,
             )
         };
+        // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
         unsafe { qgemm(&g, kern, kern.blocking()) };
         assert_eq!(got, want, "{format:?}");
     }

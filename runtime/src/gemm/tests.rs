@@ -89,6 +89,7 @@ fn matches_reference_on_odd_shapes() {
                             c.as_mut_ptr(),
                             n,
                         );
+                        // SAFETY: a, packed B, bias and c are live and sized for m, n, k; the CPU has isa.
                         unsafe { sgemm(&g, isa, bl) };
                         for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                             assert!(
@@ -164,6 +165,7 @@ fn thread_count_does_not_change_results() {
         );
         // Forced: the cost model might keep so small a product on one thread.
         g.threads = threads as u32;
+        // SAFETY: a, packed B and c are live and sized for m, n, k; isa was detected.
         unsafe { sgemm(&g, isa, Blocking::default_for(isa)) };
         // And as generated code calls it, every tiling field resolved by the runtime.
         let mut auto = vec![0f32; m * n];
@@ -172,6 +174,7 @@ fn thread_count_does_not_change_results() {
             ..g
         };
         let g = GemmCall { threads: 0, ..g };
+        // SAFETY: as above, with `auto` for C.
         unsafe { cranformer_gemm(&g) };
         (c, auto)
     };
@@ -247,6 +250,7 @@ fn activations_are_accurate_against_f64() {
         // A dense sweep over [-12, 12] through the vectorised path (one row of C).
         let xs: Vec<f32> = (0..=240_000).map(|i| -12.0 + i as f32 * 1e-4).collect();
         let mut ys = xs.clone();
+        // SAFETY: one row of ys.len() floats, no residual.
         unsafe { epilogue::apply(a, ys.as_mut_ptr(), ys.len(), 1, ys.len(), std::ptr::null()) };
         let mut worst = (0.0f64, 0.0f32, 0.0f32, 0.0f64);
         for (&x, &y) in xs.iter().zip(&ys) {
@@ -300,6 +304,7 @@ fn epilogue_applies_act_then_residual_on_every_isa_and_blocking() {
                 g.isa = isa.code();
                 g.kc = kc;
                 g.mc = mc;
+                // SAFETY: every pointer of the call is live and sized for m, n, k.
                 unsafe { cranformer_gemm(&g) };
                 for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                     assert!(

@@ -29,7 +29,7 @@ pub fn run(s: &mut Session, a: &FillMaskArgs, out: &mut dyn Write) -> Result<()>
     let logits = o
         .get("mlm_logits")
         .context("encode returned no mlm_logits")?;
-    let v = logits.shape[2];
+    let v = logits.shape()[2];
     let all = logits.as_f32().unwrap_or(&[]);
     let mut masks = vec![];
     for &pos in &positions {

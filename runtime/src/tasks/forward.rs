@@ -1,5 +1,6 @@
 //! `forward`: token ids from a JSON file in, the model's output tensors out as safetensors.
 
+use super::decode::{named, step_inputs};
 use super::Session;
 use crate::cli::ForwardArgs;
 use crate::kv_cache::KvCache;
@@ -135,14 +136,8 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
         } => {
             check_ids(&ids, s.info.vocab_size(), "input_ids", path)?;
             let cache = KvCache::new(layers, b, hidden_size);
-            let mut inputs: Vec<(String, &Tensor)> = vec![
-                ("input_ids".into(), &ids_t),
-                ("attention_mask".into(), &mask),
-            ];
-            inputs.extend(cache.inputs());
-            let named: Vec<(&str, &Tensor)> =
-                inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-            let mut o = s.engine.run("forward", &named)?;
+            let inputs = step_inputs(&ids_t, &mask, &cache, None);
+            let mut o = s.engine.run("forward", &named(&inputs))?;
             o.retain(|k, _| k == "logits" || k == "last_hidden_state");
             o
         }
@@ -176,15 +171,8 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
                     .engine
                     .run("cross_kv", &[("encoder_hidden_states", &hidden)])?;
                 let cache = KvCache::new(decoder_layers, b, kv_width);
-                let mut inputs: Vec<(String, &Tensor)> = vec![
-                    ("decoder_input_ids".into(), &dec_t),
-                    ("encoder_attention_mask".into(), &mask),
-                ];
-                inputs.extend(cache.inputs());
-                inputs.extend(cross.iter().map(|(k, v)| (k.clone(), v)));
-                let named: Vec<(&str, &Tensor)> =
-                    inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-                let mut o = s.engine.run("decode", &named)?;
+                let inputs = step_inputs(&dec_t, &mask, &cache, Some(&cross));
+                let mut o = s.engine.run("decode", &named(&inputs))?;
                 result.insert(
                     "logits".into(),
                     o.remove("logits").context("decode returned no logits")?,
@@ -209,7 +197,7 @@ pub fn write_safetensors(tensors: &Outputs, path: &Path) -> Result<()> {
             Ok((
                 k.clone(),
                 data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                t.shape.clone(),
+                t.shape().to_vec(),
             ))
         })
         .collect::<Result<_>>()?;

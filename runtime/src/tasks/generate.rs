@@ -1,12 +1,12 @@
 //! `generate`: GPT-2 continues the prompt; T5 reads the prompt with its encoder and decodes
 //! from `decoder_start_token_id`. Both run one `step` per token over a KV cache.
 
+use super::decode::Decoder;
 use super::Session;
 use crate::cli::GenerateArgs;
-use crate::kv_cache::KvCache;
 use crate::sampling::{pick, Rng, Sampling};
 use crate::{ModelInfo, Tensor};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::io::Write;
 
 fn sampling_of(a: &GenerateArgs) -> Result<Sampling> {
@@ -84,85 +84,26 @@ pub fn run(s: &mut Session, a: &GenerateArgs, out: &mut dyn Write) -> Result<()>
         }
     }
 
-    match s.info.clone() {
-        ModelInfo::Gpt2 {
-            layers,
-            hidden_size,
-            eos_token_id,
-            max_positions,
-            ..
-        } => {
-            let mut cache = KvCache::new(layers, 1, hidden_size);
-            let mut next = prompt_ids.clone();
-            while new_ids.len() < a.max_new_tokens {
-                let total = cache.len() + next.len();
-                if total > max_positions {
-                    eprintln!("note: stopped at the model's limit of {max_positions} positions");
-                    break;
-                }
-                let ids = Tensor::i64(vec![1, next.len()], next.clone());
-                let mask = Tensor::i64(vec![1, total], vec![1; total]);
-                let mut inputs: Vec<(String, &Tensor)> =
-                    vec![("input_ids".into(), &ids), ("attention_mask".into(), &mask)];
-                inputs.extend(cache.inputs());
-                let named: Vec<(&str, &Tensor)> =
-                    inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-                let mut o = s.engine.run("step", &named)?;
-                let logits = o.remove("logits").context("step returned no logits")?;
-                cache.update(&mut o)?;
-                let id = pick(logits.as_f32().unwrap_or(&[]), &sampling, &mut rng, allowed) as i64;
-                new_ids.push(id);
-                stream.show(&text_of(s, &new_ids)?, out)?;
-                if Some(id) == eos_token_id {
-                    break;
-                }
-                next = vec![id];
+    let info = s.info.clone();
+    let prompt_t = Tensor::i64(vec![1, prompt_ids.len()], prompt_ids.clone());
+    let mut decoder = Decoder::new(s.engine.as_mut(), &info, &prompt_t)?;
+    let mut next = decoder.first_tokens(&info, &prompt_t);
+    while new_ids.len() < a.max_new_tokens {
+        // GPT-2's learned positions end; T5's relative ones do not.
+        if let ModelInfo::Gpt2 { max_positions, .. } = info {
+            if decoder.cached() + next.shape()[1] > max_positions {
+                eprintln!("note: stopped at the model's limit of {max_positions} positions");
+                break;
             }
         }
-        ModelInfo::T5 {
-            decoder_layers,
-            kv_width,
-            decoder_start_token_id,
-            eos_token_id,
-            ..
-        } => {
-            let n = prompt_ids.len();
-            let ids = Tensor::i64(vec![1, n], prompt_ids.clone());
-            let mask = Tensor::i64(vec![1, n], vec![1; n]);
-            let enc = s
-                .engine
-                .run("encode", &[("input_ids", &ids), ("attention_mask", &mask)])?;
-            let hidden = enc
-                .get("encoder_last_hidden_state")
-                .context("encode returned no hidden states")?;
-            let cross = s
-                .engine
-                .run("cross_kv", &[("encoder_hidden_states", hidden)])?;
-            let mut cache = KvCache::new(decoder_layers, 1, kv_width);
-            let mut next = decoder_start_token_id;
-            while new_ids.len() < a.max_new_tokens {
-                let dec = Tensor::i64(vec![1, 1], vec![next]);
-                let mut inputs: Vec<(String, &Tensor)> = vec![
-                    ("decoder_input_ids".into(), &dec),
-                    ("encoder_attention_mask".into(), &mask),
-                ];
-                inputs.extend(cache.inputs());
-                inputs.extend(cross.iter().map(|(k, v)| (k.clone(), v)));
-                let named: Vec<(&str, &Tensor)> =
-                    inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-                let mut o = s.engine.run("step", &named)?;
-                let logits = o.remove("logits").context("step returned no logits")?;
-                cache.update(&mut o)?;
-                let id = pick(logits.as_f32().unwrap_or(&[]), &sampling, &mut rng, allowed) as i64;
-                new_ids.push(id);
-                stream.show(&text_of(s, &new_ids)?, out)?;
-                if Some(id) == eos_token_id {
-                    break;
-                }
-                next = id;
-            }
+        let logits = decoder.step(s.engine.as_mut(), &next)?;
+        let id = pick(logits.as_f32().unwrap_or(&[]), &sampling, &mut rng, allowed) as i64;
+        new_ids.push(id);
+        stream.show(&text_of(s, &new_ids)?, out)?;
+        if Some(id) == info.eos_token_id() {
+            break;
         }
-        ModelInfo::Bert { .. } => bail!("BERT models do not generate text"),
+        next = Tensor::i64(vec![1, 1], vec![id]);
     }
     let text = text_of(s, &new_ids)?;
     if a.json {

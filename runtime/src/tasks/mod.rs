@@ -2,13 +2,14 @@
 //! per line with `--json`).
 
 mod classify;
+pub mod decode;
 mod embed;
 mod fill_mask;
 mod forward;
 mod generate;
 mod rerank;
 
-use crate::cli::Task;
+use crate::cli::{Task, TokenizeArgs};
 use crate::tokenize::{Encoding, Tokenizer};
 use crate::{Engine, ModelInfo, Tensor};
 use anyhow::{bail, Context, Result};
@@ -40,6 +41,32 @@ pub struct Limit {
     pub says: String,
     /// Appended to the error message: what to do about it.
     pub hint: &'static str,
+}
+
+/// Runs `task` if it needs only the tokenizer (tokenize), so that callers skip loading
+/// weights and building an engine; returns whether it ran.
+pub fn run_without_weights(
+    task: &Task,
+    tokenizer: &Tokenizer,
+    out: &mut dyn Write,
+) -> Result<bool> {
+    match task {
+        Task::Tokenize(a) => tokenize(tokenizer, a, out).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+fn tokenize(tokenizer: &Tokenizer, a: &TokenizeArgs, out: &mut dyn Write) -> Result<()> {
+    let enc = tokenizer.encode(&a.text)?;
+    if a.json {
+        let v = serde_json::json!({"ids": enc.ids, "tokens": enc.tokens});
+        writeln!(out, "{v}")?;
+    } else {
+        for (id, tok) in enc.ids.iter().zip(&enc.tokens) {
+            writeln!(out, "{id:>8}  {tok}")?;
+        }
+    }
+    Ok(())
 }
 
 /// A model ready to run tasks: what it is, its tokenizer, and the engine that runs it.
@@ -84,17 +111,7 @@ impl Session {
             );
         }
         match task {
-            Task::Tokenize(a) => {
-                let enc = self.encode(&a.text)?;
-                if a.json {
-                    let v = serde_json::json!({"ids": enc.ids, "tokens": enc.tokens});
-                    writeln!(out, "{v}")?;
-                } else {
-                    for (id, tok) in enc.ids.iter().zip(&enc.tokens) {
-                        writeln!(out, "{id:>8}  {tok}")?;
-                    }
-                }
-            }
+            Task::Tokenize(a) => tokenize(&self.tokenizer, a, out)?,
             Task::Forward(a) => forward::run(self, a, out)?,
             Task::Embed(a) => embed::run(self, a, out)?,
             Task::FillMask(a) => fill_mask::run(self, a, out)?,
@@ -296,7 +313,7 @@ pub(crate) fn abbreviate(text: &str) -> String {
 
 /// Rows of a `[rows, width]` f32 tensor.
 pub(crate) fn rows(t: &Tensor) -> Vec<Vec<f32>> {
-    let width = *t.shape.last().unwrap_or(&0);
+    let width = *t.shape().last().unwrap_or(&0);
     t.as_f32()
         .unwrap_or(&[])
         .chunks(width.max(1))

@@ -1,0 +1,395 @@
+//! `cranformer bench`: engines side by side on one model, interleaved, in one process.
+//!
+//! Each engine is built once (build time reported apart), warmed up, then the timed runs go
+//! round-robin engine by engine, so that noise from the machine falls on all of them alike.
+//! FLOPs come from the graphs (`graph::cost`) for the exact calls a run makes, so GFLOP/s
+//! is the same work divided by each engine's time.
+//!
+//! Workloads (B `--batch`, T `--seq`, N `--prompt-tokens`, M `--new-tokens`; random ids):
+//! - forward, BERT: one `encode` of [B, T] tokens.
+//! - forward, GPT-2: one `forward` of [B, T] tokens (logits at every position, no cache).
+//! - forward, T5: `encode` of [B, T] tokens, `cross_kv`, then one `decode` of T decoder tokens.
+//! - generate, GPT-2: prefill = one `step` over the N prompt tokens; then M `step`s of one
+//!   token each, feeding back the greedy pick; `ms_per_new_token` = time of those M steps / M.
+//! - generate, T5: prefill = `encode` of N tokens and `cross_kv`; then M `step`s from the
+//!   decoder start token, as above. End-of-sequence picks do not stop a run: every run does
+//!   the same work.
+
+mod report;
+mod workload;
+
+use crate::presets;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use cranformer_compiler::aot::SharedObjectEngine;
+use cranformer_compiler::graph::{graph_cost, node_costs, Cost, Op};
+use cranformer_compiler::interp::Interpreter;
+use cranformer_compiler::jit::JitEngine;
+use cranformer_compiler::Model;
+use cranformer_runtime::cli::{Common, EngineKind};
+use cranformer_runtime::{Engine, ModelInfo};
+use report::{tiling_report, Report, Sample};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use workload::{random_ids, Trace, Work};
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Engines: --engine takes a comma-separated list (interp, jit, aot); \
+                        without it bench runs interp,jit. Timed runs go round-robin across \
+                        the engines after the warm-up."
+)]
+pub struct BenchArgs {
+    /// Model directory (or use --preset).
+    #[arg(required_unless_present = "preset")]
+    pub model_dir: Option<PathBuf>,
+    /// A standard size with random weights instead of a directory: bert-base, bert-large, gpt2,
+    /// gpt2-medium, gpt2-large, gpt2-xl, t5-small, t5-base.
+    #[arg(long, conflicts_with = "model_dir")]
+    pub preset: Option<String>,
+    /// Only with --preset: this many layers (in each T5 stack) instead of the standard count.
+    #[arg(long, requires = "preset", value_parser = at_least_one)]
+    pub layers: Option<usize>,
+    /// forward: one pass over --seq tokens; generate: prefill --prompt-tokens, then
+    /// --new-tokens single-token steps (GPT-2, T5).
+    #[arg(long, value_enum, default_value_t = Task::Forward)]
+    pub task: Task,
+    /// Tokens per sequence for --task forward (T5: encoder and decoder tokens each).
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+    pub seq: usize,
+    /// Sequences per call.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub batch: usize,
+    /// Prompt length for --task generate.
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
+    pub prompt_tokens: usize,
+    /// Decode steps for --task generate.
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
+    pub new_tokens: usize,
+    /// Timed runs per engine.
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    pub runs: usize,
+    /// Untimed runs per engine before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Seed of the random token ids (and of a preset's weights).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// One JSON object per line per engine: engine, task, median_ms, min_ms, runs, gflops
+    /// (and ms_per_new_token for generate), plus details.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the tiling report: per kernel FLOPs, bytes, bound, chosen tiling, predicted and
+    /// measured time (matmuls timed inside one extra JIT run), share of the roof.
+    #[arg(long)]
+    pub report: bool,
+    /// Draw the report's roofline into this SVG file (implies --report).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+}
+
+/// The engines `--engine` lists; without it bench compares the interpreter and the JIT
+/// (the tasks' default, jit alone, would compare nothing).
+fn engines(common: &Common) -> Vec<EngineKind> {
+    common
+        .engine
+        .as_ref()
+        .map_or(vec![EngineKind::Interp, EngineKind::Jit], |l| l.0.clone())
+}
+
+/// How long building an engine took.
+struct Build {
+    total: Duration,
+    /// Code generation, when the engine generates code.
+    compile: Option<Duration>,
+    /// Linking and loading a shared object (aot).
+    link: Option<Duration>,
+    /// Laying out weights for the kernels.
+    prepare: Option<Duration>,
+}
+
+fn build_engine(kind: EngineKind, model: Arc<Model>) -> Result<(Box<dyn Engine>, Build)> {
+    let start = Instant::now();
+    let mut link = None;
+    let (engine, compile, prepare): (Box<dyn Engine>, _, _) = match kind {
+        EngineKind::Interp => (Box::new(Interpreter::new(model)), None, None),
+        EngineKind::Jit => {
+            let e = JitEngine::new(model).context("JIT compilation failed")?;
+            let (c, p) = (e.compile_time(), e.prepare_time());
+            (Box::new(e), Some(c), Some(p))
+        }
+        EngineKind::Aot => {
+            let e = SharedObjectEngine::new(model)
+                .context("building the shared object for --engine aot failed")?;
+            let (c, l, p) = (e.compile_time(), e.link_time(), e.prepare_time());
+            link = Some(l);
+            (Box::new(e), Some(c), Some(p))
+        }
+    };
+    let build = Build {
+        total: start.elapsed(),
+        compile,
+        link,
+        prepare,
+    };
+    Ok((engine, build))
+}
+
+/// `--task`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Task {
+    Forward,
+    Generate,
+}
+
+impl Task {
+    fn name(self) -> &'static str {
+        match self {
+            Task::Forward => "forward",
+            Task::Generate => "generate",
+        }
+    }
+}
+
+pub fn run(args: &BenchArgs, common: &Common, out: &mut dyn Write) -> Result<()> {
+    run_engines(args, engines(common), common.verbose, out)
+}
+
+/// The tiling report of `cranformer compile --report`: one JIT run of the model's main
+/// entry on `seq` random tokens with every matmul timed, no comparison.
+pub fn compile_report(
+    model_dir: &std::path::Path,
+    seq: usize,
+    svg: Option<&std::path::Path>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+    let mut argv: Vec<std::ffi::OsString> =
+        vec!["bench".into(), model_dir.into(), "--report".into()];
+    for a in ["--runs", "1", "--warmup", "0", "--seq"] {
+        argv.push(a.into());
+    }
+    argv.push(seq.to_string().into());
+    if let Some(svg) = svg {
+        argv.push("--svg".into());
+        argv.push(svg.into());
+    }
+    let args = <Wrap as clap::Parser>::try_parse_from(argv)?.bench;
+    run_engines(&args, vec![EngineKind::Jit], false, out)
+}
+
+fn run_engines(
+    args: &BenchArgs,
+    engines: Vec<EngineKind>,
+    verbose: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let task = args.task;
+    // The runtime's matmuls use this many threads (main applied --threads); the
+    // interpreter always runs on one.
+    let threads = cranformer_runtime::threads::threads();
+
+    let load_start = Instant::now();
+    let (model, model_name) = match (&args.preset, &args.model_dir) {
+        (Some(p), _) => (presets::load(p, args.layers, args.seed)?, p.clone()),
+        (None, Some(dir)) => {
+            let name = dir
+                .file_name()
+                .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+            (Model::load(dir)?, name)
+        }
+        (None, None) => bail!("give a MODEL_DIR or --preset NAME"),
+    };
+    let load_time = load_start.elapsed();
+    let model = Arc::new(model);
+    let info = model.info.clone();
+
+    let max = info.max_positions();
+    let (positions, what) = match (task, &info) {
+        (Task::Forward, _) => (args.seq, "--seq"),
+        (Task::Generate, ModelInfo::Gpt2 { .. }) => (
+            args.prompt_tokens + args.new_tokens,
+            "--prompt-tokens + --new-tokens",
+        ),
+        (Task::Generate, _) => (
+            args.prompt_tokens.max(args.new_tokens),
+            "--prompt-tokens and --new-tokens",
+        ),
+    };
+    if positions > max {
+        bail!("{what} is {positions}, more than the model's {max} positions");
+    }
+    if task == Task::Generate && matches!(info, ModelInfo::Bert { .. }) {
+        bail!("BERT models do not generate: use --task forward");
+    }
+
+    let mut rng = presets::Rng::new(args.seed ^ 0x1d5);
+    let vocab = info.vocab_size();
+    let len = if task == Task::Forward {
+        args.seq
+    } else {
+        args.prompt_tokens
+    };
+    let work = Work {
+        model: model.clone(),
+        task,
+        batch: args.batch,
+        seq: args.seq,
+        new_tokens: args.new_tokens,
+        ids: random_ids(&mut rng, args.batch, len, vocab),
+        decoder_ids: random_ids(&mut rng, args.batch, args.seq, vocab),
+    };
+
+    let mut built: Vec<(Box<dyn Engine>, Sample)> = vec![];
+    for &kind in &engines {
+        let name = kind.name();
+        let (engine, build) =
+            build_engine(kind, model.clone()).with_context(|| format!("building engine {name}"))?;
+        if verbose {
+            eprintln!("{name}: built in {:.1?}", build.total);
+        }
+        built.push((
+            engine,
+            Sample {
+                name: name.to_string(),
+                build,
+                totals: vec![],
+                decodes: vec![],
+            },
+        ));
+    }
+
+    // The first run made records the calls; their cost is the same for every run.
+    let mut trace: Trace = vec![];
+    for w in 0..args.warmup {
+        for (e, s) in &mut built {
+            let t = if trace.is_empty() {
+                Some(&mut trace)
+            } else {
+                None
+            };
+            work.run(e.as_mut(), t)
+                .with_context(|| format!("warm-up run of engine {}", s.name))?;
+            if verbose {
+                eprintln!("{}: warm-up {} done", s.name, w + 1);
+            }
+        }
+    }
+    for r in 0..args.runs {
+        for (e, s) in &mut built {
+            let t = if trace.is_empty() {
+                Some(&mut trace)
+            } else {
+                None
+            };
+            let times = work
+                .run(e.as_mut(), t)
+                .with_context(|| format!("run {} of engine {}", r + 1, s.name))?;
+            if verbose {
+                eprintln!("{}: run {} took {:.1?}", s.name, r + 1, times.total);
+            }
+            s.totals.push(times.total);
+            s.decodes.extend(times.decode);
+        }
+    }
+
+    let cost_of = |decode_only: bool| -> Cost {
+        trace
+            .iter()
+            .filter(|(_, _, d)| !decode_only || *d)
+            .map(|(entry, dims, _)| graph_cost(&model.entries[entry], dims))
+            .sum()
+    };
+    let cost = cost_of(false);
+    let decode_cost = cost_of(true);
+    // Matmul FLOPs apart: the figure the matmul kernels' speed is judged by.
+    let matmul_flops: u64 = trace
+        .iter()
+        .flat_map(|(entry, dims, _)| {
+            let g = &model.entries[entry];
+            node_costs(g, dims)
+                .into_iter()
+                .filter(move |(n, _)| matches!(g.node(*n).op, Op::Linear { .. }))
+                .map(|(_, c)| c.flops)
+        })
+        .sum();
+
+    let report = Report {
+        model: model_name,
+        architecture: info.architecture().to_string(),
+        task: args.task,
+        args,
+        threads,
+        load: load_time,
+        cost,
+        decode_cost,
+        matmul_flops,
+    };
+    // The tiling report: one more run of the compiled engine with every matmul timed.
+    let mut tiling_rows = None;
+    if args.report || args.svg.is_some() {
+        let jit = built
+            .iter_mut()
+            .find(|(_, s)| s.name != "interp")
+            .context("--report needs a compiled engine (jit)")?;
+        cranformer_runtime::gemm::profile::start();
+        let run = work.run(jit.0.as_mut(), None);
+        let timings = cranformer_runtime::gemm::profile::stop();
+        run.context("the profiled run")?;
+        tiling_rows = Some(tiling_report(&model, &trace, &timings)?);
+    }
+    let samples: Vec<Sample> = built.into_iter().map(|(_, s)| s).collect();
+    if args.json {
+        report.json(&samples, out)?;
+    } else {
+        report.table(&samples, out)?;
+    }
+    if let Some((rows, profile)) = tiling_rows {
+        writeln!(out)?;
+        write!(
+            out,
+            "{}",
+            cranformer_compiler::tiling::report::table(
+                &rows,
+                &profile,
+                "each matmul timed inside the runtime call (GemmCall) during one extra run, with the isa/kc/mc/threads it ran with; other kernels: prediction only"
+            )
+        )?;
+        writeln!(
+            out,
+            "activation memory (one arena per entry, buffers reused by liveness):"
+        )?;
+        for (entry, (planned, unshared)) in cranformer_runtime::native::arena_stats() {
+            writeln!(
+                out,
+                "  {entry:<10} peak {:>9.2} MB planned, {:>9.2} MB without reuse ({:.1}x less)",
+                planned as f64 / 1e6,
+                unshared as f64 / 1e6,
+                unshared as f64 / planned.max(1) as f64
+            )?;
+        }
+        if let Some(path) = &args.svg {
+            std::fs::write(
+                path,
+                cranformer_compiler::tiling::report::svg(&rows, &profile),
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+            writeln!(out, "roofline drawn in {}", path.display())?;
+        }
+    }
+    Ok(())
+}
