@@ -12,7 +12,7 @@ use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::Model;
 use cranformer_runtime::cli::{
     ClassifyArgs, Common, EmbedArgs, EngineKind, FillMaskArgs, ForwardArgs, GenerateArgs,
-    RerankArgs, Task,
+    RerankArgs, ServeArgs, Task,
     TokenizeArgs,
 };
 use cranformer_runtime::tasks::{self, Session};
@@ -79,6 +79,13 @@ enum Command {
         model_dir: PathBuf,
         #[command(flatten)]
         args: GenerateArgs,
+    },
+    /// Serve the model over HTTP (OpenAI, Hugging Face TEI and KServe v2 routes), batching
+    /// concurrent requests.
+    Serve {
+        model_dir: PathBuf,
+        #[command(flatten)]
+        args: ServeArgs,
     },
     /// Print the model's dataflow graphs (text, Graphviz DOT, or the Cranelift IR they lower to).
     Graph {
@@ -161,6 +168,23 @@ fn run_task(dir: &Path, task: Task, common: &Common, out: &mut dyn Write) -> Res
     Ok(())
 }
 
+/// `serve`: the model is loaded here; its engine is compiled on the server's engine thread.
+fn serve(dir: &Path, args: &ServeArgs, common: &Common) -> Result<()> {
+    let config = ModelConfig::load(dir)?;
+    let tokenizer = Tokenizer::from_model_dir(dir, config.tokenizer_kind())?;
+    let model = Arc::new(Model::load(dir)?);
+    let info = model.info.clone();
+    let (kind, verbose) = (common.engine().map_err(anyhow::Error::msg)?, common.verbose);
+    cranformer_serve::run(
+        args,
+        cranformer_serve::ServedModel {
+            info,
+            tokenizer,
+            engine: Box::new(move || engine_for(kind, model, verbose)),
+        },
+    )
+}
+
 /// What `graph --emit` prints.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Emit {
@@ -237,6 +261,7 @@ fn main() {
         Command::Generate { model_dir, args } => {
             run_task(&model_dir, Task::Generate(args), &cli.common, &mut out)
         }
+        Command::Serve { model_dir, args } => serve(&model_dir, &args, &cli.common),
         Command::Graph {
             model_dir,
             dot,

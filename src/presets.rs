@@ -326,6 +326,37 @@ fn random_safetensors(spec: &Spec, seed: u64) -> &'static [u8] {
     &bytes[..total]
 }
 
+/// Writes preset `name` as a model directory: config.json and model.safetensors with random
+/// weights from `seed` (no tokenizer: copy one in to run text tasks or `serve`).
+pub fn save(name: &str, layers: Option<usize>, seed: u64, dir: &Path) -> Result<()> {
+    let config = config(name, layers)?;
+    let spec = match &config {
+        ModelConfig::Bert(c) => bert_tensors(c),
+        ModelConfig::Gpt2(c) => gpt2_tensors(c),
+        ModelConfig::T5(c) => t5_tensors(c),
+    };
+    let (_, json) = PRESETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .with_context(|| format!("no preset {name}"))?;
+    let mut json: serde_json::Value = serde_json::from_str(json)?;
+    if let Some(l) = layers {
+        for key in ["num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"] {
+            if json.get(key).is_some() {
+                json[key] = l.into();
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |file: &str, bytes: &[u8]| {
+        std::fs::write(dir.join(file), bytes)
+            .with_context(|| format!("writing {}", dir.join(file).display()))
+    };
+    write("config.json", serde_json::to_string_pretty(&json)?.as_bytes())?;
+    write("model.safetensors", random_safetensors(&spec, seed))?;
+    Ok(())
+}
+
 /// Builds preset `name` with random weights from `seed`.
 pub fn load(name: &str, layers: Option<usize>, seed: u64) -> Result<Model> {
     let config = config(name, layers)?;

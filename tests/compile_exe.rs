@@ -49,7 +49,7 @@ fn compile(model_dir: &Path, weights: &str) -> Exe {
     Exe { path, _dir: dir }
 }
 
-/// `BIN --help` lists exactly the tasks the model supports.
+/// `BIN --help` lists exactly the tasks the model supports, and `serve`.
 fn check_help(exe: &Exe, model_dir: &Path) {
     let info = Model::load(model_dir).unwrap().info;
     let help = Runner::executable(&exe.path).ok("--help", &[]);
@@ -60,11 +60,10 @@ fn check_help(exe: &Exe, model_dir: &Path) {
         .take_while(|l| l.starts_with("  "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(
-        listed,
-        info.tasks(),
-        "--help lists the model's tasks:\n{help}"
-    );
+    // Every model's executable also serves its tasks over HTTP.
+    let mut want = info.tasks();
+    want.push("serve");
+    assert_eq!(listed, want, "--help lists the model's tasks and serve:\n{help}");
 }
 
 /// Compiles `model_dir` with its weights embedded and runs every case of `fixture` through it.

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use cranformer_runtime::cli::{report_error, Common, EngineKind, Task};
+use cranformer_runtime::cli::{report_error, Common, EngineKind, ServeArgs, Task};
 use cranformer_runtime::compiled::{NativeEngine, Program, PROGRAM_VERSION};
 use cranformer_runtime::native::EntryFn;
 use cranformer_runtime::tasks::{self, Session};
@@ -54,11 +54,21 @@ pub struct RawProgram {
     shards: *const Blob,
 }
 
+/// The model's tasks, and `serve`.
+#[derive(clap::Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Task(Task),
+    /// Serve the model over HTTP (OpenAI, Hugging Face TEI and KServe v2 routes), batching
+    /// concurrent requests.
+    Serve(ServeArgs),
+}
+
 #[derive(Parser)]
 #[command(version, disable_help_subcommand = true)]
 struct Cli {
     #[command(subcommand)]
-    task: Task,
+    command: Command,
     #[command(flatten)]
     common: Common,
     /// Read the weights from this safetensors file or model directory instead of the ones
@@ -112,12 +122,16 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
     let cli = parse(&program, &name, args);
     let common = &cli.common;
     common.weight_format().map_err(anyhow::Error::msg)?;
+    let task_name = match &cli.command {
+        Command::Task(t) => t.name(),
+        Command::Serve(_) => "serve",
+    };
     let kind = common.engine().map_err(anyhow::Error::msg)?;
     if !matches!(kind, EngineKind::Jit | EngineKind::Aot) {
         bail!(
             "--engine {:?}: a compiled executable runs its compiled code only (run `cranformer {} MODEL_DIR --engine interp` for the interpreter)",
             kind.name(),
-            cli.task.name()
+            task_name
         );
     }
     if let Some(n) = common.threads {
@@ -126,10 +140,13 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
     // SAFETY: as above.
     let tokenizer =
         Tokenizer::from_json_bytes(unsafe { raw.tokenizer.bytes() }, program.tokenizer_kind)?;
-    if tasks::run_without_weights(&cli.task, &tokenizer, out)? {
-        return Ok(());
+    if let Command::Task(task) = &cli.command {
+        if tasks::run_without_weights(task, &tokenizer, out)? {
+            return Ok(());
+        }
     }
-    let engine: Box<dyn Engine> = {
+    // Send: `serve` hands the engine to its engine thread.
+    let engine: Box<dyn Engine + Send> = {
         let weights = open_weights(&program, raw, cli.weights.as_deref())?;
         let (tensors, prepared) = if program.embedded && cli.weights.is_none() {
             (BTreeMap::new(), program.load_prepared(&weights)?)
@@ -164,15 +181,30 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
         }
         Box::new(engine)
     };
+    let task = match cli.command {
+        Command::Task(task) => task,
+        Command::Serve(args) => {
+            // The weights are mapped and laid out above; the server runs its warm-up call on
+            // the engine thread before it reports ready.
+            return cranformer_serve::run(
+                &args,
+                cranformer_serve::ServedModel {
+                    info: program.info.clone(),
+                    tokenizer,
+                    engine: Box::new(move || Ok(engine as Box<dyn Engine>)),
+                },
+            );
+        }
+    };
     let mut session = Session {
         info: program.info.clone(),
         tokenizer,
         engine,
     };
     let t = std::time::Instant::now();
-    session.run(&cli.task, out)?;
+    session.run(&task, out)?;
     if common.verbose {
-        eprintln!("{} took {:.1?}", cli.task.name(), t.elapsed());
+        eprintln!("{} took {:.1?}", task.name(), t.elapsed());
     }
     Ok(())
 }
@@ -196,7 +228,7 @@ fn parse(program: &Program, name: &str, args: Vec<OsString>) -> Cli {
         .map(|s| s.get_name().to_string())
         .collect();
     for sub in names {
-        if !tasks.contains(&sub.as_str()) {
+        if sub != "serve" && !tasks.contains(&sub.as_str()) {
             cmd = cmd.mut_subcommand(sub, |s| s.hide(true));
         }
     }

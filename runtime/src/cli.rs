@@ -253,6 +253,39 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
+/// `serve`: an HTTP server for the model's tasks (OpenAI, Hugging Face TEI and KServe v2
+/// routes, Prometheus metrics), batching the requests that arrive together.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback unless told otherwise; 0.0.0.0 in a container).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (the ready line says which).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The model's name in the APIs (default: the architecture, e.g. BertModel).
+    #[arg(long, value_parser = utf8())]
+    pub model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on every route but health and metrics.
+    #[arg(long, value_parser = utf8())]
+    pub api_key: Option<String>,
+    /// Most tokens (sequences x padded length) in one batched call of the model.
+    #[arg(long, default_value_t = 16384, value_parser = at_least_one)]
+    pub max_batch_tokens: usize,
+    /// Most requests waiting for the model; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    pub max_queue: usize,
+    /// Largest `max_tokens` a completion request may ask for.
+    #[arg(long, default_value_t = 512, value_parser = at_least_one)]
+    pub max_new_tokens_limit: usize,
+    /// Most generation streams decoded together; later ones wait in the queue.
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
+    pub max_streams: usize,
+    /// Seconds to finish in-flight requests after SIGTERM or SIGINT before exiting.
+    #[arg(long, default_value_t = 30)]
+    pub grace_period: u64,
+}
+
 /// The tasks a model runs.
 #[derive(Subcommand, Clone, Debug)]
 pub enum Task {

@@ -279,11 +279,19 @@ impl MachineProfile {
 }
 
 /// Cores this process may run on: the affinity mask and a cgroup CPU quota (`cpu.max`)
-/// both lower it (`std::thread::available_parallelism` reads both on Linux). Read once: it
-/// reads files, and kernels ask on every call.
+/// both lower it (`std::thread::available_parallelism` reads both on recent Linux; the quota
+/// is read here too, by [`crate::threads::cpu_max_limit`], so the rule does not depend on
+/// it). Read once: it reads files, and kernels ask on every call.
 pub fn host_cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    *CORES.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The container's CPU quota (cgroup v2 `cpu.max`) caps them too.
+        let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
+            .ok()
+            .and_then(|s| crate::threads::cpu_max_limit(&s));
+        quota.map_or(cores, |q| cores.min(q))
+    })
 }
 
 /// The nominal clock in GHz: cpufreq's maximum, else /proc/cpuinfo's "cpu MHz", else 2.5.

@@ -82,14 +82,29 @@ pub fn set_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }
 
-/// Threads kernels use: `set_threads` up to the cores this process may run on (more would
-/// only take turns on them), else every such core.
+/// Threads kernels use: `set_threads` up to the cores this process may use (more would only
+/// take turns on them), else every such core ([`crate::machine::host_cores`]: the cores in
+/// its affinity mask, capped by the container's CPU quota).
 pub fn threads() -> usize {
     let cores = crate::machine::host_cores();
     match THREADS.load(Ordering::Relaxed) {
         0 => cores,
         n => n.min(cores),
     }
+}
+
+/// Whole CPUs granted by a cgroup v2 `cpu.max` ("QUOTA PERIOD" or "max PERIOD"), rounded up:
+/// a pod limited to 1.5 CPUs runs 2 threads, each busy three quarters of the time at most.
+/// (std's `available_parallelism` reads the quota too on recent Linux releases; reading it
+/// here keeps the rule explicit and testable.)
+pub fn cpu_max_limit(cpu_max: &str) -> Option<usize> {
+    let mut parts = cpu_max.split_whitespace();
+    let quota: u64 = parts.next()?.parse().ok()?;
+    let period: u64 = parts.next()?.parse().ok()?;
+    if period == 0 {
+        return None;
+    }
+    Some((quota.div_ceil(period) as usize).max(1))
 }
 
 fn pool() -> &'static Pool {
@@ -322,6 +337,15 @@ pub fn panic_message(payload: &Payload) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_quota_caps_threads() {
+        assert_eq!(cpu_max_limit("max 100000\n"), None);
+        assert_eq!(cpu_max_limit("200000 100000\n"), Some(2));
+        assert_eq!(cpu_max_limit("150000 100000"), Some(2));
+        assert_eq!(cpu_max_limit("50000 100000"), Some(1));
+        assert_eq!(cpu_max_limit("garbage"), None);
+    }
 
     #[test]
     fn every_task_runs_once() {

@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// gpt2-medium, gpt2-large, gpt2-xl, t5-small, t5-base.
     #[arg(long, conflicts_with = "model_dir")]
     pub preset: Option<String>,
+    /// Only with --preset: write the preset as a model directory (config.json and random
+    /// weights in model.safetensors) to DIR and exit, e.g. to `serve` it after adding a
+    /// tokenizer.
+    #[arg(long, requires = "preset", value_name = "DIR")]
+    pub save: Option<PathBuf>,
     /// Only with --preset: this many layers (in each T5 stack) instead of the standard count.
     #[arg(long, requires = "preset", value_parser = at_least_one)]
     pub layers: Option<usize>,
@@ -162,6 +167,11 @@ impl Task {
 }
 
 pub fn run(args: &BenchArgs, common: &Common, out: &mut dyn Write) -> Result<()> {
+    if let (Some(dir), Some(preset)) = (&args.save, &args.preset) {
+        presets::save(preset, args.layers, args.seed, dir)?;
+        writeln!(out, "wrote preset {preset} to {}", dir.display())?;
+        return Ok(());
+    }
     run_engines(args, engines(common), common.verbose, out)
 }
 

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod golden;
+pub mod http;
 
 use cranformer_runtime::weights::Weights;
 use serde_json::Value;

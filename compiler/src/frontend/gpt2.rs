@@ -46,15 +46,22 @@ pub fn build(
     let eps = c.layer_norm_epsilon as f32;
 
     let mut graphs = vec![];
-    for entry in ["forward", "step"] {
+    // `batch_step` is `step` with each row's positions given (`position_ids` [B, T]) instead of
+    // P..P+T for all rows: a server decoding streams of different lengths in one call left-pads
+    // the shorter caches with masked positions, and each row's position must be its own count.
+    for entry in ["forward", "step", "batch_step"] {
         let mut b = Builder::new(entry, weights, table);
         let ids = b.input("input_ids", TensorType::i64(&[Dim::Batch, Dim::Seq]));
         let mask = b.input("attention_mask", TensorType::i64(&[Dim::Batch, Dim::Total]));
         let wte = b.weight(&format!("{p}wte.weight"), &[c.vocab_size, cdim])?;
         let wpe = b.weight(&format!("{p}wpe.weight"), &[c.n_positions, cdim])?;
         let tok = b.op(Op::Gather, &[wte, ids], "wte")?; // [B, T, C]
-        let positions = b.op(Op::Positions, &[], "position_ids")?; // [T]: P..P+T
-        let pos = b.op(Op::Gather, &[wpe, positions], "wpe")?; // [T, C]
+        let positions = if entry == "batch_step" {
+            b.input("position_ids", TensorType::i64(&[Dim::Batch, Dim::Seq]))
+        } else {
+            b.op(Op::Positions, &[], "position_ids")? // [T]: P..P+T
+        };
+        let pos = b.op(Op::Gather, &[wpe, positions], "wpe")?; // [T, C] or [B, T, C]
         let mut x = b.add(tok, pos, "embeddings")?;
         let ln = |b: &mut Builder, x, name: &str| -> Result<_, FrontendError> {
             let g = b.weight(&format!("{name}.weight"), &[cdim])?;
@@ -162,7 +169,7 @@ pub fn build(
             )?;
             x = b.add(x, m, &format!("{h}.mlp.residual"))?;
         }
-        if entry == "step" {
+        if entry != "forward" {
             x = b.op(Op::LastToken, &[x], "last_token")?; // [B, 1, C]
         }
         let x = ln(&mut b, x, &format!("{p}ln_f"))?;

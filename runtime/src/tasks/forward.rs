@@ -95,13 +95,23 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let doc: Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let outputs = outputs(s, &doc, path)?;
+    write_safetensors(&outputs, &a.output)?;
+    let names: Vec<String> = outputs.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    writeln!(out, "wrote {}: {}", a.output.display(), names.join(", "))?;
+    Ok(())
+}
+
+/// The `forward` outputs for an input document (`{"input_ids": [[..]], ..}`); `path` names
+/// where it came from in error messages (a file, or a server's request).
+pub fn outputs(s: &mut Session, doc: &Value, path: &Path) -> Result<Outputs> {
     if !doc.is_object() {
         bail!(
             "{}: expected a JSON object with \"input_ids\"",
             path.display()
         );
     }
-    let ids = batch_of(&doc, "input_ids", path)?.ok_or_else(|| {
+    let ids = batch_of(doc, "input_ids", path)?.ok_or_else(|| {
         anyhow::anyhow!(
             "{}: missing \"input_ids\" (a list of lists of token ids)",
             path.display()
@@ -109,7 +119,7 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
     })?;
     let (b, t) = (ids.len(), ids[0].len());
     s.check_length(t, &format!("{}: input_ids", path.display()))?;
-    let mask = batch_of(&doc, "attention_mask", path)?;
+    let mask = batch_of(doc, "attention_mask", path)?;
     if let Some(m) = &mask {
         check_mask(m, &ids, "attention_mask", path)?;
     }
@@ -121,7 +131,7 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
             type_vocab_size, ..
         } => {
             check_ids(&ids, s.info.vocab_size(), "input_ids", path)?;
-            let types = batch_of(&doc, "token_type_ids", path)?;
+            let types = batch_of(doc, "token_type_ids", path)?;
             if let Some(tt) = &types {
                 check_shape(tt, &ids, "token_type_ids", path)?;
                 check_ids(tt, type_vocab_size, "token_type_ids", path)?;
@@ -153,7 +163,7 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
             )?;
             let mut result = Outputs::new();
             let hidden = enc["encoder_last_hidden_state"].clone();
-            if let Some(dec) = batch_of(&doc, "decoder_input_ids", path)? {
+            if let Some(dec) = batch_of(doc, "decoder_input_ids", path)? {
                 if dec.len() != b {
                     bail!(
                         "{}: decoder_input_ids has {} rows but input_ids has {b}",
@@ -182,10 +192,7 @@ pub fn run(s: &mut Session, a: &ForwardArgs, out: &mut dyn Write) -> Result<()> 
             result
         }
     };
-    write_safetensors(&outputs, &a.output)?;
-    let names: Vec<String> = outputs.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    writeln!(out, "wrote {}: {}", a.output.display(), names.join(", "))?;
-    Ok(())
+    Ok(outputs)
 }
 
 /// Writes F32 tensors to a safetensors file.

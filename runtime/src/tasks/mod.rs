@@ -5,7 +5,7 @@ mod classify;
 pub mod decode;
 mod embed;
 mod fill_mask;
-mod forward;
+pub mod forward;
 mod generate;
 mod rerank;
 

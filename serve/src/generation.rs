@@ -1,0 +1,476 @@
+//! Continuous batching of generation streams on the engine thread.
+//!
+//! Each stream keeps its own KV cache (`[1, P, W]` per layer). A decode step stacks the
+//! active streams' caches into one `[B, P, W]` batch, so one call reads the weights once for
+//! all of them (GPT-2 decode is memory-bound: 8 rows cost little more than 1), then splits the
+//! `present_*` outputs back. Streams join (after their prefill) and leave (end of sequence,
+//! `max_tokens`, a stop string, a client gone) between steps.
+//!
+//! Correctness across companions: a row's result must not depend on the others. Rows with
+//! equal cache length need nothing special. GPT-2 streams of different lengths can share a call
+//! only through the `batch_step` entry, which takes per-row `position_ids` [B, 1]: the caches
+//! are left-padded to the longest with masked positions (attention skips keys whose mask is 0
+//! wherever they are), and each row's position embedding comes from its own length. Plain
+//! `step` computes positions P..P+T from the padded cache length, which would be wrong for the
+//! shorter rows, so without `batch_step` streams are grouped by cache length. T5's `step` has
+//! no decoder self-attention mask, so T5 streams are grouped by (cache length, encoder length)
+//! and never padded.
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::worker::{Finish, GenEvent, GenRequest};
+use cranformer_runtime::kv_cache::KvCache;
+use cranformer_runtime::sampling::{pick, Rng, Sampling};
+use cranformer_runtime::tasks::Session;
+use cranformer_runtime::{EngineError, ModelInfo, Outputs, Tensor};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+pub struct Stream {
+    req: GenRequest,
+    cache: KvCache,
+    /// The token fed to the next step.
+    next: i64,
+    generated: usize,
+    rng: Rng,
+    pub finished: bool,
+    /// T5: this stream's `cross_key.{l}` / `cross_value.{l}` [1, S, W] and encoder mask [S].
+    cross: Outputs,
+    enc_mask: Vec<i64>,
+}
+
+#[derive(Clone, Copy)]
+enum Arch {
+    Gpt2 {
+        layers: usize,
+        width: usize,
+        eos: Option<i64>,
+        max_positions: usize,
+    },
+    T5 {
+        layers: usize,
+        width: usize,
+        start: i64,
+        eos: Option<i64>,
+    },
+    None,
+}
+
+pub struct Generator {
+    arch: Arch,
+    /// Ids the sampler may pick (those the tokenizer can decode).
+    allowed: usize,
+    /// GPT-2's `batch_step` (per-row positions) is available.
+    rows_step: bool,
+}
+
+impl Generator {
+    pub fn new(session: &mut Session) -> Generator {
+        let allowed = session.tokenizer.vocab_size().min(session.info.vocab_size());
+        let arch = match session.info {
+            ModelInfo::Gpt2 {
+                layers,
+                hidden_size,
+                eos_token_id,
+                max_positions,
+                has_lm_head: true,
+                ..
+            } => Arch::Gpt2 {
+                layers,
+                width: hidden_size,
+                eos: eos_token_id,
+                max_positions,
+            },
+            ModelInfo::T5 {
+                decoder_layers,
+                kv_width,
+                decoder_start_token_id,
+                eos_token_id,
+                ..
+            } => Arch::T5 {
+                layers: decoder_layers,
+                width: kv_width,
+                start: decoder_start_token_id,
+                eos: eos_token_id,
+            },
+            _ => Arch::None,
+        };
+        let mut g = Generator {
+            arch,
+            allowed,
+            rows_step: false,
+        };
+        if let Arch::Gpt2 { layers, width, .. } = arch {
+            // Probe (and warm up) the per-row-position entry with one token.
+            let ids = Tensor::i64(vec![1, 1], vec![0]);
+            let pos = Tensor::i64(vec![1, 1], vec![0]);
+            let mask = Tensor::i64(vec![1, 1], vec![1]);
+            let cache = KvCache::new(layers, 1, width);
+            let mut inputs: Vec<(String, &Tensor)> = vec![
+                ("input_ids".into(), &ids),
+                ("position_ids".into(), &pos),
+                ("attention_mask".into(), &mask),
+            ];
+            inputs.extend(cache.inputs());
+            let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+            g.rows_step = match session.engine.run("batch_step", &named) {
+                Ok(_) => true,
+                Err(EngineError::NoEntry { .. }) => false,
+                Err(e) => {
+                    eprintln!("cranformer serve: batch_step failed its warm-up ({e}); streams of different lengths will not share decode steps");
+                    false
+                }
+            };
+        }
+        g
+    }
+
+    /// Streams of different cache lengths share a decode step.
+    pub fn mixes_lengths(&self) -> bool {
+        self.rows_step
+    }
+
+    /// Starts streams: GPT-2 runs each prompt through `step` (prompts of equal length together)
+    /// and picks the first token; T5 encodes the prompts and computes their cross-attention
+    /// keys and values, the first token coming from the first decode step.
+    pub fn prefill(
+        &mut self,
+        session: &mut Session,
+        reqs: Vec<GenRequest>,
+        metrics: &Metrics,
+    ) -> Vec<Stream> {
+        let mut by_len: BTreeMap<usize, Vec<GenRequest>> = BTreeMap::new();
+        for r in reqs {
+            by_len.entry(r.prompt.len()).or_default().push(r);
+        }
+        let mut out = vec![];
+        for (n, group) in by_len {
+            metrics.batch("prefill", group.len());
+            metrics
+                .tokens_in
+                .inc_by((n * group.len()) as u64);
+            let mut streams: Vec<Stream> = group
+                .into_iter()
+                .map(|req| {
+                    let seed = match req.sampling {
+                        Sampling::Sample { seed, .. } => seed,
+                        Sampling::Greedy => 0,
+                    };
+                    Stream {
+                        cache: KvCache::new(0, 1, 0),
+                        next: 0,
+                        generated: 0,
+                        rng: Rng::new(seed),
+                        finished: false,
+                        cross: Outputs::new(),
+                        enc_mask: vec![],
+                        req,
+                    }
+                })
+                .collect();
+            let result = match self.arch {
+                Arch::Gpt2 { layers, width, .. } => {
+                    for s in &mut streams {
+                        s.cache = KvCache::new(layers, 1, width);
+                    }
+                    let tokens: Vec<Vec<i64>> = streams.iter().map(|s| s.req.prompt.clone()).collect();
+                    let mut refs: Vec<&mut Stream> = streams.iter_mut().collect();
+                    self.gpt2_call(session, &mut refs, &tokens, false).map(|logits| {
+                        for (s, row) in refs.iter_mut().zip(logits) {
+                            self.emit(s, &row, metrics);
+                        }
+                    })
+                }
+                Arch::T5 {
+                    layers,
+                    width,
+                    start,
+                    ..
+                } => self.t5_encode(session, &mut streams, n).map(|()| {
+                    for s in &mut streams {
+                        s.cache = KvCache::new(layers, 1, width);
+                        s.next = start;
+                    }
+                }),
+                Arch::None => Err(ApiError::invalid("this model does not generate text")),
+            };
+            if let Err(e) = result {
+                for s in &mut streams {
+                    fail(s, e.clone());
+                }
+            }
+            out.extend(streams.into_iter().filter(|s| !s.finished));
+        }
+        out
+    }
+
+    /// One decode step for every active stream.
+    pub fn decode_step(&mut self, session: &mut Session, active: &mut [Stream], metrics: &Metrics) {
+        for s in active.iter_mut() {
+            if s.req.cancel.load(Ordering::Relaxed) || s.req.events.is_closed() {
+                s.finished = true;
+            }
+        }
+        // Groups of streams that may share a call.
+        let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+        for (i, s) in active.iter().enumerate() {
+            if s.finished {
+                continue;
+            }
+            let key = match self.arch {
+                Arch::Gpt2 { .. } if self.rows_step => (0, 0),
+                Arch::Gpt2 { .. } => (s.cache.len(), 0),
+                _ => (s.cache.len(), s.enc_mask.len()),
+            };
+            groups.entry(key).or_default().push(i);
+        }
+        for idx in groups.into_values() {
+            let mut refs: Vec<&mut Stream> = vec![];
+            // Disjoint indices, taken in increasing order.
+            let mut rest: &mut [Stream] = active;
+            let mut offset = 0;
+            for &i in &idx {
+                let (_, tail) = rest.split_at_mut(i - offset);
+                let (head, tail) = tail.split_at_mut(1);
+                refs.push(&mut head[0]);
+                rest = tail;
+                offset = i + 1;
+            }
+            metrics.batch("decode", refs.len());
+            let tokens: Vec<Vec<i64>> = refs.iter().map(|s| vec![s.next]).collect();
+            let result = match self.arch {
+                Arch::Gpt2 { .. } => self.gpt2_call(session, &mut refs, &tokens, self.rows_step),
+                Arch::T5 { .. } => self.t5_step(session, &mut refs),
+                Arch::None => Err(ApiError::invalid("this model does not generate text")),
+            };
+            match result {
+                Ok(logits) => {
+                    for (s, row) in refs.iter_mut().zip(logits) {
+                        self.emit(s, &row, metrics);
+                    }
+                }
+                Err(e) => {
+                    for s in refs.iter_mut() {
+                        fail(s, e.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Picks the next token from `logits`, reports it, and ends the stream when it is done.
+    fn emit(&self, s: &mut Stream, logits: &[f32], metrics: &Metrics) {
+        let id = pick(logits, &s.req.sampling, &mut s.rng, self.allowed) as i64;
+        s.generated += 1;
+        metrics.tokens_out.inc();
+        if s.req.events.send((s.req.index, GenEvent::Token(id))).is_err() {
+            s.finished = true;
+            return;
+        }
+        let (eos, positions_left) = match self.arch {
+            Arch::Gpt2 {
+                eos, max_positions, ..
+            } => (eos, s.cache.len() < max_positions),
+            Arch::T5 { eos, .. } => (eos, true),
+            Arch::None => (None, false),
+        };
+        let finish = if Some(id) == eos {
+            Some(Finish::Stop)
+        } else if s.generated >= s.req.max_new || !positions_left {
+            Some(Finish::Length)
+        } else {
+            None
+        };
+        if let Some(f) = finish {
+            let _ = s.req.events.send((s.req.index, GenEvent::Done(f)));
+            s.finished = true;
+        }
+        s.next = id;
+    }
+
+    /// One GPT-2 call over `streams`, feeding each its `tokens` (all of one length T); returns
+    /// each stream's last-position logits and appends to its cache. With `per_row` the call is
+    /// `batch_step`, caches left-padded to the longest; otherwise `step`, and the caches must
+    /// have one length.
+    fn gpt2_call(
+        &self,
+        session: &mut Session,
+        streams: &mut [&mut Stream],
+        tokens: &[Vec<i64>],
+        per_row: bool,
+    ) -> Result<Vec<Vec<f32>>, ApiError> {
+        let Arch::Gpt2 { layers, width, .. } = self.arch else {
+            return Err(ApiError::internal("not a GPT-2 model"));
+        };
+        let b = streams.len();
+        let t = tokens[0].len();
+        let past = streams.iter().map(|s| s.cache.len()).max().unwrap_or(0);
+        if !per_row && streams.iter().any(|s| s.cache.len() != past) {
+            return Err(ApiError::internal("streams of different lengths in one step"));
+        }
+        let pads: Vec<usize> = streams.iter().map(|s| past - s.cache.len()).collect();
+        let ids = Tensor::i64(vec![b, t], tokens.concat());
+        let mut mask = Vec::with_capacity(b * (past + t));
+        let mut positions = Vec::with_capacity(b * t);
+        for (s, &pad) in streams.iter().zip(&pads) {
+            mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, past - pad + t)));
+            positions.extend((0..t).map(|j| (s.cache.len() + j) as i64));
+        }
+        let mask = Tensor::i64(vec![b, past + t], mask);
+        let positions = Tensor::i64(vec![b, t], positions);
+        let stack = |pick: &dyn Fn(&KvCache) -> &Tensor| -> Tensor {
+            let mut data = Vec::with_capacity(b * past * width);
+            for (s, &pad) in streams.iter().zip(&pads) {
+                data.extend(std::iter::repeat_n(0.0f32, pad * width));
+                data.extend_from_slice(pick(&s.cache).as_f32().unwrap_or(&[]));
+            }
+            Tensor::f32(vec![b, past, width], data)
+        };
+        let mut past_tensors = vec![];
+        for l in 0..layers {
+            past_tensors.push((format!("past_key.{l}"), stack(&|c: &KvCache| &c.keys[l])));
+            past_tensors.push((format!("past_value.{l}"), stack(&|c: &KvCache| &c.values[l])));
+        }
+        let mut named: Vec<(&str, &Tensor)> = vec![("input_ids", &ids), ("attention_mask", &mask)];
+        if per_row {
+            named.push(("position_ids", &positions));
+        }
+        named.extend(past_tensors.iter().map(|(n, t)| (n.as_str(), t)));
+        let entry = if per_row { "batch_step" } else { "step" };
+        let mut out = session
+            .engine
+            .run(entry, &named)
+            .map_err(|e| ApiError::from_task(e.into()))?;
+        let logits = take_rows(&mut out, "logits", b)?;
+        for l in 0..layers {
+            for kind in ["key", "value"] {
+                let rows = take_rows(&mut out, &format!("present_{kind}.{l}"), b)?;
+                for ((s, row), &pad) in streams.iter_mut().zip(rows).zip(&pads) {
+                    let len = past - pad + t;
+                    let kept = row[pad * width..].to_vec();
+                    let tensor = Tensor::f32(vec![1, len, width], kept);
+                    if kind == "key" {
+                        s.cache.keys[l] = tensor;
+                    } else {
+                        s.cache.values[l] = tensor;
+                    }
+                }
+            }
+        }
+        Ok(logits)
+    }
+
+    /// T5: encodes `streams`' prompts (all of length `n`) and keeps each one's cross keys and
+    /// values.
+    fn t5_encode(&self, session: &mut Session, streams: &mut [Stream], n: usize) -> Result<(), ApiError> {
+        let b = streams.len();
+        let ids: Vec<i64> = streams.iter().flat_map(|s| s.req.prompt.clone()).collect();
+        let ids = Tensor::i64(vec![b, n], ids);
+        let mask = Tensor::i64(vec![b, n], vec![1; b * n]);
+        let map = |e: EngineError| ApiError::from_task(e.into());
+        let enc = session
+            .engine
+            .run("encode", &[("input_ids", &ids), ("attention_mask", &mask)])
+            .map_err(map)?;
+        let hidden = enc
+            .get("encoder_last_hidden_state")
+            .ok_or_else(|| ApiError::internal("encode returned no encoder_last_hidden_state"))?;
+        let mut cross = session
+            .engine
+            .run("cross_kv", &[("encoder_hidden_states", hidden)])
+            .map_err(map)?;
+        let names: Vec<String> = cross.keys().cloned().collect();
+        for name in names {
+            let t = cross.remove(&name).unwrap_or_else(|| Tensor::f32(vec![0], vec![]));
+            let shape = t.shape().to_vec();
+            let rows = split_rows(&t, b)?;
+            for (s, row) in streams.iter_mut().zip(rows) {
+                let mut sh = shape.clone();
+                sh[0] = 1;
+                s.cross.insert(name.clone(), Tensor::f32(sh, row));
+            }
+        }
+        for s in streams.iter_mut() {
+            s.enc_mask = vec![1; n];
+        }
+        Ok(())
+    }
+
+    /// One T5 decoder step over streams of equal cache and encoder lengths.
+    fn t5_step(&self, session: &mut Session, streams: &mut [&mut Stream]) -> Result<Vec<Vec<f32>>, ApiError> {
+        let Arch::T5 { layers, width, .. } = self.arch else {
+            return Err(ApiError::internal("not a T5 model"));
+        };
+        let b = streams.len();
+        let p = streams[0].cache.len();
+        let s_len = streams[0].enc_mask.len();
+        let dec = Tensor::i64(vec![b, 1], streams.iter().map(|s| s.next).collect());
+        let mask = Tensor::i64(vec![b, s_len], streams.iter().flat_map(|s| s.enc_mask.clone()).collect());
+        let cat = |f: &dyn Fn(&Stream) -> &Tensor, len: usize| -> Tensor {
+            let mut data = Vec::with_capacity(b * len * width);
+            for s in streams.iter() {
+                data.extend_from_slice(f(s).as_f32().unwrap_or(&[]));
+            }
+            Tensor::f32(vec![b, len, width], data)
+        };
+        let mut extra: Vec<(String, Tensor)> = vec![];
+        for l in 0..layers {
+            extra.push((format!("past_key.{l}"), cat(&|s: &Stream| &s.cache.keys[l], p)));
+            extra.push((format!("past_value.{l}"), cat(&|s: &Stream| &s.cache.values[l], p)));
+        }
+        let cross_names: Vec<String> = streams[0].cross.keys().cloned().collect();
+        for name in &cross_names {
+            let w = streams[0].cross[name].shape().last().copied().unwrap_or(0);
+            let mut data = Vec::with_capacity(b * s_len * w);
+            for s in streams.iter() {
+                data.extend_from_slice(s.cross[name].as_f32().unwrap_or(&[]));
+            }
+            extra.push((name.clone(), Tensor::f32(vec![b, s_len, w], data)));
+        }
+        let mut named: Vec<(&str, &Tensor)> =
+            vec![("decoder_input_ids", &dec), ("encoder_attention_mask", &mask)];
+        named.extend(extra.iter().map(|(n, t)| (n.as_str(), t)));
+        let mut out = session
+            .engine
+            .run("step", &named)
+            .map_err(|e| ApiError::from_task(e.into()))?;
+        let logits = take_rows(&mut out, "logits", b)?;
+        for l in 0..layers {
+            for kind in ["key", "value"] {
+                let rows = take_rows(&mut out, &format!("present_{kind}.{l}"), b)?;
+                for (s, row) in streams.iter_mut().zip(rows) {
+                    let tensor = Tensor::f32(vec![1, p + 1, width], row);
+                    if kind == "key" {
+                        s.cache.keys[l] = tensor;
+                    } else {
+                        s.cache.values[l] = tensor;
+                    }
+                }
+            }
+        }
+        Ok(logits)
+    }
+}
+
+fn fail(s: &mut Stream, e: ApiError) {
+    let _ = s.req.events.send((s.req.index, GenEvent::Failed(e)));
+    s.finished = true;
+}
+
+/// Output `name`, split into its `b` rows along the first dimension.
+fn take_rows(out: &mut Outputs, name: &str, b: usize) -> Result<Vec<Vec<f32>>, ApiError> {
+    let t = out
+        .remove(name)
+        .ok_or_else(|| ApiError::internal(format!("the step returned no {name}")))?;
+    split_rows(&t, b)
+}
+
+fn split_rows(t: &Tensor, b: usize) -> Result<Vec<Vec<f32>>, ApiError> {
+    let data = t
+        .as_f32()
+        .ok_or_else(|| ApiError::internal(format!("{t} is not f32")))?;
+    if b == 0 || data.len() % b != 0 {
+        return Err(ApiError::internal(format!("{t} does not split into {b} rows")));
+    }
+    Ok(data.chunks(data.len() / b).map(<[f32]>::to_vec).collect())
+}
