@@ -1,5 +1,5 @@
 //! `cranformer roofline`: measures this machine once and caches the profile the tile picker
-//! reads (`cranformer_compiler::tiling::roofline`), at
+//! and the runtime read (`cranformer_runtime::machine`), at
 //! `$XDG_CACHE_HOME/cranformer/roofline-<cpu>.json` (else `~/.cache/cranformer/...`);
 //! `--refresh` measures again.
 //!
@@ -8,9 +8,10 @@
 //!   thread and on every core at once: a loop of independent FMAs on 24 (12 below 512 bits, where 16 registers hold them and the operands)
 //!   accumulators, more than the FMA pipes' latency × throughput, so nothing waits;
 //! - read bandwidth from buffers of half of L1, half of L2, a third of (each core's share
-//!   of) L3 and 64 MiB per thread (DRAM), summing with the widest vectors into 8 accumulators;
+//!   of) L3 and 64 MiB per thread (DRAM), summing with the widest vectors into 8 accumulators,
+//!   as one sequential stream and as four interleaved ones (the better counts);
 //! - DRAM triad (`a = b + s·c`, 3 × 32 MiB per thread);
-//! - core count and cache sizes from /sys/devices/system/cpu/cpu0/cache.
+//! - core count (affinity and cgroup quota) and cache sizes (sysfs, else cpuid).
 
 use anyhow::{Context, Result};
 use cranformer_compiler::tiling::roofline::{cache_path, cpu_name, Level, MachineProfile, Peak};
@@ -92,8 +93,8 @@ pub fn describe(p: &MachineProfile) -> String {
 
 /// Measures this machine.
 pub fn measure() -> MachineProfile {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let caches = cache_sizes();
+    let cores = cranformer_runtime::machine::host_cores();
+    let caches = cranformer_runtime::machine::cache_sizes();
     let mut peaks = vec![];
     for bits in widths() {
         for t in if cores > 1 { vec![1, cores] } else { vec![1] } {
@@ -176,37 +177,6 @@ fn widths() -> Vec<u32> {
         v.push(128);
     }
     v
-}
-
-/// L1d (per core), L2 (per core), L3 (shared) in bytes, from sysfs (0 when absent).
-fn cache_sizes() -> (u64, u64, u64) {
-    let mut out = (0, 0, 0);
-    for i in 0..8 {
-        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
-        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
-        let (Some(level), Some(ty), Some(size)) = (read("level"), read("type"), read("size"))
-        else {
-            continue;
-        };
-        if ty.trim() == "Instruction" {
-            continue;
-        }
-        let size = size.trim();
-        let bytes = match size.strip_suffix('K') {
-            Some(k) => k.parse::<u64>().unwrap_or(0) << 10,
-            None => match size.strip_suffix('M') {
-                Some(m) => m.parse::<u64>().unwrap_or(0) << 20,
-                None => size.parse().unwrap_or(0),
-            },
-        };
-        match level.trim() {
-            "1" => out.0 = bytes,
-            "2" => out.1 = bytes,
-            "3" => out.2 = bytes,
-            _ => {}
-        }
-    }
-    out
 }
 
 /// GFLOP/s of one thread's FMA loop at `bits`.
@@ -293,38 +263,54 @@ fn fma_loop(bits: u32, iters: u64) -> (f64, f32) {
 
 /// GB/s reading a `bytes` buffer repeatedly on this thread (about 40 ms).
 fn read_gbs(bytes: usize) -> f64 {
-    let n = (bytes / 4).max(1024) / 128 * 128;
+    let n = (bytes / 4).max(1024) / 512 * 512;
     let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
     let passes = ((200 << 20) / (n * 4)).clamp(1, 100_000);
     let mut best = f64::MAX;
-    // Best of 3 runs: the first also warms the buffer into its level.
+    // Best of 3 runs (the first also warms the buffer into its level), each the better of one
+    // sequential stream and four interleaved ones: a core keeps more misses in flight over
+    // several streams, as a matmul reading several weight panels at once does (one stream
+    // understated DRAM against what llama.cpp reaches).
     for _ in 0..3 {
-        let t = Instant::now();
-        let mut sink = 0f32;
-        for _ in 0..passes {
-            sink += sum(&buf);
+        for streams in [1, 4] {
+            let t = Instant::now();
+            let mut sink = 0f32;
+            for _ in 0..passes {
+                sink += sum(&buf, streams);
+            }
+            std::hint::black_box(sink);
+            best = best.min(t.elapsed().as_secs_f64());
         }
-        std::hint::black_box(sink);
-        best = best.min(t.elapsed().as_secs_f64());
     }
     (n * 4 * passes) as f64 / best / 1e9
 }
 
-fn sum(buf: &[f32]) -> f32 {
+/// Sums `buf` read as `streams` interleaved sequential streams (its equal parts, a
+/// 512-byte step of each in turn), with the widest vectors the CPU has.
+fn sum(buf: &[f32], streams: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: AVX-512F was detected just above.
-            return unsafe { sum512(buf) };
+            return unsafe { sum512(buf, streams) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected just above.
+            return unsafe { sum256(buf, streams) };
         }
         #[target_feature(enable = "avx512f")]
-        unsafe fn sum512(buf: &[f32]) -> f32 {
+        unsafe fn sum512(buf: &[f32], streams: usize) -> f32 {
             use std::arch::x86_64::*;
             let mut acc = [_mm512_setzero_ps(); 8];
-            for chunk in buf.chunks_exact(128) {
-                for (j, a) in acc.iter_mut().enumerate() {
-                    // 16 floats at 16 * j, j < 8: within the chunk of 128.
-                    *a = _mm512_add_ps(*a, _mm512_loadu_ps(chunk.as_ptr().add(16 * j)));
+            let part = buf.len() / streams;
+            for i in (0..part / 128 * 128).step_by(128) {
+                for s in 0..streams {
+                    let p = buf.as_ptr().add(s * part + i);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        // 16 floats at s * part + i + 16 * j, j < 8: i + 128 <= part, so
+                        // within part s of buf.
+                        *a = _mm512_add_ps(*a, _mm512_loadu_ps(p.add(16 * j)));
+                    }
                 }
             }
             let s = acc
@@ -332,7 +318,32 @@ fn sum(buf: &[f32]) -> f32 {
                 .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
             _mm512_reduce_add_ps(s)
         }
+        // Before, an AVX2 CPU summed with the baseline's 128-bit vectors, and its L1 and L2
+        // figures measured the adds rather than the caches.
+        #[target_feature(enable = "avx2")]
+        unsafe fn sum256(buf: &[f32], streams: usize) -> f32 {
+            use std::arch::x86_64::*;
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let part = buf.len() / streams;
+            for i in (0..part / 64 * 64).step_by(64) {
+                for s in 0..streams {
+                    let p = buf.as_ptr().add(s * part + i);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        // 8 floats at s * part + i + 8 * j, j < 8: i + 64 <= part, so
+                        // within part s of buf.
+                        *a = _mm256_add_ps(*a, _mm256_loadu_ps(p.add(8 * j)));
+                    }
+                }
+            }
+            let mut out = [0f32; 8];
+            let s = acc
+                .iter()
+                .fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
+            _mm256_storeu_ps(out.as_mut_ptr(), s);
+            out.iter().sum()
+        }
     }
+    let _ = streams;
     let mut acc = [0f32; 32];
     for chunk in buf.chunks_exact(32) {
         for (a, x) in acc.iter_mut().zip(chunk) {

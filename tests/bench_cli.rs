@@ -178,6 +178,9 @@ fn table_without_json() {
     );
     assert!(text.lines().any(|l| l.starts_with("interp ")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("jit ")), "{text}");
+    // The threads column: the interpreter always runs on one.
+    let interp = text.lines().find(|l| l.starts_with("interp ")).unwrap();
+    assert_eq!(interp.split_whitespace().nth(1), Some("1"), "{text}");
 }
 
 #[test]
@@ -217,6 +220,7 @@ fn aot_runs_beside_the_interpreter() {
     check_line(&lines[0], "aot", "forward", 2);
     check_line(&lines[1], "interp", "forward", 2);
     assert!(lines[0].get("link_ms").is_some(), "{}", lines[0]);
+    assert_eq!(lines[1]["threads"], 1, "{}", lines[1]);
 }
 
 /// `compile --report --emit clif --svg`: the executable, the annotated IR, the per-kernel
@@ -265,11 +269,25 @@ fn compile_report_emit_clif_and_svg() {
         !linear.is_empty(),
         "no matmul rows in the report:\n{stdout}"
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for row in &linear {
+        // The tiling the runtime recorded for the call: a runtime kernel, at most the host's
+        // cores (or the generated kernel where the CPU has no runtime one).
+        let threads = row
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix('t').and_then(|t| t.parse::<usize>().ok()))
+            .unwrap_or_else(|| panic!("no thread count in {row}"));
+        assert!((1..=cores).contains(&threads), "{row}");
         // predicted and measured columns both hold a time
         assert!(
             row.matches("us").count() + row.matches("ms").count() >= 2,
             "row without times: {row}"
+        );
+    }
+    if !stdout.contains("f32x4 6x8") {
+        assert!(
+            stdout.contains("ran as resolved by the runtime on this host"),
+            "{stdout}"
         );
     }
     let drawing = std::fs::read_to_string(&svg).unwrap();

@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod gemm;
 pub mod kv_cache;
+pub mod machine;
 pub mod model_info;
 pub mod native;
 pub mod sampling;

@@ -446,6 +446,10 @@ impl NativeEntry {
             }
             weights.push(prepared[&k].clone());
         }
+        // Every call of this entry streams these through the caches: the matmul tilings the
+        // runtime resolves see where the weights live (L3 or DRAM).
+        let bytes: usize = weights.iter().map(|w| 4 * w.len()).sum();
+        crate::gemm::plan::note_weights_in_flight(bytes as u64);
         Ok(NativeEntry {
             meta,
             func,

@@ -54,6 +54,8 @@ struct State {
     generation: u64,
     job: Option<Job>,
     tasks: usize,
+    /// Threads that take part, the caller included: workers numbered at or past it sit out.
+    threads: usize,
 }
 
 pub struct Pool {
@@ -73,24 +75,21 @@ thread_local! {
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Sets how many threads kernels use (before the first parallel call; later calls change
-/// how many tasks are handed out but not how many threads exist).
+/// Sets how many threads kernels use (`--threads`; before the first parallel call, later
+/// calls change how many tasks are handed out but not how many threads exist); 0 goes back
+/// to every core.
 pub fn set_threads(n: usize) {
-    THREADS.store(n.max(1), Ordering::Relaxed);
+    THREADS.store(n, Ordering::Relaxed);
 }
 
-/// Threads kernels use: `set_threads`, else every core this process may use: the cores in
-/// its affinity mask, capped by the container's CPU quota (cgroup v2 `cpu.max`).
+/// Threads kernels use: `set_threads` up to the cores this process may use (more would only
+/// take turns on them), else every such core ([`crate::machine::host_cores`]: the cores in
+/// its affinity mask, capped by the container's CPU quota).
 pub fn threads() -> usize {
+    let cores = crate::machine::host_cores();
     match THREADS.load(Ordering::Relaxed) {
-        0 => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
-                .ok()
-                .and_then(|s| cpu_max_limit(&s));
-            quota.map_or(cores, |q| cores.min(q))
-        }
-        n => n,
+        0 => cores,
+        n => n.min(cores),
     }
 }
 
@@ -119,6 +118,7 @@ impl Pool {
                 generation: 0,
                 job: None,
                 tasks: 0,
+                threads: 0,
             }),
             wake: Condvar::new(),
             generation: AtomicU64::new(0),
@@ -130,7 +130,7 @@ impl Pool {
             let (shared, next) = (shared.clone(), next.clone());
             std::thread::Builder::new()
                 .name(format!("cranformer-{i}"))
-                .spawn(move || worker(shared, next))
+                .spawn(move || worker(i + 1, shared, next))
                 .expect("spawn a worker thread");
         }
         Pool {
@@ -178,7 +178,8 @@ fn spin() -> Duration {
     }))
 }
 
-fn worker(shared: Arc<Shared>, next: Arc<AtomicUsize>) {
+/// Worker number `me` (the caller of a job is 0).
+fn worker(me: usize, shared: Arc<Shared>, next: Arc<AtomicUsize>) {
     let mut seen = 0u64;
     loop {
         let start = Instant::now();
@@ -199,6 +200,9 @@ fn worker(shared: Arc<Shared>, next: Arc<AtomicUsize>) {
             seen = s.generation;
             // A worker that arrives after the caller finished the job alone finds none.
             let Some(job) = s.job else { continue };
+            if me >= s.threads {
+                continue;
+            }
             shared.busy.fetch_add(1, Ordering::Relaxed);
             (job, s.tasks)
         };
@@ -212,10 +216,17 @@ fn worker(shared: Arc<Shared>, next: Arc<AtomicUsize>) {
 /// If a task panics, the tasks not yet started are skipped and the first panic is resumed
 /// here once no thread runs `f` any more.
 pub fn parallel_for(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    parallel_for_on(usize::MAX, tasks, f)
+}
+
+/// Runs `f(i)` for every `i` in `0..tasks` on at most `threads` threads (and [`threads`]):
+/// more tasks than threads balance the load, as each thread takes the next task when done.
+pub fn parallel_for_on(threads: usize, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     if tasks == 0 {
         return;
     }
-    if tasks == 1 || threads() == 1 || IN_TASK.with(|t| t.get()) || pool().workers == 0 {
+    let threads = threads.min(self::threads()).min(tasks);
+    if threads <= 1 || IN_TASK.with(|t| t.get()) || pool().workers == 0 {
         (0..tasks).for_each(f);
         return;
     }
@@ -231,6 +242,7 @@ pub fn parallel_for(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         let mut s = lock(&p.shared.state);
         s.job = Some(job);
         s.tasks = tasks;
+        s.threads = threads;
         s.generation += 1;
         p.shared.generation.store(s.generation, Ordering::Release);
         p.shared.wake.notify_all();
@@ -346,6 +358,17 @@ mod tests {
             }
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 20));
         }
+    }
+
+    #[test]
+    fn fewer_threads_than_tasks() {
+        let hits: Vec<AtomicUsize> = (0..50).map(|_| AtomicUsize::new(0)).collect();
+        for threads in [1, 2, 3] {
+            parallel_for_on(threads, 50, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 3));
     }
 
     #[test]

@@ -376,7 +376,7 @@ fn run_engines(
             cranformer_compiler::tiling::report::table(
                 &rows,
                 &profile,
-                "each matmul timed inside the runtime call (GemmCall) during one extra run; other kernels: prediction only"
+                "each matmul timed inside the runtime call (GemmCall) during one extra run, with the isa/kc/mc/threads it ran with; other kernels: prediction only"
             )
         )?;
         writeln!(

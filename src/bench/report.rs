@@ -32,8 +32,11 @@ fn median(v: &[Duration]) -> Duration {
     }
 }
 
-/// The report rows of every call in `trace` (graphs as the JIT compiled them), with each
-/// matmul's measured time from the runtime's per-call timings, matched by shape.
+/// The report rows of every call in `trace` (graphs as the JIT compiled them): each matmul
+/// as the runtime ran it (its recorded ISA, blocking, threads and time; see
+/// `tiling::report::ran`), the other kernels with their predictions. Without recorded
+/// matmuls (no runtime matmul on this CPU: the generated kernel ran), the graph's matmul rows
+/// stay, with the generated kernel the host profile picks.
 pub(super) fn tiling_report(
     model: &Model,
     trace: &Trace,
@@ -56,30 +59,9 @@ pub(super) fn tiling_report(
             report::rows(&optimized[entry], dims, &profile, weights),
         );
     }
-    for r in rows.iter_mut() {
-        if let Some((m, n, k)) = r.matmul {
-            let secs: f64 = timings
-                .iter()
-                .filter(|t| (t.m, t.n, t.k) == (m, n, k))
-                .map(|t| t.seconds)
-                .sum();
-            if secs > 0.0 {
-                r.measured_s = Some(secs);
-            }
-        }
-    }
-    // Several rows of one shape (with and without epilogue) share the timings: split them
-    // by call count.
-    let mut shared: std::collections::HashMap<(usize, usize, usize), usize> = Default::default();
-    for r in &rows {
-        if let Some(s) = r.matmul {
-            *shared.entry(s).or_default() += r.calls;
-        }
-    }
-    for r in rows.iter_mut() {
-        if let (Some(s), Some(m)) = (r.matmul, r.measured_s) {
-            r.measured_s = Some(m * r.calls as f64 / shared[&s] as f64);
-        }
+    if !timings.is_empty() {
+        rows.retain(|r| r.matmul.is_none());
+        rows.extend(report::ran(timings, &profile, weights));
     }
     Ok((rows, profile))
 }
@@ -108,6 +90,15 @@ impl Report<'_> {
             .map(|s| median(&s.totals))
     }
 
+    /// Threads an engine ran on: the interpreter always one, compiled code the runtime's.
+    fn engine_threads(&self, s: &Sample) -> usize {
+        if s.name == "interp" {
+            1
+        } else {
+            self.threads
+        }
+    }
+
     fn gflops(cost: &Cost, d: Duration) -> f64 {
         cost.flops as f64 / d.as_secs_f64().max(1e-12) / 1e9
     }
@@ -127,7 +118,7 @@ impl Report<'_> {
                 "model": self.model,
                 "architecture": self.architecture,
                 "batch": a.batch,
-                "threads": self.threads,
+                "threads": self.engine_threads(s),
                 "warmup": a.warmup,
                 "flops": self.cost.flops,
                 "matmul_flops": self.matmul_flops,
@@ -184,7 +175,7 @@ impl Report<'_> {
         };
         writeln!(
             out,
-            "{} ({}): {shape}; {} thread{}; {} run{} per engine after {} warm-up, interleaved",
+            "{} ({}): {shape}; compiled engines on {} thread{} (interp on 1); {} run{} per engine after {} warm-up, interleaved",
             self.model,
             self.architecture,
             self.threads,
@@ -205,8 +196,8 @@ impl Report<'_> {
         )?;
         let interp = self.interp_median(samples);
         let mut header = format!(
-            "{:<8} {:>10} {:>11} {:>11} {:>9}",
-            "engine", "build ms", "median ms", "min ms", "GFLOP/s"
+            "{:<8} {:>7} {:>10} {:>11} {:>11} {:>9}",
+            "engine", "threads", "build ms", "median ms", "min ms", "GFLOP/s"
         );
         if self.generate() {
             header += &format!(" {:>11} {:>14}", "ms/token", "decode GFLOP/s");
@@ -219,8 +210,9 @@ impl Report<'_> {
             let med = median(&s.totals);
             let min = *s.totals.iter().min().expect("at least one run");
             let mut line = format!(
-                "{:<8} {:>10.1} {:>11.2} {:>11.2} {:>9.2}",
+                "{:<8} {:>7} {:>10.1} {:>11.2} {:>11.2} {:>9.2}",
                 s.name,
+                self.engine_threads(s),
                 ms(s.build.total),
                 ms(med),
                 ms(min),

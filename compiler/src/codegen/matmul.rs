@@ -5,7 +5,8 @@
 //!
 //! Where the runtime offers its wide matmul (AVX-512 / AVX2 micro-kernels, threads: see
 //! `cranformer_runtime::gemm`), the kernel fills a `GemmCall` on its stack (operands, the
-//! epilogue and the tiling the cost model chose) and calls it through `EntryCtx::rt`; the
+//! epilogue; the runtime resolves ISA, blocking and threads on the machine that runs) and
+//! calls it through `EntryCtx::rt`; the
 //! runtime applies the epilogue per tile while it is hot. Cranelift itself
 //! emits 128-bit vectors only, a quarter of an AVX-512 core's peak. Otherwise, the portable
 //! path below runs on 8-column sub-panels of the same packing.
@@ -20,15 +21,14 @@ use super::entry::{Arg, At, Call};
 use super::ir::Kb;
 use super::{CodegenError, Imports, Lowering};
 use crate::graph::{Activation, Op, WeightLayout};
-use crate::tiling::{Kernel, Tiling};
 use cranelift_codegen::ir::{
     condcodes::IntCC,
-    types::{F32X4, I32, I64, I8},
+    types::{F32X4, I32, I64},
     InstBuilder, StackSlotData, StackSlotKind, Value,
 };
 use cranelift_module::{FuncId, Module};
 use cranformer_runtime::abi::gemm_call;
-use cranformer_runtime::gemm::{Act, Isa, ISA_AUTO};
+use cranformer_runtime::gemm::{Act, ISA_AUTO};
 use cranformer_runtime::native::{WeightPrep, PANEL};
 
 /// Rows per register tile: 6 rows × 2 vectors = 12 accumulators of x86-64's 16 xmm registers.
@@ -159,22 +159,12 @@ pub fn gemm_act(a: Option<Activation>) -> Act {
     }
 }
 
-/// The `GemmCall::isa` code of the tiling's kernel family.
-fn isa_code(k: Kernel) -> u32 {
-    match k {
-        Kernel::Auto | Kernel::F32x4 => ISA_AUTO,
-        Kernel::Avx512 => Isa::Avx512.code(),
-        Kernel::Avx2 => Isa::Avx2.code(),
-    }
-}
-
 /// Kernel parameters, in order: `(x, panels, bias, out, m, gemm, residual)`:
 /// `out [M, N] = act(x [M, K] · W + bias) + residual`, with `bias` (padded to whole panels)
 /// or 0, `gemm` the runtime's wide matmul (`RuntimeFns::gemm`) or 0, `residual` `[M, N]` or 0
 /// (read only when `residual` is set; `act` and `residual` are compile-time choices of the
-/// kernel, so each combination is its own kernel). `tiling` is the cost model's choice
-/// (`crate::tiling`), passed to the runtime in the `GemmCall`; when it picks the generated
-/// f32x4 kernel, or the runtime offers none, the portable path runs.
+/// kernel, so each combination is its own kernel). Nothing about the tiling is decided here:
+/// the runtime resolves it per call; when it offers no wide matmul, the portable path runs.
 #[allow(clippy::too_many_arguments)]
 pub fn linear<M: Module>(
     l: &mut Lowering<'_, M>,
@@ -183,20 +173,12 @@ pub fn linear<M: Module>(
     bias: bool,
     act: Option<Activation>,
     residual: bool,
-    tiling: &Tiling,
 ) -> Result<FuncId, CodegenError> {
-    let t = tiling;
-    let tile_name = |c: &crate::tiling::Choice| {
-        format!("{:?}{}_{}_{}", c.kernel, c.kc, c.mc, c.threads).to_lowercase()
-    };
     let name = format!(
-        "cf_linear_k{kdim}_n{n}{}{}{}_t{}_{}_{}",
+        "cf_linear_k{kdim}_n{n}{}{}{}",
         if bias { "_bias" } else { "" },
         act.map_or(String::new(), |a| format!("_{a:?}").to_lowercase()),
         if residual { "_res" } else { "" },
-        t.small_m,
-        tile_name(&t.small),
-        tile_name(&t.large),
     );
     let mut funcs = (1..=MR)
         .map(|mr| micro(l, mr, kdim, n, bias))
@@ -215,28 +197,10 @@ pub fn linear<M: Module>(
     let gemm_sig = l.signature(1, false);
     let tiles = n.div_ceil(TILE_N) as i64;
     let per_panel = (PANEL / TILE_N) as i64;
-    let generated_small = t.small.kernel == Kernel::F32x4;
-    let generated_large = t.large.kernel == Kernel::F32x4;
     l.kernel(&name, 7, false, imports, |k, p, refs| {
         let (x, w, b, out, m, gemm, res) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
-        let is_small =
-            k.b.ins()
-                .icmp_imm_s(IntCC::SignedLessThanOrEqual, m, t.small_m as i64);
-        let has_gemm = k.b.ins().icmp_imm_s(IntCC::NotEqual, gemm, 0);
-        // The runtime runs it unless the chosen tiling is the generated kernel.
-        let wide = match (generated_small, generated_large) {
-            (false, false) => has_gemm,
-            (true, true) => k.i(0),
-            // `select` needs both arms of one type: icmp gives an i8, so the constant is too.
-            (true, false) => {
-                let z = k.b.ins().iconst(I8, 0);
-                k.b.ins().select(is_small, z, has_gemm)
-            }
-            (false, true) => {
-                let z = k.b.ins().iconst(I8, 0);
-                k.b.ins().select(is_small, has_gemm, z)
-            }
-        };
+        // The runtime's wide matmul when it offers one; it resolves the tiling on the host.
+        let wide = k.b.ins().icmp_imm_s(IntCC::NotEqual, gemm, 0);
         let done = k.b.create_block();
         let narrow = k.b.create_block();
         let call = k.b.create_block();
@@ -265,24 +229,16 @@ pub fn linear<M: Module>(
         ] {
             k.st_field(v, c, f);
         }
-        // The epilogue, then the small or large tiling by M.
-        let fields = |ch: &crate::tiling::Choice| {
-            [
-                (gemm_call::ACT, gemm_act(act) as u32),
-                (gemm_call::KC, ch.kc),
-                (gemm_call::MC, ch.mc),
-                (gemm_call::ISA, isa_code(ch.kernel)),
-                (gemm_call::THREADS, ch.threads),
-            ]
-        };
-        for ((f, s), (_, l_)) in fields(&t.small).into_iter().zip(fields(&t.large)) {
-            let v = if s == l_ {
-                k.b.ins().iconst(I32, s as i64)
-            } else {
-                let sv = k.b.ins().iconst(I32, s as i64);
-                let lv = k.b.ins().iconst(I32, l_ as i64);
-                k.b.ins().select(is_small, sv, lv)
-            };
+        // The epilogue; kc, mc, isa and threads 0: resolved by the runtime on the machine
+        // that runs (`cranformer_runtime::gemm::plan::resolve`).
+        for (f, v) in [
+            (gemm_call::ACT, gemm_act(act) as u32),
+            (gemm_call::KC, 0),
+            (gemm_call::MC, 0),
+            (gemm_call::ISA, ISA_AUTO),
+            (gemm_call::THREADS, 0),
+        ] {
+            let v = k.b.ins().iconst(I32, v as i64);
             k.st_field(v, c, f);
         }
         let sig = k.b.import_signature(gemm_sig);
@@ -366,8 +322,7 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
         in_out: layout == WeightLayout::InOut,
     };
     let bias = at.ops.len() == 3 + residual as usize;
-    let tiling = l.tiling(k, n);
-    let kernel = linear(l, k, n, bias, act, residual, &tiling)?;
+    let kernel = linear(l, k, n, bias, act, residual)?;
     let b = if bias {
         at.operand(2, WeightPrep::PadPanel { n })
     } else {

@@ -114,10 +114,6 @@ pub struct Lowering<'m, M: Module> {
     micro_isa: OwnedTargetIsa,
     /// When set, every function's IR is appended here as text (`--emit clif`).
     pub clif: Option<String>,
-    /// The machine the matmul tilings are chosen for (`crate::tiling`).
-    pub profile: crate::tiling::MachineProfile,
-    /// Rows a matmul is expected to have when not decoding (B·T), for its tiling.
-    pub m_hint: usize,
 }
 
 impl<'m, M: Module> Lowering<'m, M> {
@@ -128,14 +124,7 @@ impl<'m, M: Module> Lowering<'m, M> {
             fctx: FunctionBuilderContext::new(),
             micro_isa: native_isa("none", false)?,
             clif: None,
-            profile: crate::tiling::MachineProfile::host(),
-            m_hint: crate::tiling::DEFAULT_M_HINT,
         })
-    }
-
-    /// The cost model's tilings of a `[M, kdim] · [kdim, n]` matmul on this lowering's machine.
-    pub fn tiling(&self, kdim: usize, n: usize) -> crate::tiling::Tiling {
-        crate::tiling::Tiling::plan(&self.profile, kdim, n, self.m_hint)
     }
 
     /// The kernel named `name` taking `params` i64s (and returning one when `ret`), built by

@@ -7,7 +7,7 @@ use super::entry::{Arg, At, Call};
 use super::ir::Kb;
 use super::{parallel, CodegenError, Imports, Lowering};
 use crate::graph::Op;
-use cranelift_codegen::ir::{types::F32X4, InstBuilder, Value};
+use cranelift_codegen::ir::{condcodes::IntCC, types::F32X4, InstBuilder, Value};
 use cranelift_module::{FuncId, Module};
 
 fn sum_of(k: &mut Kb, row: Value, n: Value, f: impl Fn(&mut Kb, Value) -> Value) -> Value {
@@ -241,6 +241,56 @@ pub fn add_layer_norm<M: Module>(
     })
 }
 
+/// `(a, b, gamma, beta, out, rows, rows_b, parallel_for)`: [`add_layer_norm`] on the thread
+/// pool. When `b` has a row for every row of `a` (a residual, the common case) the rows are
+/// cut into tasks (`parallel::split`: the same code per row wherever the cut falls, so
+/// results do not depend on the thread count); a repeated `b` runs on one thread.
+pub fn add_layer_norm_parallel<M: Module>(
+    l: &mut Lowering<'_, M>,
+    c: usize,
+    eps: f32,
+) -> Result<FuncId, CodegenError> {
+    let serial = add_layer_norm(l, c, eps)?;
+    let same_name = format!("cf_add_layer_norm_same_c{c}_e{:08x}", eps.to_bits());
+    let imports = Imports {
+        funcs: vec![serial],
+        data: vec![],
+    };
+    // `(a, b, gamma, beta, out, rows)` with as many rows of b as of a.
+    let same = l.kernel(&same_name, 6, false, imports, |k, p, refs| {
+        let args = [p[0], p[1], p[2], p[3], p[4], p[5], p[5]];
+        k.b.ins().call(refs.funcs[0], &args);
+    })?;
+    let row = 4 * c as i64;
+    let split = parallel::split(
+        l,
+        &format!("{same_name}_parallel"),
+        same,
+        &[row, row, 0, 0, row],
+        16,
+        1,
+    )?;
+    let name = format!("cf_add_layer_norm_c{c}_e{:08x}_parallel", eps.to_bits());
+    let imports = Imports {
+        funcs: vec![serial, split],
+        data: vec![],
+    };
+    l.kernel(&name, 8, false, imports, |k, p, refs| {
+        let (rows, rows_b, pfor) = (p[5], p[6], p[7]);
+        let same = k.b.ins().icmp(IntCC::Equal, rows, rows_b);
+        let (par, one, done) = (k.b.create_block(), k.b.create_block(), k.b.create_block());
+        k.b.ins().brif(same, par, &[], one, &[]);
+        k.b.switch_to_block(par);
+        k.b.ins()
+            .call(refs.funcs[1], &[p[0], p[1], p[2], p[3], p[4], rows, pfor]);
+        k.b.ins().jump(done, &[]);
+        k.b.switch_to_block(one);
+        k.b.ins().call(refs.funcs[0], &p[..7]);
+        k.b.ins().jump(done, &[]);
+        k.b.switch_to_block(done);
+    })
+}
+
 /// `(a, b, gamma, out, rows, rows_b)`: RmsNorm(a + b), `b` repeated as in [`add_layer_norm`].
 pub fn add_rms_norm<M: Module>(
     l: &mut Lowering<'_, M>,
@@ -264,7 +314,7 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
     let rows = Arg::Rows(at.n);
     Ok(match at.node().op {
         Op::AddLayerNorm { eps } => Call::new(
-            add_layer_norm(l, c, eps)?,
+            add_layer_norm_parallel(l, c, eps)?,
             vec![
                 at.v(0),
                 at.v(1),
@@ -273,6 +323,7 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
                 at.out(),
                 rows,
                 Arg::Rows(at.ops[1]),
+                Arg::ParallelFor,
             ],
         ),
         Op::AddRmsNorm { eps } => Call::new(

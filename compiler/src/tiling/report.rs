@@ -3,14 +3,18 @@
 //! measured time when the caller has one, and the share of the roof reached; and the same
 //! kernels as points on an SVG roofline.
 //!
-//! Matmuls get the cost model's numbers (`choose`). Other kernels are Cranelift code on one
+//! Matmuls get the cost model's numbers (`choose`); with a run to show ([`ran`]), each matmul
+//! row is what the runtime recorded: the ISA, blocking and threads the call actually ran with
+//! (resolved on this host), its measured time, and the model's prediction for that tiling.
+//! Other kernels are Cranelift code on one
 //! thread at 128 bits: their roof is `max(FLOPs / 128-bit peak, bytes / bandwidth of the
 //! level that holds their operands)`, from `graph::cost`.
 
-use super::choose::{choose_problem, Problem};
+use super::choose::{candidates, choose_problem, evaluate, explain, Choice, Kernel, Problem};
 use super::roofline::MachineProfile;
 use crate::graph::node_cost;
 use crate::graph::{Dims, Graph, Op};
+use cranformer_runtime::gemm::profile::Timing;
 
 /// One kernel, or several calls of the same kernel summed.
 #[derive(Clone, Debug, PartialEq)]
@@ -146,6 +150,80 @@ pub fn rows(g: &Graph, d: &Dims, p: &MachineProfile, weights_in_flight: u64) -> 
             }
             None => out.push(row),
         }
+    }
+    out
+}
+
+/// The matmul rows of a run as the runtime recorded it: one row per shape, epilogue and
+/// tiling that ran (ISA, kc, mc, threads as resolved on this host, never recomputed here),
+/// with the measured time and the cost model's prediction of that very tiling on `p`.
+pub fn ran(timings: &[Timing], p: &MachineProfile, weights_in_flight: u64) -> Vec<Row> {
+    let mut out: Vec<Row> = vec![];
+    for t in timings {
+        let act = cranformer_runtime::gemm::Act::from_code(t.act)
+            .filter(|a| *a != cranformer_runtime::gemm::Act::None)
+            .map_or(String::new(), |a| format!(" {a:?}").to_lowercase());
+        let kernel = format!(
+            "linear {}x{}x{}{act}{}",
+            t.m,
+            t.k,
+            t.n,
+            if t.residual { " +res" } else { "" }
+        );
+        let choice = Choice {
+            kernel: Kernel::of_isa(t.isa),
+            kc: t.kc as u32,
+            mc: t.mc as u32,
+            threads: t.threads as u32,
+        };
+        let tiling = choice.describe();
+        if let Some(r) = out
+            .iter_mut()
+            .find(|r| r.kernel == kernel && r.tiling == tiling)
+        {
+            r.calls += 1;
+            r.flops += 2.0 * (t.m * t.n * t.k) as f64;
+            r.measured_s = Some(r.measured_s.unwrap_or(0.0) + t.seconds);
+            let per_call = r.predicted_s / (r.calls - 1) as f64;
+            r.predicted_s += per_call;
+            r.roof_s += r.roof_s / (r.calls - 1) as f64;
+            r.bytes += r.bytes / (r.calls - 1) as f64;
+            continue;
+        }
+        let pr = Problem {
+            m: t.m,
+            n: t.n,
+            k: t.k,
+            weights_in_flight,
+            residual: t.residual,
+        };
+        let c = evaluate(p, &pr, choice);
+        let outer = (0..c.bytes.len())
+            .rev()
+            .find(|&i| c.bytes[i] > 0.0)
+            .unwrap_or(0);
+        let th = t.threads.max(1);
+        let roof = (c.flops / (p.peak_gflops(choice.kernel.bits(), th) * 1e9)).max(
+            (0..c.bytes.len())
+                .map(|i| c.bytes[i] / (p.read_gbs(i, th) * 1e9))
+                .fold(0.0, f64::max),
+        );
+        out.push(Row {
+            kernel,
+            calls: 1,
+            flops: c.flops,
+            bytes: c.bytes[outer],
+            bound: c.bound.clone(),
+            tiling,
+            predicted_s: c.predicted_s,
+            roof_s: roof,
+            measured_s: Some(t.seconds),
+            why: format!(
+                "ran as resolved by the runtime on this host; {}",
+                explain(p, &pr, &c, &candidates(p, &pr))
+            ),
+            matmul: Some((t.m, t.n, t.k)),
+        });
     }
     out
 }

@@ -1,16 +1,20 @@
 //! Single-precision matrix multiply for the generated code: `C = act(A·B + bias) + residual`,
 //! with B (the weights) packed once into column panels and A (the activations) packed per
-//! cache block. The generated code describes each call in a [`GemmCall`], including the
-//! tiling the compiler's cost model chose (`compiler/src/tiling`).
+//! cache block. The generated code describes each call in a [`GemmCall`] (shape, operands,
+//! epilogue); the runtime resolves its ISA, blocking and threads on the machine that runs
+//! ([`plan::resolve`], the roofline cost model on the host's profile), so a compiled model
+//! moved to another machine tiles and threads for that one.
 //!
 //! Cranelift emits 128-bit vectors only, a quarter of this machine's 512-bit FMA peak, so
 //! the matmuls call these micro-kernels, written with `std::arch` and chosen by the CPU's
 //! features at run time (as IREE's generated code calls its ukernels). Loop nest (BLIS
-//! order): threads split the column panels; for each K block of `kc`, A's rows are packed
-//! into slivers of MR rows; each packed B sliver (`kc × NR`, kept in L1) is multiplied with
-//! every A sliver (streamed from L2). The K blocking never depends on the thread count, so
-//! every element sums its products in the same order: results are identical for any
-//! number of threads. The epilogue (activation, residual) runs on each tile right after its
+//! order): A is packed once per call into slivers of MR rows per K block of `kc`, shared by
+//! all threads; the column panels go out in chunks, several per thread, to whichever thread
+//! asks next; within a chunk, for each K block and block of `mc` rows, each packed B sliver
+//! (`kc × NR`, kept in L1) is multiplied with every A sliver (streamed from L2). A single row
+//! (decode) reads several whole panels at once instead (`gemv`). The K blocking never depends
+//! on the thread count (see [`plan::resolve_on`]), so every element sums its products in the
+//! same order: results are identical for any number of threads. The epilogue (activation, residual) runs on each tile right after its
 //! last K block, while the tile is in L1.
 //!
 //! Narrow weights (int8, bf16, f16) have the same loop nest in `qgemm.rs`, their formats and
@@ -22,6 +26,8 @@ mod avx2_q;
 mod avx512;
 mod avx512_q;
 pub mod epilogue;
+mod gemv;
+pub mod plan;
 mod portable;
 mod portable_q;
 pub mod profile;
@@ -52,8 +58,24 @@ pub const ISA_AUTO: u32 = 0;
 
 impl Isa {
     /// The best family this CPU runs (`CRANFORMER_ISA=avx2|portable` picks a lesser one).
+    /// An empty `CRANFORMER_ISA` means unset; an unknown value is reported on stderr and
+    /// ignored (it used to select the portable path without a word).
     pub fn detect() -> Isa {
-        let forced = std::env::var("CRANFORMER_ISA").ok();
+        let forced = std::env::var("CRANFORMER_ISA")
+            .ok()
+            .filter(|v| !v.is_empty());
+        if let Some(v) = forced.as_deref() {
+            if !["avx512", "avx2", "portable"].contains(&v) {
+                eprintln!(
+                    "cranformer: CRANFORMER_ISA={v:?} is not one of avx512, avx2, portable; using the CPU's best"
+                );
+                return Isa::detect_with(None);
+            }
+        }
+        Isa::detect_with(forced)
+    }
+
+    fn detect_with(forced: Option<String>) -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let want = |name: &str| forced.as_deref().is_none_or(|f| f == name);
@@ -86,6 +108,15 @@ impl Isa {
             Isa::Avx512 => avx512::NR,
             Isa::Avx2 => avx2::NR,
             Isa::Portable => portable::NR,
+        }
+    }
+
+    /// Vector width in bits (the portable kernel: what SSE or NEON give it).
+    pub fn bits(self) -> u32 {
+        match self {
+            Isa::Avx512 => 512,
+            Isa::Avx2 => 256,
+            Isa::Portable => 128,
         }
     }
 
@@ -257,31 +288,37 @@ impl GemmCall {
         }
     }
 
-    /// The ISA, blocking and thread count this call runs with once the zeros ("auto") are
-    /// resolved.
+    /// The ISA, blocking and thread count this call runs with: each field left 0 ("auto", as
+    /// generated code leaves them all) comes from the cost model on this host
+    /// ([`plan::resolve`]); a non-zero one (tests, benchmarks) is taken as given.
     pub fn resolved(&self) -> (Isa, Blocking, usize) {
-        let isa = Isa::from_code(self.isa);
+        let auto = (self.isa == 0 || self.kc == 0 || self.mc == 0 || self.threads == 0)
+            .then(|| plan::resolve(self.m, self.n, self.k, !self.residual.is_null()));
+        let isa = match (self.isa, auto.and_then(|c| c.kernel.isa())) {
+            (0, Some(isa)) => isa,
+            (code, _) => Isa::from_code(code),
+        };
+        // A plan's blocking is sized for its own ISA's tile; it does not carry over to a
+        // family the call forces.
+        let plan = auto.filter(|c| c.kernel.isa() == Some(isa));
         let def = Blocking::default_for(isa);
+        let pick = |given: u32, planned: Option<u32>, default: usize| match (given, planned) {
+            (0, Some(p)) if p > 0 => p as usize,
+            (0, _) => default,
+            (g, _) => g as usize,
+        };
         let bl = Blocking {
-            kc: if self.kc == 0 {
-                def.kc
-            } else {
-                self.kc as usize
-            },
-            mc: if self.mc == 0 {
-                def.mc
-            } else {
-                self.mc as usize
-            },
+            kc: pick(self.kc, plan.map(|c| c.kc), def.kc),
+            mc: pick(self.mc, plan.map(|c| c.mc), def.mc),
         };
         let pool = threads::threads();
         let panels = self.n.div_ceil(PACK_NR).max(1);
-        let t = match self.threads {
-            // Too little work is not worth waking threads (~5 µs).
-            0 => pool.min((self.m * self.n * self.k / 200_000).max(1)),
-            t => (t as usize).min(pool),
+        let t = match (self.threads, auto) {
+            (0, Some(c)) => c.threads as usize,
+            (0, None) => pool,
+            (t, _) => t as usize,
         };
-        (isa, bl, t.min(panels).max(1))
+        (isa, bl, t.min(pool).min(panels).max(1))
     }
 }
 
@@ -323,17 +360,104 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
         epilogue::apply(act, g.c, g.ldc, g.m, g.n, res);
         return;
     }
-    let panels = g.n.div_ceil(PACK_NR);
-    // Contiguous ranges of panels, one per thread: each thread packs A for itself, which
-    // costs M·K against its M·K·N/threads of multiply-adds.
-    let tasks = tasks.clamp(1, panels);
-    let per = panels.div_ceil(tasks);
-    threads::parallel_for(tasks, &|t| {
-        let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
-        if p0 < p1 {
-            block(g, isa, blocking, act, p0, p1);
+    let (mr, kc_max) = (isa.mr(), blocking.kc.max(1));
+    let slivers = g.m.div_ceil(mr);
+    let threads = tasks.max(1);
+    PACKED_A.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let len = slivers * mr * g.k;
+        if buf.len() < len {
+            buf.resize(len, 0.0);
         }
+        let packed = Packed {
+            a: buf.as_mut_ptr(),
+            slivers,
+            mr,
+            kc: kc_max,
+        };
+        // A is packed once for all threads: every task reads the same slivers. Packing all of
+        // it per thread (as before) cost each thread M·K reads and writes on top of its share
+        // of the products, and held the other threads' share back behind it.
+        let kblocks = g.k.div_ceil(kc_max);
+        let pack = |i: usize| packed.pack(g, i / slivers * kc_max, i % slivers);
+        if threads > 1 && g.m * g.k >= PARALLEL_PACK_MIN {
+            threads::parallel_for_on(threads, kblocks * slivers, &pack);
+        } else {
+            (0..kblocks * slivers).for_each(pack);
+        }
+        // Panels are handed out in chunks, several per thread, each to whichever thread asks
+        // next: a thread that starts late (woken from sleep, or preempted by another process)
+        // takes fewer chunks instead of leaving its whole share to the others' wait.
+        let panels = g.n.div_ceil(PACK_NR);
+        let (chunks, per) = chunks(panels, threads, g.m);
+        threads::parallel_for_on(threads, chunks, &|t| {
+            let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
+            block(g, isa, blocking, act, &packed, p0, p1);
+        });
     });
+}
+
+/// Work of A's packing (M·K) from which it is split over the threads: below it, waking them
+/// costs more than packing on one.
+const PARALLEL_PACK_MIN: usize = 32 * 1024;
+
+/// Chunks of panels per thread ([`run`]).
+const CHUNKS_PER_THREAD: usize = 4;
+
+/// How [`run`] cuts `panels` for `threads`: `(chunks, panels per chunk)`. Up to
+/// [`CHUNKS_PER_THREAD`] per thread, fewer for a decode row, whose chunks keep at least two
+/// GEMV groups of panels each (small chunks would cut the groups' streams short: a 768-wide
+/// GEMV in 8 chunks of 3 panels ran one panel at a time, and the whole decode step on 2
+/// threads was slower than before the chunks).
+pub fn chunks(panels: usize, threads: usize, m: usize) -> (usize, usize) {
+    if threads <= 1 || panels <= 1 {
+        return (1, panels.max(1));
+    }
+    let per_thread = if m == 1 {
+        (panels / (threads * 2 * gemv::AVX512_PANELS)).clamp(1, CHUNKS_PER_THREAD)
+    } else {
+        CHUNKS_PER_THREAD
+    };
+    let chunks = panels.min(threads * per_thread);
+    let per = panels.div_ceil(chunks);
+    (panels.div_ceil(per), per)
+}
+
+/// All of A, packed: K block by K block (each `kc` long but the last), within a block sliver
+/// by sliver of `mr` rows, each `[kc][rows]`, so a micro-kernel reads A sequentially.
+struct Packed {
+    a: *mut f32,
+    slivers: usize,
+    mr: usize,
+    kc: usize,
+}
+
+// SAFETY: tasks write disjoint slivers while packing and only read afterwards.
+unsafe impl Sync for Packed {}
+
+impl Packed {
+    /// Sliver `s` of the K block starting at `pc`.
+    fn sliver(&self, pc: usize, kc: usize, s: usize) -> *mut f32 {
+        // SAFETY: within the buffer of `slivers * mr * K` floats `run` sized.
+        unsafe { self.a.add(pc * self.slivers * self.mr + s * self.mr * kc) }
+    }
+
+    /// Packs rows `s*mr..` (up to `mr`), columns `pc..pc+kc` of A.
+    ///
+    /// # Safety
+    /// A valid for `g`'s sizes, the buffer sized by `run` for them, `pc` a K block's start
+    /// and `s` a sliver of M; no other task packs the same sliver of the same block.
+    unsafe fn pack(&self, g: &GemmCall, pc: usize, s: usize) {
+        let kc = self.kc.min(g.k - pc);
+        let rows = self.mr.min(g.m - s * self.mr);
+        let dst = std::slice::from_raw_parts_mut(self.sliver(pc, kc, s), rows * kc);
+        for r in 0..rows {
+            let src = std::slice::from_raw_parts(g.a.add((s * self.mr + r) * g.lda + pc), kc);
+            for (kk, &v) in src.iter().enumerate() {
+                dst[kk * rows + r] = v;
+            }
+        }
+    }
 }
 
 /// C entry point for generated code (`RuntimeFns::gemm`): runs `*call` with the tiling it
@@ -365,97 +489,135 @@ thread_local! {
     static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Column panels `p0..p1` of C.
+/// Column panels `p0..p1` of C, from A packed by [`Packed::pack`].
 ///
 /// # Safety
-/// As [`sgemm`], and `p0..p1` within the panels of N.
-unsafe fn block(g: &GemmCall, isa: Isa, bl: Blocking, act: Act, p0: usize, p1: usize) {
+/// As [`sgemm`], `p0..p1` within the panels of N, and all of A packed into `packed`.
+unsafe fn block(
+    g: &GemmCall,
+    isa: Isa,
+    bl: Blocking,
+    act: Act,
+    packed: &Packed,
+    p0: usize,
+    p1: usize,
+) {
     let (mr, nr) = (isa.mr(), isa.nr());
     let kc_max = bl.kc.max(1);
     let mc_max = (bl.mc / mr).max(1) * mr;
-    PACKED_A.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        buf.resize(mc_max * kc_max, 0.0);
-        let mut pc = 0;
-        while pc < g.k {
-            let kc = kc_max.min(g.k - pc);
-            let mut ic = 0;
-            while ic < g.m {
-                let mc = mc_max.min(g.m - ic);
-                pack_a(g, ic, mc, pc, kc, mr, &mut buf);
-                // Each tile-wide column strip of the panels, its kc × nr B sliver in L1.
-                for strip in p0 * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
-                    let col = strip * nr;
-                    if col >= g.n {
-                        break;
-                    }
-                    let (p, sub) = (col / PACK_NR, col % PACK_NR);
-                    let bptr = g.b.add(p * g.k * PACK_NR + pc * PACK_NR + sub);
-                    let mut ir = 0;
-                    while ir < mc {
-                        let init = if pc > 0 {
-                            Init::Load
-                        } else if g.bias.is_null() {
-                            Init::Zero
-                        } else {
-                            Init::Bias(g.bias.add(col))
-                        };
-                        let tile = Tile {
-                            kc,
-                            a: buf.as_ptr().add(ir * kc),
-                            b: bptr,
-                            c: g.c.add((ic + ir) * g.ldc + col),
-                            ldc: g.ldc,
-                            rows: mr.min(mc - ir),
-                            cols: nr.min(g.n - col),
-                            init,
-                            bias_cols_valid: g.n - col,
-                        };
-                        micro(isa, &tile);
-                        if pc + kc == g.k {
-                            let res = if g.residual.is_null() {
-                                g.residual
-                            } else {
-                                g.residual.add((ic + ir) * g.ldc + col)
-                            };
-                            epilogue::apply(act, tile.c, g.ldc, tile.rows, tile.cols, res);
-                        }
-                        ir += mr;
-                    }
+    let mut pc = 0;
+    while pc < g.k {
+        let kc = kc_max.min(g.k - pc);
+        let mut ic = 0;
+        while ic < g.m {
+            let mc = mc_max.min(g.m - ic);
+            // A decode step's single row reads several whole panels at once (`gemv`).
+            let first = if g.m == 1 {
+                gemv_panels(g, isa, act, packed.sliver(pc, kc, 0), pc, kc, p0, p1)
+            } else {
+                p0
+            };
+            // Each tile-wide column strip of the panels, its kc × nr B sliver in L1, meets
+            // the mc rows' packed A (in L2).
+            for strip in first * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
+                let col = strip * nr;
+                if col >= g.n {
+                    break;
                 }
-                ic += mc;
+                let (p, sub) = (col / PACK_NR, col % PACK_NR);
+                let bptr = g.b.add(p * g.k * PACK_NR + pc * PACK_NR + sub);
+                let mut ir = 0;
+                while ir < mc {
+                    let init = if pc > 0 {
+                        Init::Load
+                    } else if g.bias.is_null() {
+                        Init::Zero
+                    } else {
+                        Init::Bias(g.bias.add(col))
+                    };
+                    let tile = Tile {
+                        kc,
+                        a: packed.sliver(pc, kc, (ic + ir) / mr),
+                        b: bptr,
+                        c: g.c.add((ic + ir) * g.ldc + col),
+                        ldc: g.ldc,
+                        rows: mr.min(mc - ir),
+                        cols: nr.min(g.n - col),
+                        init,
+                        bias_cols_valid: g.n - col,
+                    };
+                    micro(isa, &tile);
+                    if pc + kc == g.k {
+                        let res = if g.residual.is_null() {
+                            g.residual
+                        } else {
+                            g.residual.add((ic + ir) * g.ldc + col)
+                        };
+                        epilogue::apply(act, tile.c, g.ldc, tile.rows, tile.cols, res);
+                    }
+                    ir += mr;
+                }
             }
-            pc += kc;
+            ic += mc;
         }
-    });
+        pc += kc;
+    }
 }
 
-/// Packs rows `ic..ic+mc`, columns `pc..pc+kc` of A into slivers of `mr` rows: sliver s is
-/// `[kc][rows]` with `rows = min(mr, mc - s*mr)`, so a micro-kernel reads A sequentially.
+/// Runs whole panels `p0..` of a one-row product in groups through the GEMV kernels, as far
+/// as whole groups of full panels go; returns the first panel left to the tile path.
 ///
 /// # Safety
-/// A valid for `g`'s sizes, and the block within M × K.
-unsafe fn pack_a(
+/// As [`sgemm`] with `g.m == 1`; `a` is A's packed row for the K block `pc..pc+kc`, and
+/// `p0..p1` within the panels of N.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_panels(
     g: &GemmCall,
-    ic: usize,
-    mc: usize,
+    isa: Isa,
+    act: Act,
+    a: *const f32,
     pc: usize,
     kc: usize,
-    mr: usize,
-    buf: &mut [f32],
-) {
-    let mut s = 0;
-    while s < mc {
-        let rows = mr.min(mc - s);
-        let dst = &mut buf[s * kc..(s + rows) * kc];
-        for r in 0..rows {
-            let src = std::slice::from_raw_parts(g.a.add((ic + s + r) * g.lda + pc), kc);
-            for (kk, &v) in src.iter().enumerate() {
-                dst[kk * rows + r] = v;
+    p0: usize,
+    p1: usize,
+) -> usize {
+    let group = match isa {
+        Isa::Avx512 => gemv::AVX512_PANELS,
+        Isa::Avx2 => gemv::AVX2_PANELS,
+        Isa::Portable => return p0,
+    };
+    let mut p = p0;
+    while p + group <= p1 && (p + group) * PACK_NR <= g.n {
+        let col = p * PACK_NR;
+        let init = if pc > 0 {
+            Init::Load
+        } else if g.bias.is_null() {
+            Init::Zero
+        } else {
+            Init::Bias(g.bias.add(col))
+        };
+        let b = g.b.add(p * g.k * PACK_NR + pc * PACK_NR);
+        let c = g.c.add(col);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                gemv::avx512::<{ gemv::AVX512_PANELS }>(kc, a, b, g.k * PACK_NR, c, init)
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => gemv::avx2::<{ gemv::AVX2_PANELS }>(kc, a, b, g.k * PACK_NR, c, init),
+            _ => return p,
         }
-        s += mr;
+        if pc + kc == g.k {
+            let res = if g.residual.is_null() {
+                g.residual
+            } else {
+                g.residual.add(col)
+            };
+            epilogue::apply(act, c, g.ldc, 1, group * PACK_NR, res);
+        }
+        p += group;
     }
+    p
 }
 
 /// One register tile: `rows × cols` of C from a packed A sliver and a B sliver.
@@ -529,6 +691,11 @@ pub(crate) unsafe fn with_full_tile<const NR: usize>(
     for r in 0..t.rows {
         std::ptr::copy_nonoverlapping(scratch.as_ptr().add(r * NR), t.c.add(r * t.ldc), t.cols);
     }
+}
+
+/// The best family the CPU runs, whatever `CRANFORMER_ISA` says.
+pub fn detect_hardware() -> Isa {
+    Isa::detect_with(None)
 }
 
 /// [`Isa::detect`], once.

@@ -55,6 +55,7 @@ fn matches_reference_on_odd_shapes() {
         (25, 65, 300),
         (7, 96, 385),
         (150, 70, 64),
+        (1, 420, 300),
     ] {
         let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
         let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
@@ -106,6 +107,41 @@ fn matches_reference_on_odd_shapes() {
 }
 
 #[test]
+fn gemv_matches_the_tile_path_bit_for_bit() {
+    // One row runs the GEMV kernels on whole groups of panels; as the first of two rows it
+    // runs the tile kernels: the same sums in the same order.
+    let (n, k) = (32 * 13 + 5, 300);
+    let mut seed = 5;
+    let a: Vec<f32> = (0..2 * k).map(|_| lcg(&mut seed)).collect();
+    let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+    let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+    let packed = pack_b(&w, k, n, false, PACK_NR);
+    for isa in isas() {
+        for kc in [64, k] {
+            let run = |m: usize| {
+                let mut c = vec![0f32; m * n];
+                let mut g = GemmCall::new(
+                    m,
+                    n,
+                    k,
+                    a.as_ptr(),
+                    k,
+                    packed.as_ptr(),
+                    bias.as_ptr(),
+                    c.as_mut_ptr(),
+                    n,
+                );
+                g.threads = 2;
+                unsafe { sgemm(&g, isa, Blocking { kc, mc: isa.mr() }) };
+                c
+            };
+            let (one, two) = (run(1), run(2));
+            assert_eq!(one[..], two[..n], "{isa:?} kc{kc}");
+        }
+    }
+}
+
+#[test]
 fn thread_count_does_not_change_results() {
     let (m, n, k) = (37, 200, 300);
     let mut seed = 9;
@@ -116,7 +152,7 @@ fn thread_count_does_not_change_results() {
     let run = |threads: usize| {
         crate::threads::set_threads(threads);
         let mut c = vec![0f32; m * n];
-        let g = GemmCall::new(
+        let mut g = GemmCall::new(
             m,
             n,
             k,
@@ -127,14 +163,27 @@ fn thread_count_does_not_change_results() {
             c.as_mut_ptr(),
             n,
         );
+        // Forced: the cost model might keep so small a product on one thread.
+        g.threads = threads as u32;
         // SAFETY: a, packed B and c are live and sized for m, n, k; isa was detected.
         unsafe { sgemm(&g, isa, Blocking::default_for(isa)) };
-        c
+        // And as generated code calls it, every tiling field resolved by the runtime.
+        let mut auto = vec![0f32; m * n];
+        let g = GemmCall {
+            c: auto.as_mut_ptr(),
+            ..g
+        };
+        let g = GemmCall { threads: 0, ..g };
+        // SAFETY: as above, with `auto` for C.
+        unsafe { cranformer_gemm(&g) };
+        (c, auto)
     };
     let one = run(1);
     let two = run(2);
     crate::threads::set_threads(0);
-    assert_eq!(one, two);
+    assert_eq!(one.0, two.0);
+    // The runtime's own tiling keeps its K blocking whatever the thread count.
+    assert_eq!(one.1, two.1);
 }
 
 /// f64 references of the activations, as the interpreter computes them.
