@@ -17,7 +17,14 @@ const DEFAULT_NATIVE_LIBS: &str = "-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc";
 fn main() {
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
-    for path in ["build.rs", "Cargo.toml", "Cargo.lock", "exe", "runtime", "serve"] {
+    for path in [
+        "build.rs",
+        "Cargo.toml",
+        "Cargo.lock",
+        "exe",
+        "runtime",
+        "serve",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     let target_dir = out.join("exe-target");

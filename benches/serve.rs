@@ -83,7 +83,8 @@ fn embed_bench(quick: bool) {
     }
     let s = Server::start(&bin(), &["serve", dir.to_str().unwrap()], &[]);
     let port = s.port;
-    let sentence = |c: usize, i: usize| format!("The quick brown fox {c} jumps over the lazy dog {i}.");
+    let sentence =
+        |c: usize, i: usize| format!("The quick brown fox {c} jumps over the lazy dog {i}.");
     let one = |c: usize, i: usize| {
         post(port, "/v1/embeddings", &json!({"input": sentence(c, i)}));
     };

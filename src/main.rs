@@ -12,8 +12,7 @@ use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::Model;
 use cranformer_runtime::cli::{
     ClassifyArgs, Common, EmbedArgs, EngineKind, FillMaskArgs, ForwardArgs, GenerateArgs,
-    RerankArgs, ServeArgs, Task,
-    TokenizeArgs,
+    RerankArgs, ServeArgs, Task, TokenizeArgs,
 };
 use cranformer_runtime::tasks::{self, Session};
 use cranformer_runtime::tokenize::Tokenizer;

@@ -341,7 +341,12 @@ pub fn save(name: &str, layers: Option<usize>, seed: u64, dir: &Path) -> Result<
         .with_context(|| format!("no preset {name}"))?;
     let mut json: serde_json::Value = serde_json::from_str(json)?;
     if let Some(l) = layers {
-        for key in ["num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"] {
+        for key in [
+            "num_hidden_layers",
+            "n_layer",
+            "num_layers",
+            "num_decoder_layers",
+        ] {
             if json.get(key).is_some() {
                 json[key] = l.into();
             }
@@ -352,7 +357,10 @@ pub fn save(name: &str, layers: Option<usize>, seed: u64, dir: &Path) -> Result<
         std::fs::write(dir.join(file), bytes)
             .with_context(|| format!("writing {}", dir.join(file).display()))
     };
-    write("config.json", serde_json::to_string_pretty(&json)?.as_bytes())?;
+    write(
+        "config.json",
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     write("model.safetensors", random_safetensors(&spec, seed))?;
     Ok(())
 }

@@ -63,7 +63,10 @@ fn check_help(exe: &Exe, model_dir: &Path) {
     // Every model's executable also serves its tasks over HTTP.
     let mut want = info.tasks();
     want.push("serve");
-    assert_eq!(listed, want, "--help lists the model's tasks and serve:\n{help}");
+    assert_eq!(
+        listed, want,
+        "--help lists the model's tasks and serve:\n{help}"
+    );
 }
 
 /// Compiles `model_dir` with its weights embedded and runs every case of `fixture` through it.

@@ -37,7 +37,11 @@ fn bert_tiny() {
         for name in c["outputs"].as_array().unwrap() {
             let name = name.as_str().unwrap();
             let got = &out[name];
-            r.check(&format!("{case}.{name}"), got.as_f32().unwrap(), got.shape());
+            r.check(
+                &format!("{case}.{name}"),
+                got.as_f32().unwrap(),
+                got.shape(),
+            );
         }
         p.run("embed", &inputs, ABS, REL);
     }

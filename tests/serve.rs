@@ -82,7 +82,10 @@ fn minilm_embeddings_match_the_reference_alone_and_batched() {
 
     // All at once, in one request.
     let v = s
-        .post("/v1/embeddings", &json!({"model": "minilm", "input": texts}))
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "minilm", "input": texts}),
+        )
         .expect(200);
     assert_eq!(v["object"], "list");
     assert_eq!(v["model"], "minilm");
@@ -102,7 +105,8 @@ fn minilm_embeddings_match_the_reference_alone_and_batched() {
     // Each alone, and all concurrently as separate requests (batched by the server).
     for round in 0..2 {
         let got = concurrently(texts.len(), |i| {
-            s.post("/v1/embeddings", &json!({"input": texts[i]})).expect(200)
+            s.post("/v1/embeddings", &json!({"input": texts[i]}))
+                .expect(200)
         });
         for (i, v) in got.iter().enumerate() {
             close(
@@ -140,7 +144,9 @@ fn minilm_embeddings_match_the_reference_alone_and_batched() {
     assert_eq!(from_b64, floats(&alone["data"][0]["embedding"]));
 
     // Token ids as input: the same as the text's.
-    let ids = s.post("/tokenize", &json!({"inputs": texts[0]})).expect(200);
+    let ids = s
+        .post("/tokenize", &json!({"inputs": texts[0]}))
+        .expect(200);
     let ids: Vec<i64> = ids
         .as_array()
         .unwrap()
@@ -159,7 +165,10 @@ fn minilm_embeddings_match_the_reference_alone_and_batched() {
 
     // TEI /embed (normalize is a no-op on an already normalised model).
     let e = s
-        .post("/embed", &json!({"inputs": [texts[1].clone()], "normalize": true}))
+        .post(
+            "/embed",
+            &json!({"inputs": [texts[1].clone()], "normalize": true}),
+        )
         .expect(200);
     close("/embed", &floats(&e[0]), &want[dim..2 * dim], r.abs, r.rel);
 
@@ -180,9 +189,15 @@ fn minilm_embeddings_match_the_reference_alone_and_batched() {
     let m = s.get("/metrics");
     assert_eq!(m.status, 200);
     let text = m.text();
-    assert!(text.contains("cranformer_batch_size_count{kind=\"embed\"}"), "{text}");
     assert!(
-        metric(&text, "cranformer_http_requests_total{route=\"/v1/embeddings\",status=\"200\"}") >= 16.0,
+        text.contains("cranformer_batch_size_count{kind=\"embed\"}"),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "cranformer_http_requests_total{route=\"/v1/embeddings\",status=\"200\"}"
+        ) >= 16.0,
         "{text}"
     );
     assert!(metric(&text, "cranformer_tokens_in_total") > 0.0, "{text}");
@@ -238,36 +253,169 @@ fn bad_requests_get_openai_errors() {
     let s = serve(&fixture_dir("bert-tiny"), &["--model-name", "tiny"]);
     let post = |path: &str, body: Value| s.post(path, &body);
     let cases: Vec<(&str, Resp, u16, &str)> = vec![
-        ("malformed JSON", s.post_raw("/v1/embeddings", b"{\"input\": [1,"), 400, "not valid JSON"),
-        ("not an object", s.post_raw("/v1/embeddings", b"[1, 2]"), 400, ""),
-        ("wrong type", post("/v1/embeddings", json!({"input": 3})), 400, "input"),
-        ("wrong field type", post("/v1/embeddings", json!({"input": "a", "model": 5})), 400, "model"),
-        ("missing input", post("/v1/embeddings", json!({})), 400, "input"),
-        ("empty text", post("/v1/embeddings", json!({"input": ""})), 400, "empty"),
-        ("empty list", post("/v1/embeddings", json!({"input": []})), 400, "empty"),
-        ("mixed list", post("/v1/embeddings", json!({"input": ["a", 3]})), 400, "input[1]"),
-        ("id out of range", post("/v1/embeddings", json!({"input": [101, 99999999]})), 400, "vocabulary"),
-        ("too many tokens", post("/v1/embeddings", json!({"input": "word ".repeat(100)})), 400, "at most 64"),
-        ("bad encoding", post("/v1/embeddings", json!({"input": "a", "encoding_format": "hex"})), 400, "encoding_format"),
-        ("unknown model", post("/v1/embeddings", json!({"input": "a", "model": "gpt-4"})), 404, "gpt-4"),
-        ("unknown route", post("/v1/chat/completions", json!({})), 404, "/v1/embeddings"),
-        ("no generation here", post("/v1/completions", json!({"prompt": "a"})), 404, "no route"),
+        (
+            "malformed JSON",
+            s.post_raw("/v1/embeddings", b"{\"input\": [1,"),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "not an object",
+            s.post_raw("/v1/embeddings", b"[1, 2]"),
+            400,
+            "",
+        ),
+        (
+            "wrong type",
+            post("/v1/embeddings", json!({"input": 3})),
+            400,
+            "input",
+        ),
+        (
+            "wrong field type",
+            post("/v1/embeddings", json!({"input": "a", "model": 5})),
+            400,
+            "model",
+        ),
+        (
+            "missing input",
+            post("/v1/embeddings", json!({})),
+            400,
+            "input",
+        ),
+        (
+            "empty text",
+            post("/v1/embeddings", json!({"input": ""})),
+            400,
+            "empty",
+        ),
+        (
+            "empty list",
+            post("/v1/embeddings", json!({"input": []})),
+            400,
+            "empty",
+        ),
+        (
+            "mixed list",
+            post("/v1/embeddings", json!({"input": ["a", 3]})),
+            400,
+            "input[1]",
+        ),
+        (
+            "id out of range",
+            post("/v1/embeddings", json!({"input": [101, 99999999]})),
+            400,
+            "vocabulary",
+        ),
+        (
+            "too many tokens",
+            post("/v1/embeddings", json!({"input": "word ".repeat(100)})),
+            400,
+            "at most 64",
+        ),
+        (
+            "bad encoding",
+            post(
+                "/v1/embeddings",
+                json!({"input": "a", "encoding_format": "hex"}),
+            ),
+            400,
+            "encoding_format",
+        ),
+        (
+            "unknown model",
+            post("/v1/embeddings", json!({"input": "a", "model": "gpt-4"})),
+            404,
+            "gpt-4",
+        ),
+        (
+            "unknown route",
+            post("/v1/chat/completions", json!({})),
+            404,
+            "/v1/embeddings",
+        ),
+        (
+            "no generation here",
+            post("/v1/completions", json!({"prompt": "a"})),
+            404,
+            "no route",
+        ),
         ("wrong method", s.get("/v1/embeddings"), 405, "GET"),
-        ("/embed wrong type", post("/embed", json!({"inputs": {"a": 1}})), 400, "inputs"),
-        ("/tokenize missing", post("/tokenize", json!({"text": "a"})), 400, "inputs"),
-        ("v2 unknown model", post("/v2/models/other/infer", json!({"inputs": []})), 404, "other"),
-        ("v2 empty inputs", post("/v2/models/tiny/infer", json!({"inputs": []})), 400, "inputs"),
-        ("v2 unknown tensor", post("/v2/models/tiny/infer", json!({"inputs": [
-            {"name": "pixels", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}]})), 400, "pixels"),
-        ("v2 bad shape", post("/v2/models/tiny/infer", json!({"inputs": [
-            {"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [101, 102]}]})), 400, "shape"),
-        ("v2 float ids", post("/v2/models/tiny/infer", json!({"inputs": [
-            {"name": "input_ids", "shape": [1, 2], "datatype": "FP32", "data": [1.5, 2.0]}]})), 400, "FP32"),
-        ("v2 id out of range", post("/v2/models/tiny/infer", json!({"inputs": [
-            {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [101, 40000]}]})), 400, "vocabulary"),
-        ("v2 mask not 0/1", post("/v2/models/tiny/infer", json!({"inputs": [
+        (
+            "/embed wrong type",
+            post("/embed", json!({"inputs": {"a": 1}})),
+            400,
+            "inputs",
+        ),
+        (
+            "/tokenize missing",
+            post("/tokenize", json!({"text": "a"})),
+            400,
+            "inputs",
+        ),
+        (
+            "v2 unknown model",
+            post("/v2/models/other/infer", json!({"inputs": []})),
+            404,
+            "other",
+        ),
+        (
+            "v2 empty inputs",
+            post("/v2/models/tiny/infer", json!({"inputs": []})),
+            400,
+            "inputs",
+        ),
+        (
+            "v2 unknown tensor",
+            post(
+                "/v2/models/tiny/infer",
+                json!({"inputs": [
+            {"name": "pixels", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}]}),
+            ),
+            400,
+            "pixels",
+        ),
+        (
+            "v2 bad shape",
+            post(
+                "/v2/models/tiny/infer",
+                json!({"inputs": [
+            {"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [101, 102]}]}),
+            ),
+            400,
+            "shape",
+        ),
+        (
+            "v2 float ids",
+            post(
+                "/v2/models/tiny/infer",
+                json!({"inputs": [
+            {"name": "input_ids", "shape": [1, 2], "datatype": "FP32", "data": [1.5, 2.0]}]}),
+            ),
+            400,
+            "FP32",
+        ),
+        (
+            "v2 id out of range",
+            post(
+                "/v2/models/tiny/infer",
+                json!({"inputs": [
+            {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [101, 40000]}]}),
+            ),
+            400,
+            "vocabulary",
+        ),
+        (
+            "v2 mask not 0/1",
+            post(
+                "/v2/models/tiny/infer",
+                json!({"inputs": [
             {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [101, 102]},
-            {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 7]}]})), 400, "attention_mask"),
+            {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 7]}]}),
+            ),
+            400,
+            "attention_mask",
+        ),
     ];
     for (what, resp, status, needle) in cases {
         let msg = resp.error(status);
@@ -281,7 +429,8 @@ fn bad_requests_get_openai_errors() {
     let r = s.post_raw("/v1/embeddings", big.as_bytes());
     r.error(413);
     // The server is still fine.
-    s.post("/v1/embeddings", &json!({"input": "still alive"})).expect(200);
+    s.post("/v1/embeddings", &json!({"input": "still alive"}))
+        .expect(200);
 }
 
 /// KServe v2 on bert-tiny: health, metadata, and `infer` equal to the fixture's tensors.
@@ -306,7 +455,10 @@ fn kserve_infer_matches_the_forward_task() {
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    assert!(outs.contains(&"last_hidden_state") && outs.contains(&"mlm_logits"), "{meta}");
+    assert!(
+        outs.contains(&"last_hidden_state") && outs.contains(&"mlm_logits"),
+        "{meta}"
+    );
     s.get("/v2/models/nope").error(404);
 
     let tensor = |key: &str| -> Value {
@@ -339,12 +491,24 @@ fn kserve_infer_matches_the_forward_task() {
         "{}",
         out[0]["shape"]
     );
-    close("infer pooler_output", &floats(&out[0]["data"]), &want, r.abs, r.rel);
+    close(
+        "infer pooler_output",
+        &floats(&out[0]["data"]),
+        &want,
+        r.abs,
+        r.rel,
+    );
 
     // The OpenAPI document lists what this model offers, and only that.
     let doc = s.get("/openapi.json").expect(200);
     let paths = doc["paths"].as_object().unwrap();
-    for p in ["/v1/embeddings", "/embed", "/tokenize", "/v2/models/{name}/infer", "/metrics"] {
+    for p in [
+        "/v1/embeddings",
+        "/embed",
+        "/tokenize",
+        "/v2/models/{name}/infer",
+        "/metrics",
+    ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
     assert!(!paths.contains_key("/v1/completions"));
@@ -352,9 +516,17 @@ fn kserve_infer_matches_the_forward_task() {
     assert_eq!(models["data"][0]["id"], "tiny");
     // bert-tiny's next-sentence head classifies pairs, as `cranformer classify` does.
     let nsp = s
-        .post("/predict", &json!({"inputs": ["The sky is blue.", "It rarely rains."]}))
+        .post(
+            "/predict",
+            &json!({"inputs": ["The sky is blue.", "It rarely rains."]}),
+        )
         .expect(200);
-    let mut labels: Vec<&str> = nsp.as_array().unwrap().iter().map(|x| x["label"].as_str().unwrap()).collect();
+    let mut labels: Vec<&str> = nsp
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["label"].as_str().unwrap())
+        .collect();
     labels.sort();
     assert_eq!(labels, ["is_next", "not_next"]);
 }
@@ -392,7 +564,15 @@ fn gpt2_completions_alone_streamed_and_batched() {
     }
     let cli = run_json(
         &bin(),
-        &["generate", dir.to_str().unwrap(), "--prompt", "Hello, my dog is cute", "--max-new-tokens", "20", "--json"],
+        &[
+            "generate",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "Hello, my dog is cute",
+            "--max-new-tokens",
+            "20",
+            "--json",
+        ],
     );
     assert_eq!(cli["text"], greedy[0]["new_text"]);
 
@@ -402,9 +582,16 @@ fn gpt2_completions_alone_streamed_and_batched() {
         &json!({"prompt": greedy[1]["text"], "max_tokens": 20, "temperature": 0, "stream": true}),
     );
     assert_eq!(stream.status, 200);
-    assert!(stream.header("content-type").unwrap_or("").starts_with("text/event-stream"));
+    assert!(stream
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
     let events = stream.events();
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
     let mut text = String::new();
     let mut finish = None;
     let mut usage = None;
@@ -435,10 +622,17 @@ fn gpt2_completions_alone_streamed_and_batched() {
     for (i, text) in got.iter().enumerate() {
         let c = greedy[i % greedy.len()];
         let alone = complete(c["text"].as_str().unwrap(), 10 + i);
-        assert_eq!(text, alone["choices"][0]["text"].as_str().unwrap(), "stream {i}");
+        assert_eq!(
+            text,
+            alone["choices"][0]["text"].as_str().unwrap(),
+            "stream {i}"
+        );
     }
     let m = s.get("/metrics").text();
-    assert!(m.contains("cranformer_batch_size_count{kind=\"decode\"}"), "{m}");
+    assert!(
+        m.contains("cranformer_batch_size_count{kind=\"decode\"}"),
+        "{m}"
+    );
 
     // Stop strings cut the text and finish with "stop"; n choices; sampling with a seed
     // repeats itself.
@@ -488,19 +682,41 @@ fn t5_completions_and_classifier_predict() {
     let r = Reference::load("t5-tiny");
     let case = r.case("greedy_0");
     let s = serve(&t5, &[]);
-    let prompts = [case["text"].as_str().unwrap(), r.case("greedy_1")["text"].as_str().unwrap()];
+    let prompts = [
+        case["text"].as_str().unwrap(),
+        r.case("greedy_1")["text"].as_str().unwrap(),
+    ];
     let cli: Vec<Value> = prompts
         .iter()
-        .map(|p| run_json(&bin(), &["generate", t5.to_str().unwrap(), "--prompt", p, "--max-new-tokens", "16", "--json"]))
+        .map(|p| {
+            run_json(
+                &bin(),
+                &[
+                    "generate",
+                    t5.to_str().unwrap(),
+                    "--prompt",
+                    p,
+                    "--max-new-tokens",
+                    "16",
+                    "--json",
+                ],
+            )
+        })
         .collect();
     // Both prompts in one request (two streams), and each alone.
     let v = s
-        .post("/v1/completions", &json!({"prompt": prompts, "max_tokens": 16, "temperature": 0}))
+        .post(
+            "/v1/completions",
+            &json!({"prompt": prompts, "max_tokens": 16, "temperature": 0}),
+        )
         .expect(200);
     for (i, c) in cli.iter().enumerate() {
         assert_eq!(v["choices"][i]["text"], c["text"], "prompt {i} batched");
         let alone = s
-            .post("/v1/completions", &json!({"prompt": prompts[i], "max_tokens": 16, "temperature": 0}))
+            .post(
+                "/v1/completions",
+                &json!({"prompt": prompts[i], "max_tokens": 16, "temperature": 0}),
+            )
             .expect(200);
         assert_eq!(alone["choices"][0]["text"], c["text"], "prompt {i} alone");
     }
@@ -510,14 +726,33 @@ fn t5_completions_and_classifier_predict() {
     let cls = fixture_dir("bert-tiny-cls");
     let s = serve(&cls, &[]);
     // Three texts: a list of two would be one sentence pair, as in TEI.
-    let texts = ["The quick brown fox jumps over the lazy dog.", "Hello world", "A third text"];
-    let cli = run_json(&bin(), &["classify", cls.to_str().unwrap(), "--json", texts[0], texts[1], texts[2]]);
+    let texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Hello world",
+        "A third text",
+    ];
+    let cli = run_json(
+        &bin(),
+        &[
+            "classify",
+            cls.to_str().unwrap(),
+            "--json",
+            texts[0],
+            texts[1],
+            texts[2],
+        ],
+    );
     let v = s.post("/predict", &json!({"inputs": texts})).expect(200);
     for (i, res) in v.as_array().unwrap().iter().enumerate() {
         let best = &res[0];
         assert_eq!(best["label"], cli["results"][i]["label"], "{v}");
-        let want = cli["results"][i]["scores"][best["label"].as_str().unwrap()].as_f64().unwrap();
-        assert!((best["score"].as_f64().unwrap() - want).abs() < 1e-5, "{v} vs {cli}");
+        let want = cli["results"][i]["scores"][best["label"].as_str().unwrap()]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (best["score"].as_f64().unwrap() - want).abs() < 1e-5,
+            "{v} vs {cli}"
+        );
     }
     // One text gives one list; sentence pairs give the fixture's logits (raw scores).
     let one = s.post("/predict", &json!({"inputs": texts[1]})).expect(200);
@@ -527,13 +762,26 @@ fn t5_completions_and_classifier_predict() {
     let (want, shape) = refs.tensor("classify_pairs.logits");
     let labels = shape[1];
     let v = s
-        .post("/predict", &json!({"inputs": pairs["pairs"], "raw_scores": true}))
+        .post(
+            "/predict",
+            &json!({"inputs": pairs["pairs"], "raw_scores": true}),
+        )
         .expect(200);
-    let meta = s.get("/v2/models/BertForSequenceClassification").expect(200);
-    assert_eq!(meta["outputs"].as_array().unwrap().last().unwrap()["name"], "logits");
+    let meta = s
+        .get("/v2/models/BertForSequenceClassification")
+        .expect(200);
+    assert_eq!(
+        meta["outputs"].as_array().unwrap().last().unwrap()["name"],
+        "logits"
+    );
     for (i, res) in v.as_array().unwrap().iter().enumerate() {
         // Scores come sorted; the fixture's are in label order: compare the sorted values.
-        let mut got: Vec<f32> = res.as_array().unwrap().iter().map(|x| x["score"].as_f64().unwrap() as f32).collect();
+        let mut got: Vec<f32> = res
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["score"].as_f64().unwrap() as f32)
+            .collect();
         let mut exp: Vec<f32> = want[i * labels..(i + 1) * labels].to_vec();
         got.sort_by(|a, b| b.total_cmp(a));
         exp.sort_by(|a, b| b.total_cmp(a));
@@ -565,9 +813,17 @@ fn api_key_is_required() {
 /// exits 0.
 #[test]
 fn overload_and_graceful_shutdown() {
-    let mut s = serve(&minilm_dir(), &["--max-queue", "1", "--max-batch-tokens", "512"]);
+    let mut s = serve(
+        &minilm_dir(),
+        &["--max-queue", "1", "--max-batch-tokens", "512"],
+    );
     let long: Vec<String> = (0..24)
-        .map(|i| format!("sentence number {i} {}", "with many words in it ".repeat(10)))
+        .map(|i| {
+            format!(
+                "sentence number {i} {}",
+                "with many words in it ".repeat(10)
+            )
+        })
         .collect();
     let got = concurrently(24, |i| {
         let input = vec![long[i].clone(); 4];
@@ -579,7 +835,10 @@ fn overload_and_graceful_shutdown() {
         "{:?}",
         got.iter().map(|r| r.status).collect::<Vec<_>>()
     );
-    assert!(!busy.is_empty(), "no request was refused with --max-queue 1");
+    assert!(
+        !busy.is_empty(),
+        "no request was refused with --max-queue 1"
+    );
     assert!(busy.iter().all(|r| r.header("retry-after") == Some("1")));
     busy[0].error(503);
     let ok = got.iter().filter(|r| r.status == 200).count();
@@ -587,7 +846,9 @@ fn overload_and_graceful_shutdown() {
 
     // SIGTERM while a large request is being answered: it completes, the server exits 0.
     let port = s.port;
-    let texts: Vec<String> = (0..48).map(|i| format!("{i} {}", "long text ".repeat(100))).collect();
+    let texts: Vec<String> = (0..48)
+        .map(|i| format!("{i} {}", "long text ".repeat(100)))
+        .collect();
     let h = std::thread::spawn(move || {
         request(
             port,
@@ -613,7 +874,12 @@ fn compiled_executable_serves_the_same() {
     let exe = work.join("tiny");
     common::cli::run_ok(
         &bin(),
-        &["compile", dir.to_str().unwrap(), "-o", exe.to_str().unwrap()],
+        &[
+            "compile",
+            dir.to_str().unwrap(),
+            "-o",
+            exe.to_str().unwrap(),
+        ],
     );
     let a = Server::start(&exe, &["serve"], &["--model-name", "t"]);
     let b = serve(&dir, &["--model-name", "t"]);
@@ -631,8 +897,12 @@ fn compiled_executable_serves_the_same() {
             2e-4,
         );
     }
-    assert_eq!(a.get("/openapi.json").expect(200)["paths"], b.get("/openapi.json").expect(200)["paths"]);
-    a.post("/v1/completions", &json!({"prompt": "x"})).error(404);
+    assert_eq!(
+        a.get("/openapi.json").expect(200)["paths"],
+        b.get("/openapi.json").expect(200)["paths"]
+    );
+    a.post("/v1/completions", &json!({"prompt": "x"}))
+        .error(404);
 }
 
 /// A cross-encoder's /rerank: the fixture's ranking, with the `rerank` task's scores.
@@ -642,23 +912,50 @@ fn cross_encoder_rerank() {
     let r = Reference::load("bert-tiny-rerank");
     let case = r.case("rerank");
     let query = case["query"].as_str().unwrap();
-    let docs: Vec<&str> = case["documents"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    let docs: Vec<&str> = case["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
     let mut args = vec!["rerank", dir.to_str().unwrap(), "--query", query, "--json"];
     args.extend(&docs);
     let cli = run_json(&bin(), &args);
     let s = serve(&dir, &[]);
-    let v = s.post("/rerank", &json!({"query": query, "texts": docs})).expect(200);
-    let got: Vec<u64> = v.as_array().unwrap().iter().map(|x| x["index"].as_u64().unwrap()).collect();
-    let want: Vec<u64> = case["ranking"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let v = s
+        .post("/rerank", &json!({"query": query, "texts": docs}))
+        .expect(200);
+    let got: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["index"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = case["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     assert_eq!(got, want, "{v}");
-    for (g, c) in v.as_array().unwrap().iter().zip(cli["results"].as_array().unwrap()) {
+    for (g, c) in v
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cli["results"].as_array().unwrap())
+    {
         assert_eq!(g["index"], c["index"], "{v} vs {cli}");
-        assert!((g["score"].as_f64().unwrap() - c["score"].as_f64().unwrap()).abs() < 1e-6, "{v} vs {cli}");
+        assert!(
+            (g["score"].as_f64().unwrap() - c["score"].as_f64().unwrap()).abs() < 1e-6,
+            "{v} vs {cli}"
+        );
     }
     s.post("/rerank", &json!({"texts": docs})).error(400);
-    s.post("/rerank", &json!({"query": query, "texts": []})).error(400);
+    s.post("/rerank", &json!({"query": query, "texts": []}))
+        .error(400);
     drop(s);
     // Only cross-encoders offer it.
     let s = serve(&fixture_dir("bert-tiny-cls"), &[]);
-    s.post("/rerank", &json!({"query": query, "texts": docs})).error(404);
+    s.post("/rerank", &json!({"query": query, "texts": docs}))
+        .error(404);
 }

@@ -56,8 +56,17 @@ fn sixty_four_clients_no_errors() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let wall = started.elapsed();
-    let errors: Vec<&String> = results.iter().flatten().filter_map(|r| r.as_ref().err()).collect();
-    assert!(errors.is_empty(), "{} errors, first: {}", errors.len(), errors[0]);
+    let errors: Vec<&String> = results
+        .iter()
+        .flatten()
+        .filter_map(|r| r.as_ref().err())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {}",
+        errors.len(),
+        errors[0]
+    );
     let mut lat: Vec<Duration> = results.into_iter().flatten().map(Result::unwrap).collect();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];

@@ -66,7 +66,10 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(session: &mut Session) -> Generator {
-        let allowed = session.tokenizer.vocab_size().min(session.info.vocab_size());
+        let allowed = session
+            .tokenizer
+            .vocab_size()
+            .min(session.info.vocab_size());
         let arch = match session.info {
             ModelInfo::Gpt2 {
                 layers,
@@ -112,7 +115,8 @@ impl Generator {
                 ("attention_mask".into(), &mask),
             ];
             inputs.extend(cache.inputs());
-            let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+            let named: Vec<(&str, &Tensor)> =
+                inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
             g.rows_step = match session.engine.run("batch_step", &named) {
                 Ok(_) => true,
                 Err(EngineError::NoEntry { .. }) => false,
@@ -146,9 +150,7 @@ impl Generator {
         let mut out = vec![];
         for (n, group) in by_len {
             metrics.batch("prefill", group.len());
-            metrics
-                .tokens_in
-                .inc_by((n * group.len()) as u64);
+            metrics.tokens_in.inc_by((n * group.len()) as u64);
             let mut streams: Vec<Stream> = group
                 .into_iter()
                 .map(|req| {
@@ -173,13 +175,15 @@ impl Generator {
                     for s in &mut streams {
                         s.cache = KvCache::new(layers, 1, width);
                     }
-                    let tokens: Vec<Vec<i64>> = streams.iter().map(|s| s.req.prompt.clone()).collect();
+                    let tokens: Vec<Vec<i64>> =
+                        streams.iter().map(|s| s.req.prompt.clone()).collect();
                     let mut refs: Vec<&mut Stream> = streams.iter_mut().collect();
-                    self.gpt2_call(session, &mut refs, &tokens, false).map(|logits| {
-                        for (s, row) in refs.iter_mut().zip(logits) {
-                            self.emit(s, &row, metrics);
-                        }
-                    })
+                    self.gpt2_call(session, &mut refs, &tokens, false)
+                        .map(|logits| {
+                            for (s, row) in refs.iter_mut().zip(logits) {
+                                self.emit(s, &row, metrics);
+                            }
+                        })
                 }
                 Arch::T5 {
                     layers,
@@ -263,7 +267,11 @@ impl Generator {
         let id = pick(logits, &s.req.sampling, &mut s.rng, self.allowed) as i64;
         s.generated += 1;
         metrics.tokens_out.inc();
-        if s.req.events.send((s.req.index, GenEvent::Token(id))).is_err() {
+        if s.req
+            .events
+            .send((s.req.index, GenEvent::Token(id)))
+            .is_err()
+        {
             s.finished = true;
             return;
         }
@@ -306,7 +314,9 @@ impl Generator {
         let t = tokens[0].len();
         let past = streams.iter().map(|s| s.cache.len()).max().unwrap_or(0);
         if !per_row && streams.iter().any(|s| s.cache.len() != past) {
-            return Err(ApiError::internal("streams of different lengths in one step"));
+            return Err(ApiError::internal(
+                "streams of different lengths in one step",
+            ));
         }
         let pads: Vec<usize> = streams.iter().map(|s| past - s.cache.len()).collect();
         let ids = Tensor::i64(vec![b, t], tokens.concat());
@@ -329,7 +339,10 @@ impl Generator {
         let mut past_tensors = vec![];
         for l in 0..layers {
             past_tensors.push((format!("past_key.{l}"), stack(&|c: &KvCache| &c.keys[l])));
-            past_tensors.push((format!("past_value.{l}"), stack(&|c: &KvCache| &c.values[l])));
+            past_tensors.push((
+                format!("past_value.{l}"),
+                stack(&|c: &KvCache| &c.values[l]),
+            ));
         }
         let mut named: Vec<(&str, &Tensor)> = vec![("input_ids", &ids), ("attention_mask", &mask)];
         if per_row {
@@ -362,7 +375,12 @@ impl Generator {
 
     /// T5: encodes `streams`' prompts (all of length `n`) and keeps each one's cross keys and
     /// values.
-    fn t5_encode(&self, session: &mut Session, streams: &mut [Stream], n: usize) -> Result<(), ApiError> {
+    fn t5_encode(
+        &self,
+        session: &mut Session,
+        streams: &mut [Stream],
+        n: usize,
+    ) -> Result<(), ApiError> {
         let b = streams.len();
         let ids: Vec<i64> = streams.iter().flat_map(|s| s.req.prompt.clone()).collect();
         let ids = Tensor::i64(vec![b, n], ids);
@@ -381,7 +399,9 @@ impl Generator {
             .map_err(map)?;
         let names: Vec<String> = cross.keys().cloned().collect();
         for name in names {
-            let t = cross.remove(&name).unwrap_or_else(|| Tensor::f32(vec![0], vec![]));
+            let t = cross
+                .remove(&name)
+                .unwrap_or_else(|| Tensor::f32(vec![0], vec![]));
             let shape = t.shape().to_vec();
             let rows = split_rows(&t, b)?;
             for (s, row) in streams.iter_mut().zip(rows) {
@@ -397,7 +417,11 @@ impl Generator {
     }
 
     /// One T5 decoder step over streams of equal cache and encoder lengths.
-    fn t5_step(&self, session: &mut Session, streams: &mut [&mut Stream]) -> Result<Vec<Vec<f32>>, ApiError> {
+    fn t5_step(
+        &self,
+        session: &mut Session,
+        streams: &mut [&mut Stream],
+    ) -> Result<Vec<Vec<f32>>, ApiError> {
         let Arch::T5 { layers, width, .. } = self.arch else {
             return Err(ApiError::internal("not a T5 model"));
         };
@@ -405,7 +429,10 @@ impl Generator {
         let p = streams[0].cache.len();
         let s_len = streams[0].enc_mask.len();
         let dec = Tensor::i64(vec![b, 1], streams.iter().map(|s| s.next).collect());
-        let mask = Tensor::i64(vec![b, s_len], streams.iter().flat_map(|s| s.enc_mask.clone()).collect());
+        let mask = Tensor::i64(
+            vec![b, s_len],
+            streams.iter().flat_map(|s| s.enc_mask.clone()).collect(),
+        );
         let cat = |f: &dyn Fn(&Stream) -> &Tensor, len: usize| -> Tensor {
             let mut data = Vec::with_capacity(b * len * width);
             for s in streams.iter() {
@@ -415,8 +442,14 @@ impl Generator {
         };
         let mut extra: Vec<(String, Tensor)> = vec![];
         for l in 0..layers {
-            extra.push((format!("past_key.{l}"), cat(&|s: &Stream| &s.cache.keys[l], p)));
-            extra.push((format!("past_value.{l}"), cat(&|s: &Stream| &s.cache.values[l], p)));
+            extra.push((
+                format!("past_key.{l}"),
+                cat(&|s: &Stream| &s.cache.keys[l], p),
+            ));
+            extra.push((
+                format!("past_value.{l}"),
+                cat(&|s: &Stream| &s.cache.values[l], p),
+            ));
         }
         let cross_names: Vec<String> = streams[0].cross.keys().cloned().collect();
         for name in &cross_names {
@@ -427,8 +460,10 @@ impl Generator {
             }
             extra.push((name.clone(), Tensor::f32(vec![b, s_len, w], data)));
         }
-        let mut named: Vec<(&str, &Tensor)> =
-            vec![("decoder_input_ids", &dec), ("encoder_attention_mask", &mask)];
+        let mut named: Vec<(&str, &Tensor)> = vec![
+            ("decoder_input_ids", &dec),
+            ("encoder_attention_mask", &mask),
+        ];
         named.extend(extra.iter().map(|(n, t)| (n.as_str(), t)));
         let mut out = session
             .engine
@@ -470,7 +505,9 @@ fn split_rows(t: &Tensor, b: usize) -> Result<Vec<Vec<f32>>, ApiError> {
         .as_f32()
         .ok_or_else(|| ApiError::internal(format!("{t} is not f32")))?;
     if b == 0 || data.len() % b != 0 {
-        return Err(ApiError::internal(format!("{t} does not split into {b} rows")));
+        return Err(ApiError::internal(format!(
+            "{t} does not split into {b} rows"
+        )));
     }
     Ok(data.chunks(data.len() / b).map(<[f32]>::to_vec).collect())
 }

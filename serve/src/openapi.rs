@@ -68,17 +68,19 @@ fn request_schema(path: &str) -> Option<Value> {
             "inputs": texts_schema(),
             "add_special_tokens": {"type": "boolean", "default": true},
         }}),
-        "/v2/models/{name}/infer" => json!({"type": "object", "required": ["inputs"], "properties": {
-            "id": {"type": "string"},
-            "inputs": {"type": "array", "minItems": 1, "items": {"type": "object",
-                "required": ["name", "shape", "datatype", "data"], "properties": {
-                    "name": {"type": "string"},
-                    "shape": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
-                    "datatype": {"enum": ["INT64", "INT32"]},
-                    "data": {"type": "array"},
-                }}},
-            "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
-        }}),
+        "/v2/models/{name}/infer" => {
+            json!({"type": "object", "required": ["inputs"], "properties": {
+                "id": {"type": "string"},
+                "inputs": {"type": "array", "minItems": 1, "items": {"type": "object",
+                    "required": ["name", "shape", "datatype", "data"], "properties": {
+                        "name": {"type": "string"},
+                        "shape": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+                        "datatype": {"enum": ["INT64", "INT32"]},
+                        "data": {"type": "array"},
+                    }}},
+                "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
+            }})
+        }
         _ => return None,
     })
 }
@@ -113,15 +115,14 @@ pub fn document(app: &App) -> Value {
             op["parameters"] = json!(params);
         }
         if let Some(schema) = request_schema(r.path) {
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
+            op["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": schema}}});
         }
         if r.path == "/v1/completions" {
             op["responses"]["200"] = json!({"description": "A completion, or with stream: true server-sent events ending with `data: [DONE]`"});
         }
         let method = r.method.as_str().to_lowercase();
-        paths
-            .entry(r.path.to_string())
-            .or_insert_with(|| json!({}))[method] = op;
+        paths.entry(r.path.to_string()).or_insert_with(|| json!({}))[method] = op;
     }
     json!({
         "openapi": "3.1.0",

@@ -140,7 +140,8 @@ pub fn run(
     let mut active: Vec<Stream> = vec![];
     let mut open = true;
     loop {
-        let idle = rows.is_empty() && forwards.is_empty() && waiting.is_empty() && active.is_empty();
+        let idle =
+            rows.is_empty() && forwards.is_empty() && waiting.is_empty() && active.is_empty();
         if idle {
             if !open {
                 return;
@@ -166,9 +167,12 @@ pub fn run(
         }
         for job in forwards.drain(..) {
             if let Job::Forward { doc, reply, .. } = job {
-                let result =
-                    cranformer_runtime::tasks::forward::outputs(&mut session, &doc, "request".as_ref())
-                        .map_err(ApiError::from_task);
+                let result = cranformer_runtime::tasks::forward::outputs(
+                    &mut session,
+                    &doc,
+                    "request".as_ref(),
+                )
+                .map_err(ApiError::from_task);
                 let b = doc["input_ids"].as_array().map_or(0, Vec::len);
                 shared.metrics.batch("forward", b);
                 let _ = reply.send(result);
@@ -177,7 +181,9 @@ pub fn run(
         // Admit waiting streams while there is room.
         let mut admitted = vec![];
         while active.len() + admitted.len() < limits.max_streams {
-            let Some(req) = waiting.pop_front() else { break };
+            let Some(req) = waiting.pop_front() else {
+                break;
+            };
             shared.queued.fetch_sub(1, Ordering::Relaxed);
             shared
                 .metrics
@@ -257,7 +263,10 @@ fn run_rows(session: &mut Session, jobs: &mut [RowJob], shared: &Shared, limits:
         while end < order.len() {
             let (k, len, _, _) = order[end];
             let rows = end - start + 1;
-            if k != kind || len > first_len + pad_allowance(first_len) || rows * len > limits.max_batch_tokens {
+            if k != kind
+                || len > first_len + pad_allowance(first_len)
+                || rows * len > limits.max_batch_tokens
+            {
                 break;
             }
             end += 1;
@@ -289,7 +298,11 @@ fn run_rows(session: &mut Session, jobs: &mut [RowJob], shared: &Shared, limits:
     }
     for job in jobs.iter_mut() {
         if let Some(reply) = job.reply.take() {
-            let rows = job.results.iter_mut().map(|r| r.take().unwrap_or_default()).collect();
+            let rows = job
+                .results
+                .iter_mut()
+                .map(|r| r.take().unwrap_or_default())
+                .collect();
             let _ = reply.send(Ok(rows));
         }
     }
@@ -307,8 +320,18 @@ fn run_padded(
     let (mut ids, mut types, mut mask) = (vec![], vec![], vec![]);
     for s in seqs {
         let n = s.ids.len();
-        ids.extend(s.ids.iter().copied().chain(std::iter::repeat_n(pad, width - n)));
-        types.extend(s.type_ids.iter().copied().chain(std::iter::repeat_n(0, width - n)));
+        ids.extend(
+            s.ids
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, width - n)),
+        );
+        types.extend(
+            s.type_ids
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, width - n)),
+        );
         mask.extend(std::iter::repeat_n(1, n).chain(std::iter::repeat_n(0, width - n)));
     }
     let shape = vec![seqs.len(), width];
@@ -317,7 +340,9 @@ fn run_padded(
         Tensor::i64(shape.clone(), types),
         Tensor::i64(shape, mask),
     );
-    let out = session.run_bert(entry, &batch).map_err(ApiError::from_task)?;
+    let out = session
+        .run_bert(entry, &batch)
+        .map_err(ApiError::from_task)?;
     let t = out
         .get(output)
         .ok_or_else(|| ApiError::internal(format!("{entry} returned no {output}")))?;

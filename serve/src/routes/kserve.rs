@@ -24,7 +24,11 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     if app.shared.ready.load(Ordering::SeqCst) {
         Json(json!({"ready": true})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false})),
+        )
+            .into_response()
     }
 }
 
@@ -69,7 +73,11 @@ fn signature(info: &ModelInfo) -> (Vec<(&'static str, bool)>, Vec<(&'static str,
                 outs.push(("logits", vec![-1, l.len() as i64]));
             }
             (
-                vec![("input_ids", false), ("attention_mask", true), ("token_type_ids", true)],
+                vec![
+                    ("input_ids", false),
+                    ("attention_mask", true),
+                    ("token_type_ids", true),
+                ],
                 outs,
             )
         }
@@ -87,7 +95,11 @@ fn signature(info: &ModelInfo) -> (Vec<(&'static str, bool)>, Vec<(&'static str,
             }],
         ),
         ModelInfo::T5 { vocab_size, .. } => (
-            vec![("input_ids", false), ("attention_mask", true), ("decoder_input_ids", true)],
+            vec![
+                ("input_ids", false),
+                ("attention_mask", true),
+                ("decoder_input_ids", true),
+            ],
             vec![
                 ("encoder_last_hidden_state", vec![-1, -1, -1]),
                 ("logits", vec![-1, -1, *vocab_size as i64]),
@@ -145,7 +157,10 @@ fn flat_ints(v: &Value, at: &str, out: &mut Vec<i64>) -> Result<(), ApiError> {
             Ok(())
         }
         Value::Number(n) => {
-            out.push(n.as_i64().ok_or_else(|| ApiError::field(at, format!("{n} is not an integer")))?);
+            out.push(
+                n.as_i64()
+                    .ok_or_else(|| ApiError::field(at, format!("{n} is not an integer")))?,
+            );
             Ok(())
         }
         other => Err(ApiError::field(at, format!("{other} is not an integer"))),
@@ -169,10 +184,17 @@ pub async fn infer(
             let known: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
             return Err(ApiError::field(
                 &format!("{at}.name"),
-                format!("{:?} is not an input of this model (it takes {})", t.name, known.join(", ")),
+                format!(
+                    "{:?} is not an input of this model (it takes {})",
+                    t.name,
+                    known.join(", ")
+                ),
             ));
         }
-        if !matches!(t.datatype.as_str(), "INT64" | "INT32" | "INT16" | "INT8" | "UINT8" | "UINT16" | "UINT32") {
+        if !matches!(
+            t.datatype.as_str(),
+            "INT64" | "INT32" | "INT16" | "INT8" | "UINT8" | "UINT16" | "UINT32"
+        ) {
             return Err(ApiError::field(
                 &format!("{at}.datatype"),
                 format!("{} is not an integer type (send INT64)", t.datatype),
@@ -204,15 +226,16 @@ pub async fn infer(
     let outputs = rx
         .await
         .map_err(|_| ApiError::internal("the engine dropped the request"))??;
-    let wanted: Option<Vec<String>> = req
-        .outputs
-        .map(|o| o.into_iter().map(|r| r.name).collect());
+    let wanted: Option<Vec<String>> = req.outputs.map(|o| o.into_iter().map(|r| r.name).collect());
     if let Some(w) = &wanted {
         if let Some(bad) = w.iter().find(|n| !outputs.contains_key(*n)) {
             let have: Vec<&str> = outputs.keys().map(String::as_str).collect();
             return Err(ApiError::field(
                 "outputs",
-                format!("{bad:?} is not an output of this request (it has {})", have.join(", ")),
+                format!(
+                    "{bad:?} is not an output of this request (it has {})",
+                    have.join(", ")
+                ),
             ));
         }
     }

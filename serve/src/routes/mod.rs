@@ -49,21 +49,81 @@ const fn route(
 /// Every route this server can offer, in the order of the OpenAPI document.
 pub fn all_routes() -> Vec<RouteInfo> {
     vec![
-        route(Method::POST, "/v1/embeddings", Some("embed"), "OpenAI embeddings"),
-        route(Method::POST, "/v1/completions", Some("generate"), "OpenAI completions (stream: true for server-sent events)"),
+        route(
+            Method::POST,
+            "/v1/embeddings",
+            Some("embed"),
+            "OpenAI embeddings",
+        ),
+        route(
+            Method::POST,
+            "/v1/completions",
+            Some("generate"),
+            "OpenAI completions (stream: true for server-sent events)",
+        ),
         route(Method::GET, "/v1/models", None, "OpenAI: the model served"),
         route(Method::GET, "/v1/models/{model}", None, "OpenAI: one model"),
-        route(Method::POST, "/embed", Some("embed"), "TEI: sentence embeddings"),
-        route(Method::POST, "/predict", Some("classify"), "TEI: classification scores of texts or text pairs"),
-        route(Method::POST, "/rerank", Some("rerank"), "TEI: texts ranked against a query by a cross-encoder"),
-        route(Method::POST, "/tokenize", Some("tokenize"), "TEI: token ids and tokens"),
-        route(Method::GET, "/v2/health/live", None, "KServe v2: the process is up"),
-        route(Method::GET, "/v2/health/ready", None, "KServe v2: weights mapped and warm-up call done"),
-        route(Method::GET, "/v2/models/{name}", None, "KServe v2: model metadata (inputs and outputs)"),
-        route(Method::GET, "/v2/models/{name}/ready", None, "KServe v2: model readiness"),
-        route(Method::POST, "/v2/models/{name}/infer", Some("forward"), "KServe v2: the forward task, with its tensor names"),
+        route(
+            Method::POST,
+            "/embed",
+            Some("embed"),
+            "TEI: sentence embeddings",
+        ),
+        route(
+            Method::POST,
+            "/predict",
+            Some("classify"),
+            "TEI: classification scores of texts or text pairs",
+        ),
+        route(
+            Method::POST,
+            "/rerank",
+            Some("rerank"),
+            "TEI: texts ranked against a query by a cross-encoder",
+        ),
+        route(
+            Method::POST,
+            "/tokenize",
+            Some("tokenize"),
+            "TEI: token ids and tokens",
+        ),
+        route(
+            Method::GET,
+            "/v2/health/live",
+            None,
+            "KServe v2: the process is up",
+        ),
+        route(
+            Method::GET,
+            "/v2/health/ready",
+            None,
+            "KServe v2: weights mapped and warm-up call done",
+        ),
+        route(
+            Method::GET,
+            "/v2/models/{name}",
+            None,
+            "KServe v2: model metadata (inputs and outputs)",
+        ),
+        route(
+            Method::GET,
+            "/v2/models/{name}/ready",
+            None,
+            "KServe v2: model readiness",
+        ),
+        route(
+            Method::POST,
+            "/v2/models/{name}/infer",
+            Some("forward"),
+            "KServe v2: the forward task, with its tensor names",
+        ),
         route(Method::GET, "/metrics", None, "Prometheus metrics"),
-        route(Method::GET, "/openapi.json", None, "This API's OpenAPI 3.1 description"),
+        route(
+            Method::GET,
+            "/openapi.json",
+            None,
+            "This API's OpenAPI 3.1 description",
+        ),
     ]
 }
 

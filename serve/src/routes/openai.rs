@@ -94,8 +94,9 @@ pub fn items(v: &Value, param: &str) -> Result<Vec<Item>, ApiError> {
         list.iter()
             .enumerate()
             .map(|(i, x)| {
-                x.as_i64()
-                    .ok_or_else(|| ApiError::field(&format!("{at}[{i}]"), format!("{x} is not a token id")))
+                x.as_i64().ok_or_else(|| {
+                    ApiError::field(&format!("{at}[{i}]"), format!("{x} is not a token id"))
+                })
             })
             .collect()
     };
@@ -107,9 +108,14 @@ pub fn items(v: &Value, param: &str) -> Result<Vec<Item>, ApiError> {
                 .iter()
                 .enumerate()
                 .map(|(i, x)| {
-                    x.as_str().map(|s| Item::Text(s.to_string())).ok_or_else(|| {
-                        ApiError::field(&format!("{param}[{i}]"), format!("{x} is not a string"))
-                    })
+                    x.as_str()
+                        .map(|s| Item::Text(s.to_string()))
+                        .ok_or_else(|| {
+                            ApiError::field(
+                                &format!("{param}[{i}]"),
+                                format!("{x} is not a string"),
+                            )
+                        })
                 })
                 .collect(),
             Value::Number(_) => Ok(vec![Item::Ids(ids(v, param)?)]),
@@ -255,11 +261,17 @@ fn now() -> u64 {
 fn sampling(req: &CompletionsRequest) -> Result<Sampling, ApiError> {
     let temperature = req.temperature.unwrap_or(1.0);
     if !(temperature >= 0.0 && temperature.is_finite() && temperature <= 2.0) {
-        return Err(ApiError::field("temperature", format!("must be between 0 and 2, got {temperature}")));
+        return Err(ApiError::field(
+            "temperature",
+            format!("must be between 0 and 2, got {temperature}"),
+        ));
     }
     let top_p = req.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::field("top_p", format!("must be in (0, 1], got {top_p}")));
+        return Err(ApiError::field(
+            "top_p",
+            format!("must be in (0, 1], got {top_p}"),
+        ));
     }
     // OpenAI: temperature 0 is greedy; otherwise sampling over the whole vocabulary.
     if temperature == 0.0 || req.top_k == Some(1) {
@@ -290,7 +302,12 @@ fn stops(v: &Value) -> Result<Vec<String>, ApiError> {
                     .ok_or_else(|| ApiError::field(&format!("stop[{i}]"), "expected a string"))
             })
             .collect::<Result<_, _>>()?,
-        _ => return Err(ApiError::field("stop", "expected a string or a list of strings")),
+        _ => {
+            return Err(ApiError::field(
+                "stop",
+                "expected a string or a list of strings",
+            ))
+        }
     };
     if list.len() > 4 {
         return Err(ApiError::field("stop", "at most 4 stop sequences"));
@@ -326,7 +343,12 @@ impl ChoiceText {
     }
 
     fn text(&self, app: &App) -> String {
-        let ids: Vec<i64> = self.ids.iter().copied().filter(|&i| i < self.decodable).collect();
+        let ids: Vec<i64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|&i| i < self.decodable)
+            .collect();
         app.tokenizer.decode(&ids).unwrap_or_default()
     }
 
@@ -389,10 +411,16 @@ pub async fn completions(
     }
     let n = req.n.unwrap_or(1);
     if n == 0 || n > 16 {
-        return Err(ApiError::field("n", format!("must be between 1 and 16, got {n}")));
+        return Err(ApiError::field(
+            "n",
+            format!("must be between 1 and 16, got {n}"),
+        ));
     }
     if req.best_of.is_some_and(|b| b != n) {
-        return Err(ApiError::field("best_of", "best_of other than n is not supported"));
+        return Err(ApiError::field(
+            "best_of",
+            "best_of other than n is not supported",
+        ));
     }
     let limit = app.args.max_new_tokens_limit;
     let max_new = req.max_tokens.unwrap_or(16);
@@ -458,7 +486,9 @@ pub async fn completions(
         let mut done = 0;
         while done < choices {
             let Some((i, ev)) = rx.recv().await else {
-                return Err(ApiError::internal("the engine ended a stream without finishing it"));
+                return Err(ApiError::internal(
+                    "the engine ended a stream without finishing it",
+                ));
             };
             match ev {
                 GenEvent::Token(t) => {
@@ -520,7 +550,9 @@ pub async fn completions(
         let mut done = 0;
         let mut failed = false;
         while done < choices {
-            let Some((i, ev)) = rx.recv().await else { break };
+            let Some((i, ev)) = rx.recv().await else {
+                break;
+            };
             let event = match ev {
                 GenEvent::Token(t) if texts[i].finish.is_none() => {
                     let delta = texts[i].push(&app2, t, &stop);
@@ -572,9 +604,11 @@ pub async fn completions(
         }
         let _ = etx.send(Ok(Event::default().data("[DONE]")));
     });
-    let stream = futures_util::stream::unfold(erx, |mut rx| async move {
-        rx.recv().await.map(|ev| (ev, rx))
-    });
+    let stream =
+        futures_util::stream::unfold(
+            erx,
+            |mut rx| async move { rx.recv().await.map(|ev| (ev, rx)) },
+        );
     Ok(Sse::new(stream).into_response())
 }
 

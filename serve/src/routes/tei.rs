@@ -33,7 +33,10 @@ fn texts(v: &Value, param: &str) -> Result<(Vec<String>, bool), ApiError> {
             .collect::<Result<Vec<_>, _>>()
             .map(|t| (t, true)),
         Value::Null => Err(ApiError::field(param, "missing")),
-        _ => Err(ApiError::field(param, "expected a string or a list of strings")),
+        _ => Err(ApiError::field(
+            param,
+            "expected a string or a list of strings",
+        )),
     }
 }
 
@@ -64,7 +67,12 @@ pub async fn embed(
     let mut vectors = rows(&app, RowKind::Embed, seqs).await?;
     if req.normalize {
         for v in &mut vectors {
-            let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+            let norm = v
+                .iter()
+                .map(|x| (*x as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12);
             for x in v.iter_mut() {
                 *x = (*x as f64 / norm) as f32;
             }
@@ -89,10 +97,16 @@ impl Input {
                 Value::Array(p) if p.len() == 1 && p[0].is_string() => {
                     Ok(Input::Text(p[0].as_str().unwrap_or("").into()))
                 }
-                Value::Array(p) if p.len() == 2 && p.iter().all(Value::is_string) => Ok(
-                    Input::Pair(p[0].as_str().unwrap_or("").into(), p[1].as_str().unwrap_or("").into()),
-                ),
-                _ => Err(ApiError::field(at, "expected a text or a pair [text, text]")),
+                Value::Array(p) if p.len() == 2 && p.iter().all(Value::is_string) => {
+                    Ok(Input::Pair(
+                        p[0].as_str().unwrap_or("").into(),
+                        p[1].as_str().unwrap_or("").into(),
+                    ))
+                }
+                _ => Err(ApiError::field(
+                    at,
+                    "expected a text or a pair [text, text]",
+                )),
             }
         };
         match v {
@@ -108,7 +122,10 @@ impl Input {
                 .collect::<Result<Vec<_>, _>>()
                 .map(|v| (v, true)),
             Value::Null => Err(ApiError::field(param, "missing")),
-            _ => Err(ApiError::field(param, "expected a text, a pair or a list of them")),
+            _ => Err(ApiError::field(
+                param,
+                "expected a text, a pair or a list of them",
+            )),
         }
     }
 
@@ -136,7 +153,11 @@ impl Input {
 
 /// Scores per label for each input, as `classify` computes them (softmax, sigmoid for
 /// multi-label heads, raw values for regression or with `raw`).
-pub async fn classify(app: &App, inputs: &[Input], raw: bool) -> Result<Vec<Vec<(String, f32)>>, ApiError> {
+pub async fn classify(
+    app: &App,
+    inputs: &[Input],
+    raw: bool,
+) -> Result<Vec<Vec<(String, f32)>>, ApiError> {
     // A classifier's labels, or a next-sentence head's (as the classify task reads them).
     let (kind, labels, problem_type) = match &app.info {
         ModelInfo::Bert {
@@ -164,7 +185,9 @@ pub async fn classify(app: &App, inputs: &[Input], raw: bool) -> Result<Vec<Vec<
                 row.clone()
             } else {
                 match problem_type {
-                    "multi_label_classification" => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+                    "multi_label_classification" => {
+                        row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect()
+                    }
                     "regression" => row.clone(),
                     _ => softmax(row),
                 }
@@ -191,7 +214,11 @@ pub async fn predict(
     let (inputs, list) = Input::parse(&req.inputs, "inputs")?;
     let results = classify(&app, &inputs, req.raw_scores).await?;
     let as_json = |r: &Vec<(String, f32)>| -> Value {
-        Value::Array(r.iter().map(|(l, s)| json!({"label": l, "score": s})).collect())
+        Value::Array(
+            r.iter()
+                .map(|(l, s)| json!({"label": l, "score": s}))
+                .collect(),
+        )
     };
     Ok(Json(if list {
         Value::Array(results.iter().map(as_json).collect())
