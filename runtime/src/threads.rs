@@ -423,6 +423,16 @@ mod tests {
                 assert!(message.starts_with("task "), "{message}");
                 assert!(message.ends_with(&format!("in round {round}")), "{message}");
                 // Nobody is left inside the job and a panic skips the tasks not yet started.
+                // Other tests of this process share the global pool: wait (bounded) until no
+                // call of theirs is in it either before looking at its state.
+                let idle = || {
+                    pool().shared.busy.load(Ordering::Acquire) == 0
+                        && lock(&pool().shared.state).job.is_none()
+                };
+                let since = std::time::Instant::now();
+                while !idle() && since.elapsed() < Duration::from_secs(10) {
+                    std::thread::yield_now();
+                }
                 assert_eq!(pool().shared.busy.load(Ordering::Acquire), 0);
                 assert!(lock(&pool().shared.state).job.is_none());
                 assert!(ran.load(Ordering::Relaxed) <= 64);
