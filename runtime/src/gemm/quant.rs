@@ -72,6 +72,29 @@ impl WordLayout {
 }
 
 impl WeightFormat {
+    /// The element type one stored weight has in the graph's type system
+    /// ([`crate::shape::DType`]): f32, bf16, f16 or i8. The names differ only for int8
+    /// (`--dtype int8` quantizes; `i8` is the element).
+    pub const fn dtype(self) -> crate::shape::DType {
+        match self {
+            WeightFormat::F32 => crate::shape::DType::F32,
+            WeightFormat::Bf16 => crate::shape::DType::BF16,
+            WeightFormat::F16 => crate::shape::DType::F16,
+            WeightFormat::I8 => crate::shape::DType::I8,
+        }
+    }
+
+    /// The weight format storing elements of `dtype`, if any (not i64).
+    pub const fn of_dtype(dtype: crate::shape::DType) -> Option<WeightFormat> {
+        Some(match dtype {
+            crate::shape::DType::F32 => WeightFormat::F32,
+            crate::shape::DType::BF16 => WeightFormat::Bf16,
+            crate::shape::DType::F16 => WeightFormat::F16,
+            crate::shape::DType::I8 => WeightFormat::I8,
+            crate::shape::DType::I64 => return None,
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::F32 => "f32",
@@ -483,4 +506,23 @@ pub unsafe extern "C" fn cranformer_gather_columns(
         ok = gather_columns(words, (k, n, format), ids, out);
     });
     i64::from(!ok)
+}
+
+#[cfg(test)]
+mod dtype_tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_graph_dtypes_agree() {
+        for f in [
+            WeightFormat::F32,
+            WeightFormat::Bf16,
+            WeightFormat::F16,
+            WeightFormat::I8,
+        ] {
+            assert_eq!(WeightFormat::of_dtype(f.dtype()), Some(f));
+            assert_eq!(f.dtype().size(), f.bytes_per_weight());
+        }
+        assert_eq!(WeightFormat::of_dtype(crate::shape::DType::I64), None);
+    }
 }
