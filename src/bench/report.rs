@@ -18,7 +18,7 @@ pub(super) struct Sample {
     pub build: Build,
     pub totals: Vec<Duration>,
     pub decodes: Vec<Duration>,
-    /// What the first timed run computed: its last call's outputs and the greedy picks.
+    /// What the first timed run computed (`Times::last`) and its greedy picks.
     pub result: Option<(cranformer_runtime::Outputs, Vec<i64>)>,
 }
 
@@ -26,7 +26,9 @@ pub(super) struct Sample {
 pub(super) struct Deviation {
     /// The f32 sample compared with.
     pub against: String,
-    /// Over every f32 output of the last call: max |d| / max |f32| and mean |d| / mean |f32|.
+    /// Over every f32 output of the run's first computation (forward: the pass; generate: the
+    /// first step, whose inputs are the same for all): max |d| / max |f32| and
+    /// mean |d| / mean |f32|.
     pub max_rel: f64,
     pub mean_rel: f64,
     /// Cosine of each row of the main output (hidden states, logits) to f32's: worst and mean.

@@ -33,7 +33,9 @@ pub(super) struct Times {
     pub total: Duration,
     /// The M single-token steps (generate only).
     pub decode: Option<Duration>,
-    /// The outputs of the run's last call (forward: the whole pass; generate: the last step).
+    /// What the run computed from its inputs alone, to compare engines and weight formats:
+    /// forward, the pass's outputs; generate, the first step's logits (later steps follow
+    /// each engine's own greedy picks, so they see different inputs once the picks differ).
     pub last: Outputs,
     /// The greedy picks, `[B]` per step (generate only).
     pub tokens: Vec<i64>,
@@ -137,7 +139,9 @@ impl Work {
                     let picks = argmax_rows(&logits, b)?;
                     tokens.extend(&picks);
                     next = Tensor::i64(vec![b, 1], picks);
-                    last = Outputs::from([("logits".to_string(), logits)]);
+                    if i == 0 {
+                        last = Outputs::from([("logits".to_string(), logits)]);
+                    }
                 }
                 decode = decode_start.map(|t| t.elapsed());
                 last
