@@ -128,8 +128,8 @@ pub fn engine_for(
             let options = LowerOptions {
                 weight_format: dtype,
             };
-            let e = JitEngine::with_options(model, None, options)
-                .context("JIT compilation failed")?;
+            let e =
+                JitEngine::with_options(model, None, options).context("JIT compilation failed")?;
             if verbose {
                 eprintln!(
                     "jit: compiled in {:.1?}, weights laid out in {:.1?} ({} matmul weights)",

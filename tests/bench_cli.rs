@@ -339,11 +339,21 @@ fn dtypes_are_compared_with_f32() {
     }
     let d = &lines[1]["vs_f32"];
     assert_eq!(d["against"], "jit", "{d}");
-    let (max, mean, cos) = (num(d, "max_rel_err"), num(d, "mean_rel_err"), num(d, "cosine_min"));
-    assert!(max > 0.0 && mean > 0.0 && cos > 0.99 && cos <= 1.0 + 1e-9, "{d}");
+    let (max, mean, cos) = (
+        num(d, "max_rel_err"),
+        num(d, "mean_rel_err"),
+        num(d, "cosine_min"),
+    );
+    assert!(
+        max > 0.0 && mean > 0.0 && cos > 0.99 && cos <= 1.0 + 1e-9,
+        "{d}"
+    );
     assert_eq!(d["greedy_tokens"].as_u64(), Some(5), "{d}");
     assert!(d["greedy_tokens_agree"].as_u64().unwrap() <= 5, "{d}");
     assert!(lines[2].get("vs_f32").is_none() && lines[0].get("vs_f32").is_none());
     let e = bench_fails(&[gpt2, "--engine", "interp", "--dtype", "bf16"]);
-    assert!(e.contains("--dtype bf16") && e.contains("--engine interp"), "{e}");
+    assert!(
+        e.contains("--dtype bf16") && e.contains("--engine interp"),
+        "{e}"
+    );
 }

@@ -19,7 +19,7 @@ use cranformer_compiler::codegen::{LowerOptions, WeightFormat};
 use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::Model;
 use cranformer_runtime::{Engine, Outputs, Tensor};
-use jit_common::{args, argmax, row};
+use jit_common::{argmax, args, row};
 use std::sync::Arc;
 
 const NARROW: [WeightFormat; 3] = [WeightFormat::Bf16, WeightFormat::F16, WeightFormat::I8];
@@ -205,9 +205,17 @@ fn bert_tiny(e: &mut dyn Engine, t: &mut Table) {
         .unwrap();
     let pos = c["mask_position"].as_u64().unwrap() as usize;
     let logits = row(&out["mlm_logits"], 0, pos);
-    t.add("fill_mask.mask_logits", &r.tensor("fill_mask.mask_logits").0, &logits);
+    t.add(
+        "fill_mask.mask_logits",
+        &r.tensor("fill_mask.mask_logits").0,
+        &logits,
+    );
     let top1 = flat_ids(&c["top5_ids"])[0];
-    t.count("fill_mask top-1", (argmax(&logits) as i64 == top1) as usize, 1);
+    t.count(
+        "fill_mask top-1",
+        (argmax(&logits) as i64 == top1) as usize,
+        1,
+    );
 }
 
 fn bert_tiny_cls(e: &mut dyn Engine, t: &mut Table) {
@@ -310,7 +318,11 @@ fn gpt2_tiny(e: &mut dyn Engine, t: &mut Table) {
     let out = e
         .run("forward", &args(&gpt2_inputs(&i, &m, &empty)))
         .unwrap();
-    t.add("logits.logits", &r.tensor("logits.logits").0, &f32s(&out, "logits"));
+    t.add(
+        "logits.logits",
+        &r.tensor("logits.logits").0,
+        &f32s(&out, "logits"),
+    );
     for g in 0..3 {
         let c = r.case(&format!("greedy_{g}"));
         let want = flat_ids(&c["new_ids"]);
@@ -539,7 +551,11 @@ fn minilm_formats() {
     let batch = |texts: &[String]| session.batch(texts).unwrap();
     let texts: Vec<String> = SENTENCES.iter().map(|s| s.to_string()).collect();
     let (i, tt, m) = batch(&texts);
-    let sentences = [("input_ids", &i), ("token_type_ids", &tt), ("attention_mask", &m)];
+    let sentences = [
+        ("input_ids", &i),
+        ("token_type_ids", &tt),
+        ("attention_mask", &m),
+    ];
     let embed = |e: &mut dyn Engine, inputs: &[(&str, &Tensor)]| -> Vec<Vec<f32>> {
         let out = e.run("embed", inputs).unwrap();
         let t = &out["embeddings"];
@@ -559,7 +575,10 @@ fn minilm_formats() {
     let mut refs: Vec<(Vec<String>, Vec<f32>, usize)> = vec![];
     for (r, case) in [
         (Reference::load("minilm"), "embed"),
-        (Reference::load_file("minilm", "reference-inputs"), "embed_long"),
+        (
+            Reference::load_file("minilm", "reference-inputs"),
+            "embed_long",
+        ),
     ] {
         let c = r.case(case);
         let texts: Vec<String> = c["texts"]
@@ -575,7 +594,14 @@ fn minilm_formats() {
         let mut worst = f32::INFINITY;
         for (texts, want, c) in &refs {
             let (i, tt, m) = batch(texts);
-            let got = embed(e, &[("input_ids", &i), ("token_type_ids", &tt), ("attention_mask", &m)]);
+            let got = embed(
+                e,
+                &[
+                    ("input_ids", &i),
+                    ("token_type_ids", &tt),
+                    ("attention_mask", &m),
+                ],
+            );
             for (row, w) in got.iter().zip(want.chunks(*c)) {
                 worst = worst.min(cosine(w, row));
             }
@@ -585,7 +611,10 @@ fn minilm_formats() {
     let mut f32_jit = JitEngine::new(model.clone()).unwrap();
     let base = embed(&mut f32_jit, &sentences);
     let base_pairs = pairs(&base);
-    eprintln!("minilm --dtype f32: cosine to Hugging Face f32 (9 texts) worst {:.7}", to_hf(&mut f32_jit));
+    eprintln!(
+        "minilm --dtype f32: cosine to Hugging Face f32 (9 texts) worst {:.7}",
+        to_hf(&mut f32_jit)
+    );
     for f in NARROW {
         // Issue 9's bars.
         let bar = match f {
@@ -614,7 +643,11 @@ fn minilm_formats() {
             worst_hf,
             worst
         );
-        assert!(rho >= 0.98, "--dtype {}: Spearman {rho} below 0.98", f.name());
+        assert!(
+            rho >= 0.98,
+            "--dtype {}: Spearman {rho} below 0.98",
+            f.name()
+        );
     }
 }
 
@@ -646,10 +679,7 @@ fn compiled_executable_int8() {
     let mut sizes = vec![];
     for d in ["f32", "int8"] {
         let exe = out.join(format!("gpt2-{d}"));
-        run_ok(
-            &bin(),
-            &["compile", &p(&dir), "-o", &p(&exe), "--dtype", d],
-        );
+        run_ok(&bin(), &["compile", &p(&dir), "-o", &p(&exe), "--dtype", d]);
         sizes.push(std::fs::metadata(&exe).unwrap().len());
     }
     eprintln!(
@@ -665,21 +695,34 @@ fn compiled_executable_int8() {
         "int8 saves the tied matrix's bytes: {sizes:?}"
     );
     let exe = out.join("gpt2-int8");
-    let gen = ["--greedy", "--json", "--max-new-tokens", "12", "--prompt", "Hello, my dog"];
+    let gen = [
+        "--greedy",
+        "--json",
+        "--max-new-tokens",
+        "12",
+        "--prompt",
+        "Hello, my dog",
+    ];
     let mut from_exe = vec!["generate"];
     from_exe.extend(gen);
     let a = run_ok(&exe, &from_exe);
     let mut from_cli = vec!["generate", dir.to_str().unwrap(), "--dtype", "int8"];
     from_cli.extend(gen);
     let b = run_ok(&bin(), &from_cli);
-    assert_eq!(a, b, "the int8 executable and the int8 JIT generate the same");
+    assert_eq!(
+        a, b,
+        "the int8 executable and the int8 JIT generate the same"
+    );
     // `--dtype int8` repeated is fine; another is refused with the way out.
     let mut same = vec!["generate", "--dtype", "int8"];
     same.extend(gen);
     assert_eq!(run_ok(&exe, &same), a);
     let mut other = vec!["generate", "--dtype", "f32"];
     other.extend(gen);
-    let o = std::process::Command::new(&exe).args(&other).output().unwrap();
+    let o = std::process::Command::new(&exe)
+        .args(&other)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("--dtype f32") && err.contains("compiled with int8"),

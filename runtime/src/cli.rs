@@ -390,7 +390,10 @@ mod dtype_tests {
             .unwrap()
             .weight_format()
             .unwrap_err();
-        assert!(err.contains("--dtype") && err.contains("one value"), "{err}");
+        assert!(
+            err.contains("--dtype") && err.contains("one value"),
+            "{err}"
+        );
         let err = Common::check_engine_dtype(EngineKind::Interp, WeightFormat::I8).unwrap_err();
         assert!(
             err.contains("--dtype int8") && err.contains("--engine interp"),

@@ -22,11 +22,11 @@ use crate::presets;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cranformer_compiler::aot::SharedObjectEngine;
+use cranformer_compiler::codegen::{LowerOptions, WeightFormat};
 use cranformer_compiler::graph::{graph_cost, node_costs, Cost, Op};
 use cranformer_compiler::interp::Interpreter;
 use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::Model;
-use cranformer_compiler::codegen::{LowerOptions, WeightFormat};
 use cranformer_runtime::cli::{Common, EngineKind};
 use cranformer_runtime::{Engine, ModelInfo};
 use report::{tiling_report, Report, Sample};
@@ -137,8 +137,8 @@ fn build_engine(
     let (engine, compile, prepare): (Box<dyn Engine>, _, _) = match kind {
         EngineKind::Interp => (Box::new(Interpreter::new(model)), None, None),
         EngineKind::Jit => {
-            let e = JitEngine::with_options(model, None, options)
-                .context("JIT compilation failed")?;
+            let e =
+                JitEngine::with_options(model, None, options).context("JIT compilation failed")?;
             let (c, p) = (e.compile_time(), e.prepare_time());
             (Box::new(e), Some(c), Some(p))
         }
@@ -225,7 +225,12 @@ pub fn compile_report(
         argv.push(svg.into());
     }
     let args = <Wrap as clap::Parser>::try_parse_from(argv)?.bench;
-    run_engines(&args, vec![(EngineKind::Jit, WeightFormat::F32)], false, out)
+    run_engines(
+        &args,
+        vec![(EngineKind::Jit, WeightFormat::F32)],
+        false,
+        out,
+    )
 }
 
 /// A sample's name: the engine's, with the weight format when it is not f32 (`jit:int8`).

@@ -83,7 +83,11 @@ pub(super) fn deviation(s: &Sample, samples: &[Sample]) -> Option<Deviation> {
         }
     }
     let tokens = (!want_toks.is_empty()).then(|| {
-        let same = want_toks.iter().zip(toks).take_while(|(a, b)| a == b).count();
+        let same = want_toks
+            .iter()
+            .zip(toks)
+            .take_while(|(a, b)| a == b)
+            .count();
         (same, want_toks.len())
     });
     Some(Deviation {
@@ -329,7 +333,9 @@ impl Report<'_> {
             if let Some(d) = deviation(s, samples) {
                 let tokens = d
                     .tokens
-                    .map(|(same, all)| format!("; greedy tokens {same}/{all} equal before the first difference"))
+                    .map(|(same, all)| {
+                        format!("; greedy tokens {same}/{all} equal before the first difference")
+                    })
                     .unwrap_or_default();
                 writeln!(
                     out,

@@ -121,13 +121,11 @@ pub fn gather_columns<M: Module>(
     let sig = l.signature(7, true);
     l.kernel(&name, 5, true, Imports::default(), |k, p, _| {
         let (table, ids, out, n, f) = (p[0], p[1], p[2], p[3], p[4]);
-        let (kv, nv, fv) = (
-            k.i(c as i64),
-            k.i(rows as i64),
-            k.i(format.code() as i64),
-        );
+        let (kv, nv, fv) = (k.i(c as i64), k.i(rows as i64), k.i(format.code() as i64));
         let sig = k.b.import_signature(sig);
-        let call = k.b.ins().call_indirect(sig, f, &[table, kv, nv, fv, ids, n, out]);
+        let call =
+            k.b.ins()
+                .call_indirect(sig, f, &[table, kv, nv, fv, ids, n, out]);
         let status = k.b.inst_results(call)[0];
         k.b.ins().return_(&[status]);
     })
