@@ -6,6 +6,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use cranformer_compiler::aot::{self, ExeOptions, Progress, WeightsMode};
+use cranformer_compiler::codegen::{LowerOptions, WeightFormat};
 use cranformer_compiler::Model;
 use cranformer_runtime::cli::Common;
 use std::io::{IsTerminal, Write};
@@ -74,12 +75,16 @@ pub fn run(args: &CompileArgs, common: &Common, out: &mut dyn Write) -> Result<(
     // Linking into a temporary name first: a failed link never leaves half an executable
     // where the old one was.
     let tmp_out = work.path().join("model.exe");
+    let lower = LowerOptions {
+        weight_format: common.weight_format().map_err(anyhow::Error::msg)?,
+    };
     let opts = ExeOptions {
         output: &tmp_out,
         weights,
         runtime_lib: &lib,
         native_libs: &libs,
         work_dir: work.path(),
+        lower,
     };
     aot::write_executable(&model, &opts, &mut progress)?;
     progress.stage("writing the executable", 0);
@@ -101,7 +106,7 @@ pub fn run(args: &CompileArgs, common: &Common, out: &mut dyn Write) -> Result<(
     }
     writeln!(
         out,
-        "wrote {} ({:.1} MB, {} ({}), weights {}; tasks: {})",
+        "wrote {} ({:.1} MB, {} ({}), weights {}{}; tasks: {})",
         args.output.display(),
         size as f64 / 1e6,
         model.info.architecture(),
@@ -111,6 +116,10 @@ pub fn run(args: &CompileArgs, common: &Common, out: &mut dyn Write) -> Result<(
         } else {
             format!("read from {}", model.dir.display())
         },
+        match lower.weight_format {
+            WeightFormat::F32 => String::new(),
+            f => format!(", matmul weights {}", f.name()),
+        },
         model.info.tasks().join(", ")
     )?;
     if args.emit == Some(EmitArg::Clif) {
@@ -118,7 +127,7 @@ pub fn run(args: &CompileArgs, common: &Common, out: &mut dyn Write) -> Result<(
         let mut text = String::new();
         for (name, g) in model.optimized(None)? {
             text.push_str(&format!(";; entry point {name}\n"));
-            text.push_str(&cranformer_compiler::codegen::emit_clif(&g)?);
+            text.push_str(&cranformer_compiler::codegen::emit_clif_with(&g, lower)?);
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         writeln!(out, "wrote {}", path.display())?;

@@ -7,6 +7,7 @@ mod compile;
 mod presets;
 mod roofline;
 
+use cranformer_compiler::codegen::{self, LowerOptions, WeightFormat};
 use cranformer_compiler::interp::Interpreter;
 use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::Model;
@@ -112,17 +113,29 @@ enum Command {
     Roofline(roofline::RooflineArgs),
 }
 
-/// The engine named by `--engine`.
-pub fn engine_for(kind: EngineKind, model: Arc<Model>, verbose: bool) -> Result<Box<dyn Engine>> {
+/// The engine named by `--engine`, its matmul weights in `dtype` (the interpreter, the f32
+/// reference, refuses anything else).
+pub fn engine_for(
+    kind: EngineKind,
+    dtype: WeightFormat,
+    model: Arc<Model>,
+    verbose: bool,
+) -> Result<Box<dyn Engine>> {
+    Common::check_engine_dtype(kind, dtype).map_err(anyhow::Error::msg)?;
     Ok(match kind {
         EngineKind::Interp => Box::new(Interpreter::new(model)),
         EngineKind::Jit => {
-            let e = JitEngine::new(model).context("JIT compilation failed")?;
+            let options = LowerOptions {
+                weight_format: dtype,
+            };
+            let e =
+                JitEngine::with_options(model, None, options).context("JIT compilation failed")?;
             if verbose {
                 eprintln!(
-                    "jit: compiled in {:.1?}, weights laid out in {:.1?}",
+                    "jit: compiled in {:.1?}, weights laid out in {:.1?} ({} matmul weights)",
                     e.compile_time(),
-                    e.prepare_time()
+                    e.prepare_time(),
+                    dtype.name()
                 );
             }
             Box::new(e)
@@ -142,9 +155,11 @@ fn run_task(dir: &Path, task: Task, common: &Common, out: &mut dyn Write) -> Res
         return Ok(());
     }
     let kind = common.engine().map_err(anyhow::Error::msg)?;
+    let dtype = common.weight_format().map_err(anyhow::Error::msg)?;
+    Common::check_engine_dtype(kind, dtype).map_err(anyhow::Error::msg)?;
     let model = Arc::new(Model::load(dir)?);
     let info = model.info.clone();
-    let engine = engine_for(kind, model, common.verbose)?;
+    let engine = engine_for(kind, dtype, model, common.verbose)?;
     if common.verbose {
         eprintln!(
             "loaded {} ({}) with engine {} in {:.1?}",
@@ -174,12 +189,14 @@ fn serve(dir: &Path, args: &ServeArgs, common: &Common) -> Result<()> {
     let model = Arc::new(Model::load(dir)?);
     let info = model.info.clone();
     let (kind, verbose) = (common.engine().map_err(anyhow::Error::msg)?, common.verbose);
+    let dtype = common.weight_format().map_err(anyhow::Error::msg)?;
+    Common::check_engine_dtype(kind, dtype).map_err(anyhow::Error::msg)?;
     cranformer_serve::run(
         args,
         cranformer_serve::ServedModel {
             info,
             tokenizer,
-            engine: Box::new(move || engine_for(kind, model, verbose)),
+            engine: Box::new(move || engine_for(kind, dtype, model, verbose)),
         },
     )
 }
@@ -194,6 +211,7 @@ enum Emit {
 
 fn graph(
     dir: &Path,
+    options: LowerOptions,
     emit: Emit,
     entry: Option<&str>,
     after: Option<&str>,
@@ -220,7 +238,7 @@ fn graph(
         }
         match emit {
             Emit::Dot => write!(out, "{}", g.to_dot())?,
-            Emit::Clif => write!(out, "{}", cranformer_compiler::codegen::emit_clif(g)?)?,
+            Emit::Clif => write!(out, "{}", codegen::emit_clif_with(g, options)?)?,
             Emit::Graph => writeln!(out, "{g}")?,
         }
     }
@@ -229,9 +247,12 @@ fn graph(
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = cli.common.weight_format() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+    // bench compares several; everything else runs one.
+    if !matches!(cli.command, Command::Bench(_)) {
+        if let Err(e) = cli.common.weight_format() {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
     }
     if let Some(n) = cli.common.threads {
         cranformer_runtime::threads::set_threads(n);
@@ -269,8 +290,12 @@ fn main() {
             after,
         } => {
             let emit = emit.unwrap_or(if dot { Emit::Dot } else { Emit::Graph });
+            let options = LowerOptions {
+                weight_format: cli.common.weight_format().unwrap_or(WeightFormat::F32),
+            };
             graph(
                 &model_dir,
+                options,
                 emit,
                 entry.as_deref(),
                 after.as_deref(),

@@ -296,3 +296,64 @@ fn compile_report_emit_clif_and_svg() {
         "not an SVG"
     );
 }
+
+/// Several `--dtype`s: each engine once per format, interleaved; every narrow one reports its
+/// deviation from f32 on the same inputs. The interpreter (the f32 reference) joins only f32.
+#[test]
+fn dtypes_are_compared_with_f32() {
+    let gpt2 = fixture("gpt2-tiny");
+    let gpt2 = gpt2.to_str().unwrap();
+    let lines = bench(&[
+        gpt2,
+        "--task",
+        "generate",
+        "--prompt-tokens",
+        "4",
+        "--new-tokens",
+        "4",
+        "--runs",
+        "2",
+        "--engine",
+        "interp,jit",
+        "--dtype",
+        "int8,f32",
+        "--json",
+    ]);
+    let tags: Vec<(String, String)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["engine"].as_str().unwrap().to_string(),
+                v["dtype"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [("interp", "f32"), ("jit", "int8"), ("jit", "f32")];
+    assert_eq!(
+        tags,
+        want.map(|(e, d)| (e.to_string(), d.to_string())),
+        "{lines:?}"
+    );
+    for v in &lines {
+        check_line(v, v["engine"].as_str().unwrap(), "generate", 2);
+    }
+    let d = &lines[1]["vs_f32"];
+    assert_eq!(d["against"], "jit", "{d}");
+    let (max, mean, cos) = (
+        num(d, "max_rel_err"),
+        num(d, "mean_rel_err"),
+        num(d, "cosine_min"),
+    );
+    assert!(
+        max > 0.0 && mean > 0.0 && cos > 0.99 && cos <= 1.0 + 1e-9,
+        "{d}"
+    );
+    assert_eq!(d["greedy_tokens"].as_u64(), Some(5), "{d}");
+    assert!(d["greedy_tokens_agree"].as_u64().unwrap() <= 5, "{d}");
+    assert!(lines[2].get("vs_f32").is_none() && lines[0].get("vs_f32").is_none());
+    let e = bench_fails(&[gpt2, "--engine", "interp", "--dtype", "bf16"]);
+    assert!(
+        e.contains("--dtype bf16") && e.contains("--engine interp"),
+        "{e}"
+    );
+}

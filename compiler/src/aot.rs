@@ -7,7 +7,7 @@
 //! weights stream from disk into the object without passing through this process; the C file
 //! holds the table the runtime's `cranformer_exe_main` reads (`exe/src/lib.rs` mirrors it).
 
-use crate::codegen::{self, CodegenError, Lowering};
+use crate::codegen::{self, CodegenError, LowerOptions, Lowering};
 use crate::Model;
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use cranformer_runtime::compiled::{prepared_key, NativeEngine, Program, PROGRAM_VERSION};
@@ -103,7 +103,11 @@ pub struct ObjectCode {
 
 /// Lowers every entry of `model` into one position-independent object in which each entry
 /// function (`cranformer_entry_<name>`) is an exported symbol and every kernel is local.
-pub fn emit_object(model: &Model, progress: &mut dyn Progress) -> Result<ObjectCode, AotError> {
+pub fn emit_object(
+    model: &Model,
+    options: LowerOptions,
+    progress: &mut dyn Progress,
+) -> Result<ObjectCode, AotError> {
     let isa = codegen::native_isa("speed", true)?;
     let builder = ObjectBuilder::new(
         isa,
@@ -116,7 +120,7 @@ pub fn emit_object(model: &Model, progress: &mut dyn Progress) -> Result<ObjectC
     let optimized = model.optimized(None).map_err(CodegenError::from)?;
     progress.stage("lowering", optimized.len());
     {
-        let mut l = Lowering::new(&mut module)?;
+        let mut l = Lowering::with_options(&mut module, options)?;
         for (i, (name, graph)) in optimized.iter().enumerate() {
             for (_, meta) in codegen::lower_all(&mut l, &[graph])? {
                 entries.push(meta);
@@ -180,6 +184,9 @@ pub struct ExeOptions<'a> {
     pub native_libs: &'a [String],
     /// Scratch space for the object, the glue and the prepared weights.
     pub work_dir: &'a Path,
+    /// How the code is lowered: `weight_format` decides how the matmul weights are stored
+    /// (embedded already packed, int8 at about a quarter of f32's bytes).
+    pub lower: LowerOptions,
 }
 
 /// Compiles `model` into a standalone executable.
@@ -188,7 +195,7 @@ pub fn write_executable(
     opts: &ExeOptions,
     progress: &mut dyn Progress,
 ) -> Result<(), AotError> {
-    let code = emit_object(model, progress)?;
+    let code = emit_object(model, opts.lower, progress)?;
     let dir = opts.work_dir;
     let object = dir.join("model.o");
     std::fs::write(&object, &code.bytes).map_err(io(&object))?;
@@ -446,8 +453,16 @@ impl SharedObjectEngine {
     /// Lowers `model` into an object, links it with `cc -shared` in a temporary directory and
     /// loads it.
     pub fn new(model: Arc<Model>) -> Result<SharedObjectEngine, AotError> {
+        SharedObjectEngine::with_options(model, LowerOptions::default())
+    }
+
+    /// [`SharedObjectEngine::new`] lowered with `options` (e.g. a narrow weight format).
+    pub fn with_options(
+        model: Arc<Model>,
+        options: LowerOptions,
+    ) -> Result<SharedObjectEngine, AotError> {
         let start = Instant::now();
-        let code = emit_object(&model, &mut Quiet)?;
+        let code = emit_object(&model, options, &mut Quiet)?;
         let compile_time = start.elapsed();
         let start = Instant::now();
         let dir = tempfile::Builder::new()

@@ -8,7 +8,7 @@
 //! finds room (which, once gigabytes of weights are mapped, can be further apart than 2 GiB)
 //! would not reach each other. The region is freed when the engine is dropped.
 
-use crate::codegen::{self, CodegenError, Lowering};
+use crate::codegen::{self, CodegenError, LowerOptions, Lowering};
 use crate::Model;
 use cranelift_jit::{ArenaMemoryProvider, JITBuilder, JITModule};
 use cranformer_runtime::compiled::NativeEngine;
@@ -36,7 +36,7 @@ pub struct JitEngine {
 impl JitEngine {
     /// Compiles every entry of `model`, optimised by the whole pass pipeline.
     pub fn new(model: Arc<Model>) -> Result<JitEngine, CodegenError> {
-        JitEngine::with_passes(model, None)
+        JitEngine::with_options(model, None, LowerOptions::default())
     }
 
     /// Compiles every entry of `model` after the passes up to and including `stop_after`
@@ -45,11 +45,21 @@ impl JitEngine {
         model: Arc<Model>,
         stop_after: Option<&str>,
     ) -> Result<JitEngine, CodegenError> {
+        JitEngine::with_options(model, stop_after, LowerOptions::default())
+    }
+
+    /// Compiles every entry of `model` (after the passes up to `stop_after`) with `options`,
+    /// e.g. matmul weights in a narrow format.
+    pub fn with_options(
+        model: Arc<Model>,
+        stop_after: Option<&str>,
+        options: LowerOptions,
+    ) -> Result<JitEngine, CodegenError> {
         let start = Instant::now();
         let optimized = model.optimized(stop_after)?;
         let mut module = new_module()?;
         let graphs: Vec<_> = optimized.values().collect();
-        let lowered = match lower_into(&mut module, &graphs) {
+        let lowered = match lower_into(&mut module, &graphs, options) {
             Ok(l) => l,
             Err(e) => {
                 // SAFETY: no function of the module has been handed out.
@@ -120,9 +130,10 @@ fn new_module() -> Result<JITModule, CodegenError> {
 fn lower_into(
     module: &mut JITModule,
     graphs: &[&crate::graph::Graph],
+    options: LowerOptions,
 ) -> Result<Vec<(cranelift_module::FuncId, EntryMeta)>, CodegenError> {
     let lowered = {
-        let mut l = Lowering::new(module)?;
+        let mut l = Lowering::with_options(module, options)?;
         codegen::lower_all(&mut l, graphs)?
     };
     module.finalize_definitions()?;

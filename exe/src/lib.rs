@@ -85,7 +85,19 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
         .unwrap_or_else(|| "model".into());
     let cli = parse(&program, &name, args);
     let common = &cli.common;
-    common.weight_format().map_err(anyhow::Error::msg)?;
+    // The precision is compiled in: a different --dtype would silently not be what runs.
+    let compiled = program.weight_format();
+    if let Some(d) = common.dtype_given().map_err(anyhow::Error::msg)? {
+        if d != compiled {
+            bail!(
+                "--dtype {}: this executable was compiled with {} matmul weights (recompile \
+                 with `cranformer compile MODEL_DIR -o BIN --dtype {}`)",
+                d.name(),
+                compiled.name(),
+                d.name()
+            );
+        }
+    }
     let task_name = match &cli.command {
         Command::Task(t) => t.name(),
         Command::Serve(_) => "serve",

@@ -58,6 +58,10 @@ pub mod rt {
     pub const GEMM: Field = field!(RuntimeFns, gemm);
     /// `ParallelForFn`, never null.
     pub const PARALLEL_FOR: Field = field!(RuntimeFns, parallel_for);
+    /// `QGemmFn`: the narrow-weight matmul, never null.
+    pub const QGEMM: Field = field!(RuntimeFns, qgemm);
+    /// `GatherColumnsFn`: embedding rows from a prepared weight's columns, never null.
+    pub const GATHER_COLUMNS: Field = field!(RuntimeFns, gather_columns);
 }
 
 /// [`GemmCall`], which generated matmuls fill on their stack.
@@ -86,7 +90,8 @@ pub mod gemm_call {
     ];
 }
 
-/// [`QGemmCall`], the narrow-weight matmul's call (not emitted by the compiler yet).
+/// [`QGemmCall`], which generated narrow-weight matmuls (`--dtype int8|bf16|f16`) fill on
+/// their stack.
 pub mod qgemm_call {
     use super::*;
     pub const SIZE: u32 = size_of::<QGemmCall>() as u32;
@@ -129,6 +134,8 @@ const _: () = {
         ctx::RT,
         rt::GEMM,
         rt::PARALLEL_FOR,
+        rt::QGEMM,
+        rt::GATHER_COLUMNS,
     ];
     let mut i = 0;
     while i < all.len() {

@@ -91,33 +91,27 @@ pub struct Common {
     /// Print timings and engine details on stderr.
     #[arg(long, short, global = true)]
     pub verbose: bool,
-    /// Weight precision: f32, bf16, f16 or int8 (comma-separated, several for `bench` to
-    /// compare). Only f32 runs end to end so far.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "f32"
-    )]
+    /// Weight precision of every matmul (linear layer): f32 (the default), bf16, f16 or int8
+    /// (symmetric per output channel, activations quantized per row at run time). Attention,
+    /// softmax and norms stay f32. `bench` takes a comma-separated list to compare them; a
+    /// compiled executable runs the precision it was compiled with.
+    #[arg(long, global = true, value_enum, value_delimiter = ',')]
     pub dtype: Vec<WeightFormat>,
 }
 
 impl Common {
-    /// The weight precision to run, or why it cannot run: the runtime has int8, bf16 and f16
-    /// matmul kernels (`gemm::qgemm`), but the compiler does not emit calls to them yet, and
-    /// running f32 instead would silently ignore the flag.
+    /// The weight precision to run: `--dtype`, f32 when not given.
     pub fn weight_format(&self) -> Result<WeightFormat, String> {
+        Ok(self.dtype_given()?.unwrap_or(WeightFormat::F32))
+    }
+
+    /// `--dtype` if it was given (a compiled executable checks it against its own).
+    pub fn dtype_given(&self) -> Result<Option<WeightFormat>, String> {
         match self.dtype[..] {
-            [WeightFormat::F32] => Ok(WeightFormat::F32),
-            [d] => Err(format!(
-                "--dtype {}: {} weights have runtime kernels but the compiler does not use them \
-                 yet (issue 9); run with --dtype f32",
-                d.name(),
-                d.name()
-            )),
+            [] => Ok(None),
+            [d] => Ok(Some(d)),
             _ => Err(format!(
-                "--dtype takes one value here, got {}",
+                "--dtype takes one value here (a list is for bench), got {}",
                 self.dtype
                     .iter()
                     .map(|d| d.name())
@@ -125,6 +119,34 @@ impl Common {
                     .join(",")
             )),
         }
+    }
+
+    /// The weight precisions `bench` compares, in order, repeats dropped (f32 when not given).
+    pub fn weight_formats(&self) -> Vec<WeightFormat> {
+        let mut out: Vec<WeightFormat> = vec![];
+        for &d in &self.dtype {
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        if out.is_empty() {
+            out.push(WeightFormat::F32);
+        }
+        out
+    }
+
+    /// Refuses a narrow `--dtype` with the interpreter, the f32 reference: it would
+    /// silently compute something other than what was asked.
+    pub fn check_engine_dtype(engine: EngineKind, dtype: WeightFormat) -> Result<(), String> {
+        if engine == EngineKind::Interp && dtype != WeightFormat::F32 {
+            return Err(format!(
+                "--dtype {}: --engine interp is the f32 reference and runs f32 weights only; \
+                 use --engine jit (the default) for {} weights, or --dtype f32",
+                dtype.name(),
+                dtype.name()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -340,20 +362,21 @@ mod dtype_tests {
 
     #[test]
     fn dtype_defaults_to_f32_and_parses_each_format() {
-        assert_eq!(parse(&[]).unwrap().dtype, [WeightFormat::F32]);
+        assert!(parse(&[]).unwrap().dtype.is_empty());
         assert_eq!(parse(&[]).unwrap().weight_format(), Ok(WeightFormat::F32));
+        assert_eq!(parse(&[]).unwrap().dtype_given(), Ok(None));
         for (arg, want) in [
             ("f32", WeightFormat::F32),
             ("bf16", WeightFormat::Bf16),
             ("f16", WeightFormat::F16),
             ("int8", WeightFormat::I8),
         ] {
-            assert_eq!(parse(&["--dtype", arg]).unwrap().dtype, [want]);
+            let c = parse(&["--dtype", arg]).unwrap();
+            assert_eq!(c.dtype, [want]);
+            assert_eq!(c.weight_format(), Ok(want));
         }
-        assert_eq!(
-            parse(&["--dtype", "int8,f32"]).unwrap().dtype,
-            [WeightFormat::I8, WeightFormat::F32]
-        );
+        let c = parse(&["--dtype", "int8,f32,int8"]).unwrap();
+        assert_eq!(c.weight_formats(), [WeightFormat::I8, WeightFormat::F32]);
     }
 
     #[test]
@@ -363,19 +386,21 @@ mod dtype_tests {
             err.contains("int4") && err.contains("int8") && err.contains("bf16"),
             "{err}"
         );
-        let err = parse(&["--dtype", "int8"])
-            .unwrap()
-            .weight_format()
-            .unwrap_err();
-        assert!(
-            err.contains("--dtype int8") && err.contains("--dtype f32"),
-            "{err}"
-        );
         let err = parse(&["--dtype", "int8,f32"])
             .unwrap()
             .weight_format()
             .unwrap_err();
-        assert!(err.contains("one value"), "{err}");
+        assert!(
+            err.contains("--dtype") && err.contains("one value"),
+            "{err}"
+        );
+        let err = Common::check_engine_dtype(EngineKind::Interp, WeightFormat::I8).unwrap_err();
+        assert!(
+            err.contains("--dtype int8") && err.contains("--engine interp"),
+            "{err}"
+        );
+        assert!(Common::check_engine_dtype(EngineKind::Interp, WeightFormat::F32).is_ok());
+        assert!(Common::check_engine_dtype(EngineKind::Jit, WeightFormat::Bf16).is_ok());
     }
 }
 
@@ -430,7 +455,7 @@ mod tests {
             engine,
             threads: None,
             verbose: false,
-            dtype: vec![WeightFormat::F32],
+            dtype: vec![],
         };
         assert_eq!(common(None).engine(), Ok(EngineKind::Jit));
         assert_eq!(

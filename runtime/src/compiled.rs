@@ -99,6 +99,19 @@ impl Program {
         Ok(program)
     }
 
+    /// How the matmul weights were compiled (`--dtype`): the narrow format of its
+    /// `Quantized` layouts, f32 when there are none.
+    pub fn weight_format(&self) -> crate::gemm::WeightFormat {
+        self.entries
+            .iter()
+            .flat_map(|e| &e.weights)
+            .find_map(|(_, prep)| match prep {
+                WeightPrep::Quantized { format, .. } => Some(*format),
+                _ => None,
+            })
+            .unwrap_or(crate::gemm::WeightFormat::F32)
+    }
+
     /// Every prepared weight the entries read, from the embedded store written by the
     /// compiler (views into the executable's read-only data).
     pub fn load_prepared(
@@ -111,7 +124,6 @@ impl Program {
                 let pk = prepared_key(key, *prep);
                 // The generated code reads as many values as the layout holds: a shorter
                 // tensor is refused here, not read past its end.
-                // (A quantized layout's length is its packer's business: as stored.)
                 let stored = || {
                     weights.info(&pk).map_or(0, |i| {
                         i.shape
@@ -126,7 +138,6 @@ impl Program {
                         .iter()
                         .find(|(k, _)| k == key)
                         .map_or_else(stored, |(_, shape)| shape.iter().product()),
-                    WeightPrep::Quantized { .. } => stored(),
                     // Program::decode refused layouts whose size overflows.
                     _ => prep.checked_panel_len().unwrap_or(usize::MAX),
                 };

@@ -57,8 +57,9 @@ pub enum WeightPrep {
     },
     /// A matmul weight in a narrow format (int8, bf16, f16), packed by
     /// [`crate::gemm::PackedWeight`] and held in its word form
-    /// ([`crate::gemm::quant::WordLayout`]) for [`crate::gemm::cranformer_qgemm`]. The compiler
-    /// does not emit it yet (issue 9); f32 weights keep [`WeightPrep::Panels`].
+    /// ([`crate::gemm::quant::WordLayout`]) for [`crate::gemm::qgemm::cranformer_qgemm`]: what
+    /// the compiler lays every matmul weight out as when it lowers with a non-f32
+    /// `--dtype`; f32 weights keep [`WeightPrep::Panels`].
     Quantized {
         k: usize,
         n: usize,
@@ -84,13 +85,17 @@ impl WeightPrep {
         }
     }
 
-    /// [`WeightPrep::prepared_len`] of an f32 layout (`Panels`, `PadPanel`), or `None` if it
-    /// overflows, for the sizes an executable's description claims.
+    /// [`WeightPrep::prepared_len`] of a kernel layout (`Panels`, `PadPanel`, `Quantized`),
+    /// or `None` if it overflows (or is `AsIs`, whose length is the checkpoint's), for the
+    /// sizes an executable's description claims.
     pub fn checked_panel_len(self) -> Option<usize> {
         match self {
             WeightPrep::Panels { k, n, .. } => n.checked_next_multiple_of(PANEL)?.checked_mul(k),
             WeightPrep::PadPanel { n } => n.checked_next_multiple_of(PANEL),
-            WeightPrep::AsIs | WeightPrep::Quantized { .. } => None,
+            WeightPrep::Quantized { k, n, format, .. } => {
+                crate::gemm::quant::WordLayout::checked_of(k, n, format).map(|l| l.len)
+            }
+            WeightPrep::AsIs => None,
         }
     }
 
@@ -240,7 +245,6 @@ impl EntryMeta {
         for (key, prep) in &self.weights {
             let overflows = match prep {
                 WeightPrep::AsIs => false,
-                WeightPrep::Quantized { .. } => prep.source_len().is_none(),
                 _ => prep.source_len().is_none() || prep.checked_panel_len().is_none(),
             };
             if overflows {
@@ -307,20 +311,39 @@ pub struct RuntimeFns {
     /// ([`crate::threads::cranformer_parallel_for`]); never null. Generated kernels hand it a
     /// per-task function and a pointer to their arguments (see `codegen::attention`).
     pub parallel_for: ParallelForFn,
+    /// The narrow-weight matmul (int8, bf16, f16: [`crate::gemm::qgemm::cranformer_qgemm`]);
+    /// never null: every format has a portable kernel, and the runtime picks the best one
+    /// this CPU (and `CRANFORMER_ISA`) allows.
+    pub qgemm: QGemmFn,
+    /// Embedding rows from a prepared matmul weight's columns
+    /// ([`crate::gemm::quant::cranformer_gather_columns`]): a tied head's only copy; never
+    /// null.
+    pub gather_columns: GatherColumnsFn,
 }
 
 /// `parallel_for(task, ctx, n)`.
 pub type ParallelForFn = unsafe extern "C" fn(crate::threads::TaskFn, *const u8, usize);
+
+/// `qgemm(&call)`.
+pub type QGemmFn = unsafe extern "C" fn(*const crate::gemm::QGemmCall);
+
+/// `gather_columns(words, k, n, format code, ids, count, out) -> 0 or 1 (an id out of range)`.
+pub type GatherColumnsFn =
+    unsafe extern "C" fn(*const f32, usize, usize, usize, *const i64, usize, *mut f32) -> i64;
 
 /// The runtime services for this CPU.
 pub fn runtime_fns() -> &'static RuntimeFns {
     static WIDE: RuntimeFns = RuntimeFns {
         gemm: Some(crate::gemm::cranformer_gemm),
         parallel_for: crate::threads::cranformer_parallel_for,
+        qgemm: crate::gemm::qgemm::cranformer_qgemm,
+        gather_columns: crate::gemm::quant::cranformer_gather_columns,
     };
     static NARROW: RuntimeFns = RuntimeFns {
         gemm: None,
         parallel_for: crate::threads::cranformer_parallel_for,
+        qgemm: crate::gemm::qgemm::cranformer_qgemm,
+        gather_columns: crate::gemm::quant::cranformer_gather_columns,
     };
     match crate::gemm::detected() {
         crate::gemm::Isa::Portable => &NARROW,

@@ -22,6 +22,7 @@ use crate::presets;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cranformer_compiler::aot::SharedObjectEngine;
+use cranformer_compiler::codegen::{LowerOptions, WeightFormat};
 use cranformer_compiler::graph::{graph_cost, node_costs, Cost, Op};
 use cranformer_compiler::interp::Interpreter;
 use cranformer_compiler::jit::JitEngine;
@@ -123,18 +124,26 @@ struct Build {
     prepare: Option<Duration>,
 }
 
-fn build_engine(kind: EngineKind, model: Arc<Model>) -> Result<(Box<dyn Engine>, Build)> {
+fn build_engine(
+    kind: EngineKind,
+    dtype: WeightFormat,
+    model: Arc<Model>,
+) -> Result<(Box<dyn Engine>, Build)> {
     let start = Instant::now();
     let mut link = None;
+    let options = LowerOptions {
+        weight_format: dtype,
+    };
     let (engine, compile, prepare): (Box<dyn Engine>, _, _) = match kind {
         EngineKind::Interp => (Box::new(Interpreter::new(model)), None, None),
         EngineKind::Jit => {
-            let e = JitEngine::new(model).context("JIT compilation failed")?;
+            let e =
+                JitEngine::with_options(model, None, options).context("JIT compilation failed")?;
             let (c, p) = (e.compile_time(), e.prepare_time());
             (Box::new(e), Some(c), Some(p))
         }
         EngineKind::Aot => {
-            let e = SharedObjectEngine::new(model)
+            let e = SharedObjectEngine::with_options(model, options)
                 .context("building the shared object for --engine aot failed")?;
             let (c, l, p) = (e.compile_time(), e.link_time(), e.prepare_time());
             link = Some(l);
@@ -172,7 +181,24 @@ pub fn run(args: &BenchArgs, common: &Common, out: &mut dyn Write) -> Result<()>
         writeln!(out, "wrote preset {preset} to {}", dir.display())?;
         return Ok(());
     }
-    run_engines(args, engines(common), common.verbose, out)
+    // Every engine with every --dtype, except the interpreter (the f32 reference) with a
+    // narrow one.
+    let dtypes = common.weight_formats();
+    let mut runs = vec![];
+    for kind in engines(common) {
+        for &d in &dtypes {
+            if Common::check_engine_dtype(kind, d).is_ok() {
+                runs.push((kind, d));
+            } else if common.verbose {
+                eprintln!("bench: interp runs f32 only; not with --dtype {}", d.name());
+            }
+        }
+    }
+    if runs.is_empty() {
+        let d = dtypes[0];
+        Common::check_engine_dtype(EngineKind::Interp, d).map_err(anyhow::Error::msg)?;
+    }
+    run_engines(args, runs, common.verbose, out)
 }
 
 /// The tiling report of `cranformer compile --report`: one JIT run of the model's main
@@ -199,12 +225,25 @@ pub fn compile_report(
         argv.push(svg.into());
     }
     let args = <Wrap as clap::Parser>::try_parse_from(argv)?.bench;
-    run_engines(&args, vec![EngineKind::Jit], false, out)
+    run_engines(
+        &args,
+        vec![(EngineKind::Jit, WeightFormat::F32)],
+        false,
+        out,
+    )
+}
+
+/// A sample's name: the engine's, with the weight format when it is not f32 (`jit:int8`).
+fn sample_name(kind: EngineKind, dtype: WeightFormat) -> String {
+    match dtype {
+        WeightFormat::F32 => kind.name().to_string(),
+        d => format!("{}:{}", kind.name(), d.name()),
+    }
 }
 
 fn run_engines(
     args: &BenchArgs,
-    engines: Vec<EngineKind>,
+    engines: Vec<(EngineKind, WeightFormat)>,
     verbose: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -265,20 +304,23 @@ fn run_engines(
     };
 
     let mut built: Vec<(Box<dyn Engine>, Sample)> = vec![];
-    for &kind in &engines {
-        let name = kind.name();
-        let (engine, build) =
-            build_engine(kind, model.clone()).with_context(|| format!("building engine {name}"))?;
+    for &(kind, dtype) in &engines {
+        let name = sample_name(kind, dtype);
+        let (engine, build) = build_engine(kind, dtype, model.clone())
+            .with_context(|| format!("building engine {name}"))?;
         if verbose {
             eprintln!("{name}: built in {:.1?}", build.total);
         }
         built.push((
             engine,
             Sample {
-                name: name.to_string(),
+                name,
+                engine: kind,
+                dtype,
                 build,
                 totals: vec![],
                 decodes: vec![],
+                result: None,
             },
         ));
     }
@@ -314,6 +356,10 @@ fn run_engines(
             }
             s.totals.push(times.total);
             s.decodes.extend(times.decode);
+            // Every run computes the same (same inputs, deterministic kernels): keep one.
+            if s.result.is_none() {
+                s.result = Some((times.last, times.tokens));
+            }
         }
     }
 

@@ -4,17 +4,100 @@
 use super::workload::Trace;
 use super::{BenchArgs, Build, Task};
 use anyhow::Result;
+use cranformer_compiler::codegen::WeightFormat;
 use cranformer_compiler::graph::{graph_cost, Cost};
 use cranformer_compiler::Model;
 use std::io::Write;
 use std::time::Duration;
 
-/// Timings of one engine over the timed runs.
+/// Timings of one engine (with one weight format) over the timed runs.
 pub(super) struct Sample {
     pub name: String,
+    pub engine: cranformer_runtime::cli::EngineKind,
+    pub dtype: WeightFormat,
     pub build: Build,
     pub totals: Vec<Duration>,
     pub decodes: Vec<Duration>,
+    /// What the first timed run computed (`Times::last`) and its greedy picks.
+    pub result: Option<(cranformer_runtime::Outputs, Vec<i64>)>,
+}
+
+/// How far a narrow weight format's results are from f32's on the same inputs.
+pub(super) struct Deviation {
+    /// The f32 sample compared with.
+    pub against: String,
+    /// Over every f32 output of the run's first computation (forward: the pass; generate: the
+    /// first step, whose inputs are the same for all): max |d| / max |f32| and
+    /// mean |d| / mean |f32|.
+    pub max_rel: f64,
+    pub mean_rel: f64,
+    /// Cosine of each row of the main output (hidden states, logits) to f32's: worst and mean.
+    pub cos_min: f64,
+    pub cos_mean: f64,
+    /// Greedy picks equal to f32's before the first difference, of all (generate only).
+    pub tokens: Option<(usize, usize)>,
+}
+
+/// The deviation of `s` from the f32 sample of the same engine (else any f32 sample).
+pub(super) fn deviation(s: &Sample, samples: &[Sample]) -> Option<Deviation> {
+    if s.dtype == WeightFormat::F32 {
+        return None;
+    }
+    let base = samples
+        .iter()
+        .filter(|b| b.dtype == WeightFormat::F32)
+        .max_by_key(|b| b.engine == s.engine)?;
+    let (out, toks) = s.result.as_ref()?;
+    let (want, want_toks) = base.result.as_ref()?;
+    let (mut max_d, mut max_w, mut sum_d, mut sum_w) = (0f64, 0f64, 0f64, 0f64);
+    let (mut cos_min, mut cos_sum, mut rows) = (f64::INFINITY, 0f64, 0usize);
+    // The main output: logits, else the first hidden state the model returns.
+    let main = ["logits", "last_hidden_state", "encoder_last_hidden_state"]
+        .into_iter()
+        .find(|k| want.contains_key(*k));
+    for (name, w) in want {
+        let (Some(w), Some(g)) = (w.as_f32(), out.get(name).and_then(|t| t.as_f32())) else {
+            continue;
+        };
+        if w.len() != g.len() {
+            continue;
+        }
+        for (&a, &b) in w.iter().zip(g) {
+            let d = (a as f64 - b as f64).abs();
+            max_d = if d.is_nan() { f64::NAN } else { max_d.max(d) };
+            max_w = max_w.max((a as f64).abs());
+            sum_d += d;
+            sum_w += (a as f64).abs();
+        }
+        if Some(name.as_str()) == main {
+            let c = *want[name].shape().last().unwrap_or(&1);
+            for (a, b) in w.chunks(c.max(1)).zip(g.chunks(c.max(1))) {
+                let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+                let na: f64 = a.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                let nb: f64 = b.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                let cos = dot / (na * nb).max(1e-300);
+                cos_min = cos_min.min(cos);
+                cos_sum += cos;
+                rows += 1;
+            }
+        }
+    }
+    let tokens = (!want_toks.is_empty()).then(|| {
+        let same = want_toks
+            .iter()
+            .zip(toks)
+            .take_while(|(a, b)| a == b)
+            .count();
+        (same, want_toks.len())
+    });
+    Some(Deviation {
+        against: base.name.clone(),
+        max_rel: max_d / max_w.max(1e-300),
+        mean_rel: sum_d / sum_w.max(1e-300),
+        cos_min,
+        cos_mean: cos_sum / rows.max(1) as f64,
+        tokens,
+    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -109,7 +192,8 @@ impl Report<'_> {
         for s in samples {
             let med = median(&s.totals);
             let mut o = serde_json::json!({
-                "engine": s.name,
+                "engine": s.engine.name(),
+                "dtype": s.dtype.name(),
                 "task": self.task.name(),
                 "median_ms": ms(med),
                 "min_ms": ms(*s.totals.iter().min().expect("at least one run")),
@@ -136,6 +220,20 @@ impl Report<'_> {
             }
             if let Some(l) = s.build.link {
                 m.insert("link_ms".into(), ms(l).into());
+            }
+            if let Some(d) = deviation(s, samples) {
+                let mut v = serde_json::json!({
+                    "against": d.against,
+                    "max_rel_err": d.max_rel,
+                    "mean_rel_err": d.mean_rel,
+                    "cosine_min": d.cos_min,
+                    "cosine_mean": d.cos_mean,
+                });
+                if let Some((same, all)) = d.tokens {
+                    v["greedy_tokens_agree"] = same.into();
+                    v["greedy_tokens"] = all.into();
+                }
+                m.insert("vs_f32".into(), v);
             }
             if let Some(i) = interp {
                 m.insert(
@@ -196,7 +294,7 @@ impl Report<'_> {
         )?;
         let interp = self.interp_median(samples);
         let mut header = format!(
-            "{:<8} {:>7} {:>10} {:>11} {:>11} {:>9}",
+            "{:<9} {:>7} {:>10} {:>11} {:>11} {:>9}",
             "engine", "threads", "build ms", "median ms", "min ms", "GFLOP/s"
         );
         if self.generate() {
@@ -210,7 +308,7 @@ impl Report<'_> {
             let med = median(&s.totals);
             let min = *s.totals.iter().min().expect("at least one run");
             let mut line = format!(
-                "{:<8} {:>7} {:>10.1} {:>11.2} {:>11.2} {:>9.2}",
+                "{:<9} {:>7} {:>10.1} {:>11.2} {:>11.2} {:>9.2}",
                 s.name,
                 self.engine_threads(s),
                 ms(s.build.total),
@@ -230,6 +328,21 @@ impl Report<'_> {
                 line += &format!(" {:>9.2}x", i.as_secs_f64() / med.as_secs_f64());
             }
             writeln!(out, "{line}")?;
+        }
+        for s in samples {
+            if let Some(d) = deviation(s, samples) {
+                let tokens = d
+                    .tokens
+                    .map(|(same, all)| {
+                        format!("; greedy tokens {same}/{all} equal before the first difference")
+                    })
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "{} vs {}: max rel err {:.2e}, mean rel err {:.2e}, cosine per row min {:.6} mean {:.6}{tokens}",
+                    s.name, d.against, d.max_rel, d.mean_rel, d.cos_min, d.cos_mean
+                )?;
+            }
         }
         for s in samples {
             if let (Some(c), Some(p)) = (s.build.compile, s.build.prepare) {

@@ -28,11 +28,17 @@ pub(super) struct Work {
 /// Calls of one run with their bound dims, and whether each belongs to the decode phase.
 pub(super) type Trace = Vec<(String, Dims, bool)>;
 
-/// Times of one run.
+/// Times of one run, and what it computed (to compare weight formats on the same inputs).
 pub(super) struct Times {
     pub total: Duration,
     /// The M single-token steps (generate only).
     pub decode: Option<Duration>,
+    /// What the run computed from its inputs alone, to compare engines and weight formats:
+    /// forward, the pass's outputs; generate, the first step's logits (later steps follow
+    /// each engine's own greedy picks, so they see different inputs once the picks differ).
+    pub last: Outputs,
+    /// The greedy picks, `[B]` per step (generate only).
+    pub tokens: Vec<i64>,
 }
 
 pub(super) fn random_ids(rng: &mut presets::Rng, batch: usize, len: usize, vocab: usize) -> Tensor {
@@ -96,7 +102,8 @@ impl Work {
         };
         let start = Instant::now();
         let mut decode = None;
-        match (self.task, info) {
+        let mut tokens = vec![];
+        let last = match (self.task, info) {
             (Task::Forward, ModelInfo::Bert { .. }) => {
                 let types = Tensor::i64(vec![b, self.seq], vec![0; b * self.seq]);
                 let mask = Tensor::i64(vec![b, self.seq], vec![1; b * self.seq]);
@@ -105,14 +112,14 @@ impl Work {
                     ("token_type_ids", &types),
                     ("attention_mask", &mask),
                 ];
-                e.run("encode", &inputs)?;
+                e.run("encode", &inputs)?
             }
             (Task::Forward, ModelInfo::Gpt2 { .. }) => {
-                Decoder::new(&mut e, info, &self.ids)?.run(&mut e, "forward", &self.ids)?;
+                Decoder::new(&mut e, info, &self.ids)?.run(&mut e, "forward", &self.ids)?
             }
             (Task::Forward, ModelInfo::T5 { .. }) => {
                 // encode and cross_kv, then one decode of T decoder tokens.
-                Decoder::new(&mut e, info, &self.ids)?.run(&mut e, "decode", &self.decoder_ids)?;
+                Decoder::new(&mut e, info, &self.ids)?.run(&mut e, "decode", &self.decoder_ids)?
             }
             (Task::Generate, ModelInfo::Gpt2 { .. } | ModelInfo::T5 { .. }) => {
                 // T5's prefill is the encoder (in Decoder::new); GPT-2's is its first step,
@@ -121,6 +128,7 @@ impl Work {
                 let mut decoder = Decoder::new(&mut e, info, &self.ids)?;
                 let mut next = decoder.first_tokens(info, &self.ids);
                 let mut decode_start = None;
+                let mut last = Outputs::new();
                 for i in 0..self.new_tokens + usize::from(gpt2) {
                     e.decode = !gpt2 || i > 0;
                     if e.decode && decode_start.is_none() {
@@ -128,17 +136,25 @@ impl Work {
                     }
                     let logits = decoder.step(&mut e, &next)?;
                     // End-of-sequence picks do not stop a run: every run does the same work.
-                    next = Tensor::i64(vec![b, 1], argmax_rows(&logits, b)?);
+                    let picks = argmax_rows(&logits, b)?;
+                    tokens.extend(&picks);
+                    next = Tensor::i64(vec![b, 1], picks);
+                    if i == 0 {
+                        last = Outputs::from([("logits".to_string(), logits)]);
+                    }
                 }
                 decode = decode_start.map(|t| t.elapsed());
+                last
             }
             (Task::Generate, ModelInfo::Bert { .. }) => {
                 anyhow::bail!("BERT models do not generate: use --task forward")
             }
-        }
+        };
         Ok(Times {
             total: start.elapsed(),
             decode,
+            last,
+            tokens,
         })
     }
 }

@@ -195,6 +195,7 @@ pub fn lower_entry<M: Module>(
                     Arg::Null => ArgVal::Null,
                     Arg::Sgemm => ArgVal::Sgemm,
                     Arg::ParallelFor => ArgVal::ParallelFor,
+                    Arg::Rt(f) => ArgVal::Rt(*f),
                 })
                 .collect();
             let code = c.fails.map(|m| {
@@ -292,6 +293,7 @@ pub fn lower_entry<M: Module>(
                         ArgVal::Null => k.i(0),
                         ArgVal::Sgemm => sgemm,
                         ArgVal::ParallelFor => k.ld_field(rt, abi::rt::PARALLEL_FOR),
+                        ArgVal::Rt(f) => k.ld_field(rt, *f),
                     })
                     .collect();
                 let call = k.b.ins().call(refs.funcs[callee[i]], &vals);
@@ -331,6 +333,8 @@ pub(super) enum Arg {
     Sgemm,
     /// The runtime's thread pool (`RuntimeFns::parallel_for`).
     ParallelFor,
+    /// Another runtime service, a field of `RuntimeFns` (`abi::rt::QGEMM`, ...).
+    Rt(abi::Field),
 }
 
 /// How one node is computed: a kernel and its arguments, returned by each kernel family's
@@ -420,4 +424,5 @@ enum ArgVal {
     Null,
     Sgemm,
     ParallelFor,
+    Rt(abi::Field),
 }

@@ -11,6 +11,10 @@
 //! emits 128-bit vectors only, a quarter of an AVX-512 core's peak. Otherwise, the portable
 //! path below runs on 8-column sub-panels of the same packing.
 //!
+//! With a narrow weight format (`LowerOptions::weight_format`: int8, bf16, f16) the kernel
+//! is [`qlinear`]: the weight packed by the runtime (`WeightPrep::Quantized`) and the matmul,
+//! epilogue included, done by the runtime's `qgemm`, whose kernels exist for every ISA.
+//!
 //! Micro-kernel `cf_mm_f32x4_{mr}x8_k{K}_n{N}`: an mr×8 tile of `out` in 2·mr f32x4
 //! accumulators, K unrolled by 8, each FMA fed by a fresh `splat(load x)` (folded into
 //! `vbroadcastss`) and two panel vectors; compiled at `opt_level` "none" (see
@@ -27,8 +31,9 @@ use cranelift_codegen::ir::{
     InstBuilder, StackSlotData, StackSlotKind, Value,
 };
 use cranelift_module::{FuncId, Module};
-use cranformer_runtime::abi::gemm_call;
-use cranformer_runtime::gemm::{Act, ISA_AUTO};
+use cranformer_runtime::abi::{gemm_call, qgemm_call};
+use cranformer_runtime::gemm::quant::WordLayout;
+use cranformer_runtime::gemm::{Act, WeightFormat, ISA_AUTO};
 use cranformer_runtime::native::{WeightPrep, PANEL};
 
 /// Rows per register tile: 6 rows × 2 vectors = 12 accumulators of x86-64's 16 xmm registers.
@@ -303,8 +308,85 @@ pub fn linear<M: Module>(
     })
 }
 
+/// Kernel parameters, in order: `(x, words, bias, out, m, qgemm, residual)`: as [`linear`],
+/// with the weight in a narrow `format`'s word form (`WeightPrep::Quantized`: panels, then
+/// int8's per-column scales and column sums at the offsets `WordLayout` gives) and `qgemm`
+/// the runtime's narrow-weight matmul (`RuntimeFns::qgemm`, never null: the runtime has a
+/// portable kernel for every format). The kernel only fills a `QGemmCall` on its stack; the
+/// runtime quantizes the activations (int8), picks the kernel, blocking and threads on the
+/// machine that runs, and applies bias, activation and residual per tile.
+pub fn qlinear<M: Module>(
+    l: &mut Lowering<'_, M>,
+    kdim: usize,
+    n: usize,
+    format: WeightFormat,
+    act: Option<Activation>,
+    residual: bool,
+) -> Result<FuncId, CodegenError> {
+    let name = format!(
+        "cf_qlinear_{}_k{kdim}_n{n}{}{}",
+        format.name(),
+        act.map_or(String::new(), |a| format!("_{a:?}").to_lowercase()),
+        if residual { "_res" } else { "" },
+    );
+    let layout = WordLayout::of(kdim, n, format);
+    let qgemm_sig = l.signature(1, false);
+    l.kernel(&name, 7, false, Imports::default(), |k, p, _| {
+        let (x, w, b, out, m, qgemm, res) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+        let slot = k.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            qgemm_call::SIZE,
+            qgemm_call::ALIGN.trailing_zeros() as u8,
+        ));
+        let c = k.b.ins().stack_addr(I64, slot, 0);
+        let (kv, nv) = (k.i(kdim as i64), k.i(n as i64));
+        let res_or_null = if residual { res } else { k.i(0) };
+        // int8's side tables follow the panels in the same prepared tensor (4-byte words).
+        let (scales, col_sums) = if format == WeightFormat::I8 {
+            (
+                k.addi(w, 4 * layout.scales as i64),
+                k.addi(w, 4 * layout.col_sums as i64),
+            )
+        } else {
+            (k.i(0), k.i(0))
+        };
+        for (f, v) in [
+            (qgemm_call::M, m),
+            (qgemm_call::N, nv),
+            (qgemm_call::K, kv),
+            (qgemm_call::A, x),
+            (qgemm_call::LDA, kv),
+            (qgemm_call::B, w),
+            (qgemm_call::SCALES, scales),
+            (qgemm_call::COL_SUMS, col_sums),
+            (qgemm_call::BIAS, b),
+            (qgemm_call::C, out),
+            (qgemm_call::LDC, nv),
+            (qgemm_call::RESIDUAL, res_or_null),
+        ] {
+            k.st_field(v, c, f);
+        }
+        // kc, mc, isa and threads 0: resolved by the runtime on the machine that runs
+        // (`QGemmCall::resolved`), as for the f32 matmul.
+        for (f, v) in [
+            (qgemm_call::FORMAT, format.code()),
+            (qgemm_call::ACT, gemm_act(act) as u32),
+            (qgemm_call::KC, 0),
+            (qgemm_call::MC, 0),
+            (qgemm_call::ISA, ISA_AUTO),
+            (qgemm_call::THREADS, 0),
+        ] {
+            let v = k.b.ins().iconst(I32, v as i64);
+            k.st_field(v, c, f);
+        }
+        let sig = k.b.import_signature(qgemm_sig);
+        k.b.ins().call_indirect(sig, qgemm, &[c]);
+    })
+}
+
 /// The call computing a `Linear` or `FusedLinear` node: its kernel and arguments, with the
-/// weight packed into panels and the bias padded to whole panels.
+/// weight packed into panels (f32) or the lowering's narrow format, and the bias padded to
+/// whole panels.
 pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, CodegenError> {
     let (layout, act, residual) = match at.node().op {
         Op::FusedLinear {
@@ -316,13 +398,22 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
         ref other => unreachable!("not a matmul: {other}"),
     };
     let (k, n) = (at.channels_of(0), at.channels());
-    let prep = WeightPrep::Panels {
-        k,
-        n,
-        in_out: layout == WeightLayout::InOut,
-    };
+    let in_out = layout == WeightLayout::InOut;
     let bias = at.ops.len() == 3 + residual as usize;
-    let kernel = linear(l, k, n, bias, act, residual)?;
+    let format = l.options.weight_format;
+    let (prep, kernel, runtime) = if format == WeightFormat::F32 {
+        let prep = WeightPrep::Panels { k, n, in_out };
+        (prep, linear(l, k, n, bias, act, residual)?, Arg::Sgemm)
+    } else {
+        let prep = WeightPrep::Quantized {
+            k,
+            n,
+            in_out,
+            format,
+        };
+        let kernel = qlinear(l, k, n, format, act, residual)?;
+        (prep, kernel, Arg::Rt(cranformer_runtime::abi::rt::QGEMM))
+    };
     let b = if bias {
         at.operand(2, WeightPrep::PadPanel { n })
     } else {
@@ -341,7 +432,7 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
             b,
             at.out(),
             Arg::Rows(at.ops[0]),
-            Arg::Sgemm,
+            runtime,
             res,
         ],
     ))

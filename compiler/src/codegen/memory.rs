@@ -11,6 +11,7 @@ use cranelift_codegen::ir::{
     InstBuilder, Value,
 };
 use cranelift_module::{FuncId, Module};
+use cranformer_runtime::gemm::WeightFormat;
 use cranformer_runtime::native::{WeightPrep, PANEL};
 
 /// Copies `c` (a constant) f32s.
@@ -102,6 +103,31 @@ pub fn gather_panels<M: Module>(
         });
         let z = k.i(0);
         k.b.ins().return_(&[z]);
+    })
+}
+
+/// `(words, ids, out, n_ids, gather_columns) -> status`: [`gather_panels`] from a tied head
+/// held only in a narrow format (`WeightPrep::Quantized`): the runtime's
+/// `RuntimeFns::gather_columns` widens (bf16, f16) or dequantizes (int8, with the column's
+/// scale) each row exactly as its matmul kernels read the head, so the model keeps one copy
+/// of the matrix, a quarter of f32's bytes in int8.
+pub fn gather_columns<M: Module>(
+    l: &mut Lowering<'_, M>,
+    c: usize,
+    rows: usize,
+    format: WeightFormat,
+) -> Result<FuncId, CodegenError> {
+    let name = format!("cf_gather_columns_{}_c{c}_r{rows}", format.name());
+    let sig = l.signature(7, true);
+    l.kernel(&name, 5, true, Imports::default(), |k, p, _| {
+        let (table, ids, out, n, f) = (p[0], p[1], p[2], p[3], p[4]);
+        let (kv, nv, fv) = (k.i(c as i64), k.i(rows as i64), k.i(format.code() as i64));
+        let sig = k.b.import_signature(sig);
+        let call =
+            k.b.ins()
+                .call_indirect(sig, f, &[table, kv, nv, fv, ids, n, out]);
+        let status = k.b.inst_results(call)[0];
+        k.b.ins().return_(&[status]);
     })
 }
 
@@ -296,19 +322,37 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
                             }
                         ) && at.graph.operands(u)[1] == table
                     });
-            let (kernel, table) = if tied {
+            // The head's preparation, so both read the same slot (matmul::call).
+            let format = l.options.weight_format;
+            let mut args = vec![];
+            let kernel = if !tied {
+                args.push(at.v(0));
+                gather(l, c, rows)?
+            } else if format == WeightFormat::F32 {
                 let prep = WeightPrep::Panels {
                     k: c,
                     n: rows,
                     in_out: false,
                 };
-                (gather_panels(l, c, rows)?, at.operand(0, prep))
+                args.push(at.operand(0, prep));
+                gather_panels(l, c, rows)?
             } else {
-                (gather(l, c, rows)?, at.v(0))
+                let prep = WeightPrep::Quantized {
+                    k: c,
+                    n: rows,
+                    in_out: false,
+                    format,
+                };
+                args.push(at.operand(0, prep));
+                gather_columns(l, c, rows, format)?
             };
+            args.extend([at.v(1), at.out(), Arg::Numel(at.ops[1])]);
+            if tied && format != WeightFormat::F32 {
+                args.push(Arg::Rt(cranformer_runtime::abi::rt::GATHER_COLUMNS));
+            }
             Call {
                 kernel,
-                args: vec![table, at.v(1), at.out(), Arg::Numel(at.ops[1])],
+                args,
                 fails: Some(format!(
                     "{}: an index is out of range (the table has {rows} rows)",
                     node.label

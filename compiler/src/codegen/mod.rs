@@ -29,6 +29,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataId, FuncId, Linkage, Module, ModuleError, ModuleReloc};
 use std::collections::HashMap;
 
+pub use cranformer_runtime::gemm::WeightFormat;
 pub use entry::entry_symbol;
 use ir::Kb;
 
@@ -104,6 +105,24 @@ pub struct Imports {
     pub data: Vec<DataId>,
 }
 
+/// Choices the lowering makes for the whole model, shared by the JIT and AOT drivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LowerOptions {
+    /// How every matmul weight is stored (`--dtype`): f32 panels for the f32 kernels, or a
+    /// narrow format (int8, bf16, f16) packed for the runtime's `qgemm`. Attention scores,
+    /// softmax and norms compute in f32 whatever this says; so do embedding gathers, which
+    /// read a tied head's narrow panels and widen them.
+    pub weight_format: WeightFormat,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions {
+            weight_format: WeightFormat::F32,
+        }
+    }
+}
+
 /// Emits kernels and entry functions into a module.
 pub struct Lowering<'m, M: Module> {
     pub module: &'m mut M,
@@ -114,16 +133,22 @@ pub struct Lowering<'m, M: Module> {
     micro_isa: OwnedTargetIsa,
     /// When set, every function's IR is appended here as text (`--emit clif`).
     pub clif: Option<String>,
+    pub options: LowerOptions,
 }
 
 impl<'m, M: Module> Lowering<'m, M> {
     pub fn new(module: &'m mut M) -> Result<Self, CodegenError> {
+        Lowering::with_options(module, LowerOptions::default())
+    }
+
+    pub fn with_options(module: &'m mut M, options: LowerOptions) -> Result<Self, CodegenError> {
         Ok(Lowering {
             module,
             kernels: HashMap::new(),
             fctx: FunctionBuilderContext::new(),
             micro_isa: native_isa("none", false)?,
             clif: None,
+            options,
         })
     }
 
@@ -336,12 +361,20 @@ pub fn lower_all<M: Module>(
 /// The Cranelift IR of `graph`'s entry function and every kernel it calls, with comments
 /// naming the graph node each call comes from (`--emit clif`).
 pub fn emit_clif(graph: &crate::graph::Graph) -> Result<String, CodegenError> {
+    emit_clif_with(graph, LowerOptions::default())
+}
+
+/// [`emit_clif`] lowered with `options` (e.g. a narrow weight format).
+pub fn emit_clif_with(
+    graph: &crate::graph::Graph,
+    options: LowerOptions,
+) -> Result<String, CodegenError> {
     let isa = native_isa("speed", false)?;
     let builder =
         cranelift_jit::JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     let mut module = cranelift_jit::JITModule::new(builder);
     let text = {
-        let mut l = Lowering::new(&mut module)?;
+        let mut l = Lowering::with_options(&mut module, options)?;
         l.clif = Some(String::new());
         entry::lower_entry(&mut l, graph).map(|_| l.clif.take().unwrap_or_default())
     };

@@ -51,19 +51,50 @@ pub struct WordLayout {
 
 impl WordLayout {
     pub fn of(k: usize, n: usize, format: WeightFormat) -> WordLayout {
-        let cols = n.div_ceil(PACK_NR) * PACK_NR;
-        let data_bytes = cols * format.padded_k(k) * format.bytes_per_weight();
+        WordLayout::checked_of(k, n, format).expect("the weight's size overflows")
+    }
+
+    /// [`WordLayout::of`], or `None` if a size overflows (for the shapes an executable's
+    /// description claims).
+    pub fn checked_of(k: usize, n: usize, format: WeightFormat) -> Option<WordLayout> {
+        let cols = n.checked_next_multiple_of(PACK_NR)?;
+        let data_bytes = cols
+            .checked_mul(k.checked_next_multiple_of(format.padded_k(1))?)?
+            .checked_mul(format.bytes_per_weight())?;
         let scales = data_bytes.div_ceil(4);
         let side = if format == WeightFormat::I8 { cols } else { 0 };
-        WordLayout {
+        Some(WordLayout {
             scales,
-            col_sums: scales + side,
-            len: scales + 2 * side,
-        }
+            col_sums: scales.checked_add(side)?,
+            len: scales.checked_add(side.checked_mul(2)?)?,
+        })
     }
 }
 
 impl WeightFormat {
+    /// The element type one stored weight has in the graph's type system
+    /// ([`crate::shape::DType`]): f32, bf16, f16 or i8. The names differ only for int8
+    /// (`--dtype int8` quantizes; `i8` is the element).
+    pub const fn dtype(self) -> crate::shape::DType {
+        match self {
+            WeightFormat::F32 => crate::shape::DType::F32,
+            WeightFormat::Bf16 => crate::shape::DType::BF16,
+            WeightFormat::F16 => crate::shape::DType::F16,
+            WeightFormat::I8 => crate::shape::DType::I8,
+        }
+    }
+
+    /// The weight format storing elements of `dtype`, if any (not i64).
+    pub const fn of_dtype(dtype: crate::shape::DType) -> Option<WeightFormat> {
+        Some(match dtype {
+            crate::shape::DType::F32 => WeightFormat::F32,
+            crate::shape::DType::BF16 => WeightFormat::Bf16,
+            crate::shape::DType::F16 => WeightFormat::F16,
+            crate::shape::DType::I8 => WeightFormat::I8,
+            crate::shape::DType::I64 => return None,
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::F32 => "f32",
@@ -381,5 +412,117 @@ impl QuantRows {
 impl Default for QuantRows {
     fn default() -> Self {
         QuantRows::new()
+    }
+}
+
+/// Rows of the `[N, K]` matrix (an embedding table) whose transpose `[K, N]` a prepared
+/// weight holds in its word form ([`PackedWeight::to_words`]; f32 as [`super::pack_b`]'s
+/// panels): row j is column j of the packed matrix, dequantized or widened exactly as the
+/// kernels see it ([`PackedWeight::unpack`]). A tied LM head's quantized panels thus serve its
+/// embedding gathers too, and the model keeps one copy of the matrix. Returns false (writing
+/// nothing more) at the first id outside `0..n`.
+///
+/// # Safety
+/// `words` must hold a weight of that shape and format; `out` must have room for
+/// `ids.len()` rows of `k` floats.
+pub unsafe fn gather_columns(
+    words: *const f32,
+    (k, n, format): (usize, usize, WeightFormat),
+    ids: &[i64],
+    out: *mut f32,
+) -> bool {
+    let kp = format.padded_k(k);
+    let bytes = words.cast::<u8>();
+    let layout = WordLayout::of(k, n, format);
+    for (i, &id) in ids.iter().enumerate() {
+        let Some(j) = usize::try_from(id).ok().filter(|&j| j < n) else {
+            return false;
+        };
+        let (p, c) = (j / PACK_NR, j % PACK_NR);
+        let row = std::slice::from_raw_parts_mut(out.add(i * k), k);
+        match format {
+            WeightFormat::F32 => {
+                let panel = words.add(p * k * PACK_NR + c);
+                for (kk, y) in row.iter_mut().enumerate() {
+                    *y = *panel.add(kk * PACK_NR);
+                }
+            }
+            WeightFormat::F16 => {
+                let panel = bytes.add(2 * (p * kp * PACK_NR + c));
+                for (kk, y) in row.iter_mut().enumerate() {
+                    let at = panel.add(2 * kk * PACK_NR);
+                    *y = f16::from_bits(u16::from_le_bytes([*at, *at.add(1)])).to_f32();
+                }
+            }
+            WeightFormat::Bf16 => {
+                // Pairs of k side by side per column: `[K/2][32][2]`.
+                let panel = bytes.add(2 * (p * kp * PACK_NR + 2 * c));
+                for (kk, y) in row.iter_mut().enumerate() {
+                    let at = panel.add(2 * (kk / 2 * 2 * PACK_NR + kk % 2));
+                    *y = bf16::from_bits(u16::from_le_bytes([*at, *at.add(1)])).to_f32();
+                }
+            }
+            WeightFormat::I8 => {
+                // Groups of 4 k side by side per column: `[K/4][32][4]`; one scale per column.
+                let panel = bytes.add(p * kp * PACK_NR + 4 * c);
+                let scale = *words.add(layout.scales + j);
+                for (kk, y) in row.iter_mut().enumerate() {
+                    let q = *panel.add(kk / 4 * 4 * PACK_NR + kk % 4) as i8;
+                    *y = q as f32 * scale;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// C entry point for generated code: [`gather_columns`] with the format's
+/// [`WeightFormat::code`]; 0 on success, 1 when an id is out of range or the format code is
+/// unknown (the generated caller reports it with the node's name).
+///
+/// # Safety
+/// As [`gather_columns`]; `ids` valid for `count` values.
+#[no_mangle]
+pub unsafe extern "C" fn cranformer_gather_columns(
+    words: *const f32,
+    k: usize,
+    n: usize,
+    format: usize,
+    ids: *const i64,
+    count: usize,
+    out: *mut f32,
+) -> i64 {
+    let Some(format) = u32::try_from(format).ok().and_then(WeightFormat::from_code) else {
+        return 1;
+    };
+    let ids = if count == 0 {
+        &[][..]
+    } else {
+        std::slice::from_raw_parts(ids, count)
+    };
+    let mut ok = false;
+    // SAFETY: the caller passes a weight of this shape and room for the rows.
+    crate::threads::catch_for_generated_code(|| unsafe {
+        ok = gather_columns(words, (k, n, format), ids, out);
+    });
+    i64::from(!ok)
+}
+
+#[cfg(test)]
+mod dtype_tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_graph_dtypes_agree() {
+        for f in [
+            WeightFormat::F32,
+            WeightFormat::Bf16,
+            WeightFormat::F16,
+            WeightFormat::I8,
+        ] {
+            assert_eq!(WeightFormat::of_dtype(f.dtype()), Some(f));
+            assert_eq!(f.dtype().size(), f.bytes_per_weight());
+        }
+        assert_eq!(WeightFormat::of_dtype(crate::shape::DType::I64), None);
     }
 }
