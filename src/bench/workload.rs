@@ -47,15 +47,7 @@ fn argmax_rows(logits: &Tensor, batch: usize) -> Result<Vec<i64>> {
     let v = logits.as_f32().context("step logits are not f32")?;
     let width = v.len() / batch.max(1);
     Ok(v.chunks_exact(width.max(1))
-        .map(|row| {
-            let mut best = 0;
-            for (i, &x) in row.iter().enumerate() {
-                if x > row[best] {
-                    best = i;
-                }
-            }
-            best as i64
-        })
+        .map(|row| cranformer_runtime::sampling::argmax(row) as i64)
         .collect())
 }
 
