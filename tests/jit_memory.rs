@@ -44,7 +44,8 @@ fn check_gpt2(p: &mut Pair) {
     let cache = KvCache::new(layers, 2, width);
     let mut inputs: Vec<(String, &Tensor)> =
         vec![("input_ids".into(), &ids), ("attention_mask".into(), &mask)];
-    inputs.extend(cache.inputs());
+    let past = cache.inputs();
+    inputs.extend(past.iter().map(|(n, t)| (n.clone(), t)));
     let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     p.run("forward", &named, 2e-5, 2e-4);
 }

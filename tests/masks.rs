@@ -62,7 +62,8 @@ fn t5_decode(p: &mut Pair, hidden: &Tensor, mask: &Tensor, decoder_ids: &Tensor)
         ("decoder_input_ids".into(), decoder_ids),
         ("encoder_attention_mask".into(), mask),
     ];
-    inputs.extend(cache.inputs());
+    let past = cache.inputs();
+    inputs.extend(past.iter().map(|(n, t)| (n.clone(), t)));
     inputs.extend(cross.iter().map(|(k, v)| (k.clone(), v)));
     let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     p.run("decode", &named, ABS, REL)

@@ -537,4 +537,13 @@ impl Engine for SharedObjectEngine {
     fn run(&mut self, entry: &str, inputs: &[(&str, &Tensor)]) -> Result<Outputs, EngineError> {
         self.engine.run(entry, inputs)
     }
+
+    fn run_cached(
+        &mut self,
+        entry: &str,
+        inputs: &[(&str, &Tensor)],
+        cache: &mut cranformer_runtime::kv_cache::KvCache,
+    ) -> Result<Outputs, EngineError> {
+        self.engine.run_cached(entry, inputs, cache)
+    }
 }

@@ -102,6 +102,11 @@ impl JitEngine {
     }
 
     /// Time spent generating code (lowering, Cranelift, linking in memory).
+    /// What the host knows of compiled entry point `entry` (slots, buffers, in-place appends).
+    pub fn meta(&self, entry: &str) -> Option<&cranformer_runtime::native::EntryMeta> {
+        self.engine.meta(entry)
+    }
+
     pub fn compile_time(&self) -> Duration {
         self.compile_time
     }
@@ -160,5 +165,14 @@ impl Engine for JitEngine {
 
     fn run(&mut self, entry: &str, inputs: &[(&str, &Tensor)]) -> Result<Outputs, EngineError> {
         self.engine.run(entry, inputs)
+    }
+
+    fn run_cached(
+        &mut self,
+        entry: &str,
+        inputs: &[(&str, &Tensor)],
+        cache: &mut cranformer_runtime::kv_cache::KvCache,
+    ) -> Result<Outputs, EngineError> {
+        self.engine.run_cached(entry, inputs, cache)
     }
 }

@@ -47,6 +47,8 @@ pub mod ctx {
     pub const SEQ: Field = field!(EntryCtx, dims.seq);
     pub const PAST: Field = field!(EntryCtx, dims.past);
     pub const ENC_SEQ: Field = field!(EntryCtx, dims.enc_seq);
+    /// Rows per batch row of KV-cache storage appended in place, or 0.
+    pub const KV_CAP: Field = field!(EntryCtx, dims.kv_cap);
     /// `*const RuntimeFns`.
     pub const RT: Field = field!(EntryCtx, rt);
 }
@@ -131,6 +133,7 @@ const _: () = {
         ctx::SEQ,
         ctx::PAST,
         ctx::ENC_SEQ,
+        ctx::KV_CAP,
         ctx::RT,
         rt::GEMM,
         rt::PARALLEL_FOR,

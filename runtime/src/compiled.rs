@@ -3,6 +3,7 @@
 //! model. Shared by `cranformer compile`'s in-process engine and by the executables it writes,
 //! so it knows nothing of Cranelift.
 
+use crate::kv_cache::KvCache;
 use crate::model_info::ModelInfo;
 use crate::native::{EntryFn, EntryMeta, NativeEntry, WeightPrep};
 use crate::tokenize::TokenizerKind;
@@ -196,15 +197,33 @@ impl Engine for NativeEngine {
     }
 
     fn run(&mut self, entry: &str, inputs: &[(&str, &Tensor)]) -> Result<Outputs, EngineError> {
+        self.entry(entry)?.run(inputs)
+    }
+
+    fn run_cached(
+        &mut self,
+        entry: &str,
+        inputs: &[(&str, &Tensor)],
+        cache: &mut KvCache,
+    ) -> Result<Outputs, EngineError> {
+        self.entry(entry)?.run_cached(inputs, cache)
+    }
+}
+
+impl NativeEngine {
+    /// What the host knows of entry point `entry`.
+    pub fn meta(&self, entry: &str) -> Option<&EntryMeta> {
+        self.entries.get(entry).map(|e| &e.meta)
+    }
+
+    fn entry(&mut self, entry: &str) -> Result<&mut NativeEntry, EngineError> {
         let available = self.entries.keys().cloned().collect::<Vec<_>>().join(", ");
-        let e = self
-            .entries
+        self.entries
             .get_mut(entry)
             .ok_or_else(|| EngineError::NoEntry {
                 entry: entry.into(),
                 available,
-            })?;
-        e.run(inputs)
+            })
     }
 }
 

@@ -18,7 +18,12 @@
 //!   `decoder_input_ids` [B, T], `encoder_attention_mask` [B, S], `cross_key.{l}`,
 //!   `cross_value.{l}`, `past_key.{l}`, `past_value.{l}` [B, P, H*D] -> `logits`,
 //!   `present_key.{l}`, `present_value.{l}`.
+//!
+//! A decode loop hands its [`KvCache`] to [`Engine::run_cached`] instead of passing `past_*`
+//! and taking `present_*`: compiled entries then write each step's new keys and values into
+//! the cache and attend to it in place, so a step moves O(T) bytes of cache, not O(P).
 
+use crate::kv_cache::KvCache;
 use crate::Tensor;
 use std::collections::BTreeMap;
 
@@ -51,4 +56,23 @@ pub trait Engine {
     /// "interp", "jit" or "aot".
     fn name(&self) -> &str;
     fn run(&mut self, entry: &str, inputs: &[(&str, &Tensor)]) -> Result<Outputs, EngineError>;
+
+    /// Runs a decoder entry (GPT-2 `forward`/`step`/`batch_step`, T5 `decode`/`step`) over
+    /// `cache`, which stands for its `past_key.{l}`/`past_value.{l}` inputs (`inputs` are the
+    /// others), and appends the call's new keys and values to it; the `present_*` outputs are
+    /// not returned. This default copies the cache into tensors and takes only the new rows
+    /// back; compiled engines write the new rows into the cache in place.
+    fn run_cached(
+        &mut self,
+        entry: &str,
+        inputs: &[(&str, &Tensor)],
+        cache: &mut KvCache,
+    ) -> Result<Outputs, EngineError> {
+        let past = cache.inputs();
+        let mut all = inputs.to_vec();
+        all.extend(past.iter().map(|(n, t)| (n.as_str(), t)));
+        let mut out = self.run(entry, &all)?;
+        cache.update(&mut out)?;
+        Ok(out)
+    }
 }

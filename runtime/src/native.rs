@@ -13,6 +13,7 @@
 //!
 //! Outputs are intermediate buffers (or inputs) that the host copies out after the call.
 
+use crate::kv_cache::KvCache;
 use crate::shape::{DType, Dims, TensorType};
 use crate::weights::F32Buffer;
 use crate::{EngineError, Outputs, Tensor, TensorData};
@@ -214,6 +215,13 @@ pub struct EntryMeta {
     /// Live range of each buffer in kernel-call steps, both ends inclusive: written at the
     /// first, last read at the second. Buffers whose ranges are disjoint may share memory.
     pub live: Vec<(u32, u32)>,
+    /// KV-cache appends the code can do in place, as (input, buffer): the buffer is the
+    /// `[B, P+T, C]` concatenation of the `past_*` input and the new rows, and nothing but
+    /// attention reads either. Called over a cache ([`NativeEntry::run_cached`]), both slots
+    /// point at the cache's `[B, capacity, C]` storage (`CtxDims::kv_cap` rows per batch row),
+    /// so the code writes only the new rows and attention reads the cache where it lies.
+    #[serde(default)]
+    pub appends: Vec<(usize, usize)>,
 }
 
 impl EntryMeta {
@@ -230,6 +238,13 @@ impl EntryMeta {
         }
         if let Some((b, (first, last))) = self.live.iter().enumerate().find(|(_, r)| r.0 > r.1) {
             return Err(format!("buffer {b} is live from step {first} to {last}"));
+        }
+        for &(i, b) in &self.appends {
+            if i >= self.inputs.len() || b >= self.buffers.len() {
+                return Err(format!(
+                    "append of input {i} into buffer {b}, which does not exist"
+                ));
+            }
         }
         for (name, slot) in &self.outputs {
             let ok = match *slot {
@@ -291,6 +306,10 @@ pub struct CtxDims {
     pub past: i64,
     /// S.
     pub enc_seq: i64,
+    /// Positions per batch row of the KV-cache storage the host passed for in-place appends
+    /// ([`EntryMeta::appends`]), or 0: then `past_*` inputs are `[B, P, C]` and their
+    /// concatenations `[B, P+T, C]` buffers of their own.
+    pub kv_cap: i64,
 }
 
 pub use crate::gemm::GemmCall;
@@ -398,6 +417,9 @@ pub struct NativeEntry {
     func: EntryFn,
     weights: Vec<F32Buffer>,
     arena: Vec<Line>,
+    /// The last memory plan: each buffer's size (0 if it lives elsewhere), its offsets and
+    /// the arena's size. Decode steps with sizes that do not change with P reuse it.
+    plan: Option<(Vec<usize>, Vec<usize>, usize)>,
 }
 
 impl NativeEntry {
@@ -478,6 +500,7 @@ impl NativeEntry {
             func,
             weights,
             arena: vec![],
+            plan: None,
         })
     }
 
@@ -488,13 +511,80 @@ impl NativeEntry {
 
     pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Outputs, EngineError> {
         let dims = self.bind(inputs)?;
+        self.call(inputs, dims, None)
+    }
+
+    /// [`crate::Engine::run_cached`]: `cache` stands for the `past_*` inputs. When every one
+    /// of them is appended in place ([`EntryMeta::appends`]), the code writes the new rows into
+    /// the cache and reads it where it lies; otherwise the cache is copied in and the new rows
+    /// of `present_*` copied back.
+    pub fn run_cached(
+        &mut self,
+        inputs: &[(&str, &Tensor)],
+        cache: &mut KvCache,
+    ) -> Result<Outputs, EngineError> {
+        let cached: Vec<usize> = (0..self.meta.inputs.len())
+            .filter(|&i| cache.input_slot(&self.meta.inputs[i].name).is_some())
+            .collect();
+        let in_place = !cached.is_empty()
+            && cached.len() == 2 * cache.layers()
+            && cached
+                .iter()
+                .all(|i| self.meta.appends.iter().any(|(a, _)| a == i));
+        if !in_place {
+            let past = cache.inputs();
+            let mut all = inputs.to_vec();
+            all.extend(past.iter().map(|(n, t)| (n.as_str(), t)));
+            let mut out = self.run(&all)?;
+            cache.update(&mut out)?;
+            return Ok(out);
+        }
+        let sigs: Vec<(&str, &TensorType)> = self
+            .meta
+            .inputs
+            .iter()
+            .map(|s| (s.name.as_str(), &s.ty))
+            .collect();
+        let shape = crate::shape::CacheShape {
+            batch: cache.batch(),
+            past: cache.len(),
+            width: cache.width(),
+        };
+        let dims = crate::shape::bind_cached(
+            &self.meta.name,
+            &sigs,
+            inputs,
+            &|n| cache.input_slot(n).is_some(),
+            shape,
+        )
+        .map_err(|e| EngineError::Input(e.to_string()))?;
+        cache.reserve(dims.seq);
+        let out = self.call(inputs, dims, Some(&mut *cache))?;
+        cache.commit(dims.seq);
+        Ok(out)
+    }
+
+    /// Calls the entry with `dims` bound from `inputs` (and `cache`, which then holds the
+    /// `past_*` inputs and room for T more positions).
+    fn call(
+        &mut self,
+        inputs: &[(&str, &Tensor)],
+        dims: Dims,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Outputs, EngineError> {
         if self.meta.needs_tokens && dims.seq == 0 {
             return Err(EngineError::Input("the sequence is empty".into()));
         }
-        let mut values: Vec<*mut u8> = Vec::with_capacity(
-            self.meta.inputs.len() + self.weights.len() + self.meta.buffers.len(),
-        );
+        let n_in = self.meta.inputs.len();
+        let mut values: Vec<*mut u8> =
+            Vec::with_capacity(n_in + self.weights.len() + self.meta.buffers.len());
         for sig in &self.meta.inputs {
+            if let Some(c) = cache.as_deref_mut() {
+                if let Some((kind, l)) = c.input_slot(&sig.name) {
+                    values.push(c.storage_mut(kind, l).as_mut_ptr() as *mut u8);
+                    continue;
+                }
+            }
             let t = inputs
                 .iter()
                 .find(|(n, _)| *n == sig.name)
@@ -508,16 +598,31 @@ impl NativeEntry {
         for w in &self.weights {
             values.push(w.as_ptr() as *mut u8);
         }
-        let (offsets, total) = plan_memory(&self.meta, &dims).ok_or_else(|| {
+        // Appended in place: the concatenation's buffer is the cache itself.
+        let skip: Vec<usize> = match cache {
+            Some(_) => self.meta.appends.iter().map(|&(_, b)| b).collect(),
+            None => vec![],
+        };
+        let overflow = || {
             EngineError::Input(format!(
                 "the buffers of entry point {} for {dims:?} overflow the address space",
                 self.meta.name
             ))
-        })?;
-        record_arena(&self.meta, &dims, total);
+        };
+        let sizes = buffer_sizes(&self.meta, &dims, &skip).ok_or_else(overflow)?;
+        let (offsets, total) = match &self.plan {
+            Some((s, offsets, total)) if *s == sizes => (offsets.clone(), *total),
+            _ => {
+                let (offsets, total) = place(&self.meta, &sizes).ok_or_else(overflow)?;
+                self.plan = Some((sizes.clone(), offsets.clone(), total));
+                (offsets, total)
+            }
+        };
+        record_arena(&self.meta, &sizes, total);
         let lines = total / ALIGN + 1;
         if self.arena.len() < lines {
-            self.arena = vec![Line([0; ALIGN]); lines];
+            // Geometric: a decode loop whose buffers grow with P reallocates O(log P) times.
+            self.arena = vec![Line([0; ALIGN]); lines.max(self.arena.len() * 3 / 2)];
         }
         if cfg!(debug_assertions) {
             // NaN in every byte the plan uses: a kernel reading what no kernel wrote shows.
@@ -529,6 +634,15 @@ impl NativeEntry {
             // SAFETY: every offset is within the arena allocated above.
             values.push(unsafe { base.add(o) });
         }
+        let kv_cap = match cache {
+            Some(ref c) => {
+                for &(i, b) in &self.meta.appends {
+                    values[n_in + self.weights.len() + b] = values[i];
+                }
+                c.capacity() as i64
+            }
+            None => 0,
+        };
         let ctx = EntryCtx {
             values: values.as_ptr(),
             dims: CtxDims {
@@ -536,6 +650,7 @@ impl NativeEntry {
                 seq: dims.seq as i64,
                 past: dims.past as i64,
                 enc_seq: dims.enc_seq as i64,
+                kv_cap,
             },
             rt: runtime_fns(),
         };
@@ -544,7 +659,10 @@ impl NativeEntry {
         // SAFETY: the table holds a live pointer of the right size for every slot the entry
         // reads or writes: inputs have the shapes `bind` checked against the signature (a
         // `Tensor`'s data always holds its shape's element count), weights were prepared for
-        // this entry's metadata, and the arena covers the plan for these dims.
+        // this entry's metadata, and the arena covers the plan for these dims. With a cache,
+        // each appended `past_*` input and its concatenation point at that layer's storage,
+        // `[B, kv_cap, C]` with kv_cap >= P + T (`run_cached` reserved T), which the code
+        // indexes with kv_cap rows per batch row; `bind_cached` checked B and C against it.
         let code = unsafe { (self.func)(&ctx) };
         if let Some(message) = crate::threads::take_panic() {
             return Err(EngineError::Panic {
@@ -564,6 +682,13 @@ impl NativeEntry {
         let mut out = Outputs::new();
         for (name, slot) in &self.meta.outputs {
             let (sig, ptr) = match *slot {
+                // The cache holds them.
+                Slot::Buffer(i) if skip.contains(&i) => continue,
+                Slot::Input(i)
+                    if self.meta.appends.iter().any(|&(a, _)| a == i) && !skip.is_empty() =>
+                {
+                    continue
+                }
                 Slot::Input(i) => (&self.meta.inputs[i], values[i] as *const u8),
                 Slot::Buffer(i) => (
                     &self.meta.buffers[i],
@@ -612,14 +737,13 @@ pub fn arena_stats() -> BTreeMap<String, (usize, usize)> {
 static ARENA_STATS: std::sync::Mutex<BTreeMap<String, (usize, usize)>> =
     std::sync::Mutex::new(BTreeMap::new());
 
-fn record_arena(meta: &EntryMeta, dims: &Dims, planned: usize) {
-    let unshared: usize = meta
-        .buffers
-        .iter()
-        .map(|b| b.checked_bytes(dims).unwrap_or(0).div_ceil(ALIGN) * ALIGN)
-        .fold(0, usize::saturating_add);
+fn record_arena(meta: &EntryMeta, sizes: &[usize], planned: usize) {
+    let unshared: usize = sizes.iter().fold(0, |a, &b| a.saturating_add(b));
     if let Ok(mut m) = ARENA_STATS.lock() {
-        let e = m.entry(meta.name.clone()).or_default();
+        let e = match m.get_mut(&meta.name) {
+            Some(e) => e,
+            None => m.entry(meta.name.clone()).or_default(),
+        };
         *e = (e.0.max(planned), e.1.max(unshared));
     }
 }
@@ -628,8 +752,27 @@ fn record_arena(meta: &EntryMeta, dims: &Dims, planned: usize) {
 /// and the arena's size; `None` if a size overflows, or the metadata gives no live range for
 /// some buffer.
 pub fn plan_memory(meta: &EntryMeta, dims: &Dims) -> Option<(Vec<usize>, usize)> {
+    place(meta, &buffer_sizes(meta, dims, &[])?)
+}
+
+/// Each buffer's bytes for `dims`, rounded up to whole lines; 0 for those in `skip`. `None`
+/// if a size overflows.
+fn buffer_sizes(meta: &EntryMeta, dims: &Dims, skip: &[usize]) -> Option<Vec<usize>> {
+    (0..meta.buffers.len())
+        .map(|b| match skip.contains(&b) {
+            true => Some(0),
+            false => meta.buffers[b]
+                .checked_bytes(dims)?
+                .checked_next_multiple_of(ALIGN),
+        })
+        .collect()
+}
+
+/// First-fit placement of buffers of `sizes` (see [`plan_memory`]); buffers of size 0 get
+/// offset 0 and no memory.
+fn place(meta: &EntryMeta, sizes: &[usize]) -> Option<(Vec<usize>, usize)> {
     let n = meta.buffers.len();
-    if meta.live.len() != n {
+    if meta.live.len() != n || sizes.len() != n {
         return None;
     }
     let mut order: Vec<usize> = (0..n).collect();
@@ -639,9 +782,10 @@ pub fn plan_memory(meta: &EntryMeta, dims: &Dims) -> Option<(Vec<usize>, usize)>
     let mut placed: Vec<(usize, usize, usize)> = Vec::with_capacity(n);
     let mut total = 0;
     for b in order {
-        let size = meta.buffers[b]
-            .checked_bytes(dims)?
-            .checked_next_multiple_of(ALIGN)?;
+        let size = sizes[b];
+        if size == 0 {
+            continue;
+        }
         let (first, last) = meta.live[b];
         let mut clash: Vec<(usize, usize)> = placed
             .iter()
@@ -708,6 +852,7 @@ mod tests {
             errors: vec![],
             needs_tokens: false,
             live: vec![],
+            appends: vec![],
         }
     }
 

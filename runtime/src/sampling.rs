@@ -36,11 +36,52 @@ impl Rng {
     }
 }
 
-/// Index of the largest logit; the first one on ties, as `torch.argmax`.
+/// Index of the largest logit; the first one on ties, as `torch.argmax` (NaNs are passed
+/// over, but a NaN first logit is kept, as the plain scan `v > logits[best]` does).
 pub fn argmax(logits: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
+    // Each of L lanes keeps the first index of its own maximum, so the compiler can run the
+    // scan in vector registers: a decode step scans the whole vocabulary (50k for GPT-2).
+    const L: usize = 16;
+    let scan = || {
+        let mut best = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            if v > logits[best] {
+                best = i;
+            }
+        }
+        best
+    };
+    if logits.len() < 2 * L || logits[0].is_nan() {
+        return scan();
+    }
+    let mut val = [f32::NEG_INFINITY; L];
+    let mut idx = [usize::MAX; L];
+    let chunks = logits.chunks_exact(L);
+    let tail = chunks.remainder();
+    for (c, xs) in chunks.enumerate() {
+        for j in 0..L {
+            let better = xs[j] > val[j];
+            val[j] = if better { xs[j] } else { val[j] };
+            idx[j] = if better { c * L + j } else { idx[j] };
+        }
+    }
+    // The largest lane value, first index among the lanes holding it, then the tail.
+    let mut best = usize::MAX;
+    for j in 0..L {
+        if idx[j] != usize::MAX
+            && (best == usize::MAX
+                || val[j] > logits[best]
+                || (val[j] == logits[best] && idx[j] < best))
+        {
+            best = idx[j];
+        }
+    }
+    if best == usize::MAX {
+        // Nothing above -inf: the first -inf, or 0.
+        return scan();
+    }
+    for i in logits.len() - tail.len()..logits.len() {
+        if logits[i] > logits[best] {
             best = i;
         }
     }
@@ -62,11 +103,16 @@ pub fn pick(logits: &[f32], sampling: &Sampling, rng: &mut Rng, allowed: usize) 
             let logits = &logits[..allowed.min(logits.len()).max(1)];
             let t = temperature.max(1e-6);
             let mut cand: Vec<(usize, f32)> = logits.iter().map(|&l| l / t).enumerate().collect();
-            // Descending by score, lowest id first among equals.
-            cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            if *top_k > 0 {
+            // Descending by score, lowest id first among equals: a total order, so the top k
+            // selected first then sorted are the first k of the whole sort (a vocabulary of
+            // 50k is not sorted for each token).
+            let order =
+                |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+            if *top_k > 0 && *top_k < cand.len() {
+                cand.select_nth_unstable_by(*top_k - 1, order);
                 cand.truncate(*top_k);
             }
+            cand.sort_unstable_by(order);
             let max = cand[0].1;
             let mut probs: Vec<f64> = cand
                 .iter()
@@ -118,6 +164,45 @@ mod tests {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
     }
 
+    /// The plain scan the vectorised argmax must agree with.
+    fn scan(v: &[f32]) -> usize {
+        let mut best = 0;
+        for (i, &x) in v.iter().enumerate() {
+            if x > v[best] {
+                best = i;
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn argmax_agrees_with_the_plain_scan() {
+        let mut rng = Rng::new(9);
+        for len in [1, 5, 31, 32, 33, 47, 64, 100, 1000, 50257] {
+            for case in 0..12 {
+                let mut v: Vec<f32> = (0..len)
+                    .map(|_| ((rng.next_u64() % 17) as f32) - 8.0)
+                    .collect();
+                let at = (rng.next_u64() as usize) % len;
+                match case {
+                    1 => v[at] = f32::NAN,
+                    2 => v[0] = f32::NAN,
+                    3 => v.iter_mut().for_each(|x| *x = f32::NEG_INFINITY),
+                    4 => v.iter_mut().for_each(|x| *x = f32::NAN),
+                    5 => v[len - 1] = 100.0,
+                    6 => v.iter_mut().for_each(|x| *x = -0.0),
+                    7 => {
+                        v.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                        v[at] = f32::NAN;
+                    }
+                    8 => v[at] = 9.0,
+                    _ => {}
+                }
+                assert_eq!(argmax(&v), scan(&v), "len {len}, case {case}: {v:?}");
+            }
+        }
+    }
+
     #[test]
     fn top_k_one_is_greedy() {
         let logits = [0.1, 2.0, 1.9, -1.0];
@@ -130,6 +215,45 @@ mod tests {
         let mut rng = Rng::new(7);
         for _ in 0..20 {
             assert_eq!(pick(&logits, &s, &mut rng, 4), 1);
+        }
+    }
+
+    #[test]
+    fn top_k_takes_the_k_best_in_order_lowest_id_first_on_ties() {
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 / 10.0).collect();
+        let k = 7;
+        // The reference: sort everything, keep k.
+        let mut all: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let best: Vec<usize> = all[..k].iter().map(|c| c.0).collect();
+        let s = Sampling::Sample {
+            temperature: 1.0,
+            top_k: k,
+            top_p: 1.0,
+            seed: 0,
+        };
+        let mut rng = Rng::new(11);
+        let mut seen = vec![];
+        for _ in 0..400 {
+            let id = pick(&logits, &s, &mut rng, logits.len());
+            assert!(
+                best.contains(&id),
+                "{id} is not among the top {k}: {best:?}"
+            );
+            if !seen.contains(&id) {
+                seen.push(id);
+            }
+        }
+        // Ties at the top score (10.0): all k are equally likely and each is reached.
+        assert_eq!(seen.len(), k, "{seen:?}");
+        // Same draws as the full sort would give: the candidate order is the same.
+        let full = |rng: &mut Rng| {
+            let u = rng.next_f64();
+            best[(u * k as f64) as usize]
+        };
+        let (mut a, mut b) = (Rng::new(5), Rng::new(5));
+        for _ in 0..50 {
+            assert_eq!(pick(&logits, &s, &mut a, logits.len()), full(&mut b));
         }
     }
 

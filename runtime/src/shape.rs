@@ -268,6 +268,64 @@ pub fn bind(
     })
 }
 
+/// A KV cache standing for a call's `past_*` inputs: `batch` rows of `past` positions of
+/// `width` floats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheShape {
+    pub batch: usize,
+    pub past: usize,
+    pub width: usize,
+}
+
+/// [`bind`] for a call whose inputs named by `is_cache` are held in a KV cache of `cache`'s
+/// shape rather than given: the given inputs are bound as by [`bind`], P is the cache's, and
+/// the cache must fit every cache input's signature (`[B, P, width]`).
+pub fn bind_cached(
+    entry: &str,
+    sigs: &[(&str, &TensorType)],
+    given: &[(&str, &Tensor)],
+    is_cache: &dyn Fn(&str) -> bool,
+    cache: CacheShape,
+) -> Result<Dims, BindError> {
+    let (cached, rest): (Vec<_>, Vec<_>) = sigs.iter().partition(|(n, _)| is_cache(n));
+    let mut d = bind(entry, &rest, given)?;
+    let err = |name: &str, message: String| BindError {
+        input: name.into(),
+        message,
+    };
+    let has = |dim: Dim| rest.iter().any(|(_, ty)| ty.shape.contains(&dim));
+    if has(Dim::Total) {
+        // `bind` read P + T from the mask.
+        resolve_past(d.seq, Some(cache.past), Some(d.past + d.seq))
+            .map_err(|m| err("attention_mask", m))?;
+    }
+    d.past = cache.past;
+    if has(Dim::Batch) && d.batch != cache.batch {
+        return Err(err(
+            cached.first().map_or("past_key.0", |(n, _)| *n),
+            format!(
+                "the KV cache holds {} rows, the other inputs {}",
+                cache.batch, d.batch
+            ),
+        ));
+    }
+    d.batch = cache.batch;
+    for (name, ty) in cached {
+        let fits = ty.dtype == DType::F32
+            && ty.shape[..] == [Dim::Batch, Dim::Past, Dim::Const(cache.width)];
+        if !fits {
+            return Err(err(
+                name,
+                format!(
+                    "expected {ty}, the KV cache holds f32[{}, {}, {}]",
+                    cache.batch, cache.past, cache.width
+                ),
+            ));
+        }
+    }
+    Ok(d)
+}
+
 /// Cached tokens P from what the inputs showed: P itself (the past keys), P + T (the
 /// attention mask), both (which must agree) or neither (no cache).
 pub fn resolve_past(

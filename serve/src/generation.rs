@@ -1,9 +1,10 @@
 //! Continuous batching of generation streams on the engine thread.
 //!
-//! Each stream keeps its own KV cache (`[1, P, W]` per layer). A decode step stacks the
-//! active streams' caches into one `[B, P, W]` batch, so one call reads the weights once for
-//! all of them (GPT-2 decode is memory-bound: 8 rows cost little more than 1), then splits the
-//! `present_*` outputs back. Streams join (after their prefill) and leave (end of sequence,
+//! Each stream keeps its own KV cache (`[1, P, W]` per layer). A decode step of one stream
+//! appends to its cache in place ([`cranformer_runtime::Engine::run_cached`]); a step of
+//! several stacks the active streams' caches into one `[B, P, W]` batch, so one call reads the
+//! weights once for all of them (GPT-2 decode is memory-bound: 8 rows cost little more than
+//! 1), then appends each stream's new rows of the `present_*` outputs to its cache. Streams join (after their prefill) and leave (end of sequence,
 //! `max_tokens`, a stop string, a client gone) between steps.
 //!
 //! Correctness across companions: a row's result must not depend on the others. Rows with
@@ -19,7 +20,7 @@
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::worker::{Finish, GenEvent, GenRequest};
-use cranformer_runtime::kv_cache::KvCache;
+use cranformer_runtime::kv_cache::{Kind, KvCache};
 use cranformer_runtime::sampling::{pick, Rng, Sampling};
 use cranformer_runtime::tasks::Session;
 use cranformer_runtime::{EngineError, ModelInfo, Outputs, Tensor};
@@ -108,16 +109,13 @@ impl Generator {
             let ids = Tensor::i64(vec![1, 1], vec![0]);
             let pos = Tensor::i64(vec![1, 1], vec![0]);
             let mask = Tensor::i64(vec![1, 1], vec![1]);
-            let cache = KvCache::new(layers, 1, width);
-            let mut inputs: Vec<(String, &Tensor)> = vec![
-                ("input_ids".into(), &ids),
-                ("position_ids".into(), &pos),
-                ("attention_mask".into(), &mask),
+            let mut cache = KvCache::new(layers, 1, width);
+            let named: Vec<(&str, &Tensor)> = vec![
+                ("input_ids", &ids),
+                ("position_ids", &pos),
+                ("attention_mask", &mask),
             ];
-            inputs.extend(cache.inputs());
-            let named: Vec<(&str, &Tensor)> =
-                inputs.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-            g.rows_step = match session.engine.run("batch_step", &named) {
+            g.rows_step = match session.engine.run_cached("batch_step", &named, &mut cache) {
                 Ok(_) => true,
                 Err(EngineError::NoEntry { .. }) => false,
                 Err(e) => {
@@ -328,48 +326,39 @@ impl Generator {
         }
         let mask = Tensor::i64(vec![b, past + t], mask);
         let positions = Tensor::i64(vec![b, t], positions);
-        let stack = |pick: &dyn Fn(&KvCache) -> &Tensor| -> Tensor {
+        let mut named: Vec<(&str, &Tensor)> = vec![("input_ids", &ids), ("attention_mask", &mask)];
+        if per_row {
+            named.push(("position_ids", &positions));
+        }
+        let entry = if per_row { "batch_step" } else { "step" };
+        if let [s] = streams {
+            // Alone (no padding): appended in place.
+            let mut out = session
+                .engine
+                .run_cached(entry, &named, &mut s.cache)
+                .map_err(|e| ApiError::from_task(e.into()))?;
+            return take_rows(&mut out, "logits", 1);
+        }
+        let stack = |kind: Kind, l: usize| -> Tensor {
             let mut data = Vec::with_capacity(b * past * width);
             for (s, &pad) in streams.iter().zip(&pads) {
                 data.extend(std::iter::repeat_n(0.0f32, pad * width));
-                data.extend_from_slice(pick(&s.cache).as_f32().unwrap_or(&[]));
+                data.extend_from_slice(s.cache.rows(kind, l, 0));
             }
             Tensor::f32(vec![b, past, width], data)
         };
         let mut past_tensors = vec![];
         for l in 0..layers {
-            past_tensors.push((format!("past_key.{l}"), stack(&|c: &KvCache| &c.keys[l])));
-            past_tensors.push((
-                format!("past_value.{l}"),
-                stack(&|c: &KvCache| &c.values[l]),
-            ));
-        }
-        let mut named: Vec<(&str, &Tensor)> = vec![("input_ids", &ids), ("attention_mask", &mask)];
-        if per_row {
-            named.push(("position_ids", &positions));
+            past_tensors.push((format!("past_key.{l}"), stack(Kind::Key, l)));
+            past_tensors.push((format!("past_value.{l}"), stack(Kind::Value, l)));
         }
         named.extend(past_tensors.iter().map(|(n, t)| (n.as_str(), t)));
-        let entry = if per_row { "batch_step" } else { "step" };
         let mut out = session
             .engine
             .run(entry, &named)
             .map_err(|e| ApiError::from_task(e.into()))?;
         let logits = take_rows(&mut out, "logits", b)?;
-        for l in 0..layers {
-            for kind in ["key", "value"] {
-                let rows = take_rows(&mut out, &format!("present_{kind}.{l}"), b)?;
-                for ((s, row), &pad) in streams.iter_mut().zip(rows).zip(&pads) {
-                    let len = past - pad + t;
-                    let kept = row[pad * width..].to_vec();
-                    let tensor = Tensor::f32(vec![1, len, width], kept);
-                    if kind == "key" {
-                        s.cache.keys[l] = tensor;
-                    } else {
-                        s.cache.values[l] = tensor;
-                    }
-                }
-            }
-        }
+        append_new_rows(&mut out, streams, layers, t)?;
         Ok(logits)
     }
 
@@ -433,24 +422,14 @@ impl Generator {
             vec![b, s_len],
             streams.iter().flat_map(|s| s.enc_mask.clone()).collect(),
         );
-        let cat = |f: &dyn Fn(&Stream) -> &Tensor, len: usize| -> Tensor {
-            let mut data = Vec::with_capacity(b * len * width);
+        let cat = |kind: Kind, l: usize| -> Tensor {
+            let mut data = Vec::with_capacity(b * p * width);
             for s in streams.iter() {
-                data.extend_from_slice(f(s).as_f32().unwrap_or(&[]));
+                data.extend_from_slice(s.cache.rows(kind, l, 0));
             }
-            Tensor::f32(vec![b, len, width], data)
+            Tensor::f32(vec![b, p, width], data)
         };
         let mut extra: Vec<(String, Tensor)> = vec![];
-        for l in 0..layers {
-            extra.push((
-                format!("past_key.{l}"),
-                cat(&|s: &Stream| &s.cache.keys[l], p),
-            ));
-            extra.push((
-                format!("past_value.{l}"),
-                cat(&|s: &Stream| &s.cache.values[l], p),
-            ));
-        }
         let cross_names: Vec<String> = streams[0].cross.keys().cloned().collect();
         for name in &cross_names {
             let w = streams[0].cross[name].shape().last().copied().unwrap_or(0);
@@ -464,27 +443,63 @@ impl Generator {
             ("decoder_input_ids", &dec),
             ("encoder_attention_mask", &mask),
         ];
+        if let [s] = streams {
+            // Alone: appended in place.
+            named.extend(extra.iter().map(|(n, t)| (n.as_str(), t)));
+            let mut out = session
+                .engine
+                .run_cached("step", &named, &mut s.cache)
+                .map_err(|e| ApiError::from_task(e.into()))?;
+            return take_rows(&mut out, "logits", 1);
+        }
+        for l in 0..layers {
+            extra.push((format!("past_key.{l}"), cat(Kind::Key, l)));
+            extra.push((format!("past_value.{l}"), cat(Kind::Value, l)));
+        }
         named.extend(extra.iter().map(|(n, t)| (n.as_str(), t)));
         let mut out = session
             .engine
             .run("step", &named)
             .map_err(|e| ApiError::from_task(e.into()))?;
         let logits = take_rows(&mut out, "logits", b)?;
-        for l in 0..layers {
-            for kind in ["key", "value"] {
-                let rows = take_rows(&mut out, &format!("present_{kind}.{l}"), b)?;
-                for (s, row) in streams.iter_mut().zip(rows) {
-                    let tensor = Tensor::f32(vec![1, p + 1, width], row);
-                    if kind == "key" {
-                        s.cache.keys[l] = tensor;
-                    } else {
-                        s.cache.values[l] = tensor;
-                    }
-                }
-            }
-        }
+        append_new_rows(&mut out, streams, layers, 1)?;
         Ok(logits)
     }
+}
+
+/// Appends to each stream's cache the last `t` positions of its row of the `present_*`
+/// outputs (`[B, P+T, W]`, shorter caches left-padded), removing those outputs.
+fn append_new_rows(
+    out: &mut Outputs,
+    streams: &mut [&mut Stream],
+    layers: usize,
+    t: usize,
+) -> Result<(), ApiError> {
+    let b = streams.len();
+    // new[l][kind][stream]: that stream's [T, W] new rows.
+    let mut new: Vec<[Vec<Vec<f32>>; 2]> = Vec::with_capacity(layers);
+    for l in 0..layers {
+        let mut pair = [vec![], vec![]];
+        for (i, kind) in ["key", "value"].into_iter().enumerate() {
+            let rows = take_rows(out, &format!("present_{kind}.{l}"), b)?;
+            for (s, row) in streams.iter().zip(rows) {
+                let n = t * s.cache.width();
+                if row.len() < n {
+                    return Err(ApiError::internal(format!(
+                        "present_{kind}.{l} has fewer than {t} positions"
+                    )));
+                }
+                pair[i].push(row[row.len() - n..].to_vec());
+            }
+        }
+        new.push(pair);
+    }
+    for (si, s) in streams.iter_mut().enumerate() {
+        s.cache
+            .append(t, |kind, l| &new[l][kind as usize][si])
+            .map_err(ApiError::internal)?;
+    }
+    Ok(())
 }
 
 fn fail(s: &mut Stream, e: ApiError) {

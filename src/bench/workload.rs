@@ -7,6 +7,8 @@ use crate::presets;
 use anyhow::{Context, Result};
 use cranformer_compiler::graph::Dims;
 use cranformer_compiler::Model;
+use cranformer_runtime::kv_cache::KvCache;
+use cranformer_runtime::shape::{bind_cached, CacheShape, TensorType};
 use cranformer_runtime::tasks::decode::Decoder;
 use cranformer_runtime::{Engine, EngineError, ModelInfo, Outputs, Tensor};
 use std::sync::Arc;
@@ -51,15 +53,7 @@ fn argmax_rows(logits: &Tensor, batch: usize) -> Result<Vec<i64>> {
     let v = logits.as_f32().context("step logits are not f32")?;
     let width = v.len() / batch.max(1);
     Ok(v.chunks_exact(width.max(1))
-        .map(|row| {
-            let mut best = 0;
-            for (i, &x) in row.iter().enumerate() {
-                if x > row[best] {
-                    best = i;
-                }
-            }
-            best as i64
-        })
+        .map(|row| cranformer_runtime::sampling::argmax(row) as i64)
         .collect())
 }
 
@@ -86,6 +80,37 @@ impl Engine for Traced<'_> {
             t.push((entry.to_string(), dims, self.decode));
         }
         self.inner.run(entry, inputs)
+    }
+
+    fn run_cached(
+        &mut self,
+        entry: &str,
+        inputs: &[(&str, &Tensor)],
+        cache: &mut KvCache,
+    ) -> Result<Outputs, EngineError> {
+        if let Some(t) = self.trace.as_deref_mut() {
+            let graph = &self.model.entries[entry];
+            let sigs: Vec<(&str, &TensorType)> = graph
+                .inputs
+                .iter()
+                .map(|(n, node)| (n.as_str(), &graph.g[*node].ty))
+                .collect();
+            let shape = CacheShape {
+                batch: cache.batch(),
+                past: cache.len(),
+                width: cache.width(),
+            };
+            let dims = bind_cached(
+                entry,
+                &sigs,
+                inputs,
+                &|n| cache.input_slot(n).is_some(),
+                shape,
+            )
+            .map_err(|e| EngineError::Input(e.to_string()))?;
+            t.push((entry.to_string(), dims, self.decode));
+        }
+        self.inner.run_cached(entry, inputs, cache)
     }
 }
 

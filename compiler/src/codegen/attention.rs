@@ -100,11 +100,12 @@ fn exp1(k: &mut Kb, x: Value) -> Value {
 }
 
 /// Argument slots the kernel stores for its tasks (i64 each).
-const ARGS: usize = 10;
+const ARGS: usize = 11;
 
-/// `(q, k, v, mask, bias, out, parallel_for, b, t, s)`; q, out `[B, T, H*D]`, k, v
-/// `[B, S, H*D]`, mask `[B, S]` i64 or 0, bias `[H, T, S]` or 0, `parallel_for` the
-/// runtime's (`RuntimeFns::parallel_for`).
+/// `(q, k, v, mask, bias, out, parallel_for, b, t, s, kv_rows)`; q, out `[B, T, H*D]`, k, v
+/// `[B, S, H*D]` whose batch rows start `kv_rows` rows apart (S, or a KV cache's capacity
+/// when it is read where it lies), mask `[B, S]` i64 or 0, bias `[H, T, S]` or 0,
+/// `parallel_for` the runtime's (`RuntimeFns::parallel_for`).
 pub fn attention<M: Module>(l: &mut Lowering<'_, M>, a: &Attn) -> Result<FuncId, CodegenError> {
     let name = format!(
         "cf_attention_h{}_d{}_s{:08x}{}{}{}",
@@ -122,7 +123,7 @@ pub fn attention<M: Module>(l: &mut Lowering<'_, M>, a: &Attn) -> Result<FuncId,
         funcs: vec![task],
         data: vec![],
     };
-    l.kernel(&name, 10, false, imports, move |k, p, refs| {
+    l.kernel(&name, ARGS, false, imports, move |k, p, refs| {
         let (b, t) = (p[7], p[8]);
         let slot = k.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
@@ -130,8 +131,8 @@ pub fn attention<M: Module>(l: &mut Lowering<'_, M>, a: &Attn) -> Result<FuncId,
             3,
         ));
         let ctx = k.b.ins().stack_addr(I64, slot, 0);
-        // q, k, v, mask, bias, out, _, b, t, s: the task reads slot i at 8·i; slot 6 holds
-        // the query blocks per (batch row, head).
+        // q, k, v, mask, bias, out, _, b, t, s, kv_rows: the task reads slot i at 8·i; slot
+        // 6 holds the query blocks per (batch row, head).
         let blocks = k.addi(t, QB - 1);
         let blocks = k.b.ins().udiv_imm_u(blocks, QB);
         for (i, &v) in p.iter().enumerate() {
@@ -160,7 +161,7 @@ fn attention_task<M: Module>(
         let (ctx, i) = (p[0], p[1]);
         let arg: Vec<Value> = (0..ARGS).map(|j| k.ld(I64, ctx, 8 * j as i32)).collect();
         let (q, kk, v, mask, bias, out) = (arg[0], arg[1], arg[2], arg[3], arg[4], arg[5]);
-        let (blocks, t, s) = (arg[6], arg[8], arg[9]);
+        let (blocks, t, s, kv_rows) = (arg[6], arg[8], arg[9], arg[10]);
         let blk = k.b.ins().urem(i, blocks);
         let bh = k.b.ins().udiv(i, blocks);
         let hi = k.b.ins().urem_imm_u(bh, h);
@@ -175,7 +176,9 @@ fn attention_task<M: Module>(
         ));
         let sc = k.b.ins().stack_addr(I64, tile, 0);
         let ho = k.muli(hi, 4 * d as i64);
+        // First mask entry and first key / value row of batch row bi.
         let krow0 = k.mul(bi, s);
+        let kvrow0 = k.mul(bi, kv_rows);
         // Right padding costs nothing: keys after this row's last unmasked one are never
         // scored (their weight is exactly 0 anyway). A row with no key left takes the
         // all-masked fallback below.
@@ -282,7 +285,7 @@ fn attention_task<M: Module>(
                 let z = k.i(0);
                 k.for_range(z, n4, 4, |k, jj| {
                     let keys = [0, 1, 2, 3].map(|u| {
-                        let r = k.add(krow0, j0);
+                        let r = k.add(kvrow0, j0);
                         let r = k.add(r, jj);
                         let r = k.addi(r, u);
                         row_at(k, kk, r)
@@ -294,7 +297,7 @@ fn attention_task<M: Module>(
                     }
                 });
                 k.for_range(n4, n, 1, |k, jj| {
-                    let r = k.add(krow0, j0);
+                    let r = k.add(kvrow0, j0);
                     let r = k.add(r, jj);
                     let krow = row_at(k, kk, r);
                     let x = dot(k, qrow, krow, d);
@@ -370,7 +373,7 @@ fn attention_task<M: Module>(
                             let nz = k.b.ins().fcmp(FloatCC::NotEqual, w, zf);
                             k.when(nz, |k| {
                                 let wv = k.b.ins().splat(F32X4, w);
-                                let r = k.add(krow0, j0);
+                                let r = k.add(kvrow0, j0);
                                 let r = k.add(r, jj);
                                 let vrow = row_at(k, v, r);
                                 for (u, &var) in accs.iter().enumerate() {
@@ -391,7 +394,7 @@ fn attention_task<M: Module>(
                         k.for_range(z, n, 1, |k, jj| {
                             let pa = k.at(sc, jj, 4);
                             let w = k.ldf(pa, 0);
-                            let r = k.add(krow0, j0);
+                            let r = k.add(kvrow0, j0);
                             let r = k.add(r, jj);
                             let vrow = row_at(k, v, r);
                             for e in d & !3..d {
@@ -423,7 +426,7 @@ fn attention_task<M: Module>(
                 k.when(none, |k| {
                     let z = k.i(0);
                     k.for_range(z, reach, 1, |k, j| {
-                        let r = k.add(krow0, j);
+                        let r = k.add(kvrow0, j);
                         let vrow = row_at(k, v, r);
                         for e in (0..d & !3).step_by(4) {
                             let o = 4 * e as i32;
@@ -543,6 +546,13 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
             let q = at.shape(0);
             let s = at.shape(1)[1];
             let mask = if masked { at.v(3) } else { Arg::Null };
+            // Keys and values read where a KV cache holds them (`memory::in_place_appends`
+            // admits both or neither) lie the cache's capacity apart per batch row.
+            let kv_rows = if at.appends_in_place(at.ops[1]) {
+                Arg::KvRows(s)
+            } else {
+                Arg::Dim(s)
+            };
             let bias = if biased {
                 at.v(3 + masked as usize)
             } else {
@@ -561,6 +571,7 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
                     Arg::Dim(q[0]),
                     Arg::Dim(q[1]),
                     Arg::Dim(s),
+                    kv_rows,
                 ],
             ))
         }

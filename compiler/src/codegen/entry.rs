@@ -11,7 +11,7 @@ use cranelift_module::{FuncId, Linkage, Module};
 use cranformer_runtime::abi;
 use cranformer_runtime::native::{EntryMeta, Slot, TensorSig, WeightPrep};
 use petgraph::graph::NodeIndex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub fn entry_symbol(graph: &str) -> String {
     format!("cranformer_entry_{graph}")
@@ -30,6 +30,8 @@ struct Plan {
     /// Buffer (or input) holding each computed node and each input node.
     value: HashMap<NodeIndex, Slot>,
     weight_slots: HashMap<(String, WeightPrep), usize>,
+    /// KV-cache concatenations that can append in place ([`memory::in_place_appends`]).
+    in_place: HashSet<NodeIndex>,
 }
 
 impl Plan {
@@ -57,9 +59,11 @@ fn plan(graph: &Graph) -> Plan {
             errors: vec![],
             needs_tokens: false,
             live: vec![],
+            appends: vec![],
         },
         value: HashMap::new(),
         weight_slots: HashMap::new(),
+        in_place: memory::in_place_appends(graph),
     };
     for (i, (name, n)) in graph.inputs.iter().enumerate() {
         p.meta.inputs.push(sig(name, &graph.g[*n].ty));
@@ -107,6 +111,16 @@ fn plan(graph: &Graph) -> Plan {
             .expect("outputs are computed values or inputs, never bare weights");
         p.meta.outputs.push((name.clone(), slot));
     }
+    let mut appends: Vec<(usize, usize)> = p
+        .in_place
+        .iter()
+        .filter_map(|&c| match (p.value[&graph.operands(c)[0]], p.value[&c]) {
+            (Slot::Input(i), Slot::Buffer(b)) => Some((i, b)),
+            _ => None,
+        })
+        .collect();
+    appends.sort_unstable();
+    p.meta.appends = appends;
     p
 }
 
@@ -129,7 +143,7 @@ pub fn lower_entry<M: Module>(
     // Kernels first (each is defined once, by its family's file), recording each node's call.
     let mut calls: Vec<(NodeIndex, Call)> = vec![];
     for n in graph.topo_order() {
-        let at = At::new(graph, n);
+        let at = At::new(graph, n, &p.in_place);
         let call = match &graph.g[n].op {
             Op::Input { .. } | Op::Weight { .. } => continue,
             Op::Linear { .. } | Op::FusedLinear { .. } => matmul::call(l, &at)?,
@@ -187,6 +201,7 @@ pub fn lower_entry<M: Module>(
                         ArgVal::Slot(n_in + p.weight_slots[&(k.clone(), *prep)] as i64)
                     }
                     Arg::Dim(d) => ArgVal::Dims(vec![*d]),
+                    Arg::KvRows(d) => ArgVal::KvRows(*d),
                     Arg::Rows(o) => {
                         let s = &graph.g[*o].ty.shape;
                         ArgVal::Dims(s[..s.len().saturating_sub(1)].to_vec())
@@ -257,11 +272,12 @@ pub fn lower_entry<M: Module>(
         |k, params, refs| {
             let ctx = params[0];
             let values = k.ld_field(ctx, abi::ctx::VALUES);
-            let [batch, seq, past, enc_seq] = [
+            let [batch, seq, past, enc_seq, kv_cap] = [
                 abi::ctx::BATCH,
                 abi::ctx::SEQ,
                 abi::ctx::PAST,
                 abi::ctx::ENC_SEQ,
+                abi::ctx::KV_CAP,
             ]
             .map(|f| k.ld_field(ctx, f));
             let rt = k.ld_field(ctx, abi::ctx::RT);
@@ -289,6 +305,11 @@ pub fn lower_entry<M: Module>(
                                 acc = k.mul(acc, v);
                             }
                             acc
+                        }
+                        ArgVal::KvRows(d) => {
+                            let v = dim(k, *d);
+                            let set = k.b.ins().icmp_imm_s(IntCC::NotEqual, kv_cap, 0);
+                            k.b.ins().select(set, kv_cap, v)
                         }
                         ArgVal::Null => k.i(0),
                         ArgVal::Sgemm => sgemm,
@@ -325,6 +346,9 @@ pub(super) enum Arg {
     /// The slot of a weight laid out as the kernel reads it.
     Weight(String, WeightPrep),
     Dim(Dim),
+    /// Rows per batch row of a KV-cache tensor appended in place: the cache's capacity when
+    /// the host passed one (`CtxDims::kv_cap`), else the dim of the tensor's own shape.
+    KvRows(Dim),
     /// The product of a node's dims except the last (rows of a `[.., C]` tensor).
     Rows(NodeIndex),
     Numel(NodeIndex),
@@ -361,15 +385,23 @@ pub(super) struct At<'g> {
     pub graph: &'g Graph,
     pub n: NodeIndex,
     pub ops: Vec<NodeIndex>,
+    in_place: &'g HashSet<NodeIndex>,
 }
 
 impl<'g> At<'g> {
-    fn new(graph: &'g Graph, n: NodeIndex) -> At<'g> {
+    fn new(graph: &'g Graph, n: NodeIndex, in_place: &'g HashSet<NodeIndex>) -> At<'g> {
         At {
             graph,
             n,
             ops: graph.operands(n),
+            in_place,
         }
+    }
+
+    /// Whether node `o` is a KV-cache concatenation appended in place when the host passes a
+    /// cache (its batch rows then lie `Arg::KvRows` rows apart).
+    pub fn appends_in_place(&self, o: NodeIndex) -> bool {
+        self.in_place.contains(&o)
     }
 
     pub fn node(&self) -> &'g crate::graph::Node {
@@ -421,6 +453,7 @@ fn last(graph: &Graph, o: NodeIndex) -> usize {
 enum ArgVal {
     Slot(i64),
     Dims(Vec<Dim>),
+    KvRows(Dim),
     Null,
     Sgemm,
     ParallelFor,

@@ -13,6 +13,7 @@ use cranelift_codegen::ir::{
 use cranelift_module::{FuncId, Module};
 use cranformer_runtime::gemm::WeightFormat;
 use cranformer_runtime::native::{WeightPrep, PANEL};
+use petgraph::graph::NodeIndex;
 
 /// Copies `c` (a constant) f32s.
 fn copy_row(k: &mut Kb, src: Value, dst: Value, c: usize) {
@@ -162,26 +163,84 @@ pub fn slice_last<M: Module>(
     })
 }
 
-/// `(past, new, out, b, p, t)`: per batch row, the P cached rows then the T new ones.
+/// `(past, new, out, b, p, t, past_rows, out_rows)`: per batch row, the P cached rows then
+/// the T new ones; batch row `bi` of `past` starts at row `bi·past_rows`, of `out` at
+/// `bi·out_rows` (P and P+T for tensors of their own). Appending in place, `past` and `out`
+/// are one KV cache with equal strides: the cached rows are already where they belong, so
+/// only the T new rows are written.
 pub fn concat_seq<M: Module>(l: &mut Lowering<'_, M>, c: usize) -> Result<FuncId, CodegenError> {
     let name = format!("cf_concat_seq_c{c}");
-    l.kernel(&name, 6, false, Imports::default(), |k, p, _| {
+    l.kernel(&name, 8, false, Imports::default(), |k, p, _| {
         let (past, new, out, b, pl, tl) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+        let (past_rows, out_rows) = (p[6], p[7]);
         let np = k.muli(pl, c as i64);
         let nt = k.muli(tl, c as i64);
-        let ns = k.add(np, nt);
+        let sp_row = k.muli(past_rows, c as i64);
+        let so_row = k.muli(out_rows, c as i64);
         k.for_n(b, |k, bi| {
-            let o = k.mul(bi, np);
+            let o = k.mul(bi, sp_row);
             let sp = k.at(past, o, 4);
-            let o = k.mul(bi, ns);
+            let o = k.mul(bi, so_row);
             let d = k.at(out, o, 4);
-            k.copy_f32(sp, d, np);
+            let moved = k.b.ins().icmp(IntCC::NotEqual, sp, d);
+            k.when(moved, |k| k.copy_f32(sp, d, np));
             let o = k.mul(bi, nt);
             let sn = k.at(new, o, 4);
             let d2 = k.at(d, np, 4);
             k.copy_f32(sn, d2, nt);
         });
     })
+}
+
+/// The KV-cache concatenations whose past can be a cache appended in place: a `ConcatSeq`
+/// whose first operand is a graph input read by nothing else, read itself only as the keys
+/// or values of attentions whose keys and values are both such concatenations (attention
+/// then reads both with the cache's row stride). Anything else reading the past or the
+/// concatenation would assume `[B, P, C]` / `[B, P+T, C]` tensors of their own.
+pub fn in_place_appends(graph: &crate::graph::Graph) -> std::collections::HashSet<NodeIndex> {
+    use petgraph::Direction::Outgoing;
+    let g = &graph.g;
+    let mut set: std::collections::HashSet<NodeIndex> = g
+        .node_indices()
+        .filter(|&c| {
+            if !matches!(g[c].op, Op::ConcatSeq) {
+                return false;
+            }
+            let past = graph.operands(c)[0];
+            let only_reader = g.neighbors_directed(past, Outgoing).all(|u| u == c)
+                && graph.operands(c)[1] != past;
+            let attended = g.neighbors_directed(c, Outgoing).all(|u| {
+                matches!(g[u].op, Op::Attention { .. })
+                    && graph
+                        .operands(u)
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &o)| o != c || i == 1 || i == 2)
+            });
+            matches!(g[past].op, Op::Input { .. })
+                && !graph.outputs.iter().any(|(_, o)| *o == past)
+                && only_reader
+                && attended
+        })
+        .collect();
+    loop {
+        let drop: Vec<NodeIndex> = set
+            .iter()
+            .copied()
+            .filter(|&c| {
+                g.neighbors_directed(c, Outgoing).any(|u| {
+                    let ops = graph.operands(u);
+                    !(set.contains(&ops[1]) && set.contains(&ops[2]))
+                })
+            })
+            .collect();
+        if drop.is_empty() {
+            return set;
+        }
+        for c in drop {
+            set.remove(&c);
+        }
+    }
 }
 
 /// `(x, out, b, t)`: position t-1 (`last`) or 0 of each batch row.
@@ -367,17 +426,26 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
             slice_last(l, at.channels_of(0), *start, *len)?,
             vec![at.v(0), at.out(), Arg::Rows(at.n)],
         ),
-        Op::ConcatSeq => Call::new(
-            concat_seq(l, at.channels())?,
-            vec![
-                at.v(0),
-                at.v(1),
-                at.out(),
-                Arg::Dim(at.shape(0)[0]),
-                Arg::Dim(Dim::Past),
-                Arg::Dim(Dim::Seq),
-            ],
-        ),
+        Op::ConcatSeq => {
+            let (past_rows, out_rows) = if at.appends_in_place(at.n) {
+                (Arg::KvRows(Dim::Past), Arg::KvRows(Dim::Total))
+            } else {
+                (Arg::Dim(Dim::Past), Arg::Dim(Dim::Total))
+            };
+            Call::new(
+                concat_seq(l, at.channels())?,
+                vec![
+                    at.v(0),
+                    at.v(1),
+                    at.out(),
+                    Arg::Dim(at.shape(0)[0]),
+                    Arg::Dim(Dim::Past),
+                    Arg::Dim(Dim::Seq),
+                    past_rows,
+                    out_rows,
+                ],
+            )
+        }
         op @ (Op::LastToken | Op::FirstToken) => {
             let sh = at.shape(0);
             Call::new(

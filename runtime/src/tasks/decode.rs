@@ -6,14 +6,13 @@ use crate::kv_cache::KvCache;
 use crate::{Engine, ModelInfo, Outputs, Tensor};
 use anyhow::{bail, Context, Result};
 
-/// The named inputs of a decoder call: `tokens` [B, T] (`input_ids` for GPT-2,
-/// `decoder_input_ids` for T5), `mask` (GPT-2: `attention_mask` [B, P+T]; T5:
-/// `encoder_attention_mask` [B, S]), the cache's `past_key.{l}`/`past_value.{l}`, and for T5
-/// the `cross_key.{l}`/`cross_value.{l}` of `cross_kv`.
+/// The named inputs of a decoder call but its cache (see [`crate::Engine::run_cached`]):
+/// `tokens` [B, T] (`input_ids` for GPT-2, `decoder_input_ids` for T5), `mask` (GPT-2:
+/// `attention_mask` [B, P+T]; T5: `encoder_attention_mask` [B, S]), and for T5 the
+/// `cross_key.{l}`/`cross_value.{l}` of `cross_kv`.
 pub fn step_inputs<'a>(
     tokens: &'a Tensor,
     mask: &'a Tensor,
-    cache: &'a KvCache,
     cross: Option<&'a Outputs>,
 ) -> Vec<(String, &'a Tensor)> {
     let (ids, mask_name) = match cross {
@@ -21,7 +20,6 @@ pub fn step_inputs<'a>(
         Some(_) => ("decoder_input_ids", "encoder_attention_mask"),
     };
     let mut inputs = vec![(ids.to_string(), tokens), (mask_name.to_string(), mask)];
-    inputs.extend(cache.inputs());
     if let Some(cross) = cross {
         inputs.extend(cross.iter().map(|(k, v)| (k.clone(), v)));
     }
@@ -109,7 +107,7 @@ impl Decoder {
     }
 
     /// Runs `entry` (`step`, or `forward`/`decode` for logits at every position) on `tokens`
-    /// [B, T], takes its `present_*` outputs as the new cache and returns the others.
+    /// [B, T], appending their keys and values to the cache; returns the other outputs.
     pub fn run(
         &mut self,
         engine: &mut dyn Engine,
@@ -124,10 +122,8 @@ impl Decoder {
                 (&gpt2_mask, None)
             }
         };
-        let inputs = step_inputs(tokens, mask, &self.cache, cross);
-        let mut out = engine.run(entry, &named(&inputs))?;
-        self.cache.update(&mut out)?;
-        Ok(out)
+        let inputs = step_inputs(tokens, mask, cross);
+        Ok(engine.run_cached(entry, &named(&inputs), &mut self.cache)?)
     }
 
     /// One `step`: the logits of the last position [B, 1, V].

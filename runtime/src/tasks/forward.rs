@@ -205,9 +205,11 @@ pub fn run_input(s: &mut Session, input: &ForwardInput) -> Result<Outputs> {
             hidden_size,
             ..
         } => {
-            let cache = KvCache::new(layers, b, hidden_size);
-            let inputs = step_inputs(ids_t, mask, &cache, None);
-            let mut o = s.engine.run("forward", &named(&inputs))?;
+            let mut cache = KvCache::new(layers, b, hidden_size);
+            let inputs = step_inputs(ids_t, mask, None);
+            let mut o = s
+                .engine
+                .run_cached("forward", &named(&inputs), &mut cache)?;
             o.retain(|k, _| k == "logits" || k == "last_hidden_state");
             o
         }
@@ -225,9 +227,9 @@ pub fn run_input(s: &mut Session, input: &ForwardInput) -> Result<Outputs> {
                 let cross = s
                     .engine
                     .run("cross_kv", &[("encoder_hidden_states", &hidden)])?;
-                let cache = KvCache::new(decoder_layers, b, kv_width);
-                let inputs = step_inputs(dec_t, mask, &cache, Some(&cross));
-                let mut o = s.engine.run("decode", &named(&inputs))?;
+                let mut cache = KvCache::new(decoder_layers, b, kv_width);
+                let inputs = step_inputs(dec_t, mask, Some(&cross));
+                let mut o = s.engine.run_cached("decode", &named(&inputs), &mut cache)?;
                 result.insert(
                     "logits".into(),
                     o.remove("logits").context("decode returned no logits")?,

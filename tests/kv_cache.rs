@@ -1,0 +1,217 @@
+//! The KV cache across decode steps: compiled entries append each step's keys and values to
+//! the cache in place (`Engine::run_cached`), the interpreter through its `present_*`
+//! outputs; both must give the same logits and the same cache contents, step after step,
+//! past the cache's first capacity, and a cache that does not fit the entry is refused.
+
+mod common;
+#[path = "common/jit.rs"]
+mod jit_common;
+
+use common::*;
+use cranformer_runtime::kv_cache::{Kind, KvCache};
+use cranformer_runtime::{Engine, ModelInfo, Outputs, Tensor};
+use jit_common::*;
+
+/// JIT vs interpreter: the same f32 maths in a different order.
+const ABS: f32 = 2e-5;
+const REL: f32 = 2e-4;
+
+fn close(what: &str, want: &Tensor, got: &Tensor) {
+    assert_eq!(want.shape(), got.shape(), "{what}: shape");
+    check_close(
+        what,
+        want.as_f32().unwrap(),
+        want.shape(),
+        got.as_f32().unwrap(),
+        ABS,
+        REL,
+        |_| true,
+    );
+}
+
+fn same_outputs(what: &str, want: &Outputs, got: &Outputs) {
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "{what}: output names"
+    );
+    for (name, w) in want {
+        close(&format!("{what}.{name}"), w, &got[name]);
+    }
+}
+
+fn same_cache(what: &str, want: &KvCache, got: &KvCache) {
+    assert_eq!(want.len(), got.len(), "{what}: cached positions");
+    for l in 0..want.layers() {
+        for kind in [Kind::Key, Kind::Value] {
+            close(
+                &format!("{what}: {kind:?} {l}"),
+                &want.tensor(kind, l),
+                &got.tensor(kind, l),
+            );
+        }
+    }
+}
+
+/// The greedy pick of each row of `[B, 1, V]` logits, as `[B, 1]` ids.
+fn greedy(logits: &Tensor) -> Tensor {
+    let b = logits.shape()[0];
+    let ids: Vec<i64> = (0..b).map(|r| argmax(&row(logits, r, 0)) as i64).collect();
+    Tensor::i64(vec![b, 1], ids)
+}
+
+#[test]
+fn gpt2_steps_append_in_place_and_match_the_interpreter() {
+    let mut p = Pair::load(&fixture_dir("gpt2-tiny"));
+    let ModelInfo::Gpt2 {
+        layers,
+        hidden_size,
+        max_positions,
+        ..
+    } = p.model.info.clone()
+    else {
+        panic!("gpt2-tiny is GPT-2");
+    };
+    for entry in ["forward", "step", "batch_step"] {
+        let meta = p.jit.meta(entry).unwrap();
+        assert_eq!(meta.appends.len(), 2 * layers, "{entry}: in-place appends");
+    }
+    let b = 2;
+    let mut want = KvCache::new(layers, b, hidden_size);
+    let mut got = KvCache::new(layers, b, hidden_size);
+    // The prompt through `step`, then one token a step until the positions run out.
+    let mut tokens = Tensor::i64(vec![b, 5], vec![3, 14, 15, 92, 65, 35, 89, 79, 32, 38]);
+    let mut steps = 0;
+    while want.len() + tokens.shape()[1] <= max_positions {
+        let total = want.len() + tokens.shape()[1];
+        let mask = Tensor::i64(vec![b, total], vec![1; b * total]);
+        let inputs = [("input_ids", &tokens), ("attention_mask", &mask)];
+        let w = p.interp.run_cached("step", &inputs, &mut want).unwrap();
+        let g = p.jit.run_cached("step", &inputs, &mut got).unwrap();
+        same_outputs(&format!("step {steps}"), &w, &g);
+        same_cache(&format!("step {steps}"), &want, &got);
+        tokens = greedy(&w["logits"]);
+        steps += 1;
+    }
+    assert_eq!(got.len(), max_positions);
+    // The cache was read where it lies: its rows are `capacity` positions apart, more than P.
+    assert!(got.capacity() >= max_positions);
+
+    // `forward` over the whole sequence gives what the steps cached.
+    let mut all = KvCache::new(layers, b, hidden_size);
+    let ids: Vec<i64> = (0..b * 20).map(|i| (i * 7 % 50) as i64).collect();
+    let ids = Tensor::i64(vec![b, 20], ids);
+    let mask = Tensor::i64(vec![b, 20], vec![1; b * 20]);
+    let inputs = [("input_ids", &ids), ("attention_mask", &mask)];
+    let mut ref_cache = KvCache::new(layers, b, hidden_size);
+    let w = p
+        .interp
+        .run_cached("forward", &inputs, &mut ref_cache)
+        .unwrap();
+    let g = p.jit.run_cached("forward", &inputs, &mut all).unwrap();
+    same_outputs("forward", &w, &g);
+    same_cache("forward", &ref_cache, &all);
+}
+
+#[test]
+fn t5_steps_append_in_place_past_the_first_capacity() {
+    let mut p = Pair::load(&fixture_dir("t5-tiny"));
+    let ModelInfo::T5 {
+        decoder_layers,
+        kv_width,
+        decoder_start_token_id,
+        ..
+    } = p.model.info.clone()
+    else {
+        panic!("t5-tiny is T5");
+    };
+    for entry in ["decode", "step"] {
+        let meta = p.jit.meta(entry).unwrap();
+        assert_eq!(
+            meta.appends.len(),
+            2 * decoder_layers,
+            "{entry}: in-place appends"
+        );
+    }
+    let b = 2;
+    let ids = Tensor::i64(vec![b, 4], vec![5, 6, 7, 1, 8, 9, 10, 1]);
+    let mask = Tensor::i64(vec![b, 4], vec![1, 1, 1, 1, 1, 1, 1, 0]);
+    let enc = p
+        .interp
+        .run("encode", &[("input_ids", &ids), ("attention_mask", &mask)])
+        .unwrap();
+    let hidden = &enc["encoder_last_hidden_state"];
+    let cross = p
+        .interp
+        .run("cross_kv", &[("encoder_hidden_states", hidden)])
+        .unwrap();
+    let mut want = KvCache::new(decoder_layers, b, kv_width);
+    let mut got = KvCache::new(decoder_layers, b, kv_width);
+    let mut tokens = Tensor::i64(vec![b, 1], vec![decoder_start_token_id; b]);
+    // More steps than the cache first reserves, so it grows (and moves) under the JIT.
+    for step in 0..70 {
+        let mut inputs: Vec<(&str, &Tensor)> = vec![
+            ("decoder_input_ids", &tokens),
+            ("encoder_attention_mask", &mask),
+        ];
+        inputs.extend(cross.iter().map(|(n, t)| (n.as_str(), t)));
+        let w = p.interp.run_cached("step", &inputs, &mut want).unwrap();
+        let g = p.jit.run_cached("step", &inputs, &mut got).unwrap();
+        same_outputs(&format!("step {step}"), &w, &g);
+        tokens = greedy(&w["logits"]);
+    }
+    same_cache("70 steps", &want, &got);
+    assert_eq!(got.len(), 70);
+    assert!(got.capacity() >= 70);
+}
+
+#[test]
+fn a_cache_that_does_not_fit_the_entry_is_refused() {
+    let mut p = Pair::load(&fixture_dir("gpt2-tiny"));
+    let ModelInfo::Gpt2 {
+        layers,
+        hidden_size,
+        ..
+    } = p.model.info.clone()
+    else {
+        panic!("gpt2-tiny is GPT-2");
+    };
+    let ids = Tensor::i64(vec![2, 1], vec![3, 4]);
+    let mask = Tensor::i64(vec![2, 1], vec![1, 1]);
+    let long_mask = Tensor::i64(vec![2, 3], vec![1; 6]);
+    let w = hidden_size;
+    let cases = [
+        (
+            KvCache::new(layers, 3, w),
+            &mask,
+            "input past_key.0: the KV cache holds 3 rows, the other inputs 2".to_string(),
+        ),
+        (
+            KvCache::new(layers, 2, w + 1),
+            &mask,
+            format!(
+                "input past_key.0: expected f32[B, P, {w}], the KV cache holds f32[2, 0, {}]",
+                w + 1
+            ),
+        ),
+        (
+            KvCache::new(layers, 2, w),
+            &long_mask,
+            "input attention_mask: covers 3 positions, expected past 0 + new 1".to_string(),
+        ),
+        (
+            KvCache::new(layers - 1, 2, w),
+            &mask,
+            format!(
+                "input past_key.{}: missing; entry point step needs f32[B, P, {w}]",
+                layers - 1
+            ),
+        ),
+    ];
+    for (mut cache, m, want) in cases {
+        let inputs = [("input_ids", &ids), ("attention_mask", m)];
+        let err = p.jit.run_cached("step", &inputs, &mut cache).unwrap_err();
+        assert_eq!(err.to_string(), want);
+        assert_eq!(cache.len(), 0, "a refused call caches nothing");
+    }
+}
