@@ -209,7 +209,7 @@ def main():
         try:
             got = llama_greedy_check(os.path.join(models, "gpt2", "gguf", fname), prompts)
         except Exception as e:
-            report("GPT-2", f"{what} vs PyTorch", [(what, f"failed: {e}", judged)])
+            report("GPT-2", what, [(what, f"failed: {e}", judged)])
             continue
         same = sum(g == w_[1] for (_, g), w_ in zip(got, want))
         errs = [rel(w_[0], l) for (l, _), w_ in zip(got, want)]

@@ -543,8 +543,9 @@ def main():
         f"{' '.join(load_start)} at the start, {' '.join(load_end)} at the end.",
         (
             f"ISA limited to {a.isa}: " + ", ".join(f"{k}={v}" for k, v in ISA_ENV[a.isa].items())
-            + ". ONNX Runtime and OpenVINO pick their kernels from cpuid and llama.cpp's are "
-            "fixed when it is built: they ran with the machine's full ISA."
+            + ". ONNX Runtime picks its kernels from cpuid and llama.cpp's are fixed when it is "
+            "built: they ran with the machine's full ISA; OpenVINO follows it but for its layer "
+            "norm kernel."
             if a.isa
             else "ISA: each engine used what it detects (no limit asked)."
         ),
