@@ -362,11 +362,15 @@ def gguf_path(models, q8):
     return p
 
 
-def llama_open(path, threads, n_ctx):
-    """A llama.cpp context on the CPU, last-token logits only."""
+def llama_open(path, threads, n_ctx, kv_f32):
+    """A llama.cpp context on the CPU, last-token logits only. kv_f32: the KV cache in f32
+    (the f32 column: f32 end to end, as the other f32 engines), else llama.cpp's default f16
+    (the Q8_0 column, as llama.cpp users run it)."""
     import llama_cpp
 
+    kv = dict(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32) if kv_f32 else {}
     return llama_cpp.Llama(
+        **kv,
         model_path=path,
         n_ctx=n_ctx,
         n_batch=n_ctx,
@@ -378,22 +382,35 @@ def llama_open(path, threads, n_ctx):
     )
 
 
-def llama_greedy(llm, prompt, n_new, stamps=None):
+def llama_logits(llm):
+    """The last evaluated position's logits, read in place (with logits_all=False llama.cpp
+    computes only that row, and Llama.scores is not filled)."""
+    import llama_cpp
+    import numpy as np
+
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
+
+
+def llama_greedy(llm, prompt, n_new, stamps=None, logits=None):
     """Greedy ids after `prompt`: one eval of the prompt, then one eval per picked token.
-    n_new tokens are picked in n_new model calls (the prompt's call picks the first)."""
+    n_new tokens are picked in n_new model calls (the prompt's call picks the first). A list
+    given as `logits` receives a copy of each call's logits."""
     import numpy as np
 
     llm.reset()
     llm.eval(prompt)
     picked = []
     while True:
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        picked.append(tok)
+        row = llama_logits(llm)
+        if logits is not None:
+            logits.append(row.copy())
+        picked.append(int(np.argmax(row)))
         if stamps is not None:
             stamps.append(time.perf_counter())
         if len(picked) == n_new:
             return picked
-        llm.eval([tok])
+        llm.eval([picked[-1]])
 
 
 def run_llamacpp(args, workloads):
@@ -402,9 +419,8 @@ def run_llamacpp(args, workloads):
     versions = {"llama-cpp-python": llama_cpp.__version__}
     s = SHAPES["gpt2-generate"]
     n_new = s["new"] + 1
-    llm = llama_open(
-        gguf_path(args.models, args.engine == "llama.cpp-q8_0"), args.threads, s["prompt"] + n_new
-    )
+    q8 = args.engine == "llama.cpp-q8_0"
+    llm = llama_open(gguf_path(args.models, q8), args.threads, s["prompt"] + n_new, not q8)
     ids = random_ids(s["prompt"], llm.n_vocab(), args.seed)
 
     def fn():

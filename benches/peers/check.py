@@ -117,12 +117,12 @@ def llama_greedy_check(path, prompts):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_peers import llama_greedy, llama_open
 
-    llm = llama_open(path, 2, 64)
+    llm = llama_open(path, 2, 64, kv_f32="q8_0" not in path)
     out = []
     for p in prompts:
-        picked = llama_greedy(llm, p, 8)
-        # Each eval keeps its last position's logits in its row of `scores`.
-        out.append((np.array(llm.scores[len(p) - 1], np.float32), picked))
+        logits = []
+        picked = llama_greedy(llm, p, 8, logits=logits)
+        out.append((np.asarray(logits[0], np.float32), picked))
     return out
 
 
