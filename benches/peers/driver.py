@@ -467,6 +467,7 @@ def main():
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--retry-above", type=float, default=15.0)
     ap.add_argument("--check", default="", help="check.py's summary file, quoted in results.md")
+    ap.add_argument("--from-raw", help="no measuring: the tables of this raw.jsonl")
     a = ap.parse_args()
 
     threads = [int(t) for t in a.threads.split(",") if t.strip()]
@@ -475,51 +476,65 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     started = datetime.datetime.now(datetime.timezone.utc)
     load_start = open("/proc/loadavg").read().split()[:3]
-    raw_path = os.path.join(a.out, "raw.jsonl")
+    raw_path = os.path.join(a.out, "raw.jsonl" if not a.from_raw else "raw-again.jsonl")
     rows, failed, unavailable, versions = [], {}, set(), {}
     print(f"engines: {', '.join(engines)}; workloads: {', '.join(workloads)}", flush=True)
-    with open(raw_path, "w") as raw:
-        for rnd in range(a.rounds):
-            # Interleaved: every engine once per round and workload, the order reversed every
-            # other round so that no engine always runs first after a change of workload.
-            order = engines if rnd % 2 == 0 else engines[::-1]
-            for t in threads:
-                for w in workloads:
-                    for e in order:
-                        if not runs_workload(e, w) or (e, w, t) in failed:
-                            continue
-                        r, err = measure(a, e, t, w)
-                        if r is None:
-                            failed[(e, w, t)] = err
-                            # cranformer's other precisions may not be built yet: shown as
-                            # not available with their error, without failing the run.
-                            if e in ("cranformer-bf16", "cranformer-int8"):
-                                unavailable.add(e)
-                                what = "not available"
-                            else:
-                                what = "FAILED"
-                            print(f"  {w:<14} {e:<17} {t} threads: {what}", flush=True)
-                            for line in err:
-                                print(f"      {line}", flush=True)
-                            continue
-                        r["round"] = rnd + 1
-                        p, took = r["pressure"], r["wall_s"]
-                        versions.update(r.pop("versions", {}))
-                        rows.append(r)
-                        raw.write(json.dumps(r) + "\n")
-                        raw.flush()
-                        tok = r.get("ms_per_token")
-                        print(
-                            f"  round {rnd + 1} {w:<14} {e:<17} {t} thread{'s' if t > 1 else ' '}: "
-                            f"median {r['median_ms']:9.1f} ms"
-                            + (f", {tok:6.2f} ms/token" if tok else "")
-                            + f"  (CPU pressure {fmt(p, 0)}% before, other processes' "
-                            f"CPU {fmt(r['pressure_during'], 0)}% during, load {r['loadavg']:.1f}; "
-                            f"{took:.0f} s"
-                            + (f"; {r['tries']} tries" if r["tries"] > 1 else "")
-                            + ")",
-                            flush=True,
-                        )
+    if a.from_raw:
+        # Tables again from a finished or interrupted run's measurements (no failures known).
+        with open(a.from_raw) as f:
+            rows = [json.loads(l) for l in f if l.strip()]
+        for r in rows:
+            versions.update(r.get("versions", {}))
+        threads = [t for t in threads if any(r["threads"] == t for r in rows)]
+        workloads = [w for w in workloads if any(r["workload"] == w for r in rows)]
+        a.rounds = max((r["round"] for r in rows), default=1)
+        a.runs = max((r["runs"] for r in rows), default=a.runs)
+        a.warmup = next((r["bench"]["warmup"] for r in rows if "warmup" in r.get("bench", {})), a.warmup)
+        if rows:
+            started = datetime.datetime.fromtimestamp(os.path.getmtime(a.from_raw), datetime.timezone.utc)
+    else:
+        with open(raw_path, "w") as raw:
+            for rnd in range(a.rounds):
+                # Interleaved: every engine once per round and workload, the order reversed every
+                # other round so that no engine always runs first after a change of workload.
+                order = engines if rnd % 2 == 0 else engines[::-1]
+                for t in threads:
+                    for w in workloads:
+                        for e in order:
+                            if not runs_workload(e, w) or (e, w, t) in failed:
+                                continue
+                            r, err = measure(a, e, t, w)
+                            if r is None:
+                                failed[(e, w, t)] = err
+                                # cranformer's other precisions may not be built yet: shown as
+                                # not available with their error, without failing the run.
+                                if e in ("cranformer-bf16", "cranformer-int8"):
+                                    unavailable.add(e)
+                                    what = "not available"
+                                else:
+                                    what = "FAILED"
+                                print(f"  {w:<14} {e:<17} {t} threads: {what}", flush=True)
+                                for line in err:
+                                    print(f"      {line}", flush=True)
+                                continue
+                            r["round"] = rnd + 1
+                            p, took = r["pressure"], r["wall_s"]
+                            versions.update(r.get("versions", {}))
+                            rows.append(r)
+                            raw.write(json.dumps(r) + "\n")
+                            raw.flush()
+                            tok = r.get("ms_per_token")
+                            print(
+                                f"  round {rnd + 1} {w:<14} {e:<17} {t} thread{'s' if t > 1 else ' '}: "
+                                f"median {r['median_ms']:9.1f} ms"
+                                + (f", {tok:6.2f} ms/token" if tok else "")
+                                + f"  (CPU pressure {fmt(p, 0)}% before, other processes' "
+                                f"CPU {fmt(r['pressure_during'], 0)}% during, load {r['loadavg']:.1f}; "
+                                f"{took:.0f} s"
+                                + (f"; {r['tries']} tries" if r["tries"] > 1 else "")
+                                + ")",
+                                flush=True,
+                            )
 
     finished = datetime.datetime.now(datetime.timezone.utc)
     load_end = open("/proc/loadavg").read().split()[:3]
