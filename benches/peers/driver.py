@@ -592,9 +592,16 @@ def main():
     ]
     if llama_info:
         notes.append(f"llama.cpp's build: {llama_info}")
+    # One note per engine and message (the same refusal on every workload is said once).
+    said = {}
     for (e, w, t), err in sorted(failed.items()):
+        said.setdefault((e, err[-1]), []).append((f"{w} at {t} threads", err))
+    for (e, _), where in said.items():
         what = "not available" if e in unavailable else "failed"
-        notes.append(f"{label(e)} {what} on {w} at {t} threads: " + " / ".join(err[-3:]))
+        notes.append(
+            f"{label(e)} {what} on {', '.join(p for p, _ in where)}: "
+            + " / ".join(where[0][1][-3:])
+        )
     if a.check and os.path.isfile(a.check):
         with open(a.check) as f:
             notes.append("Same outputs check: " + f.read().strip())
