@@ -53,7 +53,7 @@ usage() {
   --rev REV        build cranformer from git revision REV (in target/peers/src-REV, own target
                    directory) instead of the working tree
   --cranformer BIN use this cranformer binary as it is
-  --no-check       skip the same-outputs check of the three frameworks
+  --no-check       skip the same-outputs check of the engines
   --wait-quiet S   before each measurement wait up to S s for the CPU to be free of other
                    processes (default 60; 0 to not wait)
   --retries R      measure again, up to R times (default 2), when other processes took the CPU
