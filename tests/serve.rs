@@ -211,6 +211,67 @@ fn minilm_embeddings_match_the_reference_alone_and_batched() {
     }
 }
 
+/// Long texts embed as `cranformer embed` and sentence-transformers embed them: cut to
+/// `max_seq_length` (256 for all-MiniLM-L6-v2, below its 512 positions) when the request asks
+/// to truncate, refused naming that limit when it does not.
+#[test]
+fn minilm_long_texts_truncate_to_max_seq_length() {
+    let r = reference_inputs("minilm");
+    let case = r.case("embed_long");
+    let texts: Vec<String> = case["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let (want, shape) = r.tensor("embed_long.embeddings");
+    let dim = shape[1];
+    let s = serve(&minilm_dir(), &["--model-name", "minilm"]);
+    let tei = s
+        .post(
+            "/embed",
+            &json!({"inputs": texts, "truncate": true, "normalize": false}),
+        )
+        .expect(200);
+    let openai = s
+        .post("/v1/embeddings", &json!({"input": texts, "truncate": true}))
+        .expect(200);
+    for i in 0..texts.len() {
+        let want = &want[i * dim..(i + 1) * dim];
+        close(
+            &format!("/embed text {i}"),
+            &floats(&tei[i]),
+            want,
+            r.abs,
+            r.rel,
+        );
+        close(
+            &format!("/v1/embeddings text {i}"),
+            &floats(&openai["data"][i]["embedding"]),
+            want,
+            r.abs,
+            r.rel,
+        );
+    }
+    // 336 tokens: past max_seq_length but within the positions, so only that limit refuses it.
+    for (path, body) in [
+        ("/embed", json!({"inputs": texts[0]})),
+        ("/v1/embeddings", json!({"input": texts[0]})),
+    ] {
+        let resp = s.post(path, &body);
+        assert!(
+            (400..500).contains(&resp.status),
+            "{path}: status {}",
+            resp.status
+        );
+        let text = resp.text();
+        assert!(
+            text.contains("at most 256") && text.contains("max_seq_length"),
+            "{path}: {text}"
+        );
+    }
+}
+
 /// A fixture's `reference-inputs.*` (cases added after `reference.*`, same layout).
 fn reference_inputs(fixture: &str) -> Reference {
     let dir = fixture_dir(fixture);

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use cranformer_runtime::cli::{report_error, Common, EngineKind, ServeArgs, Task};
 use cranformer_runtime::compiled::{NativeEngine, Program, PROGRAM_VERSION};
-use cranformer_runtime::native::EntryFn;
+use cranformer_runtime::glue::RawProgram;
 use cranformer_runtime::tasks::{self, Session};
 use cranformer_runtime::tokenize::Tokenizer;
 use cranformer_runtime::weights::Weights;
@@ -17,42 +17,6 @@ use std::ffi::{c_char, c_int, CStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-
-/// `struct cf_blob` of the glue (compiler/src/aot.rs writes it): bytes between two symbols.
-#[repr(C)]
-pub struct Blob {
-    start: *const u8,
-    end: *const u8,
-}
-
-impl Blob {
-    /// # Safety
-    /// `start..end` must be one readable object for the whole run (the glue's blobs are).
-    unsafe fn bytes(&self) -> &'static [u8] {
-        // SAFETY: `start..end` is one readable object that lives for the whole run, as the
-        // caller promised, so `end` is at or after `start` in the same allocation.
-        unsafe { std::slice::from_raw_parts(self.start, self.end.offset_from(self.start) as usize) }
-    }
-}
-
-/// `struct cf_entry`.
-#[repr(C)]
-pub struct RawEntry {
-    name: *const c_char,
-    func: EntryFn,
-}
-
-/// `struct cf_program`: what the glue hands to [`cranformer_exe_main`].
-#[repr(C)]
-pub struct RawProgram {
-    version: u64,
-    program: Blob,
-    tokenizer: Blob,
-    n_entries: u64,
-    entries: *const RawEntry,
-    n_shards: u64,
-    shards: *const Blob,
-}
 
 /// The model's tasks, and `serve`.
 #[derive(clap::Subcommand)]
@@ -156,15 +120,15 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
         let mut entries = vec![];
         for meta in &program.entries {
             // SAFETY: the glue's entry table holds n_entries entries with C-string names.
-            let table = unsafe { std::slice::from_raw_parts(raw.entries, raw.n_entries as usize) };
+            let table = unsafe { raw.entries() };
             let func = table
                 .iter()
                 // SAFETY: every name in the table is a NUL-terminated string literal of the glue.
-                .find(|e| unsafe { CStr::from_ptr(e.name) }.to_bytes() == meta.name.as_bytes())
+                .find(|e| unsafe { e.name() }.to_bytes() == meta.name.as_bytes())
                 .with_context(|| {
                     format!("entry {} is not linked in (a cranformer bug)", meta.name)
                 })?
-                .func;
+                .func();
             entries.push((meta.clone(), func));
         }
         // SAFETY: each function is the entry generated for its metadata, linked into this
@@ -253,10 +217,11 @@ fn open_weights(program: &Program, raw: &RawProgram, given: Option<&Path>) -> Re
         }
         return Weights::open_files(&program.external).context(HOW);
     }
-    match raw.n_shards {
-        // SAFETY: the glue's shard table holds n_shards blobs.
-        1 => Ok(Weights::from_static(
-            unsafe { (*raw.shards).bytes() },
+    // SAFETY: the glue's shard table holds n_shards blobs of its read-only data.
+    match unsafe { raw.shards() } {
+        [one] => Ok(Weights::from_static(
+            // SAFETY: as above.
+            unsafe { one.bytes() },
             "<embedded weights>",
         )?),
         _ => bail!("this executable carries no weights: pass --weights PATH"),

@@ -9,6 +9,7 @@ pub mod compiled;
 pub mod config;
 pub mod engine;
 pub mod gemm;
+pub mod glue;
 pub mod kv_cache;
 pub mod machine;
 pub mod model_info;

@@ -83,6 +83,21 @@ impl ModelInfo {
         }
     }
 
+    /// The most tokens an embedding reads, and whether that is sentence-transformers'
+    /// `max_seq_length` (sentence_bert_config.json) rather than the positions: it truncates
+    /// longer texts there, so `embed` and the server's embedding routes do too. A
+    /// `max_seq_length` beyond the positions could not run; the positions still bound it.
+    pub fn embed_limit(&self) -> (usize, bool) {
+        let positions = self.max_positions();
+        match self {
+            ModelInfo::Bert {
+                max_seq_length: Some(m),
+                ..
+            } if *m < positions => (*m, true),
+            _ => (positions, false),
+        }
+    }
+
     /// The token generation stops at (none for BERT, which does not generate).
     pub fn eos_token_id(&self) -> Option<i64> {
         match self {

@@ -40,11 +40,23 @@ pub struct ServedModel {
     pub engine: EngineFactory,
 }
 
+/// How many tokens an input may have: the model's positions, or for embeddings what the
+/// `embed` task reads ([`ModelInfo::embed_limit`]: sentence-transformers' `max_seq_length`
+/// when the model has one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    Positions,
+    Embedding,
+}
+
 /// Everything a request handler reads.
 pub struct App {
     pub name: String,
     pub info: ModelInfo,
     pub tokenizer: Tokenizer,
+    /// The tokenizer truncating to each [`Budget`] (`Positions`, `Embedding`), made once;
+    /// `Err` when the budget cannot hold the special tokens.
+    truncating: [Result<Tokenizer, String>; 2],
     pub args: ServeArgs,
     pub shared: Arc<Shared>,
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
@@ -75,6 +87,41 @@ impl App {
     pub fn tasks(&self) -> Vec<&'static str> {
         self.info.tasks()
     }
+
+    /// The most tokens an input may have under `budget`, and how an error says so.
+    pub fn limit(&self, budget: Budget) -> (usize, String) {
+        match budget {
+            Budget::Embedding => match self.info.embed_limit() {
+                (m, true) => (
+                    m,
+                    format!(
+                        "this model embeds at most {m} (max_seq_length in \
+                         sentence_bert_config.json)"
+                    ),
+                ),
+                (m, false) => (m, format!("this model takes at most {m}")),
+            },
+            Budget::Positions => {
+                let m = self.info.max_positions();
+                (m, format!("this model takes at most {m}"))
+            }
+        }
+    }
+
+    /// The tokenizer that truncates `longest_first` to `budget` (see [`App::limit`]).
+    pub fn truncating(&self, budget: Budget, param: &str) -> Result<&Tokenizer, error::ApiError> {
+        self.truncating[budget as usize]
+            .as_ref()
+            .map_err(|e| error::ApiError::field(param, e.clone()))
+    }
+}
+
+fn truncating(info: &ModelInfo, tokenizer: &Tokenizer) -> [Result<Tokenizer, String>; 2] {
+    [info.max_positions(), info.embed_limit().0].map(|max| {
+        tokenizer
+            .truncating(max)
+            .map_err(|e| format!("cannot truncate to {max} tokens: {e}"))
+    })
 }
 
 /// Runs the server until SIGTERM or SIGINT, then lets in-flight requests finish within
@@ -128,6 +175,7 @@ pub fn run(args: &ServeArgs, model: ServedModel) -> Result<()> {
 
     let app = Arc::new(App {
         name,
+        truncating: truncating(&model.info, &model.tokenizer),
         info: model.info,
         tokenizer: model.tokenizer,
         args: args.clone(),

@@ -4,19 +4,12 @@
 
 use super::{abbreviate, Input, Limit, Session};
 use crate::cli::EmbedArgs;
-use crate::ModelInfo;
 use anyhow::Result;
 use std::io::Write;
 
 pub fn run(s: &mut Session, a: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
-    let positions = s.info.max_positions();
-    let seq = match &s.info {
-        ModelInfo::Bert { max_seq_length, .. } => *max_seq_length,
-        _ => None,
-    };
-    let limit = match seq {
-        // A max_seq_length beyond the positions could not run; the positions still bound it.
-        Some(m) if m < positions => Limit {
+    let limit = match s.info.embed_limit() {
+        (m, true) => Limit {
             max: m,
             truncate: !a.no_truncate,
             says: format!(
@@ -24,7 +17,7 @@ pub fn run(s: &mut Session, a: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
             ),
             hint: " (without --no-truncate it is cut to fit, as sentence-transformers does)",
         },
-        _ => s.positions_limit(
+        (_, false) => s.positions_limit(
             !a.no_truncate,
             " (without --no-truncate it is cut to fit, as sentence-transformers does)",
         ),

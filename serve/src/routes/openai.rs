@@ -4,7 +4,7 @@
 use super::{check_model, AppState, JsonBody};
 use crate::error::ApiError;
 use crate::worker::{Finish, GenEvent, GenRequest, Job, RowKind, Seq};
-use crate::App;
+use crate::{App, Budget};
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,47 +18,62 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
-/// Tokenizes `text` for the model, refusing empty texts and texts longer than its positions
-/// (or cutting them to fit, keeping the last special token, with `truncate`).
-pub fn encode(app: &App, text: &str, param: &str, truncate: bool) -> Result<Seq, ApiError> {
+/// Tokenizes `text` for the model, refusing empty texts and texts longer than `budget`
+/// allows, or, with `truncate`, cutting them to fit as the `tokenizers` crate's
+/// `longest_first` truncation does (the special tokens stay), like the CLI's tasks.
+pub fn encode(
+    app: &App,
+    text: &str,
+    param: &str,
+    truncate: bool,
+    budget: Budget,
+) -> Result<Seq, ApiError> {
     if text.is_empty() {
         return Err(ApiError::field(param, "the text is empty"));
     }
-    let enc = app
-        .tokenizer
+    let tokenizer = if truncate {
+        app.truncating(budget, param)?
+    } else {
+        &app.tokenizer
+    };
+    let enc = tokenizer
         .encode(text)
         .map_err(|e| ApiError::field(param, e))?;
     let mut seq = Seq {
         ids: enc.ids,
         type_ids: enc.type_ids,
     };
-    fit(app, &mut seq, param, truncate)?;
+    fit(app, &mut seq, param, truncate, budget)?;
     Ok(seq)
 }
 
-/// Checks token ids against the model's vocabulary and positions.
-pub fn fit(app: &App, seq: &mut Seq, param: &str, truncate: bool) -> Result<(), ApiError> {
-    let max = app.info.max_positions();
+/// Checks token ids against the model's vocabulary and `budget`; with `truncate`, cuts ids
+/// past the budget (keeping BERT's final [SEP], as Hugging Face's truncation does).
+pub fn fit(
+    app: &App,
+    seq: &mut Seq,
+    param: &str,
+    truncate: bool,
+    budget: Budget,
+) -> Result<(), ApiError> {
+    let (max, says) = app.limit(budget);
     if seq.ids.len() > max {
         if !truncate {
             return Err(ApiError::too_long(
                 param,
-                format!(
-                    "{param} has {} tokens, but this model takes at most {max}",
-                    seq.ids.len()
-                ),
+                format!("{param} has {} tokens, but {says}", seq.ids.len()),
             ));
         }
-        // BERT ends a text with [SEP]: keep it, as Hugging Face's truncation does.
         let last = *seq.ids.last().unwrap_or(&0);
         let last_type = *seq.type_ids.last().unwrap_or(&0);
-        seq.ids.truncate(max - 1);
-        seq.type_ids.truncate(max - 1);
         if app.info.model_type() == "bert" {
+            seq.ids.truncate(max - 1);
+            seq.type_ids.truncate(max - 1);
             seq.ids.push(last);
             seq.type_ids.push(last_type);
         } else {
             seq.ids.truncate(max);
+            seq.type_ids.truncate(max);
         }
     }
     let vocab = app.info.vocab_size();
@@ -131,20 +146,26 @@ pub fn items(v: &Value, param: &str) -> Result<Vec<Item>, ApiError> {
     }
 }
 
-fn seqs_of(app: &App, v: &Value, param: &str, truncate: bool) -> Result<Vec<Seq>, ApiError> {
+fn seqs_of(
+    app: &App,
+    v: &Value,
+    param: &str,
+    truncate: bool,
+    budget: Budget,
+) -> Result<Vec<Seq>, ApiError> {
     items(v, param)?
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
             let at = format!("{param}[{i}]");
             match item {
-                Item::Text(t) => encode(app, &t, &at, truncate),
+                Item::Text(t) => encode(app, &t, &at, truncate, budget),
                 Item::Ids(ids) => {
                     let mut seq = Seq {
                         type_ids: vec![0; ids.len()],
                         ids,
                     };
-                    fit(app, &mut seq, &at, truncate)?;
+                    fit(app, &mut seq, &at, truncate, budget)?;
                     Ok(seq)
                 }
             }
@@ -172,6 +193,10 @@ pub struct EmbeddingsRequest {
     model: Option<String>,
     encoding_format: Option<String>,
     dimensions: Option<usize>,
+    /// Not OpenAI's: cut texts past the model's limit (as `/embed`'s `truncate`) instead of
+    /// refusing them.
+    #[serde(default)]
+    truncate: bool,
     #[allow(dead_code)]
     user: Option<String>,
 }
@@ -191,7 +216,7 @@ pub async fn embeddings(
             ))
         }
     };
-    let seqs = seqs_of(&app, &req.input, "input", false)?;
+    let seqs = seqs_of(&app, &req.input, "input", req.truncate, Budget::Embedding)?;
     let tokens: usize = seqs.iter().map(|s| s.ids.len()).sum();
     let vectors = rows(&app, RowKind::Embed, seqs).await?;
     if let Some(d) = req.dimensions {
@@ -432,7 +457,7 @@ pub async fn completions(
     }
     let sampling = sampling(&req)?;
     let stop = stops(&req.stop)?;
-    let prompts = seqs_of(&app, &req.prompt, "prompt", false)?;
+    let prompts = seqs_of(&app, &req.prompt, "prompt", false, Budget::Positions)?;
     let prompt_tokens: usize = prompts.iter().map(|s| s.ids.len()).sum();
     let decodable = app.tokenizer.vocab_size().min(app.info.vocab_size());
 

@@ -10,7 +10,7 @@ use super::openai::{encode, fit, rows};
 use super::{AppState, JsonBody};
 use crate::error::ApiError;
 use crate::worker::{RowKind, Seq};
-use crate::App;
+use crate::{App, Budget};
 use axum::extract::State;
 use axum::Json;
 use cranformer_runtime::sampling::softmax;
@@ -62,7 +62,15 @@ pub async fn embed(
     let seqs = texts
         .iter()
         .enumerate()
-        .map(|(i, t)| encode(&app, t, &format!("inputs[{i}]"), req.truncate))
+        .map(|(i, t)| {
+            encode(
+                &app,
+                t,
+                &format!("inputs[{i}]"),
+                req.truncate,
+                Budget::Embedding,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut vectors = rows(&app, RowKind::Embed, seqs).await?;
     if req.normalize {
@@ -131,7 +139,7 @@ impl Input {
 
     pub fn encode(&self, app: &App, param: &str) -> Result<Seq, ApiError> {
         match self {
-            Input::Text(t) => encode(app, t, param, false),
+            Input::Text(t) => encode(app, t, param, false, Budget::Positions),
             Input::Pair(a, b) => {
                 if a.is_empty() || b.is_empty() {
                     return Err(ApiError::field(param, "a text of the pair is empty"));
@@ -144,7 +152,7 @@ impl Input {
                     ids: enc.ids,
                     type_ids: enc.type_ids,
                 };
-                fit(app, &mut seq, param, false)?;
+                fit(app, &mut seq, param, false, Budget::Positions)?;
                 Ok(seq)
             }
         }
@@ -292,10 +300,7 @@ pub async fn rerank(
         _ => return Err(ApiError::field("query", "expected a non-empty text")),
     };
     let (texts, _) = texts(&req.texts, "texts")?;
-    let tokenizer = app
-        .tokenizer
-        .truncating(app.info.max_positions())
-        .map_err(|e| ApiError::field("texts", e))?;
+    let tokenizer = app.truncating(Budget::Positions, "texts")?;
     let seqs = texts
         .iter()
         .enumerate()
@@ -311,7 +316,7 @@ pub async fn rerank(
                 ids: enc.ids,
                 type_ids: enc.type_ids,
             };
-            fit(&app, &mut seq, &at, false)?;
+            fit(&app, &mut seq, &at, false, Budget::Positions)?;
             Ok(seq)
         })
         .collect::<Result<Vec<_>, _>>()?;
