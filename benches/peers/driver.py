@@ -1,9 +1,12 @@
 """Runs the peer comparison and writes its table (run.sh calls this inside the venv).
 
-For each round, thread count and workload, in this order: PyTorch, CTranslate2, cranformer,
-each in a fresh process, so that the three are measured close together in time. Every
-measurement line (JSON) is kept in OUT/raw.jsonl; the table, printed and written to
-OUT/results.md, has per framework and thread count the median over rounds of each run's median.
+For each round, thread count and workload, every selected engine (ENGINES: cranformer at each
+precision, PyTorch, CTranslate2 f32/int8, ONNX Runtime fp32/int8, OpenVINO f32, llama.cpp
+f32/Q8_0) once, each in a fresh process, so that they are measured close together in time; the
+order is reversed every other round. Every measurement line (JSON) is kept in OUT/raw.jsonl. The
+tables, printed and written to OUT/results.md, have one column per engine and precision: the
+median over rounds of each measurement's median, and cranformer's figure divided by the
+column's within each round, the median of those ratios over the rounds.
 
 Before each measurement the driver waits (up to --wait-quiet seconds) for the machine to be
 quiet: the CPU pressure that other processes cause ("some avg10" of /proc/pressure/cpu) under
@@ -41,7 +44,98 @@ WORKLOADS = {
         ["--task", "generate", "--prompt-tokens", "64", "--new-tokens", "32"],
     ),
 }
-FRAMEWORKS = ["pytorch", "ctranslate2", "cranformer"]
+
+# engine -> (who, precision, workloads it runs (None: all)). The order is the order of the
+# table's columns and of the measurements in a round (reversed every other round).
+ENGINES = {
+    "cranformer": ("cranformer", "f32", None),
+    "cranformer-bf16": ("cranformer", "bf16", None),
+    "cranformer-int8": ("cranformer", "int8", None),
+    "pytorch": ("PyTorch", "f32", None),
+    "ctranslate2": ("CTranslate2", "f32", None),
+    "ctranslate2-int8": ("CTranslate2", "int8", None),
+    "onnxruntime": ("ONNX Runtime", "f32", ["bert-forward"]),
+    "onnxruntime-int8": ("ONNX Runtime", "int8", ["bert-forward"]),
+    "openvino": ("OpenVINO", "f32", ["bert-forward"]),
+    "llama.cpp": ("llama.cpp", "f32", ["gpt2-generate"]),
+    "llama.cpp-q8_0": ("llama.cpp", "Q8_0", ["gpt2-generate"]),
+}
+# --engines takes engine names or these families (every precision of that peer).
+FAMILIES = {
+    "cranformer": ["cranformer", "cranformer-bf16", "cranformer-int8"],
+    "pytorch": ["pytorch"],
+    "torch": ["pytorch"],
+    "ctranslate2": ["ctranslate2", "ctranslate2-int8"],
+    "ct2": ["ctranslate2", "ctranslate2-int8"],
+    "onnxruntime": ["onnxruntime", "onnxruntime-int8"],
+    "ort": ["onnxruntime", "onnxruntime-int8"],
+    "openvino": ["openvino"],
+    "ov": ["openvino"],
+    "llama.cpp": ["llama.cpp", "llama.cpp-q8_0"],
+    "llamacpp": ["llama.cpp", "llama.cpp-q8_0"],
+}
+# Which figure each workload is judged by (issues 8 and 9): the whole forward for BERT, the
+# decode step for GPT-2, the whole 64 + 32 run for T5.
+HEADLINE = {"bert-forward": "median_ms", "gpt2-generate": "ms_per_token", "t5-generate": "median_ms"}
+# --isa avx2 on a wider machine: what each engine is told (those that listen; see README.md).
+ISA_ENV = {
+    "avx2": {
+        "CRANFORMER_ISA": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "DNNL_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "CT2_FORCE_CPU_ISA": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+    },
+}
+
+
+def precision(engine):
+    return ENGINES[engine][1]
+
+
+def label(engine):
+    who, prec, _ = ENGINES[engine]
+    return f"{who} {prec}"
+
+
+def runs_workload(engine, workload):
+    only = ENGINES[engine][2]
+    return only is None or workload in only
+
+
+def baseline(engine):
+    """The cranformer engine a column is compared with: the same precision for int8 peers
+    (Q8_0 counts as int8), f32 otherwise; cranformer's own bf16/int8 against its f32."""
+    if ENGINES[engine][0] == "cranformer":
+        return None if engine == "cranformer" else "cranformer"
+    return "cranformer-int8" if precision(engine) in ("int8", "Q8_0") else "cranformer"
+
+
+def select_engines(engines, frameworks):
+    """The engines to run, in table order. cranformer f32 always (every ratio needs it), and
+    cranformer int8 whenever an int8 peer runs."""
+    if not engines and not frameworks:
+        return list(ENGINES)
+    want = set(frameworks or [])
+    for e in engines or []:
+        for name in e.split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name in FAMILIES:
+                want.update(FAMILIES[name])
+            elif name in ENGINES:
+                want.add(name)
+            else:
+                sys.exit(
+                    f"driver.py: --engines: unknown engine {name!r}; engines: "
+                    f"{', '.join(ENGINES)}; families: {', '.join(FAMILIES)}"
+                )
+    want.add("cranformer")
+    if any(baseline(e) == "cranformer-int8" for e in want):
+        want.add("cranformer-int8")
+    return [e for e in ENGINES if e in want]
 
 
 def cpu_pressure():
@@ -102,6 +196,20 @@ def machine():
             if "avx2" in flags
             else "SSE/other"
         )
+        extras = [
+            name
+            for flag, name in (
+                ("avx512_vnni", "VNNI"),
+                ("avx512_bf16", "BF16"),
+                ("amx_int8", "AMX-INT8"),
+                ("amx_bf16", "AMX-BF16"),
+                ("avx_vnni", "AVX-VNNI"),
+                ("f16c", "F16C"),
+            )
+            if flag in flags
+        ]
+        if extras:
+            info["isa"] += " (" + ", ".join(extras) + ")"
     except OSError:
         pass
     try:
@@ -113,58 +221,89 @@ def machine():
     return info
 
 
-def run_peer(args, framework, threads, workload):
+def child_env(a, threads):
     env = dict(os.environ)
-    # Both peers size their OpenMP pools from this too; the scripts set the same count.
+    # The peers size their OpenMP pools from these too; the scripts set the same count.
     for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[v] = str(threads)
+    env.update(ISA_ENV.get(a.isa, {}))
+    return env
+
+
+def last_lines(text, n=5):
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return lines[-n:] or ["(no output)"]
+
+
+def run_peer(a, engine, threads, workload):
     cmd = [
         sys.executable,
         os.path.join(HERE, "bench_peers.py"),
-        framework,
+        engine,
         "--models",
-        args.models,
+        a.models,
         "--threads",
         str(threads),
         "--runs",
-        str(args.runs),
+        str(a.runs),
         "--warmup",
-        str(args.warmup),
+        str(a.warmup),
         "--workload",
         workload,
     ]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=child_env(a, threads), capture_output=True, text=True)
     if p.returncode != 0:
-        return None, p.stderr.strip().splitlines()[-5:]
+        return None, last_lines(p.stderr)
     lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        return None, ["bench_peers.py printed no result"] + last_lines(p.stderr)
     return lines[0], None
 
 
-def run_cranformer(args, threads, workload):
+def pick_jit(lines, dtype):
+    """cranformer bench's line for the compiled engine at `dtype`. Binaries that do not print
+    the dtype only run f32 (they reject any other --dtype)."""
+    jit = [o for o in lines if str(o.get("engine", "")).startswith("jit")]
+    tagged = [o for o in jit if o.get("dtype") is not None]
+    if tagged:
+        jit = [o for o in tagged if str(o["dtype"]).lower() == dtype]
+    return jit[0] if jit else None
+
+
+def run_cranformer(a, engine, threads, workload):
     model, _, flags = WORKLOADS[workload]
+    dtype = precision(engine)
     cmd = [
-        args.cranformer,
+        a.cranformer,
         "bench",
-        os.path.join(args.models, model, "hf"),
+        os.path.join(a.models, model, "hf"),
         "--engine",
         "jit",
         *flags,
         "--threads",
         str(threads),
         "--runs",
-        str(args.runs),
+        str(a.runs),
         "--warmup",
-        str(args.warmup),
+        str(a.warmup),
         "--json",
     ]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    if dtype != "f32":
+        # Only then: a binary from before --dtype keeps working for the f32 column.
+        cmd += ["--dtype", dtype]
+    p = subprocess.run(cmd, env=child_env(a, threads), capture_output=True, text=True)
     if p.returncode != 0:
-        return None, [" ".join(cmd)] + p.stderr.strip().splitlines()[-5:]
-    o = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
-    o = [x for x in o if x.get("engine") == "jit"][0]
+        return None, [" ".join(cmd)] + last_lines(p.stderr)
+    try:
+        lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    except json.JSONDecodeError as e:
+        return None, [" ".join(cmd), f"unreadable JSON line: {e}"]
+    o = pick_jit(lines, dtype)
+    if o is None:
+        return None, [" ".join(cmd), f"no jit result for dtype {dtype} in its output"]
     r = {
         "workload": workload,
-        "framework": "cranformer",
+        "framework": engine,
         "threads": o.get("threads", threads),
         "median_ms": o["median_ms"],
         "min_ms": o["min_ms"],
@@ -178,17 +317,17 @@ def run_cranformer(args, threads, workload):
     return r, None
 
 
-def measure(a, framework, threads, workload):
+def measure(a, engine, threads, workload):
     """One measurement, after waiting for a quiet CPU; measured again (up to --retries times)
     when other processes wanted the CPU during it, keeping the least disturbed attempt."""
     best = None
     for attempt in range(1 + a.retries):
         p, waited = wait_quiet(a.wait_quiet, a.quiet_below)
         (busy0, steal0), mine0, t0 = cpu_busy_s(), children_cpu_s(), time.time()
-        if framework == "cranformer":
-            r, err = run_cranformer(a, threads, workload)
+        if ENGINES[engine][0] == "cranformer":
+            r, err = run_cranformer(a, engine, threads, workload)
         else:
-            r, err = run_peer(a, framework, threads, workload)
+            r, err = run_peer(a, engine, threads, workload)
         took = time.time() - t0
         (busy1, steal1), mine1 = cpu_busy_s(), children_cpu_s()
         if r is None:
@@ -199,6 +338,8 @@ def measure(a, framework, threads, workload):
         during = max(0.0, (busy1 - busy0) - (mine1 - mine0) + (steal1 - steal0))
         during = 100.0 * during / (took * cores)
         r.update(
+            framework=engine,
+            precision=precision(engine),
             pressure=p,
             pressure_during=during,
             loadavg=loadavg(),
@@ -217,61 +358,85 @@ def fmt(x, digits=1):
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def table(rows, meta):
-    """Markdown table: median over rounds; ratio = cranformer's time / this framework's."""
-    head = [
-        "workload",
-        "framework",
-        "threads",
-        "median ms",
-        "ms/token",
-        "cranformer ÷ this (ms)",
-        "cranformer ÷ this (ms/token)",
-        "CPU pressure before % / others' CPU during %",
-    ]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
-    ]
-    groups = {}
+def tables(rows, meta):
+    """One markdown table per workload: a column per engine and precision, per thread count
+    the median over rounds of the headline figure (and the other one), and the median over
+    rounds of cranformer's time divided by the column's time within the same round."""
+    by = {}
     for r in rows:
-        groups.setdefault((r["workload"], r["threads"], r["framework"]), []).append(r)
-
-    def agg(key, field):
-        vals = [r[field] for r in groups.get(key, []) if r.get(field) is not None]
-        return statistics.median(vals) if vals else None
-
-    for w in WORKLOADS:
+        by[(r["workload"], r["threads"], r["framework"], r["round"])] = r
+    out = []
+    for w in meta["workloads"]:
+        cols = [e for e in meta["engines"] if runs_workload(e, w)]
+        head = HEADLINE[w]
+        other = "ms_per_token" if head == "median_ms" else "median_ms"
+        unit = {"median_ms": "ms", "ms_per_token": "ms/token"}
+        title = WORKLOADS[w][1]
+        out.append(f"### {title}: {unit[head]} ({'decode steps after the prompt' if head == 'ms_per_token' else 'whole call'})")
+        out.append("")
+        out.append("| threads | | " + " | ".join(label(e) for e in cols) + " |")
+        out.append("|---|---|" + "---:|" * len(cols))
         for t in meta["threads"]:
-            base_ms = agg((w, t, "cranformer"), "median_ms")
-            base_tok = agg((w, t, "cranformer"), "ms_per_token")
-            for f in FRAMEWORKS:
-                key = (w, t, f)
-                if key not in groups:
-                    if (w, t) in meta["failed"].get(f, {}):
-                        lines.append(f"| {w} | {f} | {t} | failed | | | | |")
-                    continue
-                ms = agg(key, "median_ms")
-                tok = agg(key, "ms_per_token")
-                press = [r.get("pressure") for r in groups[key] if r.get("pressure") is not None]
-                during = [
-                    r.get("pressure_during")
-                    for r in groups[key]
-                    if r.get("pressure_during") is not None
-                ]
-                rm = f"{base_ms / ms:.2f}x" if base_ms and ms else "-"
-                rt = f"{base_tok / tok:.2f}x" if base_tok and tok else "-"
-                ms_s = fmt(ms)
-                if len(groups[key]) > 1:
-                    lo = min(r["median_ms"] for r in groups[key])
-                    hi = max(r["median_ms"] for r in groups[key])
-                    ms_s += f" ({lo:.0f}-{hi:.0f})"
-                lines.append(
-                    f"| {w} | {f} | {t} | {ms_s} | {fmt(tok, 2)} | {rm} | {rt} | "
-                    f"{fmt(max(press) if press else None, 0)} / "
-                    f"{fmt(max(during) if during else None, 0)} |"
+            def cell_rows(e):
+                return [by[k] for k in sorted(by) if k[:3] == (w, t, e)]
+
+            def med(e, field):
+                v = [r[field] for r in cell_rows(e) if r.get(field) is not None]
+                return statistics.median(v) if v else None
+
+            def missing(e):
+                err = meta["failed"].get((e, w, t))
+                if err is None:
+                    return "-"
+                return "n/a" if e in meta["unavailable"] else "failed"
+
+            def ratio(e, base):
+                if base is None or base not in cols:
+                    return ""
+                vals = []
+                for rnd in meta["rounds"]:
+                    x, y = by.get((w, t, base, rnd)), by.get((w, t, e, rnd))
+                    if x and y and x.get(head) and y.get(head):
+                        vals.append(x[head] / y[head])
+                if not vals:
+                    return "-"
+                s = f"{statistics.median(vals):.2f}x"
+                return s + (f" ({min(vals):.2f}-{max(vals):.2f})" if len(vals) > 1 else "")
+
+            def ms_cell(e, field, digits):
+                v = med(e, field)
+                if v is None:
+                    return missing(e)
+                rs = [r[field] for r in cell_rows(e) if r.get(field) is not None]
+                rng = f" ({min(rs):.{digits}f}-{max(rs):.{digits}f})" if len(rs) > 1 else ""
+                return fmt(v, digits) + rng
+
+            digits = 2 if head == "ms_per_token" else 1
+            out.append(f"| {t} | **{unit[head]}** | " + " | ".join(ms_cell(e, head, digits) for e in cols) + " |")
+            if other == "median_ms" or any(med(e, other) is not None for e in cols):
+                od = 2 if other == "ms_per_token" else 1
+                out.append(f"| {t} | {unit[other]} | " + " | ".join(
+                    ms_cell(e, other, od) if med(e, other) is not None else "" for e in cols) + " |")
+            out.append(
+                f"| {t} | cranformer ÷ this | " + " | ".join(ratio(e, baseline(e)) for e in cols) + " |"
+            )
+            # The int8 columns against cranformer f32 too (issue 9's starting point).
+            if any(baseline(e) == "cranformer-int8" for e in cols):
+                out.append(
+                    f"| {t} | cranformer f32 ÷ this | "
+                    + " | ".join(
+                        ratio(e, "cranformer") if baseline(e) == "cranformer-int8" else ""
+                        for e in cols
+                    )
+                    + " |"
                 )
-    return "\n".join(lines)
+            during = []
+            for e in cols:
+                v = [r.get("pressure_during") for r in cell_rows(e) if r.get("pressure_during") is not None]
+                during.append(fmt(max(v), 0) if v else "")
+            out.append(f"| {t} | others' CPU % (max) | " + " | ".join(during) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main():
@@ -285,88 +450,169 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--workload", action="append", choices=list(WORKLOADS))
-    ap.add_argument("--framework", action="append", choices=FRAMEWORKS)
+    ap.add_argument(
+        "--framework",
+        action="append",
+        choices=list(ENGINES),
+        help="only this engine (repeatable); cranformer f32 always runs",
+    )
+    ap.add_argument(
+        "--engines",
+        action="append",
+        help="comma-separated engines or families (" + ", ".join(FAMILIES) + ")",
+    )
+    ap.add_argument("--isa", choices=sorted(ISA_ENV), help="ask every engine that can to stay at this ISA")
     ap.add_argument("--wait-quiet", type=float, default=60.0)
     ap.add_argument("--quiet-below", type=float, default=10.0)
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--retry-above", type=float, default=15.0)
     ap.add_argument("--check", default="", help="check.py's summary file, quoted in results.md")
+    ap.add_argument("--from-raw", help="no measuring: the tables of this raw.jsonl")
     a = ap.parse_args()
 
     threads = [int(t) for t in a.threads.split(",") if t.strip()]
     workloads = a.workload or list(WORKLOADS)
-    frameworks = [f for f in FRAMEWORKS if not a.framework or f in a.framework]
+    engines = select_engines(a.engines, a.framework)
     os.makedirs(a.out, exist_ok=True)
     started = datetime.datetime.now(datetime.timezone.utc)
-    raw_path = os.path.join(a.out, "raw.jsonl")
-    rows, failed, versions = [], {}, {}
-    with open(raw_path, "w") as raw:
-        for rnd in range(a.rounds):
-            for t in threads:
-                for w in workloads:
-                    for f in frameworks:
-                        r, err = measure(a, f, t, w)
-                        if r is None:
-                            failed.setdefault(f, {})[(w, t)] = err
-                            print(f"  {w:<14} {f:<12} {t} threads: FAILED", flush=True)
-                            for e in err:
-                                print(f"      {e}", flush=True)
-                            continue
-                        r["round"] = rnd + 1
-                        p, took = r["pressure"], r["wall_s"]
-                        versions.update(r.pop("versions", {}))
-                        rows.append(r)
-                        raw.write(json.dumps(r) + "\n")
-                        raw.flush()
-                        tok = r.get("ms_per_token")
-                        print(
-                            f"  round {rnd + 1} {w:<14} {f:<12} {t} thread{'s' if t > 1 else ' '}: "
-                            f"median {r['median_ms']:9.1f} ms"
-                            + (f", {tok:6.2f} ms/token" if tok else "")
-                            + f"  (CPU pressure {fmt(p, 0)}% before, other processes' "
-                            f"CPU {fmt(r['pressure_during'], 0)}% during; {took:.0f} s"
-                            + (f"; {r['tries']} tries" if r["tries"] > 1 else "")
-                            + ")",
-                            flush=True,
-                        )
+    load_start = open("/proc/loadavg").read().split()[:3]
+    raw_path = os.path.join(a.out, "raw.jsonl" if not a.from_raw else "raw-again.jsonl")
+    rows, failed, unavailable, versions = [], {}, set(), {}
+    print(f"engines: {', '.join(engines)}; workloads: {', '.join(workloads)}", flush=True)
+    if a.from_raw:
+        # Tables again from a finished or interrupted run's measurements (no failures known).
+        with open(a.from_raw) as f:
+            rows = [json.loads(l) for l in f if l.strip()]
+        for r in rows:
+            versions.update(r.get("versions", {}))
+        threads = [t for t in threads if any(r["threads"] == t for r in rows)]
+        workloads = [w for w in workloads if any(r["workload"] == w for r in rows)]
+        a.rounds = max((r["round"] for r in rows), default=1)
+        a.runs = max((r["runs"] for r in rows), default=a.runs)
+        a.warmup = next((r["bench"]["warmup"] for r in rows if "warmup" in r.get("bench", {})), a.warmup)
+        if rows:
+            started = datetime.datetime.fromtimestamp(os.path.getmtime(a.from_raw), datetime.timezone.utc)
+    else:
+        with open(raw_path, "w") as raw:
+            for rnd in range(a.rounds):
+                # Interleaved: every engine once per round and workload, the order reversed every
+                # other round so that no engine always runs first after a change of workload.
+                order = engines if rnd % 2 == 0 else engines[::-1]
+                for t in threads:
+                    for w in workloads:
+                        for e in order:
+                            if not runs_workload(e, w) or (e, w, t) in failed:
+                                continue
+                            r, err = measure(a, e, t, w)
+                            if r is None:
+                                failed[(e, w, t)] = err
+                                # cranformer's other precisions may not be built yet: shown as
+                                # not available with their error, without failing the run.
+                                if e in ("cranformer-bf16", "cranformer-int8"):
+                                    unavailable.add(e)
+                                    what = "not available"
+                                else:
+                                    what = "FAILED"
+                                print(f"  {w:<14} {e:<17} {t} threads: {what}", flush=True)
+                                for line in err:
+                                    print(f"      {line}", flush=True)
+                                continue
+                            r["round"] = rnd + 1
+                            p, took = r["pressure"], r["wall_s"]
+                            versions.update(r.get("versions", {}))
+                            rows.append(r)
+                            raw.write(json.dumps(r) + "\n")
+                            raw.flush()
+                            tok = r.get("ms_per_token")
+                            print(
+                                f"  round {rnd + 1} {w:<14} {e:<17} {t} thread{'s' if t > 1 else ' '}: "
+                                f"median {r['median_ms']:9.1f} ms"
+                                + (f", {tok:6.2f} ms/token" if tok else "")
+                                + f"  (CPU pressure {fmt(p, 0)}% before, other processes' "
+                                f"CPU {fmt(r['pressure_during'], 0)}% during, load {r['loadavg']:.1f}; "
+                                f"{took:.0f} s"
+                                + (f"; {r['tries']} tries" if r["tries"] > 1 else "")
+                                + ")",
+                                flush=True,
+                            )
 
     finished = datetime.datetime.now(datetime.timezone.utc)
+    load_end = open("/proc/loadavg").read().split()[:3]
     m = machine()
-    meta = {"threads": threads, "failed": failed}
-    tbl = table(rows, meta)
+    meta = {
+        "threads": threads,
+        "workloads": workloads,
+        "engines": engines,
+        "failed": failed,
+        "unavailable": unavailable,
+        "rounds": list(range(1, a.rounds + 1)),
+    }
+    tbl = tables(rows, meta)
+    llama_info = next((r["llama_system_info"] for r in rows if r.get("llama_system_info")), None)
     notes = [
         f"Measured {started:%Y-%m-%d %H:%M}-{finished:%H:%M} UTC on {m.get('cpu')}, "
-        f"{m.get('cores')} cores ({m.get('isa')}"
+        f"{m.get('cores')} cores, ISA {m.get('isa')}"
         + (f", {m['hypervisor']} guest" if m.get("hypervisor") else "")
         + (f", {m['memory_gib']} GiB" if m.get("memory_gib") else "")
-        + ").",
+        + f"; threads {', '.join(map(str, threads))}. Load average (1, 5, 15 min) "
+        f"{' '.join(load_start)} at the start, {' '.join(load_end)} at the end.",
+        (
+            f"ISA limited to {a.isa}: " + ", ".join(f"{k}={v}" for k, v in ISA_ENV[a.isa].items())
+            + ". ONNX Runtime picks its kernels from cpuid and llama.cpp's are fixed when it is "
+            "built: they ran with the machine's full ISA; OpenVINO follows it but for its layer "
+            "norm kernel."
+            if a.isa
+            else "ISA: each engine used what it detects (no limit asked)."
+        ),
         "Peers: "
         + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
         + f"; Python {platform.python_version()}. cranformer: {a.cranformer_source or a.cranformer}"
         + " (--engine jit).",
-        f"Random-weight full-size models (seed 0) saved once with save_pretrained; PyTorch and "
-        f"cranformer read the same safetensors, CTranslate2 a float32 conversion of it. "
-        f"Each cell: median of {a.runs} timed runs after {a.warmup} warm-up run{'s' if a.warmup != 1 else ''}"
-        + (f", then the median over {a.rounds} rounds (range of the rounds in brackets)" if a.rounds > 1 else "")
-        + ".",
+        "Method: every engine in a fresh process for each workload, thread count and round; "
+        "the engines interleaved within a round (order reversed every other round). Each "
+        f"measurement: the median of {a.runs} timed runs after {a.warmup} warm-up "
+        f"run{'s' if a.warmup != 1 else ''}. A cell: the median over {a.rounds} "
+        f"round{'s' if a.rounds != 1 else ''} (range in brackets). cranformer ÷ this: "
+        "cranformer's figure divided by the column's, taken within each round, then the median "
+        "of those ratios (range in brackets); under 1 means cranformer is faster. int8 columns "
+        "(and llama.cpp Q8_0) are divided into cranformer int8 (and, on the row below, into "
+        "cranformer f32), cranformer's own bf16/int8 columns into its f32, the others into "
+        "cranformer f32.",
+        "Weights: random full-size models (seed 0) saved once with save_pretrained; PyTorch "
+        "and cranformer read the same safetensors; CTranslate2 a float32 conversion (int8: "
+        "quantized at load, compute_type=int8); ONNX Runtime and OpenVINO its ONNX export "
+        "(int8: quantize_dynamic, per-channel QInt8); llama.cpp a GGUF written from it (f32, "
+        "Q8_0).",
         "ms/token: the decode steps after the prompt pass (per-step timestamps in the peers, "
-        "cranformer's ms_per_new_token). cranformer ÷ this: under 1 means cranformer is faster.",
-        "Contention: the CPU pressure ('some avg10' of /proc/pressure/cpu) when the measurement "
-        "started, and the CPU time that other processes (and the host, as steal) took during it, "
-        f"in percent of all cores. A measurement where others took over {a.retry_above:.0f}% "
-        f"was redone (up to {a.retries} times, the least disturbed kept); high values mean "
-        "times inflated by other processes.",
+        "cranformer's ms_per_new_token).",
+        "Contention: others' CPU % is the CPU time that other processes (and the host, as "
+        f"steal) took during a measurement, in percent of all cores. Over {a.retry_above:.0f}% "
+        f"a measurement was redone (up to {a.retries} times, the least disturbed kept); high "
+        "values mean times inflated by other processes.",
     ]
+    if llama_info:
+        notes.append(f"llama.cpp's build: {llama_info}")
+    # One note per engine and message (the same refusal on every workload is said once).
+    said = {}
+    for (e, w, t), err in sorted(failed.items()):
+        said.setdefault((e, err[-1]), []).append((f"{w} at {t} threads", err))
+    for (e, _), where in said.items():
+        what = "not available" if e in unavailable else "failed"
+        notes.append(
+            f"{label(e)} {what} on {', '.join(p for p, _ in where)}: "
+            + " / ".join(where[0][1][-3:])
+        )
     if a.check and os.path.isfile(a.check):
         with open(a.check) as f:
             notes.append("Same outputs check: " + f.read().strip())
-    md = "# Peer comparison\n\n" + tbl + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    md = "# Peer comparison\n\n" + tbl + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write(md)
     print()
     print(md)
     print(f"written: {os.path.join(a.out, 'results.md')} and {raw_path}")
-    return 1 if failed else 0
+    hard = [k for k in failed if k[0] not in unavailable]
+    return 1 if hard else 0
 
 
 if __name__ == "__main__":

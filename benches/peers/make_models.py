@@ -7,16 +7,24 @@ For each of BERT-base, GPT-2 124M and T5-small this script
      ("[CLS]", "t1234", ...). No text is ever tokenized: every workload is driven by token ids.
      CTranslate2's converter needs a tokenizer only for the id <-> token-string table, and its
      Generator and Translator take token strings, which this table gives;
-  3. converts the saved directory to CTranslate2 in float32.
+  3. converts the saved directory to CTranslate2 in float32 (its int8 mode quantizes this one at
+     load time);
+  4. BERT: exports the saved model to ONNX with torch.onnx.export (onnx/model.onnx, the graph
+     ONNX Runtime and OpenVINO run) and quantizes that with ONNX Runtime's quantize_dynamic,
+     per-channel QInt8 weights (onnx/model_int8.onnx);
+  5. GPT-2: writes the saved safetensors as GGUF with the gguf package (llama.cpp's own
+     writer), architecture "gpt2", in f32 and in Q8_0 (gguf/gpt2-f32.gguf, gguf/gpt2-q8_0.gguf).
 
-cranformer reads the same safetensors directory, so all three frameworks run identical weights.
+cranformer reads the same safetensors directory, so every engine runs identical weights (up to
+each one's own quantization in the int8 rows).
 
-Usage: python make_models.py OUT_DIR [--seed N] [--force]
-Writes OUT_DIR/<name>/hf/ and OUT_DIR/<name>/ct2/; a model whose stamp matches (seed and
+Usage: python make_models.py OUT_DIR [--seed N] [--force] [--only NAME]...
+Writes OUT_DIR/<name>/{hf,ct2}/ (and onnx/ or gguf/); a part whose stamp matches (seed and
 package versions) is kept as it is.
 """
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -145,7 +153,8 @@ def build(name, spec, root, seed, force):
             if json.load(f) == stamp and os.path.isdir(hf) and os.path.isdir(ct2):
                 print(f"{name}: kept ({hf})", flush=True)
                 return
-    for d in (hf, ct2):
+    # The ONNX and GGUF files are made from hf/: they go with it.
+    for d in (hf, ct2, os.path.join(root, name, "onnx"), os.path.join(root, name, "gguf")):
         shutil.rmtree(d, ignore_errors=True)
     if os.path.exists(stamp_path):
         os.remove(stamp_path)
@@ -172,6 +181,171 @@ def build(name, spec, root, seed, force):
     )
 
 
+def stamp_ok(path, stamp):
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return json.load(f) == stamp
+
+
+def export_onnx(root, force):
+    """BERT-base to ONNX (fp32), and ONNX Runtime's dynamic int8 quantization of it."""
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    hf = os.path.join(root, "bert-base", "hf")
+    out = os.path.join(root, "bert-base", "onnx")
+    with open(os.path.join(root, "bert-base", "stamp.json")) as f:
+        stamp = {"hf": json.load(f), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    stamp_path = os.path.join(out, "stamp.json")
+    if not force and stamp_ok(stamp_path, stamp):
+        print(f"bert-base: ONNX kept ({out})", flush=True)
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    start = time.time()
+    # Eager attention: the plain MatMul-Softmax-MatMul pattern that ONNX Runtime's graph
+    # optimizer and OpenVINO recognise, rather than whatever SDPA lowers to.
+    model = transformers.BertModel.from_pretrained(hf, attn_implementation="eager").eval()
+    ids = torch.randint(1000, 2000, (1, 128))
+    inputs = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    fp32 = os.path.join(out, "model.onnx")
+    common = dict(
+        input_names=names,
+        output_names=["last_hidden_state", "pooler_output"],
+        dynamic_axes={n: {0: "batch", 1: "seq"} for n in names},
+        opset_version=18,
+    )
+    # The torch.export-based exporter (torch's default since 2.9; the TorchScript one trips over
+    # transformers 5's forward signature). One self-contained file: 440 MB is under protobuf's
+    # 2 GB limit.
+    with torch.inference_mode():
+        torch.onnx.export(model, inputs, fp32, dynamo=True, external_data=False, **common)
+    del model
+    onnx.checker.check_model(fp32)
+    quantize_dynamic(
+        model_input=fp32,
+        model_output=os.path.join(out, "model_int8.onnx"),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+    )
+    with open(stamp_path, "w") as f:
+        json.dump(stamp, f, indent=1)
+    print(f"bert-base: exported to ONNX and quantized (int8) in {out} in {time.time() - start:.0f} s",
+          flush=True)
+
+
+def byte_symbols():
+    """The 256 one-character strings byte-level BPE vocabularies (GPT-2's) use for the bytes:
+    printable Latin-1 stands for itself, the rest is shifted past U+0100. llama.cpp looks up
+    the newline's symbol when it loads a "gpt2" vocabulary."""
+    keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out, shift = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(0x100 + shift)
+            shift += 1
+    return [out[b] for b in range(256)]
+
+
+def write_gguf(root, force):
+    """GPT-2 as GGUF in f32 and Q8_0, tensors named by gguf's own table for MODEL_ARCH.GPT2."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    hf = os.path.join(root, "gpt2", "hf")
+    out = os.path.join(root, "gpt2", "gguf")
+    with open(os.path.join(root, "gpt2", "stamp.json")) as f:
+        stamp = {"hf": json.load(f), "gguf": _version("gguf"), "format": 1}
+    stamp_path = os.path.join(out, "stamp.json")
+    if not force and stamp_ok(stamp_path, stamp):
+        print(f"gpt2: GGUF kept ({out})", flush=True)
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    start = time.time()
+    with open(os.path.join(hf, "config.json")) as f:
+        cfg = json.load(f)
+    tensors = {}
+    for p in sorted(glob.glob(os.path.join(hf, "*.safetensors"))):
+        tensors.update(load_file(p))
+    arch = gguf.MODEL_ARCH.GPT2
+    names = gguf.get_tensor_name_map(arch, cfg["n_layer"])
+    vocab = cfg["vocab_size"]
+    eos = cfg["eos_token_id"]
+    # The stand-in vocabulary (no text is tokenized): the byte symbols, then "t<id>".
+    sym = byte_symbols()
+    tokens = [sym[i] if i < 256 else f"t{i}" for i in range(vocab)]
+    tokens[eos] = "<|endoftext|>"
+    types = [int(gguf.TokenType.NORMAL)] * vocab
+    types[eos] = int(gguf.TokenType.CONTROL)
+
+    mapped = []
+    for key in sorted(tensors):
+        base = key.removeprefix("transformer.")
+        if base.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # the causal-mask buffers of old checkpoints, not weights
+        if key == "lm_head.weight":
+            continue  # tied to wte; llama.cpp's gpt2 loader falls back to token_embd
+        new = names.get_name(base, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            sys.exit(f"{hf}: tensor {key} has no GGUF name for architecture gpt2")
+        a = tensors[key].astype(np.float32)
+        # GPT-2's Conv1D stores (in, out); GGUF wants (out, in) rows like nn.Linear.
+        if base.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+            a = a.T
+        mapped.append((new, np.ascontiguousarray(a)))
+
+    for qtype, ftype, fname in (
+        (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32, "gpt2-f32.gguf"),
+        (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0, "gpt2-q8_0.gguf"),
+    ):
+        w = gguf.GGUFWriter(os.path.join(out, fname), gguf.MODEL_ARCH_NAMES[arch])
+        w.add_name("random-weight GPT-2 124M (cranformer benches/peers)")
+        w.add_block_count(cfg["n_layer"])
+        w.add_context_length(cfg["n_positions"])
+        w.add_embedding_length(cfg["n_embd"])
+        w.add_feed_forward_length(cfg.get("n_inner") or 4 * cfg["n_embd"])
+        w.add_head_count(cfg["n_head"])
+        w.add_layer_norm_eps(cfg["layer_norm_epsilon"])
+        w.add_file_type(ftype)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        # One harmless merge: the gpt2 vocabulary type requires the list; ids go in directly.
+        w.add_token_merges(["\u0120 t"])
+        w.add_bos_token_id(eos)
+        w.add_eos_token_id(eos)
+        for name, a in mapped:
+            # As llama.cpp's quantize does for Q8_0: every matrix (the tied embedding, which is
+            # also the LM head, included) in Q8_0; vectors (norms, biases) stay f32. The
+            # position table, read one row a token, stays f32 too.
+            pos = name.startswith(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.POS_EMBD])
+            if qtype != gguf.GGMLQuantizationType.F32 and a.ndim == 2 and not pos:
+                w.add_tensor(name, gguf.quants.quantize(a, qtype), raw_dtype=qtype)
+            else:
+                w.add_tensor(name, a)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    with open(stamp_path, "w") as f:
+        json.dump(stamp, f, indent=1)
+    print(f"gpt2: wrote f32 and Q8_0 GGUF to {out} in {time.time() - start:.0f} s", flush=True)
+
+
+def _version(pkg):
+    from importlib.metadata import version
+
+    return version(pkg)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out")
@@ -184,7 +358,19 @@ def main():
         if a.only and name not in a.only:
             continue
         build(name, spec, a.out, a.seed, a.force)
+    # The files for the other engines; one that cannot be made is reported and leaves the
+    # others (the driver then reports that engine as failed).
+    bad = 0
+    for name, make in (("bert-base", export_onnx), ("gpt2", write_gguf)):
+        if a.only and name not in a.only:
+            continue
+        try:
+            make(a.out, a.force)
+        except Exception as e:
+            print(f"make_models.py: {make.__name__} for {name} failed: {e!r}", file=sys.stderr)
+            bad = 1
+    return bad
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Peer comparison: cranformer against PyTorch (transformers) and CTranslate2 on the same
-# random-weight full-size models (BERT-base, GPT-2 124M, T5-small), same machine, same threads.
+# Peer comparison: cranformer against PyTorch (transformers), CTranslate2 (f32, int8), ONNX
+# Runtime (fp32, int8), OpenVINO (f32) and llama.cpp (f32, Q8_0) on the same random-weight
+# full-size models (BERT-base, GPT-2 124M, T5-small), same machine, same threads.
 # Not part of the test suite. See benches/peers/README.md.
 #
 #   bash benches/peers/run.sh [--threads N[,M...]] [--runs R] [--warmup W] [--rounds K]
+#                             [--quick] [--engines E[,E...]] [--isa avx2]
 #                             [--rev REV | --cranformer BIN [--label TEXT]] [--no-check]
 #                             [--wait-quiet S] [--retries R]
 #                             [--workload W]... [--framework F]...
@@ -17,35 +19,49 @@ MODELS="$OUT/models"
 PYTHON="${PYTHON:-python3}"
 
 THREADS="2,1"
-RUNS=9
-WARMUP=2
-ROUNDS=1
+RUNS=""
+WARMUP=""
+ROUNDS=""
 REV=""
 BIN=""
 CHECK=1
-WAIT_QUIET=60
-RETRIES=2
+WAIT_QUIET=""
+RETRIES=""
 LABEL=""
+QUICK=0
+ISA=""
 EXTRA=()
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 
   --threads N[,M]  thread counts to compare (default 2,1)
   --runs R         timed runs per measurement (default 9); --warmup W untimed ones before (2)
-  --rounds K       repeat the whole sweep K times; the table shows the median of the rounds (1)
+  --rounds K       repeat the whole sweep K times, engines interleaved in each (default 3);
+                   cells are medians over the rounds, ratios medians of per-round ratios
+  --quick          a quick look: 3 rounds of 3 runs after 1 warm-up, no waiting for a quiet
+                   CPU beyond 5 s, no retries (flags given explicitly still win)
+  --engines E,..   only these engines, or families of them: cranformer, pytorch (torch),
+                   ctranslate2 (ct2), onnxruntime (ort), openvino (ov), llama.cpp (llamacpp),
+                   or one precision: ctranslate2-int8, onnxruntime-int8, llama.cpp-q8_0,
+                   cranformer-int8, cranformer-bf16. cranformer f32 always runs (every ratio
+                   needs it), cranformer int8 whenever an int8 peer does. Repeatable.
+  --isa avx2       ask every engine that has a knob for it to stay at AVX2 (CRANFORMER_ISA,
+                   ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, CT2_FORCE_CPU_ISA,
+                   ATEN_CPU_CAPABILITY); see README.md for the engines without one
   --rev REV        build cranformer from git revision REV (in target/peers/src-REV, own target
                    directory) instead of the working tree
   --cranformer BIN use this cranformer binary as it is
-  --no-check       skip the same-outputs check of the three frameworks
+  --no-check       skip the same-outputs check of the engines
   --wait-quiet S   before each measurement wait up to S s for the CPU to be free of other
                    processes (default 60; 0 to not wait)
   --retries R      measure again, up to R times (default 2), when other processes took the CPU
                    during a measurement (over 15 % of the cores); the least disturbed one is kept
   --label TEXT     how to describe the cranformer binary in the table's notes
   --workload W     only this workload (bert-forward, gpt2-generate, t5-generate); repeatable
-  --framework F    only this framework (pytorch, ctranslate2, cranformer); repeatable
+  --framework F    only this engine (pytorch, ctranslate2, cranformer, or any engine name
+                   above); repeatable
 EOF
 }
 
@@ -62,11 +78,25 @@ while [[ $# -gt 0 ]]; do
         --wait-quiet) WAIT_QUIET="$2"; shift 2 ;;
         --retries) RETRIES="$2"; shift 2 ;;
         --label) LABEL="$2"; shift 2 ;;
+        --quick) QUICK=1; shift ;;
+        --isa) ISA="$2"; shift 2 ;;
+        --isa=*) ISA="${1#*=}"; shift ;;
+        --engines) EXTRA+=("$1" "$2"); shift 2 ;;
+        --engines=*) EXTRA+=("--engines" "${1#*=}"); shift ;;
         --workload|--framework) EXTRA+=("$1" "$2"); shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+if [[ "$QUICK" == 1 ]]; then
+    : "${RUNS:=3}" "${WARMUP:=1}" "${ROUNDS:=3}" "${WAIT_QUIET:=5}" "${RETRIES:=0}"
+fi
+: "${RUNS:=9}" "${WARMUP:=2}" "${ROUNDS:=3}" "${WAIT_QUIET:=60}" "${RETRIES:=2}"
+if [[ -n "$ISA" && "$ISA" != avx2 ]]; then
+    echo "run.sh: --isa takes avx2 (the only narrower ISA the engines can be asked for)" >&2
+    exit 2
+fi
+[[ -n "$ISA" ]] && EXTRA+=("--isa" "$ISA")
 if ! [[ "$THREADS" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]]; then
     echo "run.sh: --threads takes a number or a comma-separated list, e.g. 2 or 2,1" >&2
     exit 2
@@ -85,13 +115,19 @@ else
     "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 9), "Python 3.9 or newer needed"'
     [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    echo "installing from PyPI (torch pulls its CUDA packages: a few GB, a few minutes)..."
-    "$VENV/bin/python" -m pip install --quiet -r "$HERE/requirements.txt"
+    echo "installing from PyPI (torch pulls its CUDA packages: a few GB, a few minutes;"
+    echo "llama-cpp-python builds llama.cpp from source: several more minutes)..."
+    # llama.cpp's library only: no tools, tests, examples or multimodal helper. Its own default
+    # GGML_NATIVE=ON compiles for this machine's ISA (-march=native): see README.md.
+    CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF}" \
+        "$VENV/bin/python" -m pip install --quiet -r "$HERE/requirements.txt"
     "$VENV/bin/python" -m pip freeze > "$OUT/pip-freeze.txt"
     echo "$WANT" > "$STAMP"
 fi
 PY="$VENV/bin/python"
-"$PY" -c 'import torch, transformers, ctranslate2; print("torch", torch.__version__, "| transformers", transformers.__version__, "| ctranslate2", ctranslate2.__version__)'
+"$PY" -c 'import torch, transformers, ctranslate2, onnxruntime, openvino, llama_cpp, gguf
+print("torch", torch.__version__, "| transformers", transformers.__version__, "| ctranslate2", ctranslate2.__version__,
+      "| onnxruntime", onnxruntime.__version__, "| openvino", openvino.get_version(), "| llama-cpp-python", llama_cpp.__version__)'
 
 # 2. The models: random weights from a fixed seed, saved once; CTranslate2 conversions.
 step "Models: $MODELS"
@@ -99,6 +135,9 @@ step "Models: $MODELS"
 for m in bert-base gpt2 t5-small; do
     [[ -f "$MODELS/$m/stamp.json" ]] || { echo "run.sh: building $m failed" >&2; exit 1; }
 done
+# The ONNX and GGUF files: without them only those engines fail (the driver says which).
+[[ -f "$MODELS/bert-base/onnx/stamp.json" ]] || echo "run.sh: no ONNX BERT (see above): ONNX Runtime and OpenVINO will fail" >&2
+[[ -f "$MODELS/gpt2/gguf/stamp.json" ]] || echo "run.sh: no GGUF GPT-2 (see above): llama.cpp will fail" >&2
 
 # 3. cranformer, copied aside so that a concurrent build cannot swap it mid-run.
 mkdir -p "$OUT/bin"
