@@ -623,7 +623,11 @@ fn packing_from_stored_half_bits_equals_packing_their_widening() {
             ] {
                 let want = PackedWeight::pack(&widened, k, n, in_out, format).unwrap();
                 let got = PackedWeight::pack_stored(stored.stored(), k, n, in_out, format);
-                assert_eq!(got.unwrap(), want, "{half:?} -> {format:?}, in_out {in_out}");
+                assert_eq!(
+                    got.unwrap(),
+                    want,
+                    "{half:?} -> {format:?}, in_out {in_out}"
+                );
                 let prep = WeightPrep::Quantized {
                     k,
                     n,
@@ -632,7 +636,10 @@ fn packing_from_stored_half_bits_equals_packing_their_widening() {
                 };
                 let a = prep.apply(&stored).unwrap();
                 let b = prep.apply(&F32Buffer::from_vec(widened.clone())).unwrap();
-                assert!(a.iter().zip(&b[..]).all(|(x, y)| x.to_bits() == y.to_bits()));
+                assert!(a
+                    .iter()
+                    .zip(&b[..])
+                    .all(|(x, y)| x.to_bits() == y.to_bits()));
             }
         }
         assert!(!stored.is_widened(), "{half:?} was widened to pack it");
@@ -654,7 +661,10 @@ fn packing_from_stored_half_bits_equals_packing_their_widening() {
         sorted_out.sort_unstable();
         sorted_out.retain(|&x| x != 0);
         sorted_in.retain(|&x| x != 0);
-        assert_eq!(sorted_out, sorted_in, "{half:?}: packed bits are not the stored ones");
+        assert_eq!(
+            sorted_out, sorted_in,
+            "{half:?}: packed bits are not the stored ones"
+        );
         // Concatenated parts (a fused QKV) stay in their stored type.
         bits.truncate(2 * k);
         let part = F32Buffer::from_half_bytes(half, bytes(&bits)).unwrap();
@@ -666,6 +676,8 @@ fn packing_from_stored_half_bits_equals_packing_their_widening() {
             panic!("f32 data is stored as f32")
         };
         assert_eq!(&cat[..2 * k], &part[..]);
-        assert!(WeightSource::parse("concat(a,missing)").resolve(&lookup).is_none());
+        assert!(WeightSource::parse("concat(a,missing)")
+            .resolve(&lookup)
+            .is_none());
     }
 }
