@@ -357,3 +357,54 @@ fn dtypes_are_compared_with_f32() {
         "{e}"
     );
 }
+
+/// `--report` with a narrow `--dtype`: each matmul row is the narrow call the runtime ran
+/// (its format, its micro-kernel), and the weights line and JSON count the narrow bytes.
+#[test]
+fn report_shows_narrow_matmuls_as_they_ran() {
+    let gpt2 = fixture("gpt2-tiny");
+    let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
+        .args(["bench", gpt2.to_str().unwrap(), "--task", "generate"])
+        .args(["--prompt-tokens", "4", "--new-tokens", "2", "--runs", "1"])
+        .args(["--engine", "jit", "--dtype", "int8", "--report"])
+        .output()
+        .expect("cranformer runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("linear "))
+        .collect();
+    assert!(!rows.is_empty(), "no matmul rows:\n{stdout}");
+    for r in &rows {
+        assert!(
+            r.contains(" int8 ") && r.contains("_mmm_i8_"),
+            "not an int8 call: {r}"
+        );
+    }
+    assert!(stdout.contains("(int8: "), "{stdout}");
+    let lines = bench(&[
+        gpt2.to_str().unwrap(),
+        "--task",
+        "generate",
+        "--prompt-tokens",
+        "4",
+        "--new-tokens",
+        "2",
+        "--runs",
+        "1",
+        "--engine",
+        "jit",
+        "--dtype",
+        "int8,f32",
+        "--json",
+    ]);
+    let bytes = |d: &str| {
+        lines
+            .iter()
+            .find(|v| v["dtype"] == d)
+            .map(|v| num(v, "weight_bytes"))
+            .unwrap()
+    };
+    assert!(bytes("int8") < bytes("f32"), "{lines:?}");
+}

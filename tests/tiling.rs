@@ -13,12 +13,52 @@ fn golden(name: &str, actual: &str) {
 }
 
 fn mm(m: usize, k: usize, n: usize, weights_in_flight: u64, residual: bool) -> Problem {
-    Problem {
-        m,
-        n,
-        k,
-        weights_in_flight,
-        residual,
+    Problem::f32(m, n, k, weights_in_flight, residual)
+}
+
+/// The roofline counts B's bytes as stored: a decode row (memory-bound) over int8 weights
+/// reads about a quarter of f32's bytes (plus a scale and a column sum per column), bf16 and
+/// f16 half, and its predicted time follows.
+#[test]
+fn weight_bytes_follow_the_format() {
+    use cranformer_runtime::gemm::WeightFormat;
+    let p = MachineProfile::host();
+    let (k, n) = (768, 3072);
+    let f32_problem = mm(1, k, n, 498_000_000, false);
+    let at = |format: WeightFormat| {
+        let pr = Problem {
+            format,
+            ..f32_problem
+        };
+        let c = cranformer_compiler::tiling::choose_problem(&p, &pr);
+        (
+            c.bytes.iter().sum::<f64>(),
+            c.bytes.last().copied().unwrap_or(0.0),
+            c.predicted_s,
+        )
+    };
+    let (_, dram32, t32) = at(WeightFormat::F32);
+    assert!(dram32 >= (4 * k * n) as f64, "f32 DRAM bytes {dram32}");
+    for (format, bytes_per_weight) in [
+        (WeightFormat::Bf16, 2.0),
+        (WeightFormat::F16, 2.0),
+        (WeightFormat::I8, 1.0),
+    ] {
+        let (_, dram, t) = at(format);
+        let side = if format == WeightFormat::I8 {
+            8.0 * n as f64
+        } else {
+            0.0
+        };
+        let b = bytes_per_weight * (k * n) as f64 + side;
+        assert!(
+            dram >= b && dram < b + 0.05 * dram32,
+            "{format:?}: DRAM bytes {dram}, B stored in {b}"
+        );
+        assert!(
+            t < t32 * (b / (4.0 * (k * n) as f64)) * 1.5,
+            "{format:?}: {t} s vs f32 {t32} s"
+        );
     }
 }
 

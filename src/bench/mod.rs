@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use cranformer_compiler::aot::SharedObjectEngine;
 use cranformer_compiler::codegen::{LowerOptions, WeightFormat};
-use cranformer_compiler::graph::{graph_cost, node_costs, Cost, Op};
+use cranformer_compiler::graph::{graph_cost, graph_cost_as, node_costs, Cost, Op};
 use cranformer_compiler::interp::Interpreter;
 use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::Model;
@@ -384,7 +384,25 @@ fn run_engines(
         })
         .sum();
 
+    let mut narrow: Vec<WeightFormat> = engines
+        .iter()
+        .map(|(_, f)| *f)
+        .filter(|f| *f != WeightFormat::F32)
+        .collect();
+    narrow.sort();
+    narrow.dedup();
+    let narrow_weight_bytes = narrow
+        .into_iter()
+        .map(|f| {
+            let b = trace
+                .iter()
+                .map(|(entry, dims, _)| graph_cost_as(&model.entries[entry], dims, f).weight_bytes)
+                .sum();
+            (f, b)
+        })
+        .collect();
     let report = Report {
+        narrow_weight_bytes,
         model: model_name,
         architecture: info.architecture().to_string(),
         task: args.task,
@@ -406,7 +424,7 @@ fn run_engines(
         let run = work.run(jit.0.as_mut(), None);
         let timings = cranformer_runtime::gemm::profile::stop();
         run.context("the profiled run")?;
-        tiling_rows = Some(tiling_report(&model, &trace, &timings)?);
+        tiling_rows = Some(tiling_report(&model, &trace, &timings, jit.1.dtype)?);
     }
     let samples: Vec<Sample> = built.into_iter().map(|(_, s)| s).collect();
     if args.json {

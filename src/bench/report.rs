@@ -5,7 +5,7 @@ use super::workload::Trace;
 use super::{BenchArgs, Build, Task};
 use anyhow::Result;
 use cranformer_compiler::codegen::WeightFormat;
-use cranformer_compiler::graph::{graph_cost, Cost};
+use cranformer_compiler::graph::{graph_cost_as, Cost};
 use cranformer_compiler::Model;
 use std::io::Write;
 use std::time::Duration;
@@ -124,6 +124,7 @@ pub(super) fn tiling_report(
     model: &Model,
     trace: &Trace,
     timings: &[cranformer_runtime::gemm::profile::Timing],
+    format: WeightFormat,
 ) -> Result<(
     Vec<cranformer_compiler::tiling::report::Row>,
     cranformer_compiler::tiling::MachineProfile,
@@ -133,13 +134,13 @@ pub(super) fn tiling_report(
     let optimized = model.optimized(None)?;
     let weights: u64 = trace
         .first()
-        .map(|(e, d, _)| graph_cost(&optimized[e], d).weight_bytes)
+        .map(|(e, d, _)| graph_cost_as(&optimized[e], d, format).weight_bytes)
         .unwrap_or(0);
     let mut rows = vec![];
     for (entry, dims, _) in trace {
         report::merge(
             &mut rows,
-            report::rows(&optimized[entry], dims, &profile, weights),
+            report::rows(&optimized[entry], dims, &profile, weights, format),
         );
     }
     if !timings.is_empty() {
@@ -159,9 +160,20 @@ pub(super) struct Report<'a> {
     pub cost: Cost,
     pub decode_cost: Cost,
     pub matmul_flops: u64,
+    /// Weight bytes a run moves with its matmul weights stored in each narrow format asked
+    /// for (`graph_cost_as`); `cost.weight_bytes` is f32's.
+    pub narrow_weight_bytes: Vec<(WeightFormat, u64)>,
 }
 
 impl Report<'_> {
+    /// Weight bytes a run moves with matmul weights stored as `format`.
+    fn weight_bytes(&self, format: WeightFormat) -> u64 {
+        self.narrow_weight_bytes
+            .iter()
+            .find(|(f, _)| *f == format)
+            .map_or(self.cost.weight_bytes, |(_, b)| *b)
+    }
+
     fn generate(&self) -> bool {
         self.task == Task::Generate
     }
@@ -206,7 +218,7 @@ impl Report<'_> {
                 "warmup": a.warmup,
                 "flops": self.cost.flops,
                 "matmul_flops": self.matmul_flops,
-                "weight_bytes": self.cost.weight_bytes,
+                "weight_bytes": self.weight_bytes(s.dtype),
                 "activation_bytes": self.cost.act_read_bytes + self.cost.act_write_bytes,
                 "build_ms": ms(s.build.total),
                 "load_ms": ms(self.load),
@@ -284,11 +296,15 @@ impl Report<'_> {
         )?;
         writeln!(
             out,
-            "work per run: {:.3} GFLOP ({:.1}% in matmuls), {:.1} MB of weights and {:.1} MB of \
-             activations moved; model ready in {:.0} ms",
+            "work per run: {:.3} GFLOP ({:.1}% in matmuls), {:.1} MB of weights{} and {:.1} MB \
+             of activations moved; model ready in {:.0} ms",
             self.cost.flops as f64 / 1e9,
             100.0 * self.matmul_flops as f64 / self.cost.flops.max(1) as f64,
             self.cost.weight_bytes as f64 / 1e6,
+            self.narrow_weight_bytes
+                .iter()
+                .map(|(f, b)| format!(" ({}: {:.1} MB)", f.name(), *b as f64 / 1e6))
+                .collect::<String>(),
             (self.cost.act_read_bytes + self.cost.act_write_bytes) as f64 / 1e6,
             ms(self.load)
         )?;

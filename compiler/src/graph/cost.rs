@@ -9,6 +9,7 @@
 //! Data movement ops (gather, slice, concat, token picks) cost bytes and no FLOPs.
 
 use super::{Dims, EwStep, Graph, Op, TensorType};
+use cranformer_runtime::gemm::WeightFormat;
 use petgraph::graph::NodeIndex;
 use std::ops::{Add, AddAssign};
 
@@ -222,6 +223,36 @@ pub fn node_cost(g: &Graph, n: NodeIndex, d: &Dims) -> Cost {
     }
 }
 
+/// [`node_cost`] with the matmul weights stored as `format` (its bytes per weight over K
+/// padded as it packs them, and int8's scale and column sum per column): what a run with
+/// `--dtype` moves. Other weights (embeddings, norms, biases) stay f32.
+pub fn node_cost_as(g: &Graph, n: NodeIndex, d: &Dims, format: WeightFormat) -> Cost {
+    let mut c = node_cost(g, n, d);
+    if format == WeightFormat::F32 {
+        return c;
+    }
+    let operands = g.operands(n);
+    let is_matmul = matches!(g.node(n).op, Op::Linear { .. } | Op::FusedLinear { .. });
+    if is_matmul && matches!(g.node(operands[1]).op, Op::Weight { .. }) {
+        let k = g.node(operands[0]).ty.last().map_or(1, |k| k.eval(d));
+        let stored = bytes(&g.node(operands[1]).ty, d);
+        let cols = stored / 4 / k.max(1) as u64;
+        let side = if format == WeightFormat::I8 { 8 } else { 0 };
+        let narrow = (format.padded_k(k) * format.bytes_per_weight()) as u64 * cols + side * cols;
+        c.weight_bytes = c.weight_bytes - stored + narrow;
+    }
+    c
+}
+
+/// The cost of one call of `g` with dims `d`, its matmul weights stored as `format`.
+pub fn graph_cost_as(g: &Graph, d: &Dims, format: WeightFormat) -> Cost {
+    g.topo_order()
+        .into_iter()
+        .filter(|&n| !matches!(g.node(n).op, Op::Input { .. } | Op::Weight { .. }))
+        .map(|n| node_cost_as(g, n, d, format))
+        .sum()
+}
+
 /// Every node's cost in topological order (inputs and weights left out): the per-kernel rows
 /// of a roofline report.
 pub fn node_costs(g: &Graph, d: &Dims) -> Vec<(NodeIndex, Cost)> {
@@ -283,6 +314,13 @@ mod tests {
         let lin = node_cost(&g, y, &d);
         assert_eq!(lin.flops, 2 * 10 * 3 * 4 + 10 * 3);
         assert_eq!(lin.weight_bytes, (12 + 3) * 4);
+        // Stored narrow: the 3x4 matrix (K = 4) in 1 byte each plus 8 per column for int8, 2
+        // for bf16 (K padded to pairs: 4 already is); the bias stays f32.
+        let i8 = node_cost_as(&g, y, &d, WeightFormat::I8);
+        assert_eq!(i8.weight_bytes, 12 + 8 * 3 + 3 * 4);
+        let bf16 = node_cost_as(&g, y, &d, WeightFormat::Bf16);
+        assert_eq!(bf16.weight_bytes, 12 * 2 + 3 * 4);
+        assert_eq!(i8.flops, lin.flops);
         assert_eq!(lin.act_read_bytes, 10 * 4 * 4);
         assert_eq!(lin.act_write_bytes, 10 * 3 * 4);
 

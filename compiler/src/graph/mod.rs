@@ -10,7 +10,7 @@ mod infer;
 mod op;
 mod print;
 
-pub use cost::{graph_cost, node_cost, node_costs, Cost};
+pub use cost::{graph_cost, graph_cost_as, node_cost, node_cost_as, node_costs, Cost};
 // Shapes and element types are the runtime's, shared with generated code and its host.
 pub use cranformer_runtime::shape::{DType, Dim, Dims, Shape, TensorType};
 pub use op::{Activation, EwStep, Op, WeightLayout};

@@ -15,6 +15,15 @@ use super::roofline::MachineProfile;
 use crate::graph::node_cost;
 use crate::graph::{Dims, Graph, Op};
 use cranformer_runtime::gemm::profile::Timing;
+use cranformer_runtime::gemm::{QKernel, WeightFormat};
+
+/// ` int8` after a narrow matmul's name, nothing for f32.
+fn format_suffix(format: WeightFormat) -> String {
+    match format {
+        WeightFormat::F32 => String::new(),
+        f => format!(" {}", f.name()),
+    }
+}
 
 /// One kernel, or several calls of the same kernel summed.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,9 +74,21 @@ fn matmul_shape(
     Some((m, nn, k, act, residual))
 }
 
-/// The rows of one call of `g` with dims `d` on `p` with `threads` threads;
-/// `weights_in_flight` as in [`Problem`]. Kernels of the same op and shape are merged.
-pub fn rows(g: &Graph, d: &Dims, p: &MachineProfile, weights_in_flight: u64) -> Vec<Row> {
+/// The rows of one call of `g` with dims `d` on `p` with `threads` threads, its matmul weights
+/// stored as `format`; `weights_in_flight` as in [`Problem`]. Kernels of the same op and
+/// shape are merged.
+pub fn rows(
+    g: &Graph,
+    d: &Dims,
+    p: &MachineProfile,
+    weights_in_flight: u64,
+    format: WeightFormat,
+) -> Vec<Row> {
+    // A narrow format's compute per instruction: its best kernel on this host's ISA.
+    let macs_per_lane = match format {
+        WeightFormat::F32 => 1,
+        f => QKernel::best(f, cranformer_runtime::gemm::detected()).macs_per_lane(),
+    };
     let mut out: Vec<Row> = vec![];
     for n in g.topo_order() {
         let node = g.node(n);
@@ -78,11 +99,9 @@ pub fn rows(g: &Graph, d: &Dims, p: &MachineProfile, weights_in_flight: u64) -> 
             let c = choose_problem(
                 p,
                 &Problem {
-                    m,
-                    n: nn,
-                    k,
-                    weights_in_flight,
-                    residual,
+                    format,
+                    macs_per_lane,
+                    ..Problem::f32(m, nn, k, weights_in_flight, residual)
                 },
             );
             let outer = (0..c.bytes.len())
@@ -90,15 +109,17 @@ pub fn rows(g: &Graph, d: &Dims, p: &MachineProfile, weights_in_flight: u64) -> 
                 .find(|&i| c.bytes[i] > 0.0)
                 .unwrap_or(0);
             let t = c.choice.threads as usize;
-            let roof = (c.flops / (p.peak_gflops(c.choice.kernel.bits(), t) * 1e9)).max(
+            let peak = p.peak_gflops(c.choice.kernel.bits(), t) * macs_per_lane as f64;
+            let roof = (c.flops / (peak * 1e9)).max(
                 (0..c.bytes.len())
                     .map(|i| c.bytes[i] / (p.read_gbs(i, t) * 1e9))
                     .fold(0.0, f64::max),
             );
             Row {
                 kernel: format!(
-                    "linear {m}x{k}x{nn}{act}{}",
-                    if residual { " +res" } else { "" }
+                    "linear {m}x{k}x{nn}{act}{}{}",
+                    if residual { " +res" } else { "" },
+                    format_suffix(format)
                 ),
                 calls: 1,
                 flops: c.flops,
@@ -164,19 +185,26 @@ pub fn ran(timings: &[Timing], p: &MachineProfile, weights_in_flight: u64) -> Ve
             .filter(|a| *a != cranformer_runtime::gemm::Act::None)
             .map_or(String::new(), |a| format!(" {a:?}").to_lowercase());
         let kernel = format!(
-            "linear {}x{}x{}{act}{}",
+            "linear {}x{}x{}{act}{}{}",
             t.m,
             t.k,
             t.n,
-            if t.residual { " +res" } else { "" }
+            if t.residual { " +res" } else { "" },
+            format_suffix(t.format)
         );
+        // Unblocked K (a narrow decode row: kc is "all of it") is K itself.
+        let (kc, mc) = (t.kc.min(t.k.max(1)), t.mc.min(t.m.max(1)));
         let choice = Choice {
             kernel: Kernel::of_isa(t.isa),
-            kc: t.kc as u32,
-            mc: t.mc as u32,
+            kc: kc as u32,
+            mc: mc as u32,
             threads: t.threads as u32,
         };
-        let tiling = choice.describe();
+        // A narrow matmul names its micro-kernel; K unblocked (decode rows) shows as all of K.
+        let tiling = match t.format {
+            WeightFormat::F32 => choice.describe(),
+            _ => format!("{} kc{kc} mc{mc} t{}", t.kernel, t.threads),
+        };
         if let Some(r) = out
             .iter_mut()
             .find(|r| r.kernel == kernel && r.tiling == tiling)
@@ -191,11 +219,9 @@ pub fn ran(timings: &[Timing], p: &MachineProfile, weights_in_flight: u64) -> Ve
             continue;
         }
         let pr = Problem {
-            m: t.m,
-            n: t.n,
-            k: t.k,
-            weights_in_flight,
-            residual: t.residual,
+            format: t.format,
+            macs_per_lane: t.macs_per_lane,
+            ..Problem::f32(t.m, t.n, t.k, weights_in_flight, t.residual)
         };
         let c = evaluate(p, &pr, choice);
         let outer = (0..c.bytes.len())
@@ -203,7 +229,8 @@ pub fn ran(timings: &[Timing], p: &MachineProfile, weights_in_flight: u64) -> Ve
             .find(|&i| c.bytes[i] > 0.0)
             .unwrap_or(0);
         let th = t.threads.max(1);
-        let roof = (c.flops / (p.peak_gflops(choice.kernel.bits(), th) * 1e9)).max(
+        let peak = p.peak_gflops(choice.kernel.bits(), th) * t.macs_per_lane.max(1) as f64;
+        let roof = (c.flops / (peak * 1e9)).max(
             (0..c.bytes.len())
                 .map(|i| c.bytes[i] / (p.read_gbs(i, th) * 1e9))
                 .fold(0.0, f64::max),

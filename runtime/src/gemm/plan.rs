@@ -28,6 +28,7 @@
 //! f32x4 kernel runs on one thread, unblocked. The prediction is the largest of the compute
 //! time and each level's bytes over its bandwidth, plus a fixed cost to wake threads.
 
+use super::WeightFormat;
 use crate::machine::MachineProfile;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,6 +148,27 @@ pub struct Problem {
     /// forward pass streams through them all (decode), else 0 for just this B.
     pub weights_in_flight: u64,
     pub residual: bool,
+    /// How B is stored: its bytes per weight (int8 adds a scale and a column sum per column).
+    pub format: WeightFormat,
+    /// Multiply-adds per 32-bit lane per instruction of the kernel that runs it, against the
+    /// f32 FMA the compute roof is measured with: 1 for f32 (and f16/bf16 widened to f32), 2
+    /// for `vpmaddwd` int8 and `vdpbf16ps` bf16, 4 for `vpdpbusd` int8 (VNNI).
+    pub macs_per_lane: u32,
+}
+
+impl Problem {
+    /// An f32 matmul.
+    pub fn f32(m: usize, n: usize, k: usize, weights_in_flight: u64, residual: bool) -> Problem {
+        Problem {
+            m,
+            n,
+            k,
+            weights_in_flight,
+            residual,
+            format: WeightFormat::F32,
+            macs_per_lane: 1,
+        }
+    }
 }
 
 /// A candidate with its prediction.
@@ -172,16 +194,7 @@ const THREAD_WAKE_S: f64 = 3e-6;
 
 /// The fastest candidate for `C [m, n] = A [m, k] · B [k, n]` on `p`, B alone in the caches.
 pub fn choose(p: &MachineProfile, m: usize, n: usize, k: usize) -> Candidate {
-    choose_problem(
-        p,
-        &Problem {
-            m,
-            n,
-            k,
-            weights_in_flight: 0,
-            residual: false,
-        },
-    )
+    choose_problem(p, &Problem::f32(m, n, k, 0, false))
 }
 
 pub fn choose_problem(p: &MachineProfile, pr: &Problem) -> Candidate {
@@ -226,13 +239,7 @@ pub fn resolve(m: usize, n: usize, k: usize, residual: bool) -> Choice {
     if let Some(c) = memo.lock().unwrap().get(&key) {
         return *c;
     }
-    let pr = Problem {
-        m,
-        n,
-        k,
-        weights_in_flight: weights,
-        residual,
-    };
+    let pr = Problem::f32(m, n, k, weights, residual);
     let c = resolve_on(p, &pr, threads).choice;
     memo.lock().unwrap().insert(key, c);
     c
@@ -353,7 +360,15 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
     );
     let nl = p.levels.len();
     let mut bytes = vec![0f64; nl];
-    let b_bytes = k * n_pad * f4;
+    // B as stored: its format's bytes per weight over K padded as the format packs it, and
+    // int8's scale and column sum per column.
+    let wb = pr.format.bytes_per_weight() as f64;
+    let side = if pr.format == WeightFormat::I8 {
+        8.0
+    } else {
+        0.0
+    };
+    let b_bytes = pr.format.padded_k(pr.k) as f64 * n_pad * wb + side * n_pad;
     let weights_home = p.home(pr.weights_in_flight.max(b_bytes as u64));
     let a_home = p.home((m * k * f4) as u64);
     let c_bytes = m * pr.n as f64 * f4;
@@ -365,7 +380,7 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
         // Unblocked: B streamed once; its K×8 sliver reused from L1 (or L2) by each 6-row
         // block; A's rows re-read from their home for each 8-column tile.
         bytes[weights_home] += b_bytes;
-        let sliver_fits = k * 8.0 * f4 <= l1 as f64 / 2.0;
+        let sliver_fits = k * 8.0 * wb <= l1 as f64 / 2.0;
         bytes[usize::from(!sliver_fits)] += b_bytes * (pr.m.div_ceil(mr) as f64 - 1.0).max(0.0);
         bytes[a_home] += m * k * f4 * (n_pad / nr as f64);
         bytes[c_home] += c_bytes;
@@ -377,11 +392,11 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
         // B: once from home, then once per further M block from where a thread's kc × N/t
         // slice fits.
         bytes[weights_home] += b_bytes;
-        let slice = kc * (panels.div_ceil(t) * 32) as f64 * f4;
+        let slice = kc * (panels.div_ceil(t) * 32) as f64 * wb;
         let slice_home = p.home(slice as u64).min(weights_home);
         bytes[slice_home] += b_bytes * (m_blocks - 1.0);
         // B slivers per micro-tile, from L1 if a kc × nr sliver fits in half of it.
-        let sliver = kc * nr as f64 * f4;
+        let sliver = kc * nr as f64 * wb;
         let sliver_level = if sliver <= l1 as f64 / 2.0 { 0 } else { 1 };
         bytes[sliver_level] += b_bytes * (pr.m.div_ceil(mr) as f64 - 1.0).max(0.0);
         // Packed A per strip, from L2 if the mc × kc block fits in half of it.
@@ -407,7 +422,7 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
     if pr.residual {
         bytes[c_home] += c_bytes;
     }
-    let peak = p.peak_gflops(c.kernel.bits(), t) * 1e9;
+    let peak = p.peak_gflops(c.kernel.bits(), t) * 1e9 * pr.macs_per_lane.max(1) as f64;
     let compute_s = compute_flops / peak * imbalance;
     let level_s: Vec<f64> = (0..nl)
         .map(|i| bytes[i] / (p.read_gbs(i, t) * 1e9) * imbalance)
@@ -528,13 +543,7 @@ mod tests {
         let p = server();
         let c = evaluate(
             &p,
-            &Problem {
-                m: 128,
-                n: 3072,
-                k: 768,
-                weights_in_flight: 0,
-                residual: false,
-            },
+            &Problem::f32(128, 3072, 768, 0, false),
             Choice {
                 kernel: Kernel::Avx512,
                 kc: 256,
@@ -576,18 +585,7 @@ mod tests {
     #[test]
     fn gemv_is_bound_by_the_weights_home() {
         let p = server();
-        let decode = |w: u64| {
-            choose_problem(
-                &p,
-                &Problem {
-                    m: 1,
-                    n: 3072,
-                    k: 768,
-                    weights_in_flight: w,
-                    residual: false,
-                },
-            )
-        };
+        let decode = |w: u64| choose_problem(&p, &Problem::f32(1, 3072, 768, w, false));
         assert_eq!(decode(498_000_000).bound, "DRAM");
         assert_eq!(decode(0).bound, "L3");
         // Both threads: DRAM bandwidth grows with them.
@@ -606,28 +604,13 @@ mod tests {
         let c = choose(&p, 128, 768, 768);
         assert_eq!(c.choice.kernel, Kernel::F32x4);
         let p = MachineProfile::fixed("avx2-laptop").unwrap();
-        assert!(candidates(
-            &p,
-            &Problem {
-                m: 8,
-                n: 64,
-                k: 64,
-                weights_in_flight: 0,
-                residual: false
-            }
-        )
-        .iter()
-        .all(|c| c.choice.kernel != Kernel::Avx512));
+        assert!(candidates(&p, &Problem::f32(8, 64, 64, 0, false))
+            .iter()
+            .all(|c| c.choice.kernel != Kernel::Avx512));
     }
 
     fn bert_ffn() -> Problem {
-        Problem {
-            m: 128,
-            n: 3072,
-            k: 768,
-            weights_in_flight: 438_000_000,
-            residual: false,
-        }
+        Problem::f32(128, 3072, 768, 438_000_000, false)
     }
 
     #[test]
@@ -655,17 +638,7 @@ mod tests {
 
     #[test]
     fn the_runtime_never_resolves_to_the_generated_kernel_when_it_has_a_wide_one() {
-        let c = resolve_on(
-            &server(),
-            &Problem {
-                m: 2,
-                n: 8,
-                k: 8,
-                weights_in_flight: 0,
-                residual: false,
-            },
-            2,
-        );
+        let c = resolve_on(&server(), &Problem::f32(2, 8, 8, 0, false), 2);
         assert_eq!(c.choice.kernel, Kernel::Avx512);
         let mut p = server();
         p.limit_bits(256);

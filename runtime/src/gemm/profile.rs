@@ -24,6 +24,11 @@ pub struct Timing {
     pub mc: usize,
     pub threads: usize,
     pub seconds: f64,
+    /// How B was stored, the micro-kernel that ran (the ISA's name for f32) and its
+    /// multiply-adds per 32-bit lane per instruction ([`super::plan::Problem::macs_per_lane`]).
+    pub format: super::WeightFormat,
+    pub kernel: &'static str,
+    pub macs_per_lane: u32,
 }
 
 pub fn enabled() -> bool {
@@ -54,5 +59,32 @@ pub(super) fn record(g: &GemmCall, isa: Isa, bl: Blocking, threads: usize, d: Du
         mc: bl.mc,
         threads,
         seconds: d.as_secs_f64(),
+        format: super::WeightFormat::F32,
+        kernel: isa.name(),
+        macs_per_lane: 1,
+    });
+}
+
+pub(super) fn record_q(
+    g: &super::QGemmCall,
+    kernel: &super::QKernel,
+    bl: Blocking,
+    threads: usize,
+    d: Duration,
+) {
+    LOG.lock().unwrap().push(Timing {
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        act: g.act,
+        residual: !g.residual.is_null(),
+        isa: kernel.isa,
+        kc: bl.kc,
+        mc: bl.mc,
+        threads,
+        seconds: d.as_secs_f64(),
+        format: kernel.format,
+        kernel: kernel.name,
+        macs_per_lane: kernel.macs_per_lane(),
     });
 }

@@ -90,6 +90,18 @@ impl QKernel {
             .expect("every format has a portable kernel")
     }
 
+    /// Multiply-adds per 32-bit lane per instruction, against an f32 FMA's one: `vpdpbusd`
+    /// (u8 x i8, 4), `vpmaddwd` (i16 pairs, 2), `vdpbf16ps` (bf16 pairs, 2); kernels that widen
+    /// to f32 and FMA do 1, and so does the portable (scalar) int8 kernel. The roofline
+    /// scales the measured f32 compute roof by it.
+    pub fn macs_per_lane(&self) -> u32 {
+        match (self.a_form, self.isa) {
+            (AForm::U8, Isa::Avx512) => 4,
+            (AForm::I16 | AForm::Bf16Pairs, _) => 2,
+            (AForm::U8 | AForm::F32, _) => 1,
+        }
+    }
+
     /// Default cache blocking for `m` rows: a `kc × 32` weight sliver of about 16 KiB stays
     /// in L1 while A's rows stream past it; with at most [`DECODE_ROWS`] rows (decode steps)
     /// there is nothing to reuse it for, so K is not blocked and each tile is written once.
@@ -519,7 +531,15 @@ pub unsafe extern "C" fn cranformer_qgemm(call: *const QGemmCall) {
     crate::threads::catch_for_generated_code(|| {
         let (kernel, bl, tasks) = g.resolved();
         // SAFETY: the caller promised pointers valid for the call's sizes.
-        unsafe { run(g, kernel, bl, tasks) }
+        unsafe {
+            if super::profile::enabled() {
+                let t = std::time::Instant::now();
+                run(g, kernel, bl, tasks);
+                super::profile::record_q(g, kernel, bl, tasks, t.elapsed());
+            } else {
+                run(g, kernel, bl, tasks);
+            }
+        }
     });
 }
 
