@@ -1,5 +1,7 @@
 //! Safetensors weight store: opens one file, a sharded checkpoint or bytes embedded in a
-//! compiled executable, validates every header up front and hands out tensors as f32.
+//! compiled executable, validates every header up front and hands out tensors as f32
+//! (F16 and BF16 ones widened only when read as f32, so narrow weight formats pack from the
+//! stored bits; such tensors keep the file mapped for as long as they live).
 //!
 //! It knows nothing about model architectures: key prefixes, transposes and tied heads are
 //! the frontends' business. Tensors of dtypes we cannot compute with (int64 buffers such as
