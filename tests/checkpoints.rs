@@ -6,6 +6,8 @@ mod common;
 
 use common::cli::scratch;
 use common::*;
+use cranformer_compiler::codegen::{LowerOptions, WeightFormat};
+use cranformer_compiler::jit::JitEngine;
 use cranformer_compiler::{interp::Interpreter, Model};
 use cranformer_runtime::weights::Weights;
 use cranformer_runtime::{Engine, Outputs, Tensor};
@@ -29,6 +31,16 @@ enum Store {
     F32,
     F16,
     Bf16,
+}
+
+impl From<&Store> for Store {
+    fn from(s: &Store) -> Store {
+        match s {
+            Store::F32 => Store::F32,
+            Store::F16 => Store::F16,
+            Store::Bf16 => Store::Bf16,
+        }
+    }
 }
 
 fn write(path: &Path, tensors: &[(String, Vec<f32>, Vec<usize>)], store: Store) {
@@ -131,6 +143,139 @@ fn half_precision_weights_compute_in_f32() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         assert!(diff < 0.5, "{round}: max diff {diff} from the f32 model");
+    }
+}
+
+/// `tensors` rounded to `store`'s precision, kept in f32.
+fn rounded(
+    tensors: &[(String, Vec<f32>, Vec<usize>)],
+    store: &Store,
+) -> Vec<(String, Vec<f32>, Vec<usize>)> {
+    tensors
+        .iter()
+        .map(|(k, v, s)| {
+            let r = v
+                .iter()
+                .map(|x| match store {
+                    Store::F16 => half::f16::from_f32(*x).to_f32(),
+                    Store::Bf16 => half::bf16::from_f32(*x).to_f32(),
+                    Store::F32 => *x,
+                })
+                .collect();
+            (k.clone(), r, s.clone())
+        })
+        .collect()
+}
+
+/// The outputs of every entry of `model`'s fixture on its reference inputs, JIT-compiled with
+/// matmul weights in `format`.
+fn jit_outputs(model: &Arc<Model>, fixture: &str, format: WeightFormat) -> Vec<Outputs> {
+    let mut e = JitEngine::with_options(
+        model.clone(),
+        None,
+        LowerOptions {
+            weight_format: format,
+        },
+    )
+    .unwrap();
+    let mut outs = vec![];
+    if fixture.starts_with("gpt2") {
+        let b = 1;
+        let ids_t = Tensor::i64(vec![b, IDS.len()], IDS.to_vec());
+        let mask_t = Tensor::i64(vec![b, IDS.len()], vec![1; IDS.len()]);
+        let empty = Tensor::f32(vec![b, 0, 32], vec![]);
+        let names: Vec<String> = (0..2)
+            .flat_map(|l| [format!("past_key.{l}"), format!("past_value.{l}")])
+            .collect();
+        let mut inputs: Vec<(&str, &Tensor)> =
+            vec![("input_ids", &ids_t), ("attention_mask", &mask_t)];
+        inputs.extend(names.iter().map(|n| (n.as_str(), &empty)));
+        outs.push(e.run("forward", &inputs).unwrap());
+    } else {
+        let ids = Tensor::i64(vec![1, 4], vec![101, 7592, 2088, 102]);
+        let zeros = Tensor::i64(vec![1, 4], vec![0; 4]);
+        let ones = Tensor::i64(vec![1, 4], vec![1; 4]);
+        outs.push(
+            e.run(
+                "encode",
+                &[
+                    ("input_ids", &ids),
+                    ("token_type_ids", &zeros),
+                    ("attention_mask", &ones),
+                ],
+            )
+            .unwrap(),
+        );
+    }
+    outs
+}
+
+/// A checkpoint stored in F16 or BF16 runs with narrow matmul weights packed from its stored
+/// elements (issue 9): bit for bit what the same values stored as F32 give with the same
+/// `--dtype`, and the matmul weights are never widened to an f32 copy. BERT's query, key and
+/// value are fused into one `concat(..)` weight, GPT-2's are stored fused.
+#[test]
+fn half_checkpoints_pack_narrow_weights_from_their_stored_bits() {
+    for fixture in ["gpt2-tiny", "bert-tiny"] {
+        let tensors = tensors_of(&fixture_dir(fixture));
+        for (store, name) in [(Store::F16, "f16"), (Store::Bf16, "bf16")] {
+            let half_dir = model_copy(fixture, &format!("narrow-{fixture}-{name}"));
+            write(
+                &half_dir.join("model.safetensors"),
+                &tensors,
+                Store::from(&store),
+            );
+            let f32_dir = model_copy(fixture, &format!("narrow-{fixture}-{name}-as-f32"));
+            write(
+                &f32_dir.join("model.safetensors"),
+                &rounded(&tensors, &store),
+                Store::F32,
+            );
+            let f32_model = Arc::new(Model::load(&f32_dir).unwrap());
+            for format in [WeightFormat::Bf16, WeightFormat::F16, WeightFormat::I8] {
+                // A fresh model per format: nothing widened by an earlier engine.
+                let half_model = Arc::new(Model::load(&half_dir).unwrap());
+                let got = jit_outputs(&half_model, fixture, format);
+                let want = jit_outputs(&f32_model, fixture, format);
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.len(), w.len());
+                    for (k, t) in w {
+                        assert_eq!(
+                            g[k.as_str()],
+                            *t,
+                            "{fixture} stored {name}, {format:?}: {k} differs from the f32 checkpoint"
+                        );
+                    }
+                }
+                let matmul_weights: Vec<&String> = half_model
+                    .weights
+                    .keys()
+                    .filter(|k| {
+                        k.ends_with(".weight")
+                            && !k.contains("LayerNorm")
+                            && [
+                                ".attn.",
+                                ".mlp.",
+                                ".attention.",
+                                ".intermediate.",
+                                ".output.dense",
+                            ]
+                            .iter()
+                            .any(|p| k.contains(p))
+                    })
+                    .collect();
+                assert!(matmul_weights.len() >= 8, "{fixture}: {matmul_weights:?}");
+                for k in matmul_weights {
+                    let w = &half_model.weights[k];
+                    assert!(w.half().is_some(), "{fixture}: {k} is not held as {name}");
+                    assert!(
+                        !w.is_widened(),
+                        "{fixture} stored {name}, {format:?}: {k} was widened to f32"
+                    );
+                }
+            }
+        }
     }
 }
 

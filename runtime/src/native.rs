@@ -105,7 +105,11 @@ impl WeightPrep {
     /// [`crate::gemm::quant::PackError`]).
     pub fn apply(self, w: &F32Buffer) -> Result<F32Buffer, crate::gemm::quant::PackError> {
         Ok(match self {
-            WeightPrep::AsIs => w.clone(),
+            WeightPrep::AsIs => {
+                // Kernels read it as f32: widen a narrow checkpoint tensor now, not mid-run.
+                let _ = &w[..];
+                w.clone()
+            }
             WeightPrep::Panels { k, n, in_out } => {
                 F32Buffer::from_vec(crate::gemm::pack_b(w, k, n, in_out, PANEL))
             }
@@ -120,7 +124,10 @@ impl WeightPrep {
                 in_out,
                 format,
             } => F32Buffer::from_vec(
-                crate::gemm::PackedWeight::pack(w, k, n, in_out, format)?.to_words(),
+                // Packed from the stored elements: a BF16/F16 checkpoint is never widened to
+                // a whole f32 copy for a narrow format.
+                crate::gemm::PackedWeight::pack_stored(w.stored(), k, n, in_out, format)?
+                    .to_words(),
             ),
         })
     }
@@ -180,9 +187,26 @@ impl<'k> WeightSource<'k> {
         match self {
             WeightSource::Key(k) => checkpoint(k),
             WeightSource::Concat(parts) => {
+                let parts: Vec<F32Buffer> =
+                    parts.iter().map(|p| checkpoint(p)).collect::<Option<_>>()?;
+                // Parts stored in one 2-byte type stay in it (a fused QKV of a BF16
+                // checkpoint packs to bf16 without a widened copy); mixed ones widen.
+                let half = parts.first().and_then(F32Buffer::half);
+                if half.is_some() && parts.iter().all(|p| p.half() == half) {
+                    let mut bytes = Vec::with_capacity(parts.iter().map(|p| 2 * p.len()).sum());
+                    for p in &parts {
+                        match p.stored() {
+                            crate::weights::Stored::F16(b) | crate::weights::Stored::Bf16(b) => {
+                                bytes.extend_from_slice(b)
+                            }
+                            crate::weights::Stored::F32(_) => unreachable!("checked half()"),
+                        }
+                    }
+                    return F32Buffer::from_half_bytes(half?, bytes);
+                }
                 let mut data = vec![];
-                for p in parts {
-                    data.extend_from_slice(&checkpoint(p)?);
+                for p in &parts {
+                    data.extend_from_slice(p);
                 }
                 Some(F32Buffer::from_vec(data))
             }

@@ -1,5 +1,7 @@
 //! Safetensors weight store: opens one file, a sharded checkpoint or bytes embedded in a
-//! compiled executable, validates every header up front and hands out tensors as f32.
+//! compiled executable, validates every header up front and hands out tensors as f32
+//! (F16 and BF16 ones widened only when read as f32, so narrow weight formats pack from the
+//! stored bits; such tensors keep the file mapped for as long as they live).
 //!
 //! It knows nothing about model architectures: key prefixes, transposes and tied heads are
 //! the frontends' business. Tensors of dtypes we cannot compute with (int64 buffers such as
@@ -10,7 +12,7 @@ use std::fmt;
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use safetensors::tensor::{Dtype, SafeTensorError, TensorInfo as HeaderEntry};
 use safetensors::SafeTensors;
@@ -135,7 +137,9 @@ impl Backing {
 }
 
 /// f32 data of one tensor: a view into the file when it is stored as aligned F32, otherwise an
-/// owned converted copy. Cloning shares the data.
+/// owned converted copy. F16 and BF16 tensors keep their stored 2-byte elements and are widened
+/// only when something reads them as f32 (once, then shared by every clone): narrow matmul
+/// weight formats pack straight from [`F32Buffer::stored`]. Cloning shares the data.
 #[derive(Clone)]
 pub struct F32Buffer {
     repr: BufferRepr,
@@ -150,6 +154,98 @@ enum BufferRepr {
         len: usize,
     },
     Owned(Arc<[f32]>),
+    /// F16 or BF16 elements, little-endian, widened to f32 on the first f32 read.
+    Narrow {
+        half: Half,
+        bytes: NarrowBytes,
+        widened: Arc<OnceLock<Box<[f32]>>>,
+    },
+}
+
+/// The two 2-byte float types a checkpoint can store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    F16,
+    Bf16,
+}
+
+/// Where a narrow tensor's bytes are: in the checkpoint file, or owned (a concatenation).
+#[derive(Clone)]
+enum NarrowBytes {
+    /// Invariant: `file.bytes()[start..end]` is in bounds and `end - start` is even.
+    File {
+        file: Arc<Backing>,
+        start: usize,
+        end: usize,
+    },
+    /// Invariant: even length.
+    Owned(Arc<[u8]>),
+}
+
+impl NarrowBytes {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            NarrowBytes::File { file, start, end } => &file.bytes()[*start..*end],
+            NarrowBytes::Owned(b) => b,
+        }
+    }
+}
+
+/// A tensor's elements as the checkpoint stores them, without widening: what the narrow
+/// weight packers read ([`crate::gemm::PackedWeight::pack_stored`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Stored<'a> {
+    F32(&'a [f32]),
+    /// Little-endian IEEE half-precision elements, two bytes each.
+    F16(&'a [u8]),
+    /// Little-endian bfloat16 elements, two bytes each.
+    Bf16(&'a [u8]),
+}
+
+impl Stored<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Stored::F32(v) => v.len(),
+            Stored::F16(b) | Stored::Bf16(b) => b.len() / 2,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn bits(b: &[u8], i: usize) -> u16 {
+        u16::from_le_bytes([b[2 * i], b[2 * i + 1]])
+    }
+
+    /// Element `i` widened to f32 (exact for every stored type).
+    #[inline]
+    pub fn f32_at(&self, i: usize) -> f32 {
+        match self {
+            Stored::F32(v) => v[i],
+            Stored::F16(b) => half::f16::from_bits(Self::bits(b, i)).to_f32(),
+            Stored::Bf16(b) => half::bf16::from_bits(Self::bits(b, i)).to_f32(),
+        }
+    }
+
+    /// Element `i` as f16 bits: the stored bits of an F16 tensor, else rounded to nearest.
+    #[inline]
+    pub fn f16_bits_at(&self, i: usize) -> u16 {
+        match self {
+            Stored::F16(b) => Self::bits(b, i),
+            _ => half::f16::from_f32(self.f32_at(i)).to_bits(),
+        }
+    }
+
+    /// Element `i` as bf16 bits: the stored bits of a BF16 tensor, else rounded to nearest.
+    #[inline]
+    pub fn bf16_bits_at(&self, i: usize) -> u16 {
+        match self {
+            Stored::Bf16(b) => Self::bits(b, i),
+            _ => half::bf16::from_f32(self.f32_at(i)).to_bits(),
+        }
+    }
 }
 
 impl F32Buffer {
@@ -159,9 +255,67 @@ impl F32Buffer {
         }
     }
 
+    /// 2-byte elements held as they are (little-endian), widened on the first f32 read.
+    /// `None` if `bytes` has an odd length.
+    pub fn from_half_bytes(half: Half, bytes: Vec<u8>) -> Option<F32Buffer> {
+        bytes.len().is_multiple_of(2).then(|| F32Buffer {
+            repr: BufferRepr::Narrow {
+                half,
+                bytes: NarrowBytes::Owned(bytes.into()),
+                widened: Arc::default(),
+            },
+        })
+    }
+
     /// Whether the data is read in place from the file rather than copied.
     pub fn is_zero_copy(&self) -> bool {
         matches!(self.repr, BufferRepr::View { .. })
+    }
+
+    /// Number of f32 elements, without widening a narrow tensor.
+    pub fn len(&self) -> usize {
+        match &self.repr {
+            BufferRepr::View { len, .. } => *len,
+            BufferRepr::Owned(data) => data.len(),
+            BufferRepr::Narrow { bytes, .. } => bytes.bytes().len() / 2,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The 2-byte type the elements are held in, if they are (not yet widened or not).
+    pub fn half(&self) -> Option<Half> {
+        match &self.repr {
+            BufferRepr::Narrow { half, .. } => Some(*half),
+            _ => None,
+        }
+    }
+
+    /// Whether an f32 copy of narrow elements has been made (always false for f32 data).
+    pub fn is_widened(&self) -> bool {
+        match &self.repr {
+            BufferRepr::Narrow { widened, .. } => widened.get().is_some(),
+            _ => false,
+        }
+    }
+
+    /// The elements in the type they are held in, without widening.
+    pub fn stored(&self) -> Stored<'_> {
+        match &self.repr {
+            BufferRepr::Narrow {
+                half: Half::F16,
+                bytes,
+                ..
+            } => Stored::F16(bytes.bytes()),
+            BufferRepr::Narrow {
+                half: Half::Bf16,
+                bytes,
+                ..
+            } => Stored::Bf16(bytes.bytes()),
+            _ => Stored::F32(self),
+        }
     }
 }
 
@@ -177,6 +331,10 @@ impl Deref for F32Buffer {
                 unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), *len) }
             }
             BufferRepr::Owned(data) => data,
+            BufferRepr::Narrow { widened, .. } => widened.get_or_init(|| {
+                let stored = self.stored();
+                (0..stored.len()).map(|i| stored.f32_at(i)).collect()
+            }),
         }
     }
 }
@@ -329,7 +487,8 @@ impl Weights {
         self.entries.keys().map(String::as_str).collect()
     }
 
-    /// The tensor as f32, checked against `expected_shape`.
+    /// The tensor as f32, checked against `expected_shape`. F16 and BF16 tensors are widened
+    /// only when read as f32 ([`F32Buffer::stored`] reads them as stored).
     pub fn get(&self, key: &str, expected_shape: &[usize]) -> Result<F32Buffer, WeightsError> {
         let entry = self
             .entries
@@ -374,18 +533,19 @@ impl Weights {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect(),
             ),
-            DType::F16 => BufferRepr::Owned(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            ),
-            DType::BF16 => BufferRepr::Owned(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            ),
+            DType::F16 | DType::BF16 => BufferRepr::Narrow {
+                half: if info.dtype == DType::F16 {
+                    Half::F16
+                } else {
+                    Half::Bf16
+                },
+                bytes: NarrowBytes::File {
+                    file: file.clone(),
+                    start: entry.start,
+                    end: entry.end,
+                },
+                widened: Arc::default(),
+            },
             DType::Other(_) => unreachable!("rejected above"),
         };
         Ok(F32Buffer { repr })

@@ -586,3 +586,98 @@ fn weight_prep_quantized_matches_its_length() {
     let err = prep.apply(&F32Buffer::from_vec(bad)).unwrap_err();
     assert!(err.to_string().contains("column 0"), "{err}");
 }
+
+/// Packing a BF16 or F16 checkpoint tensor from its stored bits gives the same packed weight
+/// as packing its f32 widening, in every format and both layouts, without widening the
+/// tensor; a format equal to the stored type keeps the stored bits (NaN payloads included).
+#[test]
+fn packing_from_stored_half_bits_equals_packing_their_widening() {
+    use crate::native::{WeightPrep, WeightSource};
+    use crate::weights::{F32Buffer, Half, Stored};
+    let mut seed = 29;
+    let (k, n) = (37, 45);
+    let raw: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed) * 3.0).collect();
+    for half in [Half::Bf16, Half::F16] {
+        let mut bits: Vec<u16> = raw
+            .iter()
+            .map(|&x| match half {
+                Half::Bf16 => half::bf16::from_f32(x).to_bits(),
+                Half::F16 => half::f16::from_f32(x).to_bits(),
+            })
+            .collect();
+        // A signalling-NaN payload a conversion through f32 might not keep; int8 refuses it.
+        let mut with_nan = bits.clone();
+        with_nan[7] = match half {
+            Half::Bf16 => 0x7f81,
+            Half::F16 => 0x7c01,
+        };
+        let bytes = |b: &[u16]| b.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let stored = F32Buffer::from_half_bytes(half, bytes(&bits)).unwrap();
+        let widened: Vec<f32> = (0..bits.len()).map(|i| stored.stored().f32_at(i)).collect();
+        for in_out in [false, true] {
+            for format in [
+                WeightFormat::I8,
+                WeightFormat::Bf16,
+                WeightFormat::F16,
+                WeightFormat::F32,
+            ] {
+                let want = PackedWeight::pack(&widened, k, n, in_out, format).unwrap();
+                let got = PackedWeight::pack_stored(stored.stored(), k, n, in_out, format);
+                assert_eq!(
+                    got.unwrap(),
+                    want,
+                    "{half:?} -> {format:?}, in_out {in_out}"
+                );
+                let prep = WeightPrep::Quantized {
+                    k,
+                    n,
+                    in_out,
+                    format,
+                };
+                let a = prep.apply(&stored).unwrap();
+                let b = prep.apply(&F32Buffer::from_vec(widened.clone())).unwrap();
+                assert!(a
+                    .iter()
+                    .zip(&b[..])
+                    .all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+        assert!(!stored.is_widened(), "{half:?} was widened to pack it");
+        // The stored type packs to exactly its bits.
+        let same = match half {
+            Half::Bf16 => WeightFormat::Bf16,
+            Half::F16 => WeightFormat::F16,
+        };
+        let src = F32Buffer::from_half_bytes(half, bytes(&with_nan)).unwrap();
+        let p = PackedWeight::pack_stored(src.stored(), k, n, true, same).unwrap();
+        let packed: Vec<u16> = p
+            .data()
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let mut sorted_in = with_nan.clone();
+        let mut sorted_out: Vec<u16> = packed.clone();
+        sorted_in.sort_unstable();
+        sorted_out.sort_unstable();
+        sorted_out.retain(|&x| x != 0);
+        sorted_in.retain(|&x| x != 0);
+        assert_eq!(
+            sorted_out, sorted_in,
+            "{half:?}: packed bits are not the stored ones"
+        );
+        // Concatenated parts (a fused QKV) stay in their stored type.
+        bits.truncate(2 * k);
+        let part = F32Buffer::from_half_bytes(half, bytes(&bits)).unwrap();
+        let lookup = |key: &str| (key != "missing").then(|| part.clone());
+        let cat = WeightSource::parse("concat(a,b)").resolve(&lookup).unwrap();
+        assert_eq!(cat.half(), Some(half));
+        assert_eq!(cat.len(), 4 * k);
+        let Stored::F32(_) = F32Buffer::from_vec(vec![]).stored() else {
+            panic!("f32 data is stored as f32")
+        };
+        assert_eq!(&cat[..2 * k], &part[..]);
+        assert!(WeightSource::parse("concat(a,missing)")
+            .resolve(&lookup)
+            .is_none());
+    }
+}

@@ -14,6 +14,7 @@
 //! - f16: `[K][32]` u16, like f32's panels: `vcvtph2ps` widens 8 or 16 consecutive columns.
 
 use super::PACK_NR;
+use crate::weights::Stored;
 use half::{bf16, f16};
 
 /// How a matmul's weights are stored (`--dtype`).
@@ -166,13 +167,27 @@ impl PackedWeight {
         in_out: bool,
         format: WeightFormat,
     ) -> Result<Self, PackError> {
+        PackedWeight::pack_stored(Stored::F32(w), k, n, in_out, format)
+    }
+
+    /// [`PackedWeight::pack`] from a checkpoint's elements as stored, without an f32 copy of
+    /// the matrix: an F16 (BF16) tensor packed as f16 (bf16) keeps its stored bits, anything
+    /// else is converted element by element exactly as its f32 widening would be.
+    pub fn pack_stored(
+        w: Stored<'_>,
+        k: usize,
+        n: usize,
+        in_out: bool,
+        format: WeightFormat,
+    ) -> Result<Self, PackError> {
         if w.len() != k * n {
             return Err(PackError::Size { k, n, len: w.len() });
         }
         if format == WeightFormat::I8 && k > MAX_I8_K {
             return Err(PackError::KTooLarge { k });
         }
-        let at = |kk: usize, j: usize| if in_out { w[kk * n + j] } else { w[j * k + kk] };
+        let idx = |kk: usize, j: usize| if in_out { kk * n + j } else { j * k + kk };
+        let at = |kk: usize, j: usize| w.f32_at(idx(kk, j));
         let panels = n.div_ceil(PACK_NR);
         let kp = format.padded_k(k);
         let mut out = PackedWeight {
@@ -185,6 +200,14 @@ impl PackedWeight {
         };
         match format {
             WeightFormat::F32 => {
+                let widened;
+                let w = match w {
+                    Stored::F32(w) => w,
+                    _ => {
+                        widened = (0..w.len()).map(|i| w.f32_at(i)).collect::<Vec<_>>();
+                        &widened[..]
+                    }
+                };
                 let v = super::pack_b(w, k, n, in_out, PACK_NR);
                 out.data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             }
@@ -193,7 +216,7 @@ impl PackedWeight {
                 for j in 0..n {
                     let (p, c) = (j / PACK_NR, j % PACK_NR);
                     for kk in 0..k {
-                        v[(p * kp + kk) * PACK_NR + c] = f16::from_f32(at(kk, j)).to_bits();
+                        v[(p * kp + kk) * PACK_NR + c] = w.f16_bits_at(idx(kk, j));
                     }
                 }
                 out.data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -204,7 +227,7 @@ impl PackedWeight {
                     let (p, c) = (j / PACK_NR, j % PACK_NR);
                     for kk in 0..k {
                         let i = ((p * kp + kk / 2 * 2) * PACK_NR) + c * 2 + kk % 2;
-                        v[i] = bf16::from_f32(at(kk, j)).to_bits();
+                        v[i] = w.bf16_bits_at(idx(kk, j));
                     }
                 }
                 out.data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
