@@ -123,7 +123,7 @@ impl ApiError {
     /// An error of a runtime task: the engine's internal failures are 500, everything else
     /// (the task's checks of its inputs) is the client's to fix.
     pub fn from_task(e: anyhow::Error) -> Self {
-        let message = chain(&e);
+        let message = cranformer_runtime::cli::error_message(&e);
         let internal = e.chain().any(|c| {
             matches!(
                 c.downcast_ref::<EngineError>(),
@@ -145,21 +145,6 @@ impl ApiError {
             "param": self.param,
         }})
     }
-}
-
-/// An error and its causes on one line, each cause once.
-pub fn chain(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !msg.contains(&text) {
-            if !msg.is_empty() {
-                msg.push_str(": ");
-            }
-            msg.push_str(&text);
-        }
-    }
-    msg
 }
 
 impl IntoResponse for ApiError {

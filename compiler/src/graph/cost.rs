@@ -237,8 +237,7 @@ pub fn node_cost_as(g: &Graph, n: NodeIndex, d: &Dims, format: WeightFormat) -> 
         let k = g.node(operands[0]).ty.last().map_or(1, |k| k.eval(d));
         let stored = bytes(&g.node(operands[1]).ty, d);
         let cols = stored / 4 / k.max(1) as u64;
-        let side = if format == WeightFormat::I8 { 8 } else { 0 };
-        let narrow = (format.padded_k(k) * format.bytes_per_weight()) as u64 * cols + side * cols;
+        let narrow = format.stored_bytes(k, cols as usize) as u64;
         c.weight_bytes = c.weight_bytes - stored + narrow;
     }
     c

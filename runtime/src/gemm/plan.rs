@@ -363,12 +363,7 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
     // B as stored: its format's bytes per weight over K padded as the format packs it, and
     // int8's scale and column sum per column.
     let wb = pr.format.bytes_per_weight() as f64;
-    let side = if pr.format == WeightFormat::I8 {
-        8.0
-    } else {
-        0.0
-    };
-    let b_bytes = pr.format.padded_k(pr.k) as f64 * n_pad * wb + side * n_pad;
+    let b_bytes = pr.format.stored_bytes(pr.k, n_pad as usize) as f64;
     let weights_home = p.home(pr.weights_in_flight.max(b_bytes as u64));
     let a_home = p.home((m * k * f4) as u64);
     let c_bytes = m * pr.n as f64 * f4;

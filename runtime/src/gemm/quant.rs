@@ -114,6 +114,13 @@ impl WeightFormat {
         }
     }
 
+    /// Bytes of a `k × n` weight stored in this format: K padded as its panels hold it, and
+    /// int8's scale and column sum (4 bytes each) per column. What the roofline counts.
+    pub fn stored_bytes(self, k: usize, n: usize) -> usize {
+        let side = if self == WeightFormat::I8 { 8 } else { 0 };
+        self.padded_k(k) * n * self.bytes_per_weight() + side * n
+    }
+
     /// K rounded up to what the format's panels hold (k groups of 4 for int8, pairs for bf16).
     pub fn padded_k(self, k: usize) -> usize {
         match self {
