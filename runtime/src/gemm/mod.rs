@@ -23,8 +23,10 @@
 
 mod avx2;
 mod avx2_q;
+mod avx2_qgemv;
 mod avx512;
 mod avx512_q;
+mod avx512_qgemv;
 pub mod epilogue;
 mod gemv;
 pub mod plan;
@@ -32,6 +34,7 @@ mod portable;
 mod portable_q;
 pub mod profile;
 pub mod qgemm;
+mod qgemv;
 pub mod quant;
 
 pub use epilogue::Act;

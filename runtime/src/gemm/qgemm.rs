@@ -20,8 +20,9 @@ use super::{Blocking, Init, Isa, PACK_NR};
 use crate::threads;
 
 use super::portable_q;
+use super::qgemv::{self, QGemv};
 #[cfg(target_arch = "x86_64")]
-use super::{avx2_q, avx512_q};
+use super::{avx2_q, avx2_qgemv, avx512_q, avx512_qgemv};
 
 /// One register tile of a narrow-weight kernel.
 pub(crate) struct QTile {
@@ -68,6 +69,8 @@ pub struct QKernel {
     available: fn() -> bool,
     pub(crate) a_form: AForm,
     tile: KernelFn,
+    /// The decode GEMV of the same ISA and dtype ([`super::qgemv`]), if there is one.
+    pub(crate) gemv: Option<QGemv>,
 }
 
 impl std::fmt::Debug for QKernel {
@@ -88,6 +91,15 @@ impl QKernel {
             .iter()
             .find(|k| k.format == format && k.isa >= isa && k.available())
             .expect("every format has a portable kernel")
+    }
+
+    /// The same kernel with its decode GEMV turned off: every panel through the tiles.
+    #[cfg(test)]
+    pub(crate) fn tiles_only(&self) -> QKernel {
+        QKernel {
+            gemv: None,
+            ..*self
+        }
     }
 
     /// Multiply-adds per 32-bit lane per instruction, against an f32 FMA's one: `vpdpbusd`
@@ -148,8 +160,14 @@ macro_rules! feature {
 }
 
 macro_rules! kernel {
+    (@gemv) => {
+        None
+    };
+    (@gemv $gemv:expr) => {
+        Some($gemv)
+    };
     ($name:literal, $format:ident, $isa:ident, $mr:expr, $nr:expr, $a:ident, $tile:path,
-     [$($f:tt),*]) => {
+     [$($f:tt),*] $(, $gemv:expr)?) => {
         QKernel {
             name: $name,
             format: WeightFormat::$format,
@@ -159,6 +177,7 @@ macro_rules! kernel {
             available: feature!($($f),*),
             a_form: AForm::$a,
             tile: $tile,
+            gemv: kernel!(@gemv $($gemv)?),
         }
     };
 }
@@ -174,7 +193,8 @@ pub static KERNELS: &[QKernel] = &[
         32,
         U8,
         avx512_q::vnni_i8,
-        ["avx512f", "avx512bw", "avx512vnni"]
+        ["avx512f", "avx512bw", "avx512vnni"],
+        QGemv::new(PACK_NR, avx512_qgemv::PANELS, avx512_qgemv::vnni_i8)
     ),
     kernel!(
         "avx512bw_mmm_i8_6x32",
@@ -184,7 +204,8 @@ pub static KERNELS: &[QKernel] = &[
         32,
         I16,
         avx512_q::bw_i8,
-        ["avx512f", "avx512bw"]
+        ["avx512f", "avx512bw"],
+        QGemv::new(PACK_NR, avx512_qgemv::BW_PANELS, avx512_qgemv::bw_i8)
     ),
     kernel!(
         "avx2_mmm_i8_6x8",
@@ -194,7 +215,8 @@ pub static KERNELS: &[QKernel] = &[
         8,
         I16,
         avx2_q::i8,
-        ["avx2", "fma"]
+        ["avx2", "fma"],
+        QGemv::new(8, avx2_qgemv::PANELS, avx2_qgemv::i8)
     ),
     kernel!(
         "portable_mmm_i8_4x8",
@@ -214,7 +236,8 @@ pub static KERNELS: &[QKernel] = &[
         32,
         Bf16Pairs,
         avx512_q::bf16_dot,
-        ["avx512f", "avx512bf16"]
+        ["avx512f", "avx512bf16"],
+        QGemv::new(PACK_NR, avx512_qgemv::PANELS, avx512_qgemv::bf16_dot)
     ),
     kernel!(
         "avx512_mmm_bf16_12x32",
@@ -224,7 +247,8 @@ pub static KERNELS: &[QKernel] = &[
         32,
         F32,
         avx512_q::bf16,
-        ["avx512f"]
+        ["avx512f"],
+        QGemv::new(PACK_NR, avx512_qgemv::PANELS, avx512_qgemv::bf16)
     ),
     kernel!(
         "avx2_mmm_bf16_6x16",
@@ -234,7 +258,8 @@ pub static KERNELS: &[QKernel] = &[
         16,
         F32,
         avx2_q::bf16,
-        ["avx2", "fma"]
+        ["avx2", "fma"],
+        QGemv::new(16, avx2_qgemv::PANELS, avx2_qgemv::bf16)
     ),
     kernel!(
         "portable_mmm_bf16_4x8",
@@ -254,7 +279,8 @@ pub static KERNELS: &[QKernel] = &[
         32,
         F32,
         avx512_q::f16,
-        ["avx512f"]
+        ["avx512f"],
+        QGemv::new(PACK_NR, avx512_qgemv::PANELS, avx512_qgemv::f16)
     ),
     kernel!(
         "avx2_mmm_f16_6x16",
@@ -264,7 +290,8 @@ pub static KERNELS: &[QKernel] = &[
         16,
         F32,
         avx2_q::f16,
-        ["avx2", "fma", "f16c"]
+        ["avx2", "fma", "f16c"],
+        QGemv::new(16, avx2_qgemv::PANELS, avx2_qgemv::f16)
     ),
     kernel!(
         "portable_mmm_f16_4x8",
@@ -607,7 +634,12 @@ unsafe fn block(
         WeightFormat::F16 => (2 * PACK_NR, 2),
         WeightFormat::F32 => unreachable!("f32 runs in sgemm"),
     };
-    let panel_bytes = kp / group * group_bytes;
+    let layout = PanelLayout {
+        panel_bytes: kp / group * group_bytes,
+        group,
+        group_bytes,
+        col_bytes,
+    };
     PACKED_A.with(|buf| {
         let mut buf = buf.borrow_mut();
         if qa.is_none() {
@@ -623,14 +655,34 @@ unsafe fn block(
                 if qa.is_none() {
                     pack_a(g, ic, mc, pc, kc, mr, kernel.a_form, &mut buf);
                 }
-                for strip in p0 * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
+                // A decode step's few rows read several whole panels at once (`qgemv`).
+                let first = match &kernel.gemv {
+                    Some(gemv) if ic == 0 && mc == g.m && g.m <= qgemv::ROWS => {
+                        let (a, lda) = match qa {
+                            Some(q) if kernel.a_form == AForm::I16 => {
+                                (q.q16.as_ptr().add(pc).cast(), q.kp)
+                            }
+                            Some(q) => (q.q.as_ptr().add(pc), q.kp),
+                            None => (buf.as_ptr().cast(), 0),
+                        };
+                        let at = qgemv::At {
+                            a,
+                            lda,
+                            pc,
+                            kc,
+                            last,
+                        };
+                        gemv.panels(g, &layout, act, qa, at, p0, p1)
+                    }
+                    _ => p0,
+                };
+                for strip in first * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
                     let col = strip * nr;
                     if col >= g.n {
                         break;
                     }
                     let (p, sub) = (col / PACK_NR, col % PACK_NR);
-                    let b =
-                        g.b.add(p * panel_bytes + pc / group * group_bytes + sub * col_bytes);
+                    let b = g.b.add(layout.offset(p, pc, sub));
                     let mut ir = 0;
                     while ir < mc {
                         let rows = mr.min(mc - ir);
@@ -681,10 +733,28 @@ unsafe fn block(
     });
 }
 
+/// Where a format's panels keep each weight, in bytes from B.
+pub(super) struct PanelLayout {
+    pub panel_bytes: usize,
+    /// k per group (4 for int8, 2 for bf16, 1 for f16).
+    pub group: usize,
+    /// From one k group of a panel to the next.
+    pub group_bytes: usize,
+    /// From one column to the next within a group.
+    pub col_bytes: usize,
+}
+
+impl PanelLayout {
+    /// Panel `p`, k `pc` (a multiple of the group), column `sub` of the panel.
+    pub fn offset(&self, p: usize, pc: usize, sub: usize) -> usize {
+        p * self.panel_bytes + pc / self.group * self.group_bytes + sub * self.col_bytes
+    }
+}
+
 /// Turns a finished int8 tile (i32 sums in C's memory) into f32 with the bias:
-/// `(sa_i·sw_j)·(acc - z_i·Σw_j) + bias_j`. Plain code shared by every int8 kernel, so they
-/// all round the same way.
-unsafe fn dequantize(
+/// `(sa_i·sw_j)·(acc - z_i·Σw_j) + bias_j`. Plain code shared by every int8 kernel (and
+/// GEMV), so they all round the same way.
+pub(super) unsafe fn dequantize(
     g: &QGemmCall,
     q: &QuantRows,
     row0: usize,

@@ -45,6 +45,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (7, 96, 385),
     (150, 70, 64),
     (3, 5, 1030),
+    // Wide enough for the decode GEMV's groups of panels, with a partial panel after them.
+    (1, 300, 77),
+    (4, 200, 130),
 ];
 
 struct Case {
@@ -287,29 +290,98 @@ fn thread_count_does_not_change_results(name: &str) {
         return;
     }
     let mut seed = 9;
-    let case = Case::new(&mut seed, (37, 200, 300), false, true);
-    let w = case.pack(kern.format);
-    let run = |threads: u32| {
-        let mut c = vec![0f32; case.m * case.n];
-        let bias = case.bias.as_ref().unwrap();
-        let mut g = QGemmCall::new(
-            case.m,
-            case.a.as_ptr(),
-            case.k,
-            &w,
-            bias.as_ptr(),
-            c.as_mut_ptr(),
-            case.n,
-        );
-        g.threads = threads;
-        // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
-        unsafe { qgemm(&g, kern, kern.blocking()) };
-        c
-    };
-    crate::threads::set_threads(2);
-    let (one, two) = (run(1), run(2));
-    crate::threads::set_threads(0);
-    assert_eq!(one, two, "{name}");
+    // A prefill's tiles, and a decode step's GEMV (with a partial panel group at the end).
+    for shape in [(37, 200, 300), (1, 1000, 300), (3, 1000, 97)] {
+        let case = Case::new(&mut seed, shape, false, true);
+        let w = case.pack(kern.format);
+        let run = |threads: u32| {
+            let mut c = vec![0f32; case.m * case.n];
+            let bias = case.bias.as_ref().unwrap();
+            let mut g = QGemmCall::new(
+                case.m,
+                case.a.as_ptr(),
+                case.k,
+                &w,
+                bias.as_ptr(),
+                c.as_mut_ptr(),
+                case.n,
+            );
+            g.threads = threads;
+            // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
+            unsafe { qgemm(&g, kern, kern.blocking_for(case.m)) };
+            c
+        };
+        crate::threads::set_threads(2);
+        let (one, two) = (run(1), run(2));
+        crate::threads::set_threads(0);
+        assert_eq!(one, two, "{name} {}", case.what());
+    }
+}
+
+/// The decode GEMV against the tile path it replaces: the same bits, for 1..=8 rows (those
+/// above [`super::qgemv::ROWS`] check the tiles still run them), odd N and K, every blocking,
+/// with bias, activation and residual; and on 1 and 2 threads.
+fn gemv_matches_tiles(name: &str) {
+    let kern = kernel(name);
+    if !kern.available() {
+        eprintln!("{name}: this CPU lacks it, skipped");
+        return;
+    }
+    if kern.gemv.is_none() {
+        eprintln!("{name}: no GEMV, its decode runs the tiles");
+        return;
+    }
+    let tiles = kern.tiles_only();
+    let mut seed = 11;
+    for m in 1..=8 {
+        for (n, k) in [(128, 5), (131, 33), (300, 77), (97, 130), (520, 259)] {
+            let case = Case::new(&mut seed, (m, n, k), m % 2 == 0, true);
+            let w = case.pack(kern.format);
+            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+            for (act, with_res) in [(0, false), (2, true)] {
+                for bl in blockings(kern) {
+                    for threads in [1, 2] {
+                        let run = |kern: &QKernel| {
+                            let mut c = vec![f32::NAN; m * n];
+                            let bias = case.bias.as_ref().unwrap();
+                            let mut g = QGemmCall::new(
+                                m,
+                                case.a.as_ptr(),
+                                k,
+                                &w,
+                                bias.as_ptr(),
+                                c.as_mut_ptr(),
+                                n,
+                            );
+                            g.act = act;
+                            g.threads = threads;
+                            if with_res {
+                                g.residual = res.as_ptr();
+                            }
+                            crate::threads::set_threads(2);
+                            // SAFETY: every pointer of the call is live and sized for m, n,
+                            // k; the kernel is one this CPU has.
+                            unsafe { qgemm(&g, kern, bl) };
+                            crate::threads::set_threads(0);
+                            c
+                        };
+                        let (got, want) = (run(kern), run(&tiles));
+                        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                x.to_bits(),
+                                y.to_bits(),
+                                "{name} {} act {act} residual {with_res} {bl:?} threads {threads} \
+                                 at [{}, {}]: GEMV {x}, tiles {y}",
+                                case.what(),
+                                i / n,
+                                i % n
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 macro_rules! kernel_tests {
@@ -323,6 +395,10 @@ macro_rules! kernel_tests {
                 #[test]
                 fn applies_every_epilogue() {
                     super::applies_every_epilogue(stringify!($name));
+                }
+                #[test]
+                fn gemv_matches_tiles() {
+                    super::gemv_matches_tiles(stringify!($name));
                 }
                 #[test]
                 fn thread_count_does_not_change_results() {
