@@ -7,7 +7,7 @@
 use cranformer_runtime::gemm::quant::QuantRows;
 use cranformer_runtime::gemm::{
     pack_b, qgemm, sgemm, Blocking, GemmCall, Isa, PackedWeight, QGemmCall, QKernel, WeightFormat,
-    KERNELS, PACK_NR,
+    GEMV_ROWS, KERNELS, PACK_NR,
 };
 use cranformer_runtime::threads;
 use std::time::Instant;
@@ -95,6 +95,12 @@ fn main() {
         }
     }
     narrow(&shapes, filter.as_deref());
+    if filter
+        .as_deref()
+        .is_none_or(|f| "gpt2_decode_rows".contains(f))
+    {
+        decode_rows();
+    }
     activation_schemes();
 }
 
@@ -261,4 +267,63 @@ fn activation_schemes() {
             println!("  {inputs:<10} {scheme:<26} {:.2e}", (num / den).sqrt());
         }
     }
+}
+
+/// Where the narrow decode GEMV stops paying: each GEMV kernel against its own tile path
+/// (`QKernel::tiles_only`) on GPT-2's c_fc (768 -> 3072) for M = 1..8 rows, 2 threads,
+/// interleaved round by round; the ratio is the median of per-round GEMV / tiles times.
+fn decode_rows() {
+    let (n, k) = (3072, 768);
+    threads::set_threads(2);
+    println!();
+    println!("gpt2_decode_rows_c_fc: GEMV vs tiles (GEMV runs up to {GEMV_ROWS} rows), 2 threads");
+    println!(
+        "{:<26} {:>3} {:>10} {:>10} {:>8} {:>9}",
+        "kernel", "M", "gemv_ms", "tiles_ms", "GB/s", "gemv/til"
+    );
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.01)
+        .collect();
+    let bias = vec![0.1f32; n];
+    let isa = Isa::detect();
+    for kern in KERNELS
+        .iter()
+        .filter(|k| k.isa == isa && k.available() && k.has_gemv())
+    {
+        let tiles = kern.tiles_only();
+        let pw = PackedWeight::pack(&w, k, n, false, kern.format).unwrap();
+        for m in 1..=8 {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+                .collect();
+            let mut c = vec![0f32; m * n];
+            let g = QGemmCall::new(m, a.as_ptr(), k, &pw, bias.as_ptr(), c.as_mut_ptr(), n);
+            let (mut tg, mut tt, mut ratio) = (vec![], vec![], vec![]);
+            for round in 0..40 {
+                let time = |kern: &QKernel| {
+                    let t = Instant::now();
+                    // SAFETY: every pointer of the call is live and sized for m, n, k; the
+                    // kernel is one this CPU has.
+                    unsafe { qgemm(&g, kern, kern.blocking_for(m)) };
+                    t.elapsed().as_secs_f64()
+                };
+                let (x, y) = (time(kern), time(&tiles));
+                if round >= 4 {
+                    tg.push(x);
+                    tt.push(y);
+                    ratio.push(x / y);
+                }
+            }
+            let gm = median(&mut tg);
+            println!(
+                "{:<26} {m:>3} {:>10.4} {:>10.4} {:>8.1} {:>9.2}",
+                kern.name,
+                gm * 1e3,
+                median(&mut tt) * 1e3,
+                pw.stream_bytes() as f64 / gm / 1e9,
+                median(&mut ratio)
+            );
+        }
+    }
+    threads::set_threads(0);
 }

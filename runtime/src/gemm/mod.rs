@@ -38,7 +38,7 @@ mod qgemv;
 pub mod quant;
 
 pub use epilogue::Act;
-pub use qgemm::{qgemm, QGemmCall, QKernel, KERNELS};
+pub use qgemm::{qgemm, QGemmCall, QKernel, GEMV_ROWS, KERNELS};
 pub use quant::{PackedWeight, WeightFormat};
 
 use crate::threads;

@@ -20,6 +20,7 @@ use super::{Blocking, Init, Isa, PACK_NR};
 use crate::threads;
 
 use super::portable_q;
+pub use super::qgemv::ROWS as GEMV_ROWS;
 use super::qgemv::{self, QGemv};
 #[cfg(target_arch = "x86_64")]
 use super::{avx2_q, avx2_qgemv, avx512_q, avx512_qgemv};
@@ -85,6 +86,11 @@ impl QKernel {
         (self.available)()
     }
 
+    /// Whether it has a decode GEMV (runs matmuls of up to [`GEMV_ROWS`] rows).
+    pub fn has_gemv(&self) -> bool {
+        self.gemv.is_some()
+    }
+
     /// The best kernel for `format` within `isa`'s family (or a narrower one).
     pub fn best(format: WeightFormat, isa: Isa) -> &'static QKernel {
         KERNELS
@@ -93,9 +99,9 @@ impl QKernel {
             .expect("every format has a portable kernel")
     }
 
-    /// The same kernel with its decode GEMV turned off: every panel through the tiles.
-    #[cfg(test)]
-    pub(crate) fn tiles_only(&self) -> QKernel {
+    /// The same kernel with its decode GEMV turned off, every panel through the tiles (for
+    /// the tests and benchmarks that compare the two).
+    pub fn tiles_only(&self) -> QKernel {
         QKernel {
             gemv: None,
             ..*self
