@@ -272,6 +272,8 @@ fn activation_schemes() {
 /// Where the narrow decode GEMV stops paying: each GEMV kernel against its own tile path
 /// (`QKernel::tiles_only`) on GPT-2's c_fc (768 -> 3072) for M = 1..8 rows, 2 threads,
 /// interleaved round by round; the ratio is the median of per-round GEMV / tiles times.
+/// Each call takes the next of enough copies of the weight to overflow a 128 MiB cache,
+/// so the weights come from DRAM as in a decode step (one c_fc alone stays in L3).
 fn decode_rows() {
     let (n, k) = (3072, 768);
     threads::set_threads(2);
@@ -291,16 +293,28 @@ fn decode_rows() {
         .filter(|k| k.isa == isa && k.available() && k.has_gemv())
     {
         let tiles = kern.tiles_only();
-        let pw = PackedWeight::pack(&w, k, n, false, kern.format).unwrap();
+        let one = PackedWeight::pack(&w, k, n, false, kern.format).unwrap();
+        let copies = (128 << 20) / one.stream_bytes() + 1;
+        let pws = vec![one; copies];
+        let mut next = 0;
         for m in 1..=8 {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
                 .collect();
             let mut c = vec![0f32; m * n];
-            let g = QGemmCall::new(m, a.as_ptr(), k, &pw, bias.as_ptr(), c.as_mut_ptr(), n);
             let (mut tg, mut tt, mut ratio) = (vec![], vec![], vec![]);
             for round in 0..40 {
-                let time = |kern: &QKernel| {
+                let mut time = |kern: &QKernel| {
+                    next = (next + 1) % copies;
+                    let g = QGemmCall::new(
+                        m,
+                        a.as_ptr(),
+                        k,
+                        &pws[next],
+                        bias.as_ptr(),
+                        c.as_mut_ptr(),
+                        n,
+                    );
                     let t = Instant::now();
                     // SAFETY: every pointer of the call is live and sized for m, n, k; the
                     // kernel is one this CPU has.
@@ -320,7 +334,7 @@ fn decode_rows() {
                 kern.name,
                 gm * 1e3,
                 median(&mut tt) * 1e3,
-                pw.stream_bytes() as f64 / gm / 1e9,
+                pws[0].stream_bytes() as f64 / gm / 1e9,
                 median(&mut ratio)
             );
         }
