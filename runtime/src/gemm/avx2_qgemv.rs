@@ -11,8 +11,9 @@ use super::qgemm::QTile;
 use super::{Init, PACK_NR};
 use std::arch::x86_64::*;
 
-/// Panels per call for 1..=4 rows (2 accumulators per row and panel of the 16 registers).
-pub const PANELS: [usize; 4] = [4, 3, 2, 1];
+/// Panels per call for 1..=4 rows (2 accumulators per row and panel of the 16 registers, in
+/// powers of two: see `qgemv.rs`).
+pub const PANELS: [usize; 4] = [4, 2, 2, 1];
 
 macro_rules! rows {
     ($k:ident, $t:ident, $panel:ident, $c:ident, $ldc:ident, $init:ident) => {

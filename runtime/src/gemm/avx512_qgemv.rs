@@ -8,7 +8,7 @@
 //! - `avx512_gemv_bf16`, `avx512_gemv_f16`: weights widened to f32, then FMA.
 //!
 //! The panels per call for R rows are `PANELS[R - 1]`: as many streams as the 32 registers
-//! allow next to the accumulators.
+//! allow next to the accumulators, in powers of two (see `qgemv.rs`).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -17,9 +17,9 @@ use super::{Init, PACK_NR};
 use std::arch::x86_64::*;
 
 /// Panels per call for 1..=4 rows: kernels with 2 accumulators per row and panel.
-pub const PANELS: [usize; 4] = [4, 4, 3, 3];
+pub const PANELS: [usize; 4] = [4, 4, 4, 2];
 /// The same for `vpmaddwd` (4 accumulators per row and panel).
-pub const BW_PANELS: [usize; 4] = [4, 3, 2, 1];
+pub const BW_PANELS: [usize; 4] = [4, 2, 2, 1];
 
 macro_rules! rows {
     ($k:ident, $t:ident, $panel:ident, $c:ident, $ldc:ident, $init:ident, $tab:ident) => {

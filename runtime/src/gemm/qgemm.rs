@@ -20,7 +20,7 @@ use super::{Blocking, Init, Isa, PACK_NR};
 use crate::threads;
 
 use super::portable_q;
-pub use super::qgemv::ROWS as GEMV_ROWS;
+pub use super::qgemv::MAX_ROWS as GEMV_ROWS;
 use super::qgemv::{self, QGemv};
 #[cfg(target_arch = "x86_64")]
 use super::{avx2_q, avx2_qgemv, avx512_q, avx512_qgemv};
@@ -529,6 +529,7 @@ impl QGemmCall {
 thread_local! {
     static QUANT_A: std::cell::RefCell<QuantRows> = const { std::cell::RefCell::new(QuantRows::new()) };
     static PACKED_A: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static GEMV_A: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `C = act(A·dequant(B) + bias) + residual` with `kernel` (which must run on this CPU and
@@ -663,17 +664,29 @@ unsafe fn block(
                 }
                 // A decode step's few rows read several whole panels at once (`qgemv`).
                 let first = match &kernel.gemv {
-                    Some(gemv) if ic == 0 && mc == g.m && g.m <= qgemv::ROWS => {
-                        let (a, lda) = match qa {
+                    Some(gemv) if ic == 0 && mc == g.m && g.m <= qgemv::MAX_ROWS => {
+                        // Each GEMV call takes up to ROWS rows: `chunk` bytes from one
+                        // such chunk of A to the next.
+                        let (a, lda, chunk) = match qa {
                             Some(q) if kernel.a_form == AForm::I16 => {
-                                (q.q16.as_ptr().add(pc).cast(), q.kp)
+                                (q.q16.as_ptr().add(pc).cast(), q.kp, 2 * q.kp * qgemv::ROWS)
                             }
-                            Some(q) => (q.q.as_ptr().add(pc), q.kp),
-                            None => (buf.as_ptr().cast(), 0),
+                            Some(q) => (q.q.as_ptr().add(pc), q.kp, q.kp * qgemv::ROWS),
+                            None if g.m <= qgemv::ROWS => (buf.as_ptr().cast(), 0, 0),
+                            None => {
+                                // The tiles' slivers hold mr rows; the GEMV's hold ROWS.
+                                GEMV_A.with(|ga| {
+                                    let mut ga = ga.borrow_mut();
+                                    ga.resize(g.m * kc, 0);
+                                    pack_a(g, 0, g.m, pc, kc, qgemv::ROWS, kernel.a_form, &mut ga);
+                                    (ga.as_ptr().cast(), 0, 4 * kc * qgemv::ROWS)
+                                })
+                            }
                         };
                         let at = qgemv::At {
                             a,
                             lda,
+                            chunk,
                             pc,
                             kc,
                             last,

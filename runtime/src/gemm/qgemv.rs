@@ -1,5 +1,5 @@
-//! Decode GEMVs for narrow weights: a matmul of at most [`ROWS`] rows (a decode step, or a
-//! few batched streams) is bound by streaming the weights from DRAM, and the tile kernels read
+//! Decode GEMVs for narrow weights: a matmul of at most [`MAX_ROWS`] rows (a decode step, or
+//! a few batched streams) is bound by streaming the weights from DRAM, and the tile kernels read
 //! one panel at a time, a single stream per thread with only 2 accumulator chains per row.
 //! A GEMV reads several whole panels at once instead (`avx512_qgemv.rs`, `avx2_qgemv.rs`), as
 //! the f32 `gemv.rs` does; the portable kernels have none and run the tile path.
@@ -14,9 +14,12 @@ use super::qgemm::{dequantize, PanelLayout, QGemmCall, QTile};
 use super::quant::QuantRows;
 use super::{Init, PACK_NR};
 
-/// Rows up to which a GEMV runs instead of the tile kernels (see `benches/gemm.rs`,
-/// `gpt2_decode_*` at M = 1..8).
+/// Rows one GEMV call takes.
 pub const ROWS: usize = 4;
+/// Rows up to which the GEMV runs instead of the tile kernels, in chunks of [`ROWS`] over the
+/// same group of panels (the later chunks read it from cache). Measured with
+/// `cargo bench -p cranformer-runtime --bench gemm -- gpt2_decode_rows`.
+pub const MAX_ROWS: usize = 8;
 
 /// `(tile, panel_bytes, c, ldc, init)`: the tile's `rows` rows against `PANELS[rows - 1]`
 /// panels `panel_bytes` apart, from `tile.b` (the first panel's strip at the K block's start)
@@ -29,7 +32,8 @@ pub(crate) struct QGemv {
     /// Columns of each panel one call computes: a strip (a divisor of [`PACK_NR`]); the
     /// caller walks the strips of each group of panels.
     width: usize,
-    /// Panels per call for 1..=ROWS rows.
+    /// Panels per call for 1..=ROWS rows: powers of two, so that the row chunks of one
+    /// matmul can share a group of panels (the largest of theirs).
     panels: [usize; ROWS],
     run: GemvFn,
 }
@@ -40,6 +44,8 @@ pub(super) struct At {
     /// the tile kernels read it (`[kc][rows]`).
     pub a: *const u8,
     pub lda: usize,
+    /// Bytes from one chunk of [`ROWS`] rows of `a` to the next.
+    pub chunk: usize,
     pub pc: usize,
     pub kc: usize,
     /// Whether this is the last K block (the finish runs after it).
@@ -49,6 +55,11 @@ pub(super) struct At {
 impl QGemv {
     pub(crate) const fn new(width: usize, panels: [usize; ROWS], run: GemvFn) -> QGemv {
         assert!(PACK_NR % width == 0);
+        let mut r = 0;
+        while r < ROWS {
+            assert!(panels[r].is_power_of_two());
+            r += 1;
+        }
         QGemv { width, panels, run }
     }
 
@@ -57,7 +68,7 @@ impl QGemv {
         self.panels[rows - 1]
     }
 
-    /// Runs whole panels `p0..` of `g` (at most [`ROWS`] rows) in groups through the GEMV,
+    /// Runs whole panels `p0..` of `g` (at most [`MAX_ROWS`] rows) in groups through the GEMV,
     /// as far as whole groups of full panels go; returns the first panel left to the tiles.
     ///
     /// # Safety
@@ -74,29 +85,38 @@ impl QGemv {
         p1: usize,
     ) -> usize {
         let rows = g.m;
-        let group = self.panels_for(rows);
+        // The last chunk has the fewest rows, so the most panels per call.
+        let group = self.panels_for(rows - (rows - 1) / ROWS * ROWS);
         let mut p = p0;
         while p + group <= p1 && (p + group) * PACK_NR <= g.n {
             let col = p * PACK_NR;
-            for sub in (0..PACK_NR).step_by(self.width) {
-                let init = if at.pc > 0 {
-                    Init::Load
-                } else if g.bias.is_null() || qa.is_some() {
-                    Init::Zero
-                } else {
-                    Init::Bias(g.bias.add(col + sub))
-                };
-                let tile = QTile {
-                    kc: at.kc,
-                    a: at.a,
-                    lda: at.lda,
-                    b: g.b.add(layout.offset(p, at.pc, sub)),
-                    rows,
-                    cols: self.width,
-                    init,
-                    bias_cols_valid: g.n - col - sub,
-                };
-                (self.run)(&tile, layout.panel_bytes, g.c.add(col + sub), g.ldc, init);
+            for r0 in (0..rows).step_by(ROWS) {
+                let chunk = ROWS.min(rows - r0);
+                let per_call = self.panels_for(chunk);
+                for q in (p..p + group).step_by(per_call) {
+                    for sub in (0..PACK_NR).step_by(self.width) {
+                        let at_col = q * PACK_NR + sub;
+                        let init = if at.pc > 0 {
+                            Init::Load
+                        } else if g.bias.is_null() || qa.is_some() {
+                            Init::Zero
+                        } else {
+                            Init::Bias(g.bias.add(at_col))
+                        };
+                        let tile = QTile {
+                            kc: at.kc,
+                            a: at.a.add(r0 / ROWS * at.chunk),
+                            lda: at.lda,
+                            b: g.b.add(layout.offset(q, at.pc, sub)),
+                            rows: chunk,
+                            cols: self.width,
+                            init,
+                            bias_cols_valid: g.n - at_col,
+                        };
+                        let c = g.c.add(r0 * g.ldc + at_col);
+                        (self.run)(&tile, layout.panel_bytes, c, g.ldc, init);
+                    }
+                }
             }
             if at.last {
                 // The group's panels are side by side in C: one finish over their columns.

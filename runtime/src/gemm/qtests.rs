@@ -318,8 +318,8 @@ fn thread_count_does_not_change_results(name: &str) {
     }
 }
 
-/// The decode GEMV against the tile path it replaces: the same bits, for 1..=8 rows (those
-/// above [`super::qgemv::ROWS`] check the tiles still run them), odd N and K, every blocking,
+/// The decode GEMV against the tile path it replaces: the same bits, for 1..=8 rows (in chunks
+/// of [`super::qgemv::ROWS`] above it), odd N and K, every blocking,
 /// with bias, activation and residual; and on 1 and 2 threads.
 fn gemv_matches_tiles(name: &str) {
     let kern = kernel(name);
