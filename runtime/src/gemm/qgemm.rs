@@ -649,8 +649,11 @@ unsafe fn block(
     };
     PACKED_A.with(|buf| {
         let mut buf = buf.borrow_mut();
-        if qa.is_none() {
-            buf.resize(mc_max * kc_max, 0);
+        // Grown, never shrunk: a resize up after a smaller call would clear the whole
+        // buffer (for a decode step, up to mc_max·K words each call instead of K).
+        let need = mc_max.min(g.m.next_multiple_of(mr)) * kc_max;
+        if qa.is_none() && buf.len() < need {
+            buf.resize(need, 0);
         }
         let mut pc = 0;
         while pc < kp {
@@ -677,7 +680,9 @@ unsafe fn block(
                                 // The tiles' slivers hold mr rows; the GEMV's hold ROWS.
                                 GEMV_A.with(|ga| {
                                     let mut ga = ga.borrow_mut();
-                                    ga.resize(g.m * kc, 0);
+                                    if ga.len() < g.m * kc {
+                                        ga.resize(g.m * kc, 0);
+                                    }
                                     pack_a(g, 0, g.m, pc, kc, qgemv::ROWS, kernel.a_form, &mut ga);
                                     (ga.as_ptr().cast(), 0, 4 * kc * qgemv::ROWS)
                                 })
