@@ -157,11 +157,9 @@ pub fn rows(
                     p.levels[home].name.clone()
                 },
                 tiling: match node.op {
-                    Op::Attention { .. } => format!(
-                        "runtime {:?}",
-                        cranformer_runtime::gemm::detected()
-                    )
-                    .to_lowercase(),
+                    Op::Attention { .. } => {
+                        format!("runtime {:?}", cranformer_runtime::gemm::detected()).to_lowercase()
+                    }
                     _ => "cranelift f32x4".into(),
                 },
                 predicted_s: compute.max(memory),

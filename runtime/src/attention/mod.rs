@@ -454,7 +454,16 @@ unsafe fn lanes_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
             let mut j = 0;
             while j < n {
                 let r = S::MR.min(n - j);
-                tile::<S>(r, d, k0.add((j0 + j) * cc), cc, 1, qt, st.add(j * qb), false);
+                tile::<S>(
+                    r,
+                    d,
+                    k0.add((j0 + j) * cc),
+                    cc,
+                    1,
+                    qt,
+                    st.add(j * qb),
+                    false,
+                );
                 j += r;
             }
             // Scale, bias, masks; the tile's max per lane.

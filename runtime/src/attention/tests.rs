@@ -45,7 +45,11 @@ impl Case {
         let c = self.h * self.d;
         let q = r.vec(self.b * self.t * c);
         // Larger scores than unit vectors give, so the softmax is far from uniform.
-        let k = r.vec(self.b * self.kv_rows * c).iter().map(|x| 3.0 * x).collect();
+        let k = r
+            .vec(self.b * self.kv_rows * c)
+            .iter()
+            .map(|x| 3.0 * x)
+            .collect();
         let v = r.vec(self.b * self.kv_rows * c);
         // Batch row 0 attends everywhere but key 1; row 1 has all keys masked; row 2 is
         // right-padded; the rest random.
@@ -109,16 +113,18 @@ impl Case {
             for hi in 0..h {
                 for ti in 0..t {
                     let q = &x.q[(bi * t + ti) * c + hi * d..][..d];
-                    let visible = if self.causal { (s - t + ti + 1).min(s) } else { s };
+                    let visible = if self.causal {
+                        (s - t + ti + 1).min(s)
+                    } else {
+                        s
+                    };
                     let krow = |j: usize| (bi * self.kv_rows + j) * c + hi * d;
                     let mut sc = vec![f64::NEG_INFINITY; visible];
                     for (j, sc) in sc.iter_mut().enumerate() {
                         if self.masked && x.mask[bi * s + j] == 0 {
                             continue;
                         }
-                        let dot: f64 = (0..d)
-                            .map(|e| q[e] as f64 * x.k[krow(j) + e] as f64)
-                            .sum();
+                        let dot: f64 = (0..d).map(|e| q[e] as f64 * x.k[krow(j) + e] as f64).sum();
                         let mut y = dot * scale as f64;
                         if self.biased {
                             y += x.bias[(hi * t + ti) * s + j] as f64;
@@ -182,7 +188,9 @@ fn check(case: Case) {
         );
         let two = run(case, &x, isa, 2);
         assert!(
-            one.iter().zip(&two).all(|(a, b)| a.to_bits() == b.to_bits()),
+            one.iter()
+                .zip(&two)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{isa:?} {case:?}: 1 and 2 threads differ"
         );
     }
@@ -204,7 +212,13 @@ fn case(b: usize, t: usize, s: usize, h: usize, d: usize) -> Case {
 
 #[test]
 fn plain_shapes() {
-    for (t, s, d) in [(1, 1, 1), (5, 7, 3), (33, 33, 64), (70, 130, 17), (128, 128, 64)] {
+    for (t, s, d) in [
+        (1, 1, 1),
+        (5, 7, 3),
+        (33, 33, 64),
+        (70, 130, 17),
+        (128, 128, 64),
+    ] {
         check(case(2, t, s, 3, d));
     }
 }
@@ -273,5 +287,11 @@ fn refuses_bad_calls() {
     let call = c.call(&x, &mut out, Isa::Portable, 1);
     // SAFETY: refused before any pointer is read.
     let err = unsafe { attention(&call) }.unwrap_err();
-    assert_eq!(err, AttnError::KvRows { kv_rows: 3, keys: 5 });
+    assert_eq!(
+        err,
+        AttnError::KvRows {
+            kv_rows: 3,
+            keys: 5
+        }
+    );
 }
