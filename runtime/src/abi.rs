@@ -1,12 +1,13 @@
 //! The layout generated code relies on, read from the runtime's own definitions: the byte
 //! offset and width of every field the generated code loads or stores in a runtime struct
-//! ([`EntryCtx`], [`RuntimeFns`], [`GemmCall`], and [`QGemmCall`] for the narrow-weight
-//! matmul the compiler will call next), their sizes and alignments, and the enum
+//! ([`EntryCtx`], [`RuntimeFns`], [`GemmCall`], [`QGemmCall`] for the narrow-weight
+//! matmul, [`AttnCall`] for attention), their sizes and alignments, and the enum
 //! codes it passes ([`crate::gemm::Act`], [`crate::gemm::Isa`]). The compiler uses these
 //! and nothing else, so reordering or widening a field here changes the generated code
 //! with it; the assertions at the bottom stop what the generated code cannot follow (a
 //! field width other than 4 or 8 bytes, a pointer other than 64 bits).
 
+use crate::attention::AttnCall;
 use crate::gemm::{GemmCall, QGemmCall};
 use crate::native::{EntryCtx, RuntimeFns};
 use std::mem::{align_of, offset_of, size_of};
@@ -64,6 +65,8 @@ pub mod rt {
     pub const QGEMM: Field = field!(RuntimeFns, qgemm);
     /// `GatherColumnsFn`: embedding rows from a prepared weight's columns, never null.
     pub const GATHER_COLUMNS: Field = field!(RuntimeFns, gather_columns);
+    /// `AttentionFn`: scaled dot-product attention, never null.
+    pub const ATTENTION: Field = field!(RuntimeFns, attention);
 }
 
 /// [`GemmCall`], which generated matmuls fill on their stack.
@@ -123,6 +126,35 @@ pub mod qgemm_call {
     ];
 }
 
+/// [`AttnCall`], which generated attention kernels fill on their stack.
+pub mod attn_call {
+    use super::*;
+    pub const SIZE: u32 = size_of::<AttnCall>() as u32;
+    pub const ALIGN: u32 = align_of::<AttnCall>() as u32;
+    pub const Q: Field = field!(AttnCall, q);
+    pub const K: Field = field!(AttnCall, k);
+    pub const V: Field = field!(AttnCall, v);
+    pub const MASK: Field = field!(AttnCall, mask);
+    pub const BIAS: Field = field!(AttnCall, bias);
+    pub const OUT: Field = field!(AttnCall, out);
+    pub const BATCH: Field = field!(AttnCall, batch);
+    pub const SEQ: Field = field!(AttnCall, seq);
+    pub const KEYS: Field = field!(AttnCall, keys);
+    pub const KV_ROWS: Field = field!(AttnCall, kv_rows);
+    pub const HEADS: Field = field!(AttnCall, heads);
+    pub const HEAD_DIM: Field = field!(AttnCall, head_dim);
+    /// An f32: generated code stores its bits as a 4-byte integer.
+    pub const SCALE: Field = field!(AttnCall, scale);
+    pub const CAUSAL: Field = field!(AttnCall, causal);
+    pub const ISA: Field = field!(AttnCall, isa);
+    pub const THREADS: Field = field!(AttnCall, threads);
+    /// Every field, so a test can check they tile the struct.
+    pub const ALL: [Field; 16] = [
+        Q, K, V, MASK, BIAS, OUT, BATCH, SEQ, KEYS, KV_ROWS, HEADS, HEAD_DIM, SCALE, CAUSAL, ISA,
+        THREADS,
+    ];
+}
+
 // Generated code keeps pointers, sizes and dims in i64 registers and loads or stores each
 // field with an 8- or 4-byte access.
 const _: () = assert!(size_of::<usize>() == 8 && size_of::<*const u8>() == 8);
@@ -139,6 +171,7 @@ const _: () = {
         rt::PARALLEL_FOR,
         rt::QGEMM,
         rt::GATHER_COLUMNS,
+        rt::ATTENTION,
     ];
     let mut i = 0;
     while i < all.len() {
@@ -146,18 +179,21 @@ const _: () = {
         i += 1;
     }
     let mut i = 0;
-    while i < gemm_call::ALL.len() + qgemm_call::ALL.len() {
-        let f = if i < gemm_call::ALL.len() {
+    let (g, q) = (gemm_call::ALL.len(), qgemm_call::ALL.len());
+    while i < g + q + attn_call::ALL.len() {
+        let f = if i < g {
             gemm_call::ALL[i]
+        } else if i < g + q {
+            qgemm_call::ALL[i - g]
         } else {
-            qgemm_call::ALL[i - gemm_call::ALL.len()]
+            attn_call::ALL[i - g - q]
         };
         assert!(f.bytes == 8 || f.bytes == 4);
         assert!(f.offset % f.bytes as i32 == 0);
         i += 1;
     }
     // The stack slots generated code reserves are aligned to 8 bytes at most.
-    assert!(gemm_call::ALIGN <= 8 && qgemm_call::ALIGN <= 8);
+    assert!(gemm_call::ALIGN <= 8 && qgemm_call::ALIGN <= 8 && attn_call::ALIGN <= 8);
 };
 
 #[cfg(test)]
@@ -169,6 +205,7 @@ mod tests {
         for (all, size) in [
             (&gemm_call::ALL[..], gemm_call::SIZE),
             (&qgemm_call::ALL[..], qgemm_call::SIZE),
+            (&attn_call::ALL[..], attn_call::SIZE),
         ] {
             let mut spans: Vec<(i32, i32)> = all
                 .iter()

@@ -4,6 +4,7 @@
 //! depends on no part of the compiler.
 
 pub mod abi;
+pub mod attention;
 pub mod cli;
 pub mod compiled;
 pub mod config;

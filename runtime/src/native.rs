@@ -362,6 +362,9 @@ pub struct RuntimeFns {
     /// ([`crate::gemm::quant::cranformer_gather_columns`]): a tied head's only copy; never
     /// null.
     pub gather_columns: GatherColumnsFn,
+    /// Scaled dot-product attention ([`crate::attention::cranformer_attention`]); never
+    /// null: every ISA has a kernel.
+    pub attention: AttentionFn,
 }
 
 /// `parallel_for(task, ctx, n)`.
@@ -369,6 +372,9 @@ pub type ParallelForFn = unsafe extern "C" fn(crate::threads::TaskFn, *const u8,
 
 /// `qgemm(&call)`.
 pub type QGemmFn = unsafe extern "C" fn(*const crate::gemm::QGemmCall);
+
+/// `attention(&call)`.
+pub type AttentionFn = unsafe extern "C" fn(*const crate::attention::AttnCall);
 
 /// `gather_columns(words, k, n, format code, ids, count, out) -> 0 or 1 (an id out of range)`.
 pub type GatherColumnsFn =
@@ -381,12 +387,14 @@ pub fn runtime_fns() -> &'static RuntimeFns {
         parallel_for: crate::threads::cranformer_parallel_for,
         qgemm: crate::gemm::qgemm::cranformer_qgemm,
         gather_columns: crate::gemm::quant::cranformer_gather_columns,
+        attention: crate::attention::cranformer_attention,
     };
     static NARROW: RuntimeFns = RuntimeFns {
         gemm: None,
         parallel_for: crate::threads::cranformer_parallel_for,
         qgemm: crate::gemm::qgemm::cranformer_qgemm,
         gather_columns: crate::gemm::quant::cranformer_gather_columns,
+        attention: crate::attention::cranformer_attention,
     };
     match crate::gemm::detected() {
         crate::gemm::Isa::Portable => &NARROW,

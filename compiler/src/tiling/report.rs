@@ -136,7 +136,13 @@ pub fn rows(
             let cost = node_cost(g, n, d);
             let bytes = cost.bytes() as f64;
             let home = p.home(cost.bytes());
-            let compute = cost.flops as f64 / (p.peak_gflops(128, 1) * 1e9);
+            // Attention is the runtime's kernel on this host's ISA; the rest Cranelift's
+            // f32x4 code.
+            let bits = match node.op {
+                Op::Attention { .. } => cranformer_runtime::gemm::detected().bits(),
+                _ => 128,
+            };
+            let compute = cost.flops as f64 / (p.peak_gflops(bits, 1) * 1e9);
             let memory = bytes / (p.read_gbs(home, 1) * 1e9);
             let name = node.op.to_string();
             let name = name.split([' ', '(', '{']).next().unwrap_or("").to_string();
@@ -150,7 +156,12 @@ pub fn rows(
                 } else {
                     p.levels[home].name.clone()
                 },
-                tiling: "cranelift f32x4".into(),
+                tiling: match node.op {
+                    Op::Attention { .. } => {
+                        format!("runtime {:?}", cranformer_runtime::gemm::detected()).to_lowercase()
+                    }
+                    _ => "cranelift f32x4".into(),
+                },
                 predicted_s: compute.max(memory),
                 roof_s: compute.max(memory),
                 measured_s: None,

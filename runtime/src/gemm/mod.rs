@@ -529,8 +529,31 @@ unsafe fn block(
                 }
                 let (p, sub) = (col / PACK_NR, col % PACK_NR);
                 let bptr = g.b.add(p * g.k * PACK_NR + pc * PACK_NR + sub);
+                // The sliver after this panel's (the next panel's, else the first panel's in
+                // the next K block) is fetched towards L2 a share per tile while this one
+                // runs from L1: a new panel is a new stream to the hardware prefetchers, and
+                // the first tile on it otherwise waits for L3 or DRAM.
+                let next = if p + 1 < p1 && (p + 1) * PACK_NR < g.n {
+                    Some(g.b.add((p + 1) * g.k * PACK_NR + pc * PACK_NR))
+                } else if pc + kc < g.k && ic + mc >= g.m {
+                    Some(g.b.add(first * g.k * PACK_NR + (pc + kc) * PACK_NR))
+                } else {
+                    None
+                };
+                let lines = kc * PACK_NR * 4 / 64;
+                let calls = (PACK_NR / nr) * mc.div_ceil(mr);
+                let share = lines.div_ceil(calls);
+                let mut call = (sub / nr) * mc.div_ceil(mr);
                 let mut ir = 0;
                 while ir < mc {
+                    if let Some(nb) = next {
+                        prefetch_l2(
+                            nb.cast::<u8>(),
+                            (call * share).min(lines),
+                            ((call + 1) * share).min(lines),
+                        );
+                        call += 1;
+                    }
                     let init = if pc > 0 {
                         Init::Load
                     } else if g.bias.is_null() {
@@ -565,6 +588,18 @@ unsafe fn block(
         }
         pc += kc;
     }
+}
+
+/// Hints cache lines `from..to` of `base` towards L2 (nothing off x86-64).
+#[inline(always)]
+unsafe fn prefetch_l2(base: *const u8, from: usize, to: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in from..to {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line * 64).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, from, to);
 }
 
 /// Runs whole panels `p0..` of a one-row product in groups through the GEMV kernels, as far

@@ -1,0 +1,297 @@
+//! The kernel against a plain scalar reference (the interpreter's loop, f64 sums) on odd
+//! shapes, for every ISA this CPU runs, and 1 against 2 threads bit for bit.
+
+use super::*;
+
+/// A small deterministic generator (xorshift), values in [-1, 1).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    b: usize,
+    t: usize,
+    s: usize,
+    h: usize,
+    d: usize,
+    kv_rows: usize,
+    causal: bool,
+    masked: bool,
+    biased: bool,
+}
+
+struct Data {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    mask: Vec<i64>,
+    bias: Vec<f32>,
+}
+
+impl Case {
+    fn data(&self, seed: u64) -> Data {
+        let mut r = Rng(seed * 2654435761 + 1);
+        let c = self.h * self.d;
+        let q = r.vec(self.b * self.t * c);
+        // Larger scores than unit vectors give, so the softmax is far from uniform.
+        let k = r
+            .vec(self.b * self.kv_rows * c)
+            .iter()
+            .map(|x| 3.0 * x)
+            .collect();
+        let v = r.vec(self.b * self.kv_rows * c);
+        // Batch row 0 attends everywhere but key 1; row 1 has all keys masked; row 2 is
+        // right-padded; the rest random.
+        let mask = (0..self.b * self.s)
+            .map(|i| {
+                let (bi, j) = (i / self.s, i % self.s);
+                match bi {
+                    0 => (j != 1) as i64,
+                    1 => 0,
+                    2 => (j < self.s / 2) as i64,
+                    _ => (r.next() > -0.5) as i64,
+                }
+            })
+            .collect();
+        let bias = r.vec(self.h * self.t * self.s);
+        Data {
+            q,
+            k,
+            v,
+            mask,
+            bias,
+        }
+    }
+
+    fn call(&self, x: &Data, out: &mut [f32], isa: Isa, threads: u32) -> AttnCall {
+        AttnCall {
+            q: x.q.as_ptr(),
+            k: x.k.as_ptr(),
+            v: x.v.as_ptr(),
+            mask: if self.masked {
+                x.mask.as_ptr()
+            } else {
+                std::ptr::null()
+            },
+            bias: if self.biased {
+                x.bias.as_ptr()
+            } else {
+                std::ptr::null()
+            },
+            out: out.as_mut_ptr(),
+            batch: self.b,
+            seq: self.t,
+            keys: self.s,
+            kv_rows: self.kv_rows,
+            heads: self.h,
+            head_dim: self.d,
+            scale: 1.0 / (self.d as f32).sqrt(),
+            causal: self.causal as u32,
+            isa: isa as u32,
+            threads,
+        }
+    }
+
+    /// The interpreter's loop (`interp::kernels::attention`) with kv_rows, in f64.
+    fn reference(&self, x: &Data) -> Vec<f32> {
+        let Case { b, t, s, h, d, .. } = *self;
+        let c = h * d;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; b * t * c];
+        for bi in 0..b {
+            for hi in 0..h {
+                for ti in 0..t {
+                    let q = &x.q[(bi * t + ti) * c + hi * d..][..d];
+                    let visible = if self.causal {
+                        (s - t + ti + 1).min(s)
+                    } else {
+                        s
+                    };
+                    let krow = |j: usize| (bi * self.kv_rows + j) * c + hi * d;
+                    let mut sc = vec![f64::NEG_INFINITY; visible];
+                    for (j, sc) in sc.iter_mut().enumerate() {
+                        if self.masked && x.mask[bi * s + j] == 0 {
+                            continue;
+                        }
+                        let dot: f64 = (0..d).map(|e| q[e] as f64 * x.k[krow(j) + e] as f64).sum();
+                        let mut y = dot * scale as f64;
+                        if self.biased {
+                            y += x.bias[(hi * t + ti) * s + j] as f64;
+                        }
+                        *sc = y;
+                    }
+                    let o = &mut out[(bi * t + ti) * c + hi * d..][..d];
+                    let max = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let p: Vec<f64> = if max == f64::NEG_INFINITY {
+                        vec![1.0 / visible as f64; visible]
+                    } else {
+                        let e: Vec<f64> = sc.iter().map(|x| (x - max).exp()).collect();
+                        let sum: f64 = e.iter().sum();
+                        e.iter().map(|x| x / sum).collect()
+                    };
+                    for (e, o) in o.iter_mut().enumerate() {
+                        *o = (0..visible)
+                            .map(|j| p[j] * x.v[krow(j) + e] as f64)
+                            .sum::<f64>() as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn isas() -> Vec<Isa> {
+    let best = crate::gemm::detect_hardware();
+    [Isa::Avx512, Isa::Avx2, Isa::Portable]
+        .into_iter()
+        .filter(|&i| i >= best)
+        .collect()
+}
+
+fn run(case: Case, x: &Data, isa: Isa, threads: u32) -> Vec<f32> {
+    let mut out = vec![f32::NAN; case.b * case.t * case.h * case.d];
+    let call = case.call(x, &mut out, isa, threads);
+    // SAFETY: the buffers hold the shapes the call names.
+    unsafe { attention(&call) }.expect("a valid call");
+    out
+}
+
+fn check(case: Case) {
+    let x = case.data(case.t as u64 * 31 + case.s as u64);
+    let want = case.reference(&x);
+    for isa in isas() {
+        let one = run(case, &x, isa, 1);
+        let (mut worst, mut at) = (0f32, 0);
+        for (i, (a, b)) in one.iter().zip(&want).enumerate() {
+            let err = (a - b).abs();
+            if err > worst || err.is_nan() {
+                (worst, at) = (if err.is_nan() { f32::INFINITY } else { err }, i);
+            }
+        }
+        assert!(
+            worst <= 2e-5,
+            "{isa:?} {case:?}: worst |diff| {worst:e} at {at}: kernel {} reference {}",
+            one[at],
+            want[at]
+        );
+        let two = run(case, &x, isa, 2);
+        assert!(
+            one.iter()
+                .zip(&two)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{isa:?} {case:?}: 1 and 2 threads differ"
+        );
+    }
+}
+
+fn case(b: usize, t: usize, s: usize, h: usize, d: usize) -> Case {
+    Case {
+        b,
+        t,
+        s,
+        h,
+        d,
+        kv_rows: s,
+        causal: false,
+        masked: false,
+        biased: false,
+    }
+}
+
+#[test]
+fn plain_shapes() {
+    for (t, s, d) in [
+        (1, 1, 1),
+        (5, 7, 3),
+        (33, 33, 64),
+        (70, 130, 17),
+        (128, 128, 64),
+    ] {
+        check(case(2, t, s, 3, d));
+    }
+}
+
+#[test]
+fn masks_with_all_masked_and_padded_rows() {
+    for (t, s, d) in [(3, 9, 20), (40, 40, 64), (64, 300, 24)] {
+        check(Case {
+            masked: true,
+            ..case(4, t, s, 2, d)
+        });
+    }
+}
+
+#[test]
+fn causal_with_fewer_queries_than_keys() {
+    for (t, s, d) in [(1, 1030, 64), (3, 20, 7), (37, 37, 33), (50, 200, 64)] {
+        check(Case {
+            causal: true,
+            ..case(2, t, s, 2, d)
+        });
+        check(Case {
+            causal: true,
+            masked: true,
+            ..case(3, t, s, 2, d)
+        });
+    }
+}
+
+#[test]
+fn bias_as_t5() {
+    for (t, s, d) in [(1, 9, 64), (19, 19, 64), (40, 141, 31)] {
+        check(Case {
+            biased: true,
+            masked: true,
+            ..case(3, t, s, 2, d)
+        });
+        check(Case {
+            biased: true,
+            causal: true,
+            ..case(1, t, s, 2, d)
+        });
+    }
+}
+
+#[test]
+fn kv_cache_rows_apart() {
+    for (t, s, d) in [(1, 17, 64), (4, 40, 16), (40, 150, 65)] {
+        check(Case {
+            kv_rows: s + 13,
+            causal: true,
+            masked: true,
+            ..case(3, t, s, 2, d)
+        });
+    }
+}
+
+#[test]
+fn refuses_bad_calls() {
+    let c = Case {
+        kv_rows: 3,
+        ..case(2, 4, 5, 1, 8)
+    };
+    let x = c.data(1);
+    let mut out = vec![0f32; 2 * 4 * 8];
+    let call = c.call(&x, &mut out, Isa::Portable, 1);
+    // SAFETY: refused before any pointer is read.
+    let err = unsafe { attention(&call) }.unwrap_err();
+    assert_eq!(
+        err,
+        AttnError::KvRows {
+            kv_rows: 3,
+            keys: 5
+        }
+    );
+}
