@@ -6,6 +6,8 @@
 //! - `avx2_gemv_bf16`, `avx2_gemv_f16`: weights widened to f32, then FMA.
 
 #![cfg(target_arch = "x86_64")]
+// acc[r][p] is indexed by row and panel together: index loops read as the maths.
+#![allow(clippy::needless_range_loop)]
 
 use super::qgemm::QTile;
 use super::{Init, PACK_NR};

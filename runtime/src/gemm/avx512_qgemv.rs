@@ -11,6 +11,8 @@
 //! allow next to the accumulators, in powers of two (see `qgemv.rs`).
 
 #![cfg(target_arch = "x86_64")]
+// acc[r][p] is indexed by row and panel together: index loops read as the maths.
+#![allow(clippy::needless_range_loop)]
 
 use super::qgemm::QTile;
 use super::{Init, PACK_NR};
@@ -186,9 +188,10 @@ unsafe fn bf16_dot_k<const R: usize, const P: usize>(
     // `[kc/2][R]` bf16 pairs, as the tile kernel reads them.
     let a = t.a as *const i32;
     for q in 0..t.kc / 2 {
-        let mut av: [__m512bh; R] = [std::mem::transmute(_mm512_setzero_si512()); R];
+        let mut av: [__m512bh; R] =
+            [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); R];
         for (r, x) in av.iter_mut().enumerate() {
-            *x = std::mem::transmute(_mm512_set1_epi32(*a.add(q * R + r)));
+            *x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(q * R + r)));
         }
         for p in 0..P {
             let pb = t.b.add(p * panel + q * 4 * PACK_NR);

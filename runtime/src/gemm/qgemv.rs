@@ -54,7 +54,7 @@ pub(super) struct At {
 
 impl QGemv {
     pub(crate) const fn new(width: usize, panels: [usize; ROWS], run: GemvFn) -> QGemv {
-        assert!(PACK_NR % width == 0);
+        assert!(PACK_NR.is_multiple_of(width));
         let mut r = 0;
         while r < ROWS {
             assert!(panels[r].is_power_of_two());
@@ -74,6 +74,7 @@ impl QGemv {
     /// # Safety
     /// As [`super::qgemm`] for `g`; the kernel runs on this CPU; `at` as described there;
     /// `p0..p1` within the panels of N; `qa` is the int8 rows (None for other formats).
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn panels(
         &self,
         g: &QGemmCall,
