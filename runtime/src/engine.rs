@@ -61,18 +61,14 @@ pub trait Engine {
     /// `cache`, which stands for its `past_key.{l}`/`past_value.{l}` inputs (`inputs` are the
     /// others), and appends the call's new keys and values to it; the `present_*` outputs are
     /// not returned. This default copies the cache into tensors and takes only the new rows
-    /// back; compiled engines write the new rows into the cache in place.
+    /// back; compiled engines write the new rows into the cache in place. A cache whose rows
+    /// hold different lengths takes one token per row (see [`crate::kv_cache`]).
     fn run_cached(
         &mut self,
         entry: &str,
         inputs: &[(&str, &Tensor)],
         cache: &mut KvCache,
     ) -> Result<Outputs, EngineError> {
-        let past = cache.inputs();
-        let mut all = inputs.to_vec();
-        all.extend(past.iter().map(|(n, t)| (n.as_str(), t)));
-        let mut out = self.run(entry, &all)?;
-        cache.update(&mut out)?;
-        Ok(out)
+        cache.run_copied(inputs, |all| self.run(entry, all))
     }
 }
