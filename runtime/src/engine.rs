@@ -11,7 +11,7 @@
 //!   `attention_mask` [B, P+T], `past_key.{l}`, `past_value.{l}` [B, P, C] -> `logits`
 //!   [B, T or 1, V] (or `last_hidden_state` without an LM head), `present_key.{l}`,
 //!   `present_value.{l}` [B, P+T, C]. GPT-2 `batch_step`: `step` with `position_ids` [B, T]
-//!   given per row (for rows whose caches were left-padded to one length P).
+//!   given per row (for a cache whose rows hold different lengths, see [`crate::kv_cache`]).
 //! - T5 `encode`: `input_ids`, `attention_mask` [B, S] -> `encoder_last_hidden_state`
 //!   [B, S, C]. `cross_kv`: `encoder_hidden_states` [B, S, C] -> `cross_key.{l}`,
 //!   `cross_value.{l}` [B, S, H*D]. `decode` (all positions) and `step` (last position):
