@@ -700,6 +700,8 @@ impl NativeEntry {
         // each appended `past_*` input and its concatenation point at that layer's storage,
         // `[B, kv_cap, C]` with kv_cap >= P + T (`run_cached` reserved T), which the code
         // indexes with kv_cap rows per batch row; `bind_cached` checked B and C against it.
+        // `kv_lens`, when not null, is the cache's B row lengths, each at most P, so each
+        // row's T new rows (after its own) stay within kv_cap too.
         let code = unsafe { (self.func)(&ctx) };
         if let Some(message) = crate::threads::take_panic() {
             return Err(EngineError::Panic {

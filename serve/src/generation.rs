@@ -301,12 +301,14 @@ impl Generator {
                 offset = i + 1;
             }
             metrics.batch("decode", refs.len());
+            let start = std::time::Instant::now();
             let tokens: Vec<Vec<i64>> = refs.iter().map(|s| vec![s.next]).collect();
             let result = match self.arch {
                 Arch::Gpt2 { .. } => self.gpt2_call(session, &mut refs, &tokens),
                 Arch::T5 { .. } => self.t5_step(session, &mut refs),
                 Arch::None => Err(ApiError::invalid("this model does not generate text")),
             };
+            metrics.call("decode", start.elapsed().as_secs_f64());
             match result {
                 Ok(logits) => {
                     for (s, row) in refs.iter_mut().zip(logits) {
@@ -360,6 +362,7 @@ impl Generator {
         }
         let mask = Tensor::i64(vec![b, p + 1], mask);
         metrics.batch("decode", b);
+        let start = std::time::Instant::now();
         let result = session
             .engine
             .run_cached(
@@ -373,6 +376,7 @@ impl Generator {
             )
             .map_err(|e| ApiError::from_task(e.into()))
             .and_then(|mut out| take_rows(&mut out, "logits", b));
+        metrics.call("decode", start.elapsed().as_secs_f64());
         let rows: Vec<(usize, usize)> = batch
             .ids
             .iter()
