@@ -15,6 +15,7 @@
 
 use anyhow::{Context, Result};
 use cranformer_compiler::tiling::roofline::{cache_path, cpu_name, Level, MachineProfile, Peak};
+use cranformer_runtime::machine::fma_gflops;
 use std::io::Write;
 use std::time::Instant;
 
@@ -101,7 +102,7 @@ pub fn measure() -> MachineProfile {
             peaks.push(Peak {
                 bits,
                 threads: t,
-                gflops: on_threads(t, move || fma_gflops(bits)),
+                gflops: on_threads(t, move || fma_gflops(bits, 20_000_000)),
             });
         }
     }
@@ -177,88 +178,6 @@ fn widths() -> Vec<u32> {
         v.push(128);
     }
     v
-}
-
-/// GFLOP/s of one thread's FMA loop at `bits`.
-fn fma_gflops(bits: u32) -> f64 {
-    let iters = 20_000_000u64;
-    let t = Instant::now();
-    let (flops, sink) = fma_loop(bits, iters);
-    let secs = t.elapsed().as_secs_f64();
-    std::hint::black_box(sink);
-    flops / secs / 1e9
-}
-
-/// Runs `iters` steps of independent FMAs; returns the FLOPs done and a value to keep.
-fn fma_loop(bits: u32, iters: u64) -> (f64, f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::*;
-        match bits {
-            // SAFETY: each of the three runs only where its target features were detected.
-            512 if is_x86_feature_detected!("avx512f") => return unsafe { fma512(iters) },
-            256 if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") => {
-                return unsafe { fma256(iters) }
-            }
-            // SAFETY: as above.
-            128 if is_x86_feature_detected!("fma") => return unsafe { fma128(iters) },
-            _ => {}
-        }
-        #[target_feature(enable = "avx512f")]
-        unsafe fn fma512(iters: u64) -> (f64, f32) {
-            let mut acc = [_mm512_set1_ps(1.0); 24];
-            let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-            for _ in 0..iters {
-                for x in acc.iter_mut() {
-                    *x = _mm512_fmadd_ps(*x, a, b);
-                }
-            }
-            let s = acc
-                .iter()
-                .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
-            ((iters * 24 * 16 * 2) as f64, _mm512_reduce_add_ps(s))
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn fma256(iters: u64) -> (f64, f32) {
-            let mut acc = [_mm256_set1_ps(1.0); 12];
-            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-            for _ in 0..iters {
-                for x in acc.iter_mut() {
-                    *x = _mm256_fmadd_ps(*x, a, b);
-                }
-            }
-            let mut out = [0f32; 8];
-            let s = acc
-                .iter()
-                .fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
-            _mm256_storeu_ps(out.as_mut_ptr(), s);
-            ((iters * 12 * 8 * 2) as f64, out.iter().sum())
-        }
-        #[target_feature(enable = "fma")]
-        unsafe fn fma128(iters: u64) -> (f64, f32) {
-            let mut acc = [_mm_set1_ps(1.0); 12];
-            let (a, b) = (_mm_set1_ps(0.999_999), _mm_set1_ps(1e-7));
-            for _ in 0..iters {
-                for x in acc.iter_mut() {
-                    *x = _mm_fmadd_ps(*x, a, b);
-                }
-            }
-            let mut out = [0f32; 4];
-            let s = acc.iter().fold(_mm_setzero_ps(), |s, &x| _mm_add_ps(s, x));
-            _mm_storeu_ps(out.as_mut_ptr(), s);
-            ((iters * 12 * 4 * 2) as f64, out.iter().sum())
-        }
-    }
-    // Portable: four-wide chains the compiler may vectorise.
-    let mut acc = [[1f32; 4]; 16];
-    for _ in 0..iters / 4 {
-        for row in acc.iter_mut() {
-            for x in row.iter_mut() {
-                *x = x.mul_add(0.999_999, 1e-7);
-            }
-        }
-    }
-    ((iters / 4 * 16 * 4 * 2) as f64, acc[0][0])
 }
 
 /// GB/s reading a `bytes` buffer repeatedly on this thread (about 40 ms).

@@ -682,9 +682,48 @@ unsafe fn block(
 }
 
 /// Turns a finished int8 tile (i32 sums in C's memory) into f32 with the bias:
-/// `(sa_i·sw_j)·(acc - z_i·Σw_j) + bias_j`. Plain code shared by every int8 kernel, so they
-/// all round the same way.
+/// `(sa_i·sw_j)·(acc - z_i·Σw_j) + bias_j`. One body for every int8 kernel, compiled for the
+/// widest vectors the CPU has: the same operations (no fused multiply-add) in any lane
+/// width, so every path rounds the same way.
 unsafe fn dequantize(
+    g: &QGemmCall,
+    q: &QuantRows,
+    row0: usize,
+    col0: usize,
+    rows: usize,
+    cols: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    match super::detected() {
+        // SAFETY: `detected()` picks a family only where its features are present.
+        super::Isa::Avx512 => return dequantize_avx512(g, q, row0, col0, rows, cols),
+        super::Isa::Avx2 => return dequantize_avx2(g, q, row0, col0, rows, cols),
+        super::Isa::Portable => {}
+    }
+    dequantize_body(g, q, row0, col0, rows, cols)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dequantize_avx512(
+    g: &QGemmCall,
+    q: &QuantRows,
+    r0: usize,
+    c0: usize,
+    m: usize,
+    n: usize,
+) {
+    dequantize_body(g, q, r0, c0, m, n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dequantize_avx2(g: &QGemmCall, q: &QuantRows, r0: usize, c0: usize, m: usize, n: usize) {
+    dequantize_body(g, q, r0, c0, m, n)
+}
+
+#[inline(always)]
+unsafe fn dequantize_body(
     g: &QGemmCall,
     q: &QuantRows,
     row0: usize,
@@ -696,17 +735,22 @@ unsafe fn dequantize(
     let sums = std::slice::from_raw_parts(g.col_sums.add(col0), cols);
     for r in 0..rows {
         let (sa, z) = (q.scale[row0 + r], q.zero[row0 + r]);
+        // The tile's i32 sums are read and overwritten in place as f32, element by element,
+        // through one pointer.
         let c = g.c.add((row0 + r) * g.ldc + col0);
-        let acc = std::slice::from_raw_parts(c as *const i32, cols);
-        let out = std::slice::from_raw_parts_mut(c, cols);
-        for j in 0..cols {
-            // Exact in i32: |acc|, |z·Σw| <= 255·127·K, below 2^31 for K < 66 000.
-            let d = acc[j].wrapping_sub(z.wrapping_mul(sums[j]));
-            let mut y = d as f32 * (sa * sw[j]);
-            if !g.bias.is_null() {
-                y += *g.bias.add(col0 + j);
+        let acc = c as *const i32;
+        // Exact in i32: |acc|, |z·Σw| <= 255·127·K, below 2^31 for K < 66 000.
+        let value =
+            |j: usize| (*acc.add(j)).wrapping_sub(z.wrapping_mul(sums[j])) as f32 * (sa * sw[j]);
+        if g.bias.is_null() {
+            for j in 0..cols {
+                *c.add(j) = value(j);
             }
-            out[j] = y;
+        } else {
+            let bias = std::slice::from_raw_parts(g.bias.add(col0), cols);
+            for j in 0..cols {
+                *c.add(j) = value(j) + bias[j];
+            }
         }
     }
 }

@@ -413,28 +413,292 @@ impl QuantRows {
         self.scale.clear();
         self.zero.clear();
         let top = (levels - 1) as f32;
+        let isa = super::detected();
         for i in 0..m {
             let row = std::slice::from_raw_parts(a.add(i * lda), k);
-            let (lo, hi, finite) = row.iter().fold((0f32, 0f32, true), |(lo, hi, f), &x| {
-                (lo.min(x), hi.max(x), f && x.is_finite())
-            });
+            let (lo, hi, finite) = codes::range(isa, row);
             // A NaN or infinity poisons the row's outputs, as it would in f32.
             let scale = if finite { (hi - lo) / top } else { f32::NAN };
             let (zero, inv) = if scale > 0.0 {
-                ((-lo / scale).round().clamp(0.0, top), 1.0 / scale)
+                (codes::round(-lo / scale, top), 1.0 / scale)
             } else {
                 (0.0, 0.0)
             };
-            let dst = &mut self.q[i * kp..i * kp + k];
-            for (d, &x) in dst.iter_mut().zip(row) {
-                *d = (x * inv + zero).round().clamp(0.0, top) as u8;
-            }
+            codes::encode(isa, row, inv, zero, top, &mut self.q[i * kp..i * kp + k]);
             self.scale.push(scale);
             self.zero.push(zero as i32);
         }
         self.q16.clear();
         if widen {
             self.q16.extend(self.q.iter().map(|&x| x as i16));
+        }
+    }
+}
+
+/// The two passes of [`QuantRows::quantize`] over a row, in vector lanes where the CPU has
+/// them. Every path gives the same bytes: min and max are exact in any order, and codes round
+/// half away from zero (as `f32::round`) through a truncation and an exact compare, not
+/// through the libm call `round` compiles to.
+mod codes {
+    use super::super::Isa;
+
+    /// `(min(0, row), max(0, row), all finite)`.
+    pub fn range(isa: Isa, row: &[f32]) -> (f32, f32, bool) {
+        #[cfg(target_arch = "x86_64")]
+        match isa {
+            // SAFETY: `detected()` picks a family only where its features are present.
+            Isa::Avx512 => return unsafe { range_avx512(row) },
+            Isa::Avx2 => return unsafe { range_avx2(row) },
+            Isa::Portable => {}
+        }
+        let _ = isa;
+        range_portable(row)
+    }
+
+    fn range_portable(row: &[f32]) -> (f32, f32, bool) {
+        row.iter().fold((0f32, 0f32, true), |(lo, hi, f), &x| {
+            (lo.min(x), hi.max(x), f && x.is_finite())
+        })
+    }
+
+    /// `x` rounded half away from zero and clamped to `0..=top` (NaN gives 0), exactly as
+    /// `x.round().clamp(0.0, top)` for `top < 2^23`.
+    pub fn round(x: f32, top: f32) -> f32 {
+        let c = x.clamp(0.0, top);
+        if c.is_nan() {
+            return 0.0;
+        }
+        let t = c as u32 as f32;
+        if c - t >= 0.5 {
+            t + 1.0
+        } else {
+            t
+        }
+    }
+
+    /// `dst[j] = round(row[j] · inv + zero)`.
+    pub fn encode(isa: Isa, row: &[f32], inv: f32, zero: f32, top: f32, dst: &mut [u8]) {
+        debug_assert_eq!(row.len(), dst.len());
+        #[cfg(target_arch = "x86_64")]
+        match isa {
+            // SAFETY: as in `range`.
+            Isa::Avx512 => return unsafe { encode_avx512(row, inv, zero, top, dst) },
+            Isa::Avx2 => return unsafe { encode_avx2(row, inv, zero, top, dst) },
+            Isa::Portable => {}
+        }
+        let _ = isa;
+        encode_portable(row, inv, zero, top, dst)
+    }
+
+    fn encode_portable(row: &[f32], inv: f32, zero: f32, top: f32, dst: &mut [u8]) {
+        for (d, &x) in dst.iter_mut().zip(row) {
+            *d = round(x * inv + zero, top) as u8;
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn range_avx512(row: &[f32]) -> (f32, f32, bool) {
+        use std::arch::x86_64::*;
+        let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        // x·0 is 0 for finite x and NaN otherwise; the sum is NaN iff some x is not finite.
+        let mut bad = _mm512_setzero_ps();
+        let body = row.len() / 16 * 16;
+        for j in (0..body).step_by(16) {
+            let x = _mm512_loadu_ps(row.as_ptr().add(j));
+            // NaN lanes keep the running value (the second operand), as `f32::min` does.
+            lo = _mm512_min_ps(x, lo);
+            hi = _mm512_max_ps(x, hi);
+            bad = _mm512_add_ps(bad, _mm512_mul_ps(x, _mm512_setzero_ps()));
+        }
+        let (tl, th, tf) = range_portable(&row[body..]);
+        let lo = _mm512_reduce_min_ps(lo).min(tl);
+        let hi = _mm512_reduce_max_ps(hi).max(th);
+        (lo, hi, tf && !_mm512_reduce_add_ps(bad).is_nan())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn range_avx2(row: &[f32]) -> (f32, f32, bool) {
+        use std::arch::x86_64::*;
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut bad = _mm256_setzero_ps();
+        let body = row.len() / 8 * 8;
+        for j in (0..body).step_by(8) {
+            let x = _mm256_loadu_ps(row.as_ptr().add(j));
+            lo = _mm256_min_ps(x, lo);
+            hi = _mm256_max_ps(x, hi);
+            bad = _mm256_add_ps(bad, _mm256_mul_ps(x, _mm256_setzero_ps()));
+        }
+        let (mut l, mut h, mut f) = range_portable(&row[body..]);
+        let mut lanes = [[0f32; 8]; 3];
+        _mm256_storeu_ps(lanes[0].as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes[1].as_mut_ptr(), hi);
+        _mm256_storeu_ps(lanes[2].as_mut_ptr(), bad);
+        for j in 0..8 {
+            l = l.min(lanes[0][j]);
+            h = h.max(lanes[1][j]);
+            f &= !lanes[2][j].is_nan();
+        }
+        (l, h, f)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn encode_avx512(row: &[f32], inv: f32, zero: f32, top: f32, dst: &mut [u8]) {
+        use std::arch::x86_64::*;
+        let (vinv, vzero, vtop) = (
+            _mm512_set1_ps(inv),
+            _mm512_set1_ps(zero),
+            _mm512_set1_ps(top),
+        );
+        let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
+        let body = row.len() / 16 * 16;
+        for j in (0..body).step_by(16) {
+            // Multiply, then add: two roundings, as the scalar `x * inv + zero`.
+            let x = _mm512_add_ps(
+                _mm512_mul_ps(_mm512_loadu_ps(row.as_ptr().add(j)), vinv),
+                vzero,
+            );
+            // max(x, 0) is 0 for a NaN x (the second operand), then min with top.
+            let c = _mm512_min_ps(_mm512_max_ps(x, _mm512_setzero_ps()), vtop);
+            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(c);
+            let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_sub_ps(c, t), half);
+            let r = _mm512_mask_add_ps(t, up, t, one);
+            _mm_storeu_si128(
+                dst.as_mut_ptr().add(j).cast(),
+                _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(r)),
+            );
+        }
+        encode_portable(&row[body..], inv, zero, top, &mut dst[body..]);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn encode_avx2(row: &[f32], inv: f32, zero: f32, top: f32, dst: &mut [u8]) {
+        use std::arch::x86_64::*;
+        let (vinv, vzero, vtop) = (
+            _mm256_set1_ps(inv),
+            _mm256_set1_ps(zero),
+            _mm256_set1_ps(top),
+        );
+        let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+        let body = row.len() / 8 * 8;
+        for j in (0..body).step_by(8) {
+            let x = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_loadu_ps(row.as_ptr().add(j)), vinv),
+                vzero,
+            );
+            let c = _mm256_min_ps(_mm256_max_ps(x, _mm256_setzero_ps()), vtop);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(c);
+            let up = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_sub_ps(c, t), half);
+            let r = _mm256_add_ps(t, _mm256_and_ps(up, one));
+            let i = _mm256_cvttps_epi32(r);
+            // 8 i32 in 0..=255 to 8 bytes: pack to i16 then u8 within each 128-bit half.
+            let w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256::<1>(i));
+            let b = _mm_packus_epi16(w, w);
+            _mm_storel_epi64(dst.as_mut_ptr().add(j).cast(), b);
+        }
+        encode_portable(&row[body..], inv, zero, top, &mut dst[body..]);
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn isas() -> Vec<Isa> {
+            let best = crate::gemm::detect_hardware();
+            [Isa::Avx512, Isa::Avx2, Isa::Portable]
+                .into_iter()
+                .filter(|&i| i >= best)
+                .collect()
+        }
+
+        /// Rows with exact halves, values past both ends, a NaN and an infinity, and lengths
+        /// that leave vector tails.
+        fn rows() -> Vec<Vec<f32>> {
+            let mut out = Vec::new();
+            for len in [1, 7, 8, 15, 16, 17, 33, 768, 770] {
+                let mut r: Vec<f32> = (0..len)
+                    .map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.173)
+                    .collect();
+                out.push(r.clone());
+                r[len / 2] = f32::NAN;
+                out.push(r.clone());
+                r[len / 2] = f32::INFINITY;
+                out.push(r);
+            }
+            out.push(vec![0.0; 19]);
+            out.push(vec![-3.0; 21]);
+            out.push((0..40).map(|i| i as f32 * 0.5 - 4.0).collect());
+            out
+        }
+
+        #[test]
+        fn every_path_gives_the_scalar_bytes() {
+            for row in rows() {
+                let want_range = range_portable(&row);
+                for (inv, zero, top) in [
+                    (1.0, 0.0, 255.0),
+                    (2.0, 4.0, 255.0),
+                    (0.37, 100.0, 127.0),
+                    (1.0, 128.0, 255.0),
+                ] {
+                    let want: Vec<u8> = row
+                        .iter()
+                        .map(|&x| (x * inv + zero).round().clamp(0.0, top) as u8)
+                        .collect();
+                    for isa in isas() {
+                        let got_range = range(isa, &row);
+                        assert_eq!(
+                            got_range.2,
+                            want_range.2,
+                            "{isa:?} finiteness, len {}",
+                            row.len()
+                        );
+                        if want_range.2 {
+                            assert_eq!(
+                                (got_range.0, got_range.1),
+                                (want_range.0, want_range.1),
+                                "{isa:?}"
+                            );
+                        }
+                        let mut got = vec![9u8; row.len()];
+                        encode(isa, &row, inv, zero, top, &mut got);
+                        assert_eq!(
+                            got,
+                            want,
+                            "{isa:?}, len {}, inv {inv}, zero {zero}",
+                            row.len()
+                        );
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn round_is_half_away_from_zero_then_clamped() {
+            for x in [
+                -1.0f32,
+                -0.5,
+                -0.49,
+                0.0,
+                0.49999997,
+                0.5,
+                1.5,
+                2.5,
+                254.5,
+                255.4,
+                300.0,
+                f32::NAN,
+            ] {
+                let want = if x.is_nan() {
+                    0.0
+                } else {
+                    x.round().clamp(0.0, 255.0)
+                };
+                assert_eq!(round(x, 255.0), want, "{x}");
+            }
         }
     }
 }
