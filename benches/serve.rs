@@ -140,22 +140,52 @@ fn generate_bench(quick: bool) {
         assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(new as u64));
     };
     load(1, 1, &stream); // warm-up
+                         // Decode steps so far: (count, seconds, rows) from /metrics.
+    let steps = || {
+        let r = try_request(port, "GET", "/metrics", &[], None).expect("metrics");
+        let text = r.text();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        (
+            value("cranformer_engine_call_seconds_count{kind=\"decode\"}"),
+            value("cranformer_engine_call_seconds_sum{kind=\"decode\"}"),
+            value("cranformer_batch_size_sum{kind=\"decode\"}"),
+        )
+    };
     let rounds = if quick { 1 } else { 3 };
     let mut ratios = vec![];
     let (mut r1s, mut r8s) = (vec![], vec![]);
+    let (mut step1, mut step8, mut rows8) = (vec![], vec![], vec![]);
     for _ in 0..rounds {
+        let a = steps();
         let t1 = load(1, 1, &stream);
+        let b = steps();
         let t8 = load(8, 1, &stream);
+        let c = steps();
         let (r1, r8) = (new as f64 / t1, (8 * new) as f64 / t8);
         r1s.push(r1);
         r8s.push(r8);
         ratios.push(r8 / r1);
+        step1.push(1e3 * (b.1 - a.1) / (b.0 - a.0).max(1.0));
+        step8.push(1e3 * (c.1 - b.1) / (c.0 - b.0).max(1.0));
+        rows8.push((c.2 - b.2) / (c.0 - b.0).max(1.0));
     }
     println!(
         "serve_gpt2_generate_s8_vs_s1: 1 stream {:.1} tokens/s, 8 streams {:.1} tokens/s: {:.2}x (median of {rounds} rounds; target >= 4x)",
         median(r1s),
         median(r8s),
         median(ratios)
+    );
+    println!(
+        "serve_gpt2_decode_step: {:.1} ms alone, {:.1} ms for {:.1} rows on average with 8 streams (median of {rounds} rounds)",
+        median(step1),
+        median(step8),
+        median(rows8)
     );
 }
 

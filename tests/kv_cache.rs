@@ -215,3 +215,177 @@ fn a_cache_that_does_not_fit_the_entry_is_refused() {
         assert_eq!(cache.len(), 0, "a refused call caches nothing");
     }
 }
+
+/// A batch cache whose rows hold different lengths: streams join (`push_row`) and leave
+/// (`swap_remove_row`) at different steps, and each `batch_step` gives every row the logits
+/// it gets decoding alone, in place under the JIT and through `present_*` under the
+/// interpreter.
+#[test]
+fn gpt2_rows_of_different_lengths_step_like_each_row_alone() {
+    let mut p = Pair::load(&fixture_dir("gpt2-tiny"));
+    let ModelInfo::Gpt2 {
+        layers,
+        hidden_size: w,
+        ..
+    } = p.model.info.clone()
+    else {
+        panic!("gpt2-tiny is GPT-2");
+    };
+    let prompts: [&[i64]; 3] = [
+        &[3, 14, 15],
+        &[92, 65, 35, 89, 79, 32, 38],
+        &[5, 9, 2, 6, 5],
+    ];
+    // Stream s joins before batched step `joins[s]` and leaves after `steps[s]` of its steps.
+    let joins = [0, 2, 3];
+    let steps = [6, 9, 7];
+    let prefill = |p: &mut Pair, s: usize| -> (KvCache, Tensor) {
+        let n = prompts[s].len();
+        let ids = Tensor::i64(vec![1, n], prompts[s].to_vec());
+        let mask = Tensor::i64(vec![1, n], vec![1; n]);
+        let mut cache = KvCache::new(layers, 1, w);
+        let out = p
+            .jit
+            .run_cached(
+                "step",
+                &[("input_ids", &ids), ("attention_mask", &mask)],
+                &mut cache,
+            )
+            .unwrap();
+        (cache, greedy(&out["logits"]))
+    };
+    // Alone: the tokens each stream is fed and the logits it gets, step by step.
+    let mut alone: Vec<(Vec<Tensor>, Vec<Tensor>)> = vec![];
+    for s in 0..3 {
+        let (mut cache, mut next) = prefill(&mut p, s);
+        let (mut fed, mut logits) = (vec![], vec![]);
+        for _ in 0..steps[s] {
+            let total = cache.len() + 1;
+            let mask = Tensor::i64(vec![1, total], vec![1; total]);
+            let out = p
+                .jit
+                .run_cached(
+                    "step",
+                    &[("input_ids", &next), ("attention_mask", &mask)],
+                    &mut cache,
+                )
+                .unwrap();
+            fed.push(next);
+            next = greedy(&out["logits"]);
+            logits.push(out["logits"].clone());
+        }
+        alone.push((fed, logits));
+    }
+
+    let mut got = KvCache::new(layers, 0, w);
+    let mut want = KvCache::new(layers, 0, w);
+    let mut rows: Vec<usize> = vec![];
+    let mut done = [0usize; 3];
+    let mut ragged_steps = 0;
+    for step in 0.. {
+        for r in (0..rows.len()).rev() {
+            if done[rows[r]] == steps[rows[r]] {
+                got.swap_remove_row(r);
+                want.swap_remove_row(r);
+                rows.swap_remove(r);
+            }
+        }
+        for s in (0..3).filter(|&s| joins[s] == step) {
+            let (cache, _) = prefill(&mut p, s);
+            assert_eq!(got.push_row(&cache, 0), Ok(rows.len()));
+            assert_eq!(want.push_row(&cache, 0), Ok(rows.len()));
+            rows.push(s);
+        }
+        if rows.is_empty() {
+            break;
+        }
+        let (b, past) = (rows.len(), got.len());
+        ragged_steps += got.is_ragged() as usize;
+        let ids: Vec<i64> = rows
+            .iter()
+            .map(|&s| alone[s].0[done[s]].as_i64().unwrap()[0])
+            .collect();
+        let ids = Tensor::i64(vec![b, 1], ids);
+        let positions = Tensor::i64(vec![b, 1], got.row_lens().to_vec());
+        let mut mask = vec![0i64; b * (past + 1)];
+        for (r, &len) in got.row_lens().iter().enumerate() {
+            mask[r * (past + 1)..][..len as usize + 1].fill(1);
+        }
+        let mask = Tensor::i64(vec![b, past + 1], mask);
+        let inputs = [
+            ("input_ids", &ids),
+            ("position_ids", &positions),
+            ("attention_mask", &mask),
+        ];
+        let g = p.jit.run_cached("batch_step", &inputs, &mut got).unwrap();
+        let wo = p
+            .interp
+            .run_cached("batch_step", &inputs, &mut want)
+            .unwrap();
+        close(
+            &format!("step {step}: JIT vs interpreter"),
+            &wo["logits"],
+            &g["logits"],
+        );
+        for (r, &s) in rows.iter().enumerate() {
+            let alone_logits = &alone[s].1[done[s]];
+            let v = alone_logits.shape()[2];
+            let row_logits = Tensor::f32(vec![1, 1, v], row(&g["logits"], r, 0));
+            close(
+                &format!("step {step}, stream {s}"),
+                alone_logits,
+                &row_logits,
+            );
+            done[s] += 1;
+            assert_eq!(got.row_len(r), prompts[s].len() + done[s]);
+            for l in 0..layers {
+                for kind in [Kind::Key, Kind::Value] {
+                    let (a, b) = (got.rows(kind, l, r), want.rows(kind, l, r));
+                    let (wt, gt) = (
+                        Tensor::f32(vec![b.len()], b.to_vec()),
+                        Tensor::f32(vec![a.len()], a.to_vec()),
+                    );
+                    close(&format!("step {step}, row {r}: {kind:?} {l}"), &wt, &gt);
+                }
+            }
+        }
+    }
+    assert_eq!(done, steps);
+    assert!(ragged_steps >= 5, "only {ragged_steps} steps mixed lengths");
+
+    // A ragged call takes one token per row, its positions, and a key mask.
+    let (a, _) = prefill(&mut p, 0);
+    let (c, _) = prefill(&mut p, 1);
+    let mut cache = KvCache::new(layers, 0, w);
+    cache.push_row(&a, 0).unwrap();
+    cache.push_row(&c, 0).unwrap();
+    let p_len = cache.len();
+    let two = Tensor::i64(vec![2, 2], vec![1, 2, 3, 4]);
+    let positions = Tensor::i64(vec![2, 2], vec![3, 4, 7, 8]);
+    let mask = Tensor::i64(vec![2, p_len + 2], vec![1; 2 * (p_len + 2)]);
+    let err = p
+        .jit
+        .run_cached(
+            "batch_step",
+            &[
+                ("input_ids", &two),
+                ("position_ids", &positions),
+                ("attention_mask", &mask),
+            ],
+            &mut cache,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("one token per row"), "{err}");
+    let one = Tensor::i64(vec![2, 1], vec![1, 2]);
+    let mask = Tensor::i64(vec![2, p_len + 1], vec![1; 2 * (p_len + 1)]);
+    let err = p
+        .jit
+        .run_cached(
+            "step",
+            &[("input_ids", &one), ("attention_mask", &mask)],
+            &mut cache,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("needs position_ids"), "{err}");
+    assert_eq!(cache.row_lens(), &[3, 7], "a refused call caches nothing");
+}

@@ -50,6 +50,8 @@ pub mod ctx {
     pub const ENC_SEQ: Field = field!(EntryCtx, dims.enc_seq);
     /// Rows per batch row of KV-cache storage appended in place, or 0.
     pub const KV_CAP: Field = field!(EntryCtx, dims.kv_cap);
+    /// `*const i64`: each batch row's cached positions when they differ, or null.
+    pub const KV_LENS: Field = field!(EntryCtx, dims.kv_lens);
     /// `*const RuntimeFns`.
     pub const RT: Field = field!(EntryCtx, rt);
 }
@@ -166,6 +168,7 @@ const _: () = {
         ctx::PAST,
         ctx::ENC_SEQ,
         ctx::KV_CAP,
+        ctx::KV_LENS,
         ctx::RT,
         rt::GEMM,
         rt::PARALLEL_FOR,

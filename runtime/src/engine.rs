@@ -11,7 +11,7 @@
 //!   `attention_mask` [B, P+T], `past_key.{l}`, `past_value.{l}` [B, P, C] -> `logits`
 //!   [B, T or 1, V] (or `last_hidden_state` without an LM head), `present_key.{l}`,
 //!   `present_value.{l}` [B, P+T, C]. GPT-2 `batch_step`: `step` with `position_ids` [B, T]
-//!   given per row (for rows whose caches were left-padded to one length P).
+//!   given per row (for a cache whose rows hold different lengths, see [`crate::kv_cache`]).
 //! - T5 `encode`: `input_ids`, `attention_mask` [B, S] -> `encoder_last_hidden_state`
 //!   [B, S, C]. `cross_kv`: `encoder_hidden_states` [B, S, C] -> `cross_key.{l}`,
 //!   `cross_value.{l}` [B, S, H*D]. `decode` (all positions) and `step` (last position):
@@ -61,18 +61,14 @@ pub trait Engine {
     /// `cache`, which stands for its `past_key.{l}`/`past_value.{l}` inputs (`inputs` are the
     /// others), and appends the call's new keys and values to it; the `present_*` outputs are
     /// not returned. This default copies the cache into tensors and takes only the new rows
-    /// back; compiled engines write the new rows into the cache in place.
+    /// back; compiled engines write the new rows into the cache in place. A cache whose rows
+    /// hold different lengths takes one token per row (see [`crate::kv_cache`]).
     fn run_cached(
         &mut self,
         entry: &str,
         inputs: &[(&str, &Tensor)],
         cache: &mut KvCache,
     ) -> Result<Outputs, EngineError> {
-        let past = cache.inputs();
-        let mut all = inputs.to_vec();
-        all.extend(past.iter().map(|(n, t)| (n.as_str(), t)));
-        let mut out = self.run(entry, &all)?;
-        cache.update(&mut out)?;
-        Ok(out)
+        cache.run_copied(inputs, |all| self.run(entry, all))
     }
 }

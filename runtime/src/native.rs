@@ -334,6 +334,10 @@ pub struct CtxDims {
     /// ([`EntryMeta::appends`]), or 0: then `past_*` inputs are `[B, P, C]` and their
     /// concatenations `[B, P+T, C]` buffers of their own.
     pub kv_cap: i64,
+    /// With `kv_cap`: per batch row, the positions cached in that row (`[B]`, each at most
+    /// P), the new rows being written after them; or null: P in every row. A row shorter than
+    /// P leaves stale positions between its own and P, which the key mask must hide.
+    pub kv_lens: *const i64,
 }
 
 pub use crate::gemm::GemmCall;
@@ -564,13 +568,9 @@ impl NativeEntry {
                 .iter()
                 .all(|i| self.meta.appends.iter().any(|(a, _)| a == i));
         if !in_place {
-            let past = cache.inputs();
-            let mut all = inputs.to_vec();
-            all.extend(past.iter().map(|(n, t)| (n.as_str(), t)));
-            let mut out = self.run(&all)?;
-            cache.update(&mut out)?;
-            return Ok(out);
+            return cache.run_copied(inputs, |all| self.run(all));
         }
+        cache.check_ragged(inputs)?;
         let sigs: Vec<(&str, &TensorType)> = self
             .meta
             .inputs
@@ -590,6 +590,13 @@ impl NativeEntry {
             shape,
         )
         .map_err(|e| EngineError::Input(e.to_string()))?;
+        if cache.is_ragged() && dims.seq != 1 {
+            // Causal attention places the T queries at P..P+T, past a shorter row's own.
+            return Err(EngineError::Input(format!(
+                "the KV cache's rows hold different lengths: a call takes one token per row, not {}",
+                dims.seq
+            )));
+        }
         cache.reserve(dims.seq);
         let out = self.call(inputs, dims, Some(&mut *cache))?;
         cache.commit(dims.seq);
@@ -666,14 +673,19 @@ impl NativeEntry {
             // SAFETY: every offset is within the arena allocated above.
             values.push(unsafe { base.add(o) });
         }
-        let kv_cap = match cache {
+        let (kv_cap, kv_lens) = match cache {
             Some(ref c) => {
                 for &(i, b) in &self.meta.appends {
                     values[n_in + self.weights.len() + b] = values[i];
                 }
-                c.capacity() as i64
+                let lens = if c.is_ragged() {
+                    c.row_lens().as_ptr()
+                } else {
+                    std::ptr::null()
+                };
+                (c.capacity() as i64, lens)
             }
-            None => 0,
+            None => (0, std::ptr::null()),
         };
         let ctx = EntryCtx {
             values: values.as_ptr(),
@@ -683,6 +695,7 @@ impl NativeEntry {
                 past: dims.past as i64,
                 enc_seq: dims.enc_seq as i64,
                 kv_cap,
+                kv_lens,
             },
             rt: runtime_fns(),
         };
@@ -695,6 +708,8 @@ impl NativeEntry {
         // each appended `past_*` input and its concatenation point at that layer's storage,
         // `[B, kv_cap, C]` with kv_cap >= P + T (`run_cached` reserved T), which the code
         // indexes with kv_cap rows per batch row; `bind_cached` checked B and C against it.
+        // `kv_lens`, when not null, is the cache's B row lengths, each at most P, so each
+        // row's T new rows (after its own) stay within kv_cap too.
         let code = unsafe { (self.func)(&ctx) };
         if let Some(message) = crate::threads::take_panic() {
             return Err(EngineError::Panic {

@@ -1,21 +1,21 @@
 //! Continuous batching of generation streams on the engine thread.
 //!
-//! Each stream keeps its own KV cache (`[1, P, W]` per layer). A decode step of one stream
-//! appends to its cache in place ([`cranformer_runtime::Engine::run_cached`]); a step of
-//! several stacks the active streams' caches into one `[B, P, W]` batch, so one call reads the
-//! weights once for all of them (GPT-2 decode is memory-bound: 8 rows cost little more than
-//! 1), then appends each stream's new rows of the `present_*` outputs to its cache. Streams join (after their prefill) and leave (end of sequence,
-//! `max_tokens`, a stop string, a client gone) between steps.
+//! GPT-2 (with its `batch_step` entry, per-row `position_ids`): every active stream owns one
+//! row of a batch KV cache whose rows hold different lengths ([`KvCache::push_row`]). A decode
+//! step is one `batch_step` call over all rows, one token each, that reads the weights once
+//! for all of them (GPT-2 decode is memory-bound: 8 rows cost little more than 1); compiled
+//! engines write each row's new keys and values right after that row's own positions and
+//! attend to the cache where it lies ([`cranformer_runtime::Engine::run_cached`]), so a step
+//! moves no cache. Each row's key mask covers its own positions and its new one, and its
+//! position id is its own length, so a row's result does not depend on the others. A stream
+//! joins after its prefill (prompts of equal length run together in a cache of their own,
+//! each row then copied once into the batch) and leaves between steps (end of sequence,
+//! `max_tokens`, a stop string, a client gone), its row taken by the last one.
 //!
-//! Correctness across companions: a row's result must not depend on the others. Rows with
-//! equal cache length need nothing special. GPT-2 streams of different lengths can share a call
-//! only through the `batch_step` entry, which takes per-row `position_ids` [B, 1]: the caches
-//! are left-padded to the longest with masked positions (attention skips keys whose mask is 0
-//! wherever they are), and each row's position embedding comes from its own length. Plain
-//! `step` computes positions P..P+T from the padded cache length, which would be wrong for the
-//! shorter rows, so without `batch_step` streams are grouped by cache length. T5's `step` has
-//! no decoder self-attention mask, so T5 streams are grouped by (cache length, encoder length)
-//! and never padded.
+//! Without `batch_step`, GPT-2 streams of one cache length share a `step`, their caches
+//! stacked. T5's `step` has no decoder self-attention mask and its relative position bias
+//! follows P, so T5 streams are grouped by (cache length, encoder length), stacked, and never
+//! padded; a stream alone appends to its own cache in place.
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -24,11 +24,14 @@ use cranformer_runtime::kv_cache::{Kind, KvCache};
 use cranformer_runtime::sampling::{pick, Rng, Sampling};
 use cranformer_runtime::tasks::Session;
 use cranformer_runtime::{EngineError, ModelInfo, Outputs, Tensor};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
 pub struct Stream {
     req: GenRequest,
+    /// Names the stream's row of the batch cache.
+    id: u64,
+    /// The stream's own cache (T5, and GPT-2 without `batch_step`).
     cache: KvCache,
     /// The token fed to the next step.
     next: i64,
@@ -61,8 +64,18 @@ pub struct Generator {
     arch: Arch,
     /// Ids the sampler may pick (those the tokenizer can decode).
     allowed: usize,
-    /// GPT-2's `batch_step` (per-row positions) is available.
+    /// GPT-2's `batch_step` (per-row positions) is available: streams share `batch`.
     rows_step: bool,
+    batch: Batch,
+    next_id: u64,
+}
+
+/// The rows of every GPT-2 stream decoding with `batch_step`.
+struct Batch {
+    /// `[rows, capacity, W]` per layer, each row its own length.
+    cache: KvCache,
+    /// The stream in each row.
+    ids: Vec<u64>,
 }
 
 impl Generator {
@@ -99,10 +112,19 @@ impl Generator {
             },
             _ => Arch::None,
         };
+        let (layers, width) = match arch {
+            Arch::Gpt2 { layers, width, .. } => (layers, width),
+            _ => (0, 0),
+        };
         let mut g = Generator {
             arch,
             allowed,
             rows_step: false,
+            batch: Batch {
+                cache: KvCache::new(layers, 0, width),
+                ids: vec![],
+            },
+            next_id: 0,
         };
         if let Arch::Gpt2 { layers, width, .. } = arch {
             // Probe (and warm up) the per-row-position entry with one token.
@@ -132,9 +154,10 @@ impl Generator {
         self.rows_step
     }
 
-    /// Starts streams: GPT-2 runs each prompt through `step` (prompts of equal length together)
-    /// and picks the first token; T5 encodes the prompts and computes their cross-attention
-    /// keys and values, the first token coming from the first decode step.
+    /// Starts streams: GPT-2 runs each prompt through `step` (prompts of equal length together),
+    /// picks the first token and, with `batch_step`, gives each stream its row of the batch; T5
+    /// encodes the prompts and computes their cross-attention keys and values, the first token
+    /// coming from the first decode step.
     pub fn prefill(
         &mut self,
         session: &mut Session,
@@ -156,7 +179,9 @@ impl Generator {
                         Sampling::Sample { seed, .. } => seed,
                         Sampling::Greedy => 0,
                     };
+                    self.next_id += 1;
                     Stream {
+                        id: self.next_id,
                         cache: KvCache::new(0, 1, 0),
                         next: 0,
                         generated: 0,
@@ -169,20 +194,7 @@ impl Generator {
                 })
                 .collect();
             let result = match self.arch {
-                Arch::Gpt2 { layers, width, .. } => {
-                    for s in &mut streams {
-                        s.cache = KvCache::new(layers, 1, width);
-                    }
-                    let tokens: Vec<Vec<i64>> =
-                        streams.iter().map(|s| s.req.prompt.clone()).collect();
-                    let mut refs: Vec<&mut Stream> = streams.iter_mut().collect();
-                    self.gpt2_call(session, &mut refs, &tokens, false)
-                        .map(|logits| {
-                            for (s, row) in refs.iter_mut().zip(logits) {
-                                self.emit(s, &row, metrics);
-                            }
-                        })
-                }
+                Arch::Gpt2 { .. } => self.gpt2_prefill(session, &mut streams, n, metrics),
                 Arch::T5 {
                     layers,
                     width,
@@ -206,12 +218,63 @@ impl Generator {
         out
     }
 
+    /// GPT-2: runs `streams`' prompts (all of length `n`) through `step` in one cache and picks
+    /// each one's first token; with `batch_step` each stream's row joins the batch, otherwise
+    /// it becomes the stream's own cache.
+    fn gpt2_prefill(
+        &mut self,
+        session: &mut Session,
+        streams: &mut [Stream],
+        n: usize,
+        metrics: &Metrics,
+    ) -> Result<(), ApiError> {
+        let Arch::Gpt2 { layers, width, .. } = self.arch else {
+            return Err(ApiError::internal("not a GPT-2 model"));
+        };
+        let b = streams.len();
+        let ids = Tensor::i64(
+            vec![b, n],
+            streams.iter().flat_map(|s| s.req.prompt.clone()).collect(),
+        );
+        let mask = Tensor::i64(vec![b, n], vec![1; b * n]);
+        let mut cache = KvCache::new(layers, b, width);
+        let mut out = session
+            .engine
+            .run_cached(
+                "step",
+                &[("input_ids", &ids), ("attention_mask", &mask)],
+                &mut cache,
+            )
+            .map_err(|e| ApiError::from_task(e.into()))?;
+        let logits = take_rows(&mut out, "logits", b)?;
+        for (i, (s, row)) in streams.iter_mut().zip(logits).enumerate() {
+            self.emit(s, &row, n, metrics);
+            if s.finished {
+                continue;
+            }
+            if self.rows_step {
+                self.batch
+                    .cache
+                    .push_row(&cache, i)
+                    .map_err(ApiError::internal)?;
+                self.batch.ids.push(s.id);
+            } else {
+                s.cache = KvCache::new(layers, 0, width);
+                s.cache.push_row(&cache, i).map_err(ApiError::internal)?;
+            }
+        }
+        Ok(())
+    }
+
     /// One decode step for every active stream.
     pub fn decode_step(&mut self, session: &mut Session, active: &mut [Stream], metrics: &Metrics) {
         for s in active.iter_mut() {
             if s.req.cancel.load(Ordering::Relaxed) || s.req.events.is_closed() {
                 s.finished = true;
             }
+        }
+        if matches!(self.arch, Arch::Gpt2 { .. }) && self.rows_step {
+            return self.batch_step(session, active, metrics);
         }
         // Groups of streams that may share a call.
         let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
@@ -220,7 +283,6 @@ impl Generator {
                 continue;
             }
             let key = match self.arch {
-                Arch::Gpt2 { .. } if self.rows_step => (0, 0),
                 Arch::Gpt2 { .. } => (s.cache.len(), 0),
                 _ => (s.cache.len(), s.enc_mask.len()),
             };
@@ -239,16 +301,19 @@ impl Generator {
                 offset = i + 1;
             }
             metrics.batch("decode", refs.len());
+            let start = std::time::Instant::now();
             let tokens: Vec<Vec<i64>> = refs.iter().map(|s| vec![s.next]).collect();
             let result = match self.arch {
-                Arch::Gpt2 { .. } => self.gpt2_call(session, &mut refs, &tokens, self.rows_step),
+                Arch::Gpt2 { .. } => self.gpt2_call(session, &mut refs, &tokens),
                 Arch::T5 { .. } => self.t5_step(session, &mut refs),
                 Arch::None => Err(ApiError::invalid("this model does not generate text")),
             };
+            metrics.call("decode", start.elapsed().as_secs_f64());
             match result {
                 Ok(logits) => {
                     for (s, row) in refs.iter_mut().zip(logits) {
-                        self.emit(s, &row, metrics);
+                        let cached = s.cache.len();
+                        self.emit(s, &row, cached, metrics);
                     }
                 }
                 Err(e) => {
@@ -260,8 +325,81 @@ impl Generator {
         }
     }
 
-    /// Picks the next token from `logits`, reports it, and ends the stream when it is done.
-    fn emit(&self, s: &mut Stream, logits: &[f32], metrics: &Metrics) {
+    /// GPT-2 with `batch_step`: one call over every row of the batch, after dropping the rows
+    /// of streams that ended.
+    fn batch_step(&mut self, session: &mut Session, active: &mut [Stream], metrics: &Metrics) {
+        let alive: HashMap<u64, usize> = active
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.finished)
+            .map(|(i, s)| (s.id, i))
+            .collect();
+        let batch = &mut self.batch;
+        // Downwards: the row moved into `r` was already kept.
+        for r in (0..batch.ids.len()).rev() {
+            if !alive.contains_key(&batch.ids[r]) {
+                batch.cache.swap_remove_row(r);
+                batch.ids.swap_remove(r);
+            }
+        }
+        if batch.ids.is_empty() {
+            // Nobody left: give the memory back.
+            let c = &batch.cache;
+            batch.cache = KvCache::new(c.layers(), 0, c.width());
+            return;
+        }
+        let (b, p) = (batch.ids.len(), batch.cache.len());
+        let ids = Tensor::i64(
+            vec![b, 1],
+            batch.ids.iter().map(|id| active[alive[id]].next).collect(),
+        );
+        let lens = batch.cache.row_lens();
+        let positions = Tensor::i64(vec![b, 1], lens.to_vec());
+        // Row r attends to its own len_r positions and the new one written after them.
+        let mut mask = vec![0i64; b * (p + 1)];
+        for (r, &len) in lens.iter().enumerate() {
+            mask[r * (p + 1)..][..len as usize + 1].fill(1);
+        }
+        let mask = Tensor::i64(vec![b, p + 1], mask);
+        metrics.batch("decode", b);
+        let start = std::time::Instant::now();
+        let result = session
+            .engine
+            .run_cached(
+                "batch_step",
+                &[
+                    ("input_ids", &ids),
+                    ("position_ids", &positions),
+                    ("attention_mask", &mask),
+                ],
+                &mut batch.cache,
+            )
+            .map_err(|e| ApiError::from_task(e.into()))
+            .and_then(|mut out| take_rows(&mut out, "logits", b));
+        metrics.call("decode", start.elapsed().as_secs_f64());
+        let rows: Vec<(usize, usize)> = batch
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(r, id)| (alive[id], batch.cache.row_len(r)))
+            .collect();
+        match result {
+            Ok(logits) => {
+                for ((i, cached), row) in rows.into_iter().zip(logits) {
+                    self.emit(&mut active[i], &row, cached, metrics);
+                }
+            }
+            Err(e) => {
+                for (i, _) in rows {
+                    fail(&mut active[i], e.clone());
+                }
+            }
+        }
+    }
+
+    /// Picks the next token from `logits`, reports it, and ends the stream when it is done
+    /// (`cached`: the positions its cache now holds).
+    fn emit(&self, s: &mut Stream, logits: &[f32], cached: usize, metrics: &Metrics) {
         let id = pick(logits, &s.req.sampling, &mut s.rng, self.allowed) as i64;
         s.generated += 1;
         metrics.tokens_out.inc();
@@ -276,7 +414,7 @@ impl Generator {
         let (eos, positions_left) = match self.arch {
             Arch::Gpt2 {
                 eos, max_positions, ..
-            } => (eos, s.cache.len() < max_positions),
+            } => (eos, cached < max_positions),
             Arch::T5 { eos, .. } => (eos, true),
             Arch::None => (None, false),
         };
@@ -294,45 +432,31 @@ impl Generator {
         s.next = id;
     }
 
-    /// One GPT-2 call over `streams`, feeding each its `tokens` (all of one length T); returns
-    /// each stream's last-position logits and appends to its cache. With `per_row` the call is
-    /// `batch_step`, caches left-padded to the longest; otherwise `step`, and the caches must
-    /// have one length.
+    /// One GPT-2 `step` over `streams` (caches of one length), feeding each its `tokens` (all
+    /// of one length T); returns each stream's last-position logits and appends to its cache.
     fn gpt2_call(
         &self,
         session: &mut Session,
         streams: &mut [&mut Stream],
         tokens: &[Vec<i64>],
-        per_row: bool,
     ) -> Result<Vec<Vec<f32>>, ApiError> {
         let Arch::Gpt2 { layers, width, .. } = self.arch else {
             return Err(ApiError::internal("not a GPT-2 model"));
         };
         let b = streams.len();
         let t = tokens[0].len();
-        let past = streams.iter().map(|s| s.cache.len()).max().unwrap_or(0);
-        if !per_row && streams.iter().any(|s| s.cache.len() != past) {
+        let past = streams[0].cache.len();
+        if streams.iter().any(|s| s.cache.len() != past) {
             return Err(ApiError::internal(
                 "streams of different lengths in one step",
             ));
         }
-        let pads: Vec<usize> = streams.iter().map(|s| past - s.cache.len()).collect();
         let ids = Tensor::i64(vec![b, t], tokens.concat());
-        let mut mask = Vec::with_capacity(b * (past + t));
-        let mut positions = Vec::with_capacity(b * t);
-        for (s, &pad) in streams.iter().zip(&pads) {
-            mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, past - pad + t)));
-            positions.extend((0..t).map(|j| (s.cache.len() + j) as i64));
-        }
-        let mask = Tensor::i64(vec![b, past + t], mask);
-        let positions = Tensor::i64(vec![b, t], positions);
+        let mask = Tensor::i64(vec![b, past + t], vec![1; b * (past + t)]);
         let mut named: Vec<(&str, &Tensor)> = vec![("input_ids", &ids), ("attention_mask", &mask)];
-        if per_row {
-            named.push(("position_ids", &positions));
-        }
-        let entry = if per_row { "batch_step" } else { "step" };
+        let entry = "step";
         if let [s] = streams {
-            // Alone (no padding): appended in place.
+            // Alone: appended in place.
             let mut out = session
                 .engine
                 .run_cached(entry, &named, &mut s.cache)
@@ -341,8 +465,7 @@ impl Generator {
         }
         let stack = |kind: Kind, l: usize| -> Tensor {
             let mut data = Vec::with_capacity(b * past * width);
-            for (s, &pad) in streams.iter().zip(&pads) {
-                data.extend(std::iter::repeat_n(0.0f32, pad * width));
+            for s in streams.iter() {
                 data.extend_from_slice(s.cache.rows(kind, l, 0));
             }
             Tensor::f32(vec![b, past, width], data)

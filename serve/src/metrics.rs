@@ -36,6 +36,8 @@ pub struct Metrics {
     pub queue_time: Histogram,
     /// Sequences in one engine call.
     pub batch_size: HistogramFamily<Kind>,
+    /// Seconds per engine call by kind (a decode step's time, whatever its batch).
+    pub call_time: HistogramFamily<Kind>,
     pub tokens_in: Counter,
     pub tokens_out: Counter,
     pub in_flight: Gauge,
@@ -77,6 +79,12 @@ impl Metrics {
             "Sequences per engine call by kind",
             batch_size.clone(),
         );
+        let call_time: HistogramFamily<Kind> = Family::new_with_constructor(latency_buckets);
+        registry.register(
+            "engine_call_seconds",
+            "Seconds per engine call by kind",
+            call_time.clone(),
+        );
         let tokens_in = Counter::default();
         registry.register("tokens_in", "Tokens read by the model", tokens_in.clone());
         let tokens_out = Counter::default();
@@ -93,6 +101,7 @@ impl Metrics {
             latency,
             queue_time,
             batch_size,
+            call_time,
             tokens_in,
             tokens_out,
             in_flight,
@@ -103,6 +112,12 @@ impl Metrics {
         self.batch_size
             .get_or_create(&Kind { kind: kind.into() })
             .observe(sequences as f64);
+    }
+
+    pub fn call(&self, kind: &str, seconds: f64) {
+        self.call_time
+            .get_or_create(&Kind { kind: kind.into() })
+            .observe(seconds);
     }
 
     /// The text exposition format.

@@ -197,6 +197,19 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> std::io::Result<Resp> {
+    try_request_watching(port, method, path, headers, body, &mut |_| {})
+}
+
+/// [`try_request`], showing `watch` the raw bytes received so far after every read (to act
+/// while a streamed answer is still coming).
+pub fn try_request_watching(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    watch: &mut dyn FnMut(&[u8]),
+) -> std::io::Result<Resp> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     s.set_write_timeout(Some(Duration::from_secs(120)))?;
@@ -219,7 +232,10 @@ pub fn try_request(
     loop {
         match s.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                watch(&raw);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
             Err(e) => return Err(e),
         }

@@ -211,6 +211,7 @@ pub fn lower_entry<M: Module>(
                     Arg::Sgemm => ArgVal::Sgemm,
                     Arg::ParallelFor => ArgVal::ParallelFor,
                     Arg::Rt(f) => ArgVal::Rt(*f),
+                    Arg::Ctx(f) => ArgVal::Ctx(*f),
                 })
                 .collect();
             let code = c.fails.map(|m| {
@@ -315,6 +316,7 @@ pub fn lower_entry<M: Module>(
                         ArgVal::Sgemm => sgemm,
                         ArgVal::ParallelFor => k.ld_field(rt, abi::rt::PARALLEL_FOR),
                         ArgVal::Rt(f) => k.ld_field(rt, *f),
+                        ArgVal::Ctx(f) => k.ld_field(ctx, *f),
                     })
                     .collect();
                 let call = k.b.ins().call(refs.funcs[callee[i]], &vals);
@@ -359,6 +361,8 @@ pub(super) enum Arg {
     ParallelFor,
     /// Another runtime service, a field of `RuntimeFns` (`abi::rt::QGEMM`, ...).
     Rt(abi::Field),
+    /// A field of the call's `EntryCtx` (`abi::ctx::KV_LENS`).
+    Ctx(abi::Field),
 }
 
 /// How one node is computed: a kernel and its arguments, returned by each kernel family's
@@ -458,4 +462,5 @@ enum ArgVal {
     Sgemm,
     ParallelFor,
     Rt(abi::Field),
+    Ctx(abi::Field),
 }

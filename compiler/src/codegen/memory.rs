@@ -163,16 +163,17 @@ pub fn slice_last<M: Module>(
     })
 }
 
-/// `(past, new, out, b, p, t, past_rows, out_rows)`: per batch row, the P cached rows then
-/// the T new ones; batch row `bi` of `past` starts at row `bi·past_rows`, of `out` at
+/// `(past, new, out, b, p, t, past_rows, out_rows, lens)`: per batch row, the P cached rows
+/// then the T new ones; batch row `bi` of `past` starts at row `bi·past_rows`, of `out` at
 /// `bi·out_rows` (P and P+T for tensors of their own). Appending in place, `past` and `out`
 /// are one KV cache with equal strides: the cached rows are already where they belong, so
-/// only the T new rows are written.
+/// only the T new rows are written, after row `bi`'s own `lens[bi]` rows when `lens` is not
+/// null (a cache whose rows hold different lengths, `CtxDims::kv_lens`), else after P.
 pub fn concat_seq<M: Module>(l: &mut Lowering<'_, M>, c: usize) -> Result<FuncId, CodegenError> {
     let name = format!("cf_concat_seq_c{c}");
-    l.kernel(&name, 8, false, Imports::default(), |k, p, _| {
+    l.kernel(&name, 9, false, Imports::default(), |k, p, _| {
         let (past, new, out, b, pl, tl) = (p[0], p[1], p[2], p[3], p[4], p[5]);
-        let (past_rows, out_rows) = (p[6], p[7]);
+        let (past_rows, out_rows, lens) = (p[6], p[7], p[8]);
         let np = k.muli(pl, c as i64);
         let nt = k.muli(tl, c as i64);
         let sp_row = k.muli(past_rows, c as i64);
@@ -184,9 +185,21 @@ pub fn concat_seq<M: Module>(l: &mut Lowering<'_, M>, c: usize) -> Result<FuncId
             let d = k.at(out, o, 4);
             let moved = k.b.ins().icmp(IntCC::NotEqual, sp, d);
             k.when(moved, |k| k.copy_f32(sp, d, np));
+            // The row's own length, or P.
+            let given = k.b.ins().icmp_imm_s(IntCC::NotEqual, lens, 0);
+            let load = k.b.create_block();
+            let join = k.b.create_block();
+            let at_row = k.b.append_block_param(join, I64);
+            k.b.ins().brif(given, load, &[], join, &[pl.into()]);
+            k.b.switch_to_block(load);
+            let lp = k.at(lens, bi, 8);
+            let own = k.ld(I64, lp, 0);
+            k.b.ins().jump(join, &[own.into()]);
+            k.b.switch_to_block(join);
             let o = k.mul(bi, nt);
             let sn = k.at(new, o, 4);
-            let d2 = k.at(d, np, 4);
+            let at_col = k.muli(at_row, c as i64);
+            let d2 = k.at(d, at_col, 4);
             k.copy_f32(sn, d2, nt);
         });
     })
@@ -427,10 +440,14 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
             vec![at.v(0), at.out(), Arg::Rows(at.n)],
         ),
         Op::ConcatSeq => {
-            let (past_rows, out_rows) = if at.appends_in_place(at.n) {
-                (Arg::KvRows(Dim::Past), Arg::KvRows(Dim::Total))
+            let (past_rows, out_rows, lens) = if at.appends_in_place(at.n) {
+                (
+                    Arg::KvRows(Dim::Past),
+                    Arg::KvRows(Dim::Total),
+                    Arg::Ctx(cranformer_runtime::abi::ctx::KV_LENS),
+                )
             } else {
-                (Arg::Dim(Dim::Past), Arg::Dim(Dim::Total))
+                (Arg::Dim(Dim::Past), Arg::Dim(Dim::Total), Arg::Null)
             };
             Call::new(
                 concat_seq(l, at.channels())?,
@@ -443,6 +460,7 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
                     Arg::Dim(Dim::Seq),
                     past_rows,
                     out_rows,
+                    lens,
                 ],
             )
         }

@@ -47,8 +47,9 @@ pub fn build(
 
     let mut graphs = vec![];
     // `batch_step` is `step` with each row's positions given (`position_ids` [B, T]) instead of
-    // P..P+T for all rows: a server decoding streams of different lengths in one call left-pads
-    // the shorter caches with masked positions, and each row's position must be its own count.
+    // P..P+T for all rows: a server decoding streams of different lengths in one call keeps
+    // each in a KV-cache row of its own length (masked after it), and each row's position must
+    // be its own count.
     for entry in ["forward", "step", "batch_step"] {
         let mut b = Builder::new(entry, weights, table);
         let ids = b.input("input_ids", TensorType::i64(&[Dim::Batch, Dim::Seq]));

@@ -243,23 +243,35 @@ impl PackedWeight {
                 out.data = vec![0u8; panels * kp * PACK_NR];
                 out.scales = vec![0.0; panels * PACK_NR];
                 out.col_sums = vec![0; panels * PACK_NR];
-                for j in 0..n {
-                    let (p, c) = (j / PACK_NR, j % PACK_NR);
-                    if let Some(value) = (0..k).map(|kk| at(kk, j)).find(|v| !v.is_finite()) {
-                        return Err(PackError::NonFinite { col: j, value });
-                    }
-                    let amax = (0..k).map(|kk| at(kk, j).abs()).fold(0f32, f32::max);
-                    // An all-zero column keeps scale 0 and quantizes to zeros.
-                    let scale = amax / 127.0;
-                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                    let mut sum = 0i32;
+                // A panel's columns widened once into `[col][k]` (read row by row when the
+                // stored matrix is `[in, out]`, so both layouts read memory in order).
+                let mut cols = vec![0f32; PACK_NR * k];
+                for p in 0..panels {
+                    let width = PACK_NR.min(n - p * PACK_NR);
                     for kk in 0..k {
-                        let q = (at(kk, j) * inv).round().clamp(-127.0, 127.0) as i8;
-                        sum += q as i32;
-                        out.data[(p * kp + kk / 4 * 4) * PACK_NR + c * 4 + kk % 4] = q as u8;
+                        for c in 0..width {
+                            cols[c * k + kk] = at(kk, p * PACK_NR + c);
+                        }
                     }
-                    out.scales[j] = scale;
-                    out.col_sums[j] = sum;
+                    for c in 0..width {
+                        let j = p * PACK_NR + c;
+                        let col = &cols[c * k..(c + 1) * k];
+                        if let Some(&value) = col.iter().find(|v| !v.is_finite()) {
+                            return Err(PackError::NonFinite { col: j, value });
+                        }
+                        let amax = col.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        // An all-zero column keeps scale 0 and quantizes to zeros.
+                        let scale = amax / 127.0;
+                        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                        let mut sum = 0i32;
+                        for (kk, &x) in col.iter().enumerate() {
+                            let q = round_i8(x * inv);
+                            sum += q as i32;
+                            out.data[(p * kp + kk / 4 * 4) * PACK_NR + c * 4 + kk % 4] = q as u8;
+                        }
+                        out.scales[j] = scale;
+                        out.col_sums[j] = sum;
+                    }
                 }
             }
         }
@@ -361,6 +373,15 @@ impl PackedWeight {
         }
         out
     }
+}
+
+/// `x.round().clamp(-127.0, 127.0) as i8` for finite `x` (half away from zero), without the
+/// libm call `round` compiles to: a truncation and an exact compare.
+fn round_i8(x: f32) -> i8 {
+    let a = x.abs().min(127.0);
+    let t = a as i32;
+    let r = if a - t as f32 >= 0.5 { t + 1 } else { t }.min(127);
+    (if x < 0.0 { -r } else { r }) as i8
 }
 
 /// Activation rows quantized to u8 for the int8 kernels, asymmetric per row:
@@ -672,6 +693,17 @@ mod codes {
                             row.len()
                         );
                     }
+                }
+            }
+        }
+
+        #[test]
+        fn weight_rounding_matches_round_then_clamp() {
+            for i in -70_000..70_000 {
+                let x = i as f32 * 0.00625 - 0.003;
+                for y in [x, i as f32 * 0.5, i as f32 * 0.5 + 0.25] {
+                    let want = y.round().clamp(-127.0, 127.0) as i8;
+                    assert_eq!(super::super::round_i8(y), want, "{y}");
                 }
             }
         }
