@@ -9,6 +9,7 @@ pub mod cli;
 pub mod compiled;
 pub mod config;
 pub mod engine;
+pub mod expf;
 pub mod gemm;
 pub mod glue;
 pub mod kv_cache;

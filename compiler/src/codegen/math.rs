@@ -32,30 +32,20 @@ fn sign_bits(k: &mut Kb, x: Value) -> Value {
 }
 
 pub fn exp(k: &mut Kb, x: Value) -> Value {
-    let lo = k.splat(-87.336_55);
-    let hi = k.splat(88.722_83);
+    use cranformer_runtime::expf;
+    let lo = k.splat(expf::LO);
+    let hi = k.splat(expf::HI);
     let xc = k.b.ins().fmax(x, lo);
     let xc = k.b.ins().fmin(xc, hi);
     let log2e = k.splat(std::f32::consts::LOG2_E);
     let t = k.b.ins().fmul(xc, log2e);
     let n = k.b.ins().nearest(t);
     // r = x - n ln 2, with ln 2 split so n * C1 is exact.
-    let c1 = k.splat(-0.693_359_4);
-    let c2 = k.splat(2.121_944_4e-4);
+    let c1 = k.splat(expf::LN2_HI_NEG);
+    let c2 = k.splat(expf::LN2_LO);
     let r = k.fma(n, c1, xc);
     let r = k.fma(n, c2, r);
-    let p = poly(
-        k,
-        r,
-        &[
-            1.987_569_2e-4,
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5.000_000_1e-1,
-        ],
-    );
+    let p = poly(k, r, &expf::POLY);
     let z = k.b.ins().fmul(r, r);
     let one = k.splat(1.0);
     let r1 = k.b.ins().fadd(r, one);

@@ -38,19 +38,14 @@ pub(super) trait Simd {
     /// below -87.3, so a masked score (-inf) weighs exactly nothing, and exp(0) = 1 exactly.
     #[inline(always)]
     unsafe fn exp(x: Self::V) -> Self::V {
-        let lo = Self::splat(-87.336_55);
-        let xc = Self::min(Self::max(x, lo), Self::splat(88.722_83));
+        use crate::expf;
+        let lo = Self::splat(expf::LO);
+        let xc = Self::min(Self::max(x, lo), Self::splat(expf::HI));
         let n = Self::round(Self::mul(xc, Self::splat(std::f32::consts::LOG2_E)));
-        let r = Self::fma(n, Self::splat(-0.693_359_4), xc);
-        let r = Self::fma(n, Self::splat(2.121_944_4e-4), r);
-        let mut p = Self::splat(1.987_569_2e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5.000_000_1e-1,
-        ] {
+        let r = Self::fma(n, Self::splat(expf::LN2_HI_NEG), xc);
+        let r = Self::fma(n, Self::splat(expf::LN2_LO), r);
+        let mut p = Self::splat(expf::POLY[0]);
+        for &c in &expf::POLY[1..] {
             p = Self::fma(p, r, Self::splat(c));
         }
         let y = Self::fma(p, Self::mul(r, r), Self::add(r, Self::splat(1.0)));

@@ -73,27 +73,22 @@ macro_rules! math {
         /// exp(x), 0 below -87.3, clamped at 88.7.
         #[inline(always)]
         pub fn $exp(x: f32) -> f32 {
-            let x = x.clamp(-87.336_55, 88.722_83);
+            use crate::expf;
+            let x = x.clamp(expf::LO, expf::HI);
             // Round to nearest by the 1.5·2^23 trick: its low mantissa bits are n.
             let big = x * std::f32::consts::LOG2_E + 12_582_912.0;
             let n_int = big.to_bits().wrapping_sub(0x4B40_0000) as i32;
             let n = big - 12_582_912.0;
-            let r = $fma(n, -0.693_359_4, x);
-            let r = $fma(n, 2.121_944_4e-4, r);
-            let mut p = 1.987_569_2e-4;
-            for c in [
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                1.666_666_5e-1,
-                5.000_000_1e-1,
-            ] {
-                p = $fma(p, r, c);
+            let r = $fma(n, expf::LN2_HI_NEG, x);
+            let r = $fma(n, expf::LN2_LO, r);
+            let mut p = expf::POLY[0];
+            for c in &expf::POLY[1..] {
+                p = $fma(p, r, *c);
             }
             let y = $fma(p, r * r, r + 1.0);
             let pow2 = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
             let y = y * pow2;
-            if x <= -87.336_55 {
+            if x <= expf::LO {
                 0.0
             } else {
                 y
