@@ -707,8 +707,16 @@ unsafe fn block(
                     }
                     let (p, sub) = (col / PACK_NR, col % PACK_NR);
                     let b = g.b.add(layout.offset(p, pc, sub));
+                    let mut ahead = super::Ahead::new(
+                        super::Ahead::next(p, p1, first, g.n, pc, kc, kp, ic, mc, g.m, mr)
+                            .map(|(np, npc)| g.b.add(layout.offset(np, npc, 0))),
+                        kc / group * group_bytes,
+                        (PACK_NR / nr, sub / nr),
+                        mc.div_ceil(mr),
+                    );
                     let mut ir = 0;
                     while ir < mc {
+                        ahead.step();
                         let rows = mr.min(mc - ir);
                         let (a, lda) = match qa {
                             Some(q) if kernel.a_form == AForm::I16 => {
