@@ -25,15 +25,7 @@ fn root() -> PathBuf {
 }
 
 fn cpu() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let model = cranformer_runtime::machine::cpu_model().unwrap_or_else(|| "unknown CPU".into());
     let isa = match std::env::var("CRANFORMER_ISA").ok().as_deref() {
         Some(i) => i.to_string(),
         #[cfg(target_arch = "x86_64")]

@@ -504,16 +504,19 @@ fn lerp(one: f64, all: f64, threads: usize, cores: usize) -> f64 {
     one + (all - one) * t
 }
 
-/// A short name of this CPU for the cache file: the model name from /proc/cpuinfo, made
-/// file-name safe.
-pub fn cpu_name() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info
-        .lines()
+/// The CPU's model name from /proc/cpuinfo, as the kernel gives it (benchmarks print it).
+pub fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
         .find_map(|l| l.strip_prefix("model name"))
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+}
+
+/// A short name of this CPU for the cache file: the model name from /proc/cpuinfo, made
+/// file-name safe.
+pub fn cpu_name() -> String {
+    let model = cpu_model().unwrap_or_else(|| std::env::consts::ARCH.to_string());
     model
         .chars()
         .map(|c| {
