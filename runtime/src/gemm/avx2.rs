@@ -1,6 +1,6 @@
 //! `avx2_mm_f32_6x16`: 6 rows × 16 columns in 12 ymm accumulators (of 16).
 
-use super::{with_full_tile, Init, Tile};
+use super::{with_full_tile, Fetch, Init, Tile};
 
 pub const MR: usize = 6;
 pub const NR: usize = 16;
@@ -8,12 +8,12 @@ pub const NR: usize = 16;
 #[cfg(target_arch = "x86_64")]
 pub(super) unsafe fn tile(t: &Tile) {
     with_full_tile::<NR>(t, |t, c, ldc, init| match t.rows {
-        1 => kernel::<1>(t.kc, t.a, t.b, c, ldc, init),
-        2 => kernel::<2>(t.kc, t.a, t.b, c, ldc, init),
-        3 => kernel::<3>(t.kc, t.a, t.b, c, ldc, init),
-        4 => kernel::<4>(t.kc, t.a, t.b, c, ldc, init),
-        5 => kernel::<5>(t.kc, t.a, t.b, c, ldc, init),
-        6 => kernel::<6>(t.kc, t.a, t.b, c, ldc, init),
+        1 => kernel::<1>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
+        2 => kernel::<2>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
+        3 => kernel::<3>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
+        4 => kernel::<4>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
+        5 => kernel::<5>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
+        6 => kernel::<6>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
         _ => unreachable!("tile rows are 1..=MR"),
     })
 }
@@ -27,6 +27,7 @@ unsafe fn kernel<const R: usize>(
     c: *mut f32,
     ldc: usize,
     init: Init,
+    fetch: Fetch,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -48,17 +49,28 @@ unsafe fn kernel<const R: usize>(
         }
     }
     let (mut pa, mut pb) = (a, b);
-    for _ in 0..kc {
-        let b0 = _mm256_loadu_ps(pb);
-        let b1 = _mm256_loadu_ps(pb.add(8));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*pa.add(r));
-            row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+    // One hint of `fetch` every `every` K steps.
+    let (every, mut left, mut line) = (fetch.every(kc), kc, 0);
+    while left > 0 {
+        if line < fetch.lines {
+            fetch.line(line);
+            line += 1;
         }
-        pa = pa.add(R);
-        pb = pb.add(super::PACK_NR);
+        let steps = every.min(left);
+        for _ in 0..steps {
+            let b0 = _mm256_loadu_ps(pb);
+            let b1 = _mm256_loadu_ps(pb.add(8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*pa.add(r));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+            pa = pa.add(R);
+            pb = pb.add(super::PACK_NR);
+        }
+        left -= steps;
     }
+    fetch.rest(line);
     for (r, row) in acc.iter().enumerate() {
         _mm256_storeu_ps(c.add(r * ldc), row[0]);
         _mm256_storeu_ps(c.add(r * ldc + 8), row[1]);

@@ -2,7 +2,7 @@
 //! and one broadcast A value per step: 24 FMAs per 2 loads + 12 broadcasts, enough
 //! independent chains (24 > 2 pipes × 4 cycles latency) to keep both FMA pipes busy.
 
-use super::{with_full_tile, Init, Tile};
+use super::{with_full_tile, Fetch, Init, Tile};
 
 pub const MR: usize = 12;
 pub const NR: usize = 32;
@@ -14,7 +14,7 @@ pub(super) unsafe fn tile(t: &Tile) {
         macro_rules! rows {
             ($($r:literal)*) => {
                 match t.rows {
-                    $($r => kernel::<$r>(t.kc, t.a, t.b, c, ldc, init),)*
+                    $($r => kernel::<$r>(t.kc, t.a, t.b, c, ldc, init, t.fetch),)*
                     _ => unreachable!("tile rows are 1..=MR"),
                 }
             };
@@ -32,6 +32,7 @@ unsafe fn kernel<const R: usize>(
     c: *mut f32,
     ldc: usize,
     init: Init,
+    fetch: Fetch,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -53,17 +54,28 @@ unsafe fn kernel<const R: usize>(
         }
     }
     let (mut pa, mut pb) = (a, b);
-    for _ in 0..kc {
-        let b0 = _mm512_loadu_ps(pb);
-        let b1 = _mm512_loadu_ps(pb.add(16));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*pa.add(r));
-            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+    // One hint of `fetch` every `every` K steps.
+    let (every, mut left, mut line) = (fetch.every(kc), kc, 0);
+    while left > 0 {
+        if line < fetch.lines {
+            fetch.line(line);
+            line += 1;
         }
-        pa = pa.add(R);
-        pb = pb.add(super::PACK_NR);
+        let steps = every.min(left);
+        for _ in 0..steps {
+            let b0 = _mm512_loadu_ps(pb);
+            let b1 = _mm512_loadu_ps(pb.add(16));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*pa.add(r));
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+            }
+            pa = pa.add(R);
+            pb = pb.add(super::PACK_NR);
+        }
+        left -= steps;
     }
+    fetch.rest(line);
     for (r, row) in acc.iter().enumerate() {
         _mm512_storeu_ps(c.add(r * ldc), row[0]);
         _mm512_storeu_ps(c.add(r * ldc + 16), row[1]);

@@ -538,7 +538,7 @@ unsafe fn block(
                 );
                 let mut ir = 0;
                 while ir < mc {
-                    ahead.step();
+                    let fetch = ahead.take();
                     let init = if pc > 0 {
                         Init::Load
                     } else if g.bias.is_null() {
@@ -556,6 +556,7 @@ unsafe fn block(
                         cols: nr.min(g.n - col),
                         init,
                         bias_cols_valid: g.n - col,
+                        fetch,
                     };
                     micro(isa, &tile);
                     if pc + kc == g.k {
@@ -635,23 +636,80 @@ impl Ahead {
         }
     }
 
-    /// Before a tile call: hints its share of lines towards L2 (nothing off x86-64).
+    /// This tile call's share of lines, to hint towards L2 before or during the call.
     #[inline(always)]
-    pub fn step(&mut self) {
-        let Some(base) = self.base else { return };
+    pub fn take(&mut self) -> Fetch {
+        let Some(base) = self.base else {
+            return Fetch::NONE;
+        };
         let (from, to) = (
             (self.call * self.share).min(self.lines),
             ((self.call + 1) * self.share).min(self.lines),
         );
         self.call += 1;
+        Fetch {
+            base: base.wrapping_add(from * 64),
+            lines: to - from,
+        }
+    }
+
+    /// Before a tile call: hints its share of lines towards L2 at once.
+    #[inline(always)]
+    pub fn step(&mut self) {
+        self.take().all();
+    }
+}
+
+/// Cache lines to hint towards L2 (`lines` of 64 bytes from `base`), for a kernel to spread
+/// over its K loop: issued in one burst before a tile, the hints stall the core while the
+/// miss buffers are full (most of the tile loop's own time in `perf`, AMD EPYC), while one
+/// every few K steps overlaps them with the FMAs.
+#[derive(Clone, Copy)]
+pub(crate) struct Fetch {
+    pub base: *const u8,
+    pub lines: usize,
+}
+
+impl Fetch {
+    pub const NONE: Fetch = Fetch {
+        base: std::ptr::null(),
+        lines: 0,
+    };
+
+    /// K steps between two hints in a loop of `kc` steps.
+    #[inline(always)]
+    pub fn every(self, kc: usize) -> usize {
+        if self.lines == 0 {
+            usize::MAX
+        } else {
+            (kc / self.lines).max(1)
+        }
+    }
+
+    /// Hints line `i` (nothing off x86-64).
+    #[inline(always)]
+    pub fn line(self, i: usize) {
         #[cfg(target_arch = "x86_64")]
-        for line in from..to {
+        {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
             // SAFETY: a prefetch hint never faults; the address stays within the weights.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line * 64).cast()) };
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(self.base.wrapping_add(i * 64).cast()) };
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (base, from, to);
+        let _ = i;
+    }
+
+    /// Hints lines `from..` (what a kernel's K loop did not get to).
+    #[inline(always)]
+    pub fn rest(self, from: usize) {
+        for i in from..self.lines {
+            self.line(i);
+        }
+    }
+
+    #[inline(always)]
+    pub fn all(self) {
+        self.rest(0);
     }
 }
 
@@ -725,6 +783,8 @@ pub(crate) struct Tile {
     pub init: Init,
     /// Bias entries that exist from this tile's first column (the bias is not padded).
     pub bias_cols_valid: usize,
+    /// Lines of a later B sliver to hint towards L2 during the call.
+    pub fetch: Fetch,
 }
 
 /// # Safety

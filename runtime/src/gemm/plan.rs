@@ -15,7 +15,8 @@
 //! - B (weights, `K × N`, padded to 32 columns) comes once from its home level (the first
 //!   level that holds the model's weights, or this matmul's, whichever the caller says), and
 //!   again for every further M block from the level that holds a thread's `kc × N/t` slice;
-//! - each micro-tile reads its `kc × nr` B sliver from L1 when it fits in half of L1, else L2:
+//! - each micro-tile reads its `kc × nr` B sliver from L1 when it fits in half of L1, else L2
+//!   (L3 past half of L2):
 //!   `K·N·4 · ⌈M/mr⌉` bytes;
 //! - each strip reads the packed `mc × kc` A block from L2 when it fits in half of L2, else
 //!   L3: `M·K·4 · N/nr` bytes; packing reads A from its home once (all threads share it);
@@ -188,6 +189,14 @@ pub struct Candidate {
     /// Why this candidate won (filled for the winner).
     pub why: String,
 }
+
+/// What restarting a register tile at each K block costs, in K steps of the tile's FMAs.
+/// Fitted to timed runs of every `kc` from 128 to all of K on BERT-base, MiniLM and T5-small
+/// shapes (`cargo bench -p cranformer-runtime --bench kc_sweep`; AMD EPYC, AVX-512 and AVX2 kernels, 1 and 2
+/// threads): each larger `kc` ran as fast or faster, K whole up to 1.4x faster than 128 on
+/// 2 threads, which per-block restarts of 10 to 60 K steps explain (16, as before, favoured
+/// `kc` 128 everywhere).
+const K_BLOCK_STEPS: f64 = 48.0;
 
 /// Waking the pool's threads for one call.
 const THREAD_WAKE_S: f64 = 3e-6;
@@ -390,9 +399,14 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
         let slice = kc * (panels.div_ceil(t) * 32) as f64 * wb;
         let slice_home = p.home(slice as u64).min(weights_home);
         bytes[slice_home] += b_bytes * (m_blocks - 1.0);
-        // B slivers per micro-tile, from L1 if a kc × nr sliver fits in half of it.
+        // B slivers per micro-tile, from L1 if a kc × nr sliver fits in half of it, else L2
+        // (or L3 past half of L2).
         let sliver = kc * nr as f64 * wb;
-        let sliver_level = if sliver <= l1 as f64 / 2.0 { 0 } else { 1 };
+        let sliver_level = if sliver <= l1 as f64 / 2.0 {
+            0
+        } else {
+            l2_or(sliver <= l2 as f64 / 2.0)
+        };
         bytes[sliver_level] += b_bytes * (pr.m.div_ceil(mr) as f64 - 1.0).max(0.0);
         // Packed A per strip, from L2 if the mc × kc block fits in half of it.
         let packed = mc as f64 * kc * f4;
@@ -402,11 +416,13 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
         bytes[1.min(nl - 1)] += m * k * f4;
         // C: stored per K block, loaded by every later one.
         bytes[c_home] += c_bytes * (2.0 * k_blocks - 1.0);
-        // In-kernel costs the level times do not show: every K block loads and stores the
-        // tile's accumulators (about 16 FMA slots), and a B sliver or A block that spills its
-        // level leaves the FMA loop waiting on the next level's latency.
-        let mut block_eff = kc / (kc + 16.0);
-        if sliver_level > 0 {
+        // In-kernel costs the level times do not show: every K block restarts each tile,
+        // which waits for its accumulators from C and for the first lines of a new B sliver
+        // ([`K_BLOCK_STEPS`]), and a B sliver past L2 or an A block past half of L2 leaves
+        // the FMA loop waiting on the next level's latency. A sliver in L2 costs no more
+        // than its bandwidth: the hardware prefetchers stream it.
+        let mut block_eff = kc / (kc + K_BLOCK_STEPS);
+        if sliver_level > 1 {
             block_eff *= 0.85;
         }
         if packed > l2 as f64 / 2.0 {
@@ -556,9 +572,9 @@ mod tests {
         assert_eq!(c.bytes[3], 0.0);
         assert!((c.intensity - c.flops / c.bytes[l3]).abs() < 1e-9);
         // Compute: 128 rows = 10 full 12-row tiles + one of 8 (efficiency 0.97 both), K
-        // blocks of 256 (256 / 272 for the accumulator loads), a 32 KiB B sliver that spills
-        // half of L1 (0.85).
-        let want = 2.0 * 768.0 * 3072.0 * 128.0 / 0.97 / (256.0 / 272.0) / 0.85 / 207e9;
+        // blocks of 256 (256 / (256 + K_BLOCK_STEPS) for restarting the tiles); the 32 KiB B
+        // sliver spills half of L1 but fits in L2, which costs bandwidth, not efficiency.
+        let want = 2.0 * 768.0 * 3072.0 * 128.0 / 0.97 / (256.0 / (256.0 + K_BLOCK_STEPS)) / 207e9;
         assert!(
             (c.compute_s - want).abs() / want < 1e-12,
             "{} {}",

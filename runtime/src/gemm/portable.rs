@@ -7,6 +7,7 @@ pub const MR: usize = 4;
 pub const NR: usize = 8;
 
 pub(super) unsafe fn tile(t: &Tile) {
+    t.fetch.all();
     with_full_tile::<NR>(t, |t, c, ldc, init| {
         let mut acc = [[0f32; NR]; MR];
         for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
