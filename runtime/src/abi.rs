@@ -1,8 +1,9 @@
 //! The layout generated code relies on, read from the runtime's own definitions: the byte
 //! offset and width of every field the generated code loads or stores in a runtime struct
 //! ([`EntryCtx`], [`RuntimeFns`], [`GemmCall`], [`QGemmCall`] for the narrow-weight
-//! matmul, [`AttnCall`] for attention), their sizes and alignments, and the enum
-//! codes it passes ([`crate::gemm::Act`], [`crate::gemm::Isa`]). The compiler uses these
+//! matmul, [`AttnCall`] for attention, [`NormCall`] for the row norms), their sizes and
+//! alignments, and the enum codes it passes ([`crate::gemm::Act`], [`crate::gemm::Isa`],
+//! [`crate::norm::NormKind`]). The compiler uses these
 //! and nothing else, so reordering or widening a field here changes the generated code
 //! with it; the assertions at the bottom stop what the generated code cannot follow (a
 //! field width other than 4 or 8 bytes, a pointer other than 64 bits).
@@ -10,6 +11,7 @@
 use crate::attention::AttnCall;
 use crate::gemm::{GemmCall, QGemmCall};
 use crate::native::{EntryCtx, RuntimeFns};
+use crate::norm::NormCall;
 use std::mem::{align_of, offset_of, size_of};
 
 /// One field of a `#[repr(C)]` struct that generated code reads or writes.
@@ -69,6 +71,8 @@ pub mod rt {
     pub const GATHER_COLUMNS: Field = field!(RuntimeFns, gather_columns);
     /// `AttentionFn`: scaled dot-product attention, never null.
     pub const ATTENTION: Field = field!(RuntimeFns, attention);
+    /// `NormFn`: LayerNorm, RMS norm, L2 normalisation (with an add first), never null.
+    pub const NORM: Field = field!(RuntimeFns, norm);
 }
 
 /// [`GemmCall`], which generated matmuls fill on their stack.
@@ -157,6 +161,30 @@ pub mod attn_call {
     ];
 }
 
+/// [`NormCall`], which generated norm kernels fill on their stack.
+pub mod norm_call {
+    use super::*;
+    pub const SIZE: u32 = size_of::<NormCall>() as u32;
+    pub const ALIGN: u32 = align_of::<NormCall>() as u32;
+    pub const X: Field = field!(NormCall, x);
+    pub const ADD: Field = field!(NormCall, add);
+    pub const GAMMA: Field = field!(NormCall, gamma);
+    pub const BETA: Field = field!(NormCall, beta);
+    pub const OUT: Field = field!(NormCall, out);
+    pub const ROWS: Field = field!(NormCall, rows);
+    pub const ROWS_B: Field = field!(NormCall, rows_b);
+    pub const CHANNELS: Field = field!(NormCall, channels);
+    /// An f32: generated code stores its bits as a 4-byte integer.
+    pub const EPS: Field = field!(NormCall, eps);
+    pub const KIND: Field = field!(NormCall, kind);
+    pub const ISA: Field = field!(NormCall, isa);
+    pub const THREADS: Field = field!(NormCall, threads);
+    /// Every field, so a test can check they tile the struct.
+    pub const ALL: [Field; 12] = [
+        X, ADD, GAMMA, BETA, OUT, ROWS, ROWS_B, CHANNELS, EPS, KIND, ISA, THREADS,
+    ];
+}
+
 // Generated code keeps pointers, sizes and dims in i64 registers and loads or stores each
 // field with an 8- or 4-byte access.
 const _: () = assert!(size_of::<usize>() == 8 && size_of::<*const u8>() == 8);
@@ -175,6 +203,7 @@ const _: () = {
         rt::QGEMM,
         rt::GATHER_COLUMNS,
         rt::ATTENTION,
+        rt::NORM,
     ];
     let mut i = 0;
     while i < all.len() {
@@ -182,21 +211,28 @@ const _: () = {
         i += 1;
     }
     let mut i = 0;
-    let (g, q) = (gemm_call::ALL.len(), qgemm_call::ALL.len());
-    while i < g + q + attn_call::ALL.len() {
+    let (g, q, a) = (
+        gemm_call::ALL.len(),
+        qgemm_call::ALL.len(),
+        attn_call::ALL.len(),
+    );
+    while i < g + q + a + norm_call::ALL.len() {
         let f = if i < g {
             gemm_call::ALL[i]
         } else if i < g + q {
             qgemm_call::ALL[i - g]
-        } else {
+        } else if i < g + q + a {
             attn_call::ALL[i - g - q]
+        } else {
+            norm_call::ALL[i - g - q - a]
         };
         assert!(f.bytes == 8 || f.bytes == 4);
         assert!(f.offset % f.bytes as i32 == 0);
         i += 1;
     }
     // The stack slots generated code reserves are aligned to 8 bytes at most.
-    assert!(gemm_call::ALIGN <= 8 && qgemm_call::ALIGN <= 8 && attn_call::ALIGN <= 8);
+    assert!(gemm_call::ALIGN <= 8 && qgemm_call::ALIGN <= 8);
+    assert!(attn_call::ALIGN <= 8 && norm_call::ALIGN <= 8);
 };
 
 #[cfg(test)]
@@ -209,6 +245,7 @@ mod tests {
             (&gemm_call::ALL[..], gemm_call::SIZE),
             (&qgemm_call::ALL[..], qgemm_call::SIZE),
             (&attn_call::ALL[..], attn_call::SIZE),
+            (&norm_call::ALL[..], norm_call::SIZE),
         ] {
             let mut spans: Vec<(i32, i32)> = all
                 .iter()

@@ -369,6 +369,9 @@ pub struct RuntimeFns {
     /// Scaled dot-product attention ([`crate::attention::cranformer_attention`]); never
     /// null: every ISA has a kernel.
     pub attention: AttentionFn,
+    /// LayerNorm, RMS norm and L2 normalisation of rows, each optionally after an add
+    /// ([`crate::norm::cranformer_norm`]); never null: every ISA has a kernel.
+    pub norm: NormFn,
 }
 
 /// `parallel_for(task, ctx, n)`.
@@ -379,6 +382,9 @@ pub type QGemmFn = unsafe extern "C" fn(*const crate::gemm::QGemmCall);
 
 /// `attention(&call)`.
 pub type AttentionFn = unsafe extern "C" fn(*const crate::attention::AttnCall);
+
+/// `norm(&call)`.
+pub type NormFn = unsafe extern "C" fn(*const crate::norm::NormCall);
 
 /// `gather_columns(words, k, n, format code, ids, count, out) -> 0 or 1 (an id out of range)`.
 pub type GatherColumnsFn =
@@ -392,6 +398,7 @@ pub fn runtime_fns() -> &'static RuntimeFns {
         qgemm: crate::gemm::qgemm::cranformer_qgemm,
         gather_columns: crate::gemm::quant::cranformer_gather_columns,
         attention: crate::attention::cranformer_attention,
+        norm: crate::norm::cranformer_norm,
     };
     static NARROW: RuntimeFns = RuntimeFns {
         gemm: None,
@@ -399,6 +406,7 @@ pub fn runtime_fns() -> &'static RuntimeFns {
         qgemm: crate::gemm::qgemm::cranformer_qgemm,
         gather_columns: crate::gemm::quant::cranformer_gather_columns,
         attention: crate::attention::cranformer_attention,
+        norm: crate::norm::cranformer_norm,
     };
     match crate::gemm::detected() {
         crate::gemm::Isa::Portable => &NARROW,

@@ -6,9 +6,10 @@
 //! Matmuls get the cost model's numbers (`choose`); with a run to show ([`ran`]), each matmul
 //! row is what the runtime recorded: the ISA, blocking and threads the call actually ran with
 //! (resolved on this host), its measured time, and the model's prediction for that tiling.
-//! Other kernels are Cranelift code on one
-//! thread at 128 bits: their roof is `max(FLOPs / 128-bit peak, bytes / bandwidth of the
-//! level that holds their operands)`, from `graph::cost`.
+//! Attention and the row norms are the runtime's kernels, at the width of this host's ISA;
+//! other kernels are Cranelift code at 128 bits. Their roof is `max(FLOPs / one core's peak
+//! at that width, bytes / bandwidth of the level that holds their operands)`, from
+//! `graph::cost`.
 
 use super::choose::{candidates, choose_problem, evaluate, explain, Choice, Kernel, Problem};
 use super::roofline::MachineProfile;
@@ -136,12 +137,19 @@ pub fn rows(
             let cost = node_cost(g, n, d);
             let bytes = cost.bytes() as f64;
             let home = p.home(cost.bytes());
-            // Attention is the runtime's kernel on this host's ISA; the rest Cranelift's
-            // f32x4 code.
-            let bits = match node.op {
-                Op::Attention { .. } => cranformer_runtime::gemm::detected().bits(),
-                _ => 128,
-            };
+            // Attention and the norms are the runtime's kernels on this host's ISA; the rest
+            // Cranelift's f32x4 code.
+            let runtime_kernel = matches!(
+                node.op,
+                Op::Attention { .. }
+                    | Op::LayerNorm { .. }
+                    | Op::RmsNorm { .. }
+                    | Op::AddLayerNorm { .. }
+                    | Op::AddRmsNorm { .. }
+                    | Op::L2Normalize
+            );
+            let isa = cranformer_runtime::gemm::detected();
+            let bits = if runtime_kernel { isa.bits() } else { 128 };
             let compute = cost.flops as f64 / (p.peak_gflops(bits, 1) * 1e9);
             let memory = bytes / (p.read_gbs(home, 1) * 1e9);
             let name = node.op.to_string();
@@ -156,11 +164,10 @@ pub fn rows(
                 } else {
                     p.levels[home].name.clone()
                 },
-                tiling: match node.op {
-                    Op::Attention { .. } => {
-                        format!("runtime {:?}", cranformer_runtime::gemm::detected()).to_lowercase()
-                    }
-                    _ => "cranelift f32x4".into(),
+                tiling: if runtime_kernel {
+                    format!("runtime {}", isa.name())
+                } else {
+                    "cranelift f32x4".into()
                 },
                 predicted_s: compute.max(memory),
                 roof_s: compute.max(memory),

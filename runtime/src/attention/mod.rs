@@ -27,13 +27,12 @@
 //! alone (lanes never mix, tiles and blocks do not depend on the thread count), so results do
 //! not depend on the number of threads.
 
-mod simd;
 #[cfg(test)]
 mod tests;
 
 use crate::gemm::{Isa, ISA_AUTO};
 use crate::threads;
-use simd::Simd;
+use crate::simd::{self, Simd};
 use std::cell::RefCell;
 
 /// Keys per score tile: `Sᵀ` is `KT × QB` f32 (16 KB with AVX-512), beside `Qᵀ` and `Oᵀ`

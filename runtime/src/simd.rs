@@ -1,17 +1,18 @@
-//! The vector operations the attention kernel is written in, one implementation per ISA:
-//! `Avx512` (16 lanes), `Avx2` (8 lanes, with FMA) and `Portable` (4 lanes of plain Rust that
-//! the compiler maps to SSE or NEON). Every method is `#[inline(always)]` and carries no
-//! target feature itself: the kernel is instantiated inside a `#[target_feature]` function
-//! per ISA (`super::task_avx512`, ..), where the intrinsics then inline.
+//! The vector operations the runtime's attention and norm kernels are written in, one
+//! implementation per ISA: `Avx512` (16 lanes), `Avx2` (8 lanes, with FMA) and `Portable` (4
+//! lanes of plain Rust that the compiler maps to SSE or NEON). Every method is
+//! `#[inline(always)]` and carries no target feature itself: a kernel is instantiated inside
+//! a `#[target_feature]` function per ISA (`attention::task_avx512`, ..), where the
+//! intrinsics then inline.
 
 // The exp coefficients are written as published (Cephes); f32 rounds them.
 #![allow(clippy::excessive_precision)]
 
 /// Lanes of f32 and the operations on them. Callers guarantee the CPU has the ISA.
-pub(super) trait Simd {
+pub(crate) trait Simd {
     /// Lanes per vector.
     const W: usize;
-    /// Rows of the register tile of [`super::tile`]: `MR × 2` accumulators.
+    /// Rows of attention's register tile (`attention::tile`): `MR × 2` accumulators.
     const MR: usize;
     type V: Copy;
     unsafe fn splat(x: f32) -> Self::V;
@@ -20,6 +21,7 @@ pub(super) trait Simd {
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
     /// `a · b + c`.
@@ -54,7 +56,7 @@ pub(super) trait Simd {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{Avx2, Avx512};
+pub(crate) use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -91,6 +93,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn mul(a: __m512, b: __m512) -> __m512 {
             _mm512_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m512, b: __m512) -> __m512 {
+            _mm512_div_ps(a, b)
         }
         #[inline(always)]
         unsafe fn max(a: __m512, b: __m512) -> __m512 {
@@ -157,6 +163,10 @@ mod x86 {
             _mm256_mul_ps(a, b)
         }
         #[inline(always)]
+        unsafe fn div(a: __m256, b: __m256) -> __m256 {
+            _mm256_div_ps(a, b)
+        }
+        #[inline(always)]
         unsafe fn max(a: __m256, b: __m256) -> __m256 {
             _mm256_max_ps(a, b)
         }
@@ -193,7 +203,7 @@ mod x86 {
 
 /// Four lanes in plain Rust: any CPU. Not fused (`mul_add` without hardware FMA is a libm
 /// call).
-pub(super) struct Portable;
+pub(crate) struct Portable;
 
 impl Simd for Portable {
     const W: usize = 4;
@@ -222,6 +232,10 @@ impl Simd for Portable {
     #[inline(always)]
     unsafe fn mul(a: [f32; 4], b: [f32; 4]) -> [f32; 4] {
         std::array::from_fn(|i| a[i] * b[i])
+    }
+    #[inline(always)]
+    unsafe fn div(a: [f32; 4], b: [f32; 4]) -> [f32; 4] {
+        std::array::from_fn(|i| a[i] / b[i])
     }
     #[inline(always)]
     unsafe fn max(a: [f32; 4], b: [f32; 4]) -> [f32; 4] {
