@@ -110,7 +110,11 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
             beta,
             at.out(),
             Arg::Rows(at.n),
-            if added { Arg::Rows(at.ops[1]) } else { Arg::Null },
+            if added {
+                Arg::Rows(at.ops[1])
+            } else {
+                Arg::Null
+            },
             Arg::Rt(abi::rt::NORM),
         ],
     ))

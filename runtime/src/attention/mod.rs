@@ -31,8 +31,8 @@
 mod tests;
 
 use crate::gemm::{Isa, ISA_AUTO};
-use crate::threads;
 use crate::simd::{self, Simd};
+use crate::threads;
 use std::cell::RefCell;
 
 /// Keys per score tile: `Sᵀ` is `KT × QB` f32 (16 KB with AVX-512), beside `Qᵀ` and `Oᵀ`

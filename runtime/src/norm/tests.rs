@@ -170,7 +170,10 @@ fn check(case: Case, tol: f32) {
         match &first {
             None => first = Some((isa, one)),
             Some((i0, o0)) => {
-                let diff = o0.iter().zip(&one).position(|(a, b)| a.to_bits() != b.to_bits());
+                let diff = o0
+                    .iter()
+                    .zip(&one)
+                    .position(|(a, b)| a.to_bits() != b.to_bits());
                 assert!(
                     diff.is_none(),
                     "{case:?}: {i0:?} and {isa:?} differ at {diff:?}"
@@ -273,10 +276,7 @@ fn refuses_bad_calls() {
     let mut out = vec![0f32; 4 * 8];
     let call = c.call(&d, &mut out, Isa::Portable, 1);
     let bad = [
-        (
-            NormCall { kind: 9, ..call },
-            NormError::Kind(9),
-        ),
+        (NormCall { kind: 9, ..call }, NormError::Kind(9)),
         (
             NormCall { rows_b: 0, ..call },
             NormError::NoAddRows { rows: 4 },
