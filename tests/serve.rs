@@ -829,6 +829,95 @@ fn gpt2_streams_joining_and_leaving_mid_batch_match_generate() {
     assert!(rows > steps, "decode steps {steps}, rows {rows}");
 }
 
+/// T5 streams of different prompt (encoder) lengths, one joining while another decodes,
+/// share decode steps (`batch_step`, padded and masked) and give `generate`'s greedy text.
+#[test]
+fn t5_streams_of_different_lengths_share_steps_and_match_generate() {
+    let dir = fixture_dir("t5-tiny");
+    let s = serve(&dir, &["--max-new-tokens-limit", "40"]);
+    let (long, long_max) = ("translate English to German: a", 40);
+    let others = [
+        "Hello, my dog is cute",
+        "summarize: The quick brown fox jumps over the lazy dog and keeps on running",
+        "x",
+    ];
+    let others_max = 9;
+    let (started, first_token) = std::sync::mpsc::channel::<()>();
+    let (long_text, others_v) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| {
+            let body =
+                json!({"prompt": long, "max_tokens": long_max, "temperature": 0, "stream": true})
+                    .to_string();
+            let r = common::http::try_request_watching(
+                s.port,
+                "POST",
+                "/v1/completions",
+                &[("Content-Type", "application/json")],
+                Some(body.as_bytes()),
+                &mut |raw| {
+                    if raw.windows(6).any(|w| w == b"data: ") {
+                        let _ = started.send(());
+                    }
+                },
+            )
+            .expect("streamed completion");
+            let _ = started.send(());
+            assert_eq!(r.status, 200, "{}", r.text());
+            let mut text = String::new();
+            for e in r.events().iter().filter(|e| *e != "[DONE]") {
+                let v: Value = serde_json::from_str(e).unwrap();
+                if let Some(c) = v["choices"].as_array().and_then(|c| c.first()) {
+                    text.push_str(c["text"].as_str().unwrap());
+                }
+            }
+            text
+        });
+        first_token.recv().unwrap();
+        let v = s
+            .post(
+                "/v1/completions",
+                &json!({"prompt": others, "max_tokens": others_max, "temperature": 0}),
+            )
+            .expect(200);
+        (a.join().unwrap(), v)
+    });
+    let generate = |prompt: &str, max: usize| -> String {
+        let cli = run_json(
+            &bin(),
+            &[
+                "generate",
+                dir.to_str().unwrap(),
+                "--prompt",
+                prompt,
+                "--max-new-tokens",
+                &max.to_string(),
+                "--json",
+            ],
+        );
+        cli["text"].as_str().unwrap().to_string()
+    };
+    assert_eq!(long_text, generate(long, long_max), "the long stream");
+    let choices = others_v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), others.len());
+    for c in choices {
+        let i = c["index"].as_u64().unwrap() as usize;
+        assert_eq!(
+            c["text"].as_str().unwrap(),
+            generate(others[i], others_max),
+            "stream {i}: {:?}",
+            others[i]
+        );
+    }
+    // Streams of three encoder lengths (four with the long one) shared decode steps.
+    let m = s.get("/metrics").text();
+    let steps = metric(&m, "cranformer_batch_size_count{kind=\"decode\"}");
+    let rows = metric(&m, "cranformer_batch_size_sum{kind=\"decode\"}");
+    assert!(
+        rows >= steps + 2.0 * (others_max as f64 - 1.0),
+        "decode steps {steps}, rows {rows}"
+    );
+}
+
 /// T5 completions and a classifier's /predict, equal to the CLI's results.
 #[test]
 fn t5_completions_and_classifier_predict() {
