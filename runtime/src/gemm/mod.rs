@@ -729,11 +729,7 @@ impl Fetch {
     /// K steps between two hints in a loop of `kc` steps.
     #[inline(always)]
     pub fn every(self, kc: usize) -> usize {
-        if self.lines == 0 {
-            usize::MAX
-        } else {
-            (kc / self.lines).max(1)
-        }
+        kc.checked_div(self.lines).map_or(usize::MAX, |e| e.max(1))
     }
 
     /// Hints line `i` (nothing off x86-64).
