@@ -759,6 +759,27 @@ impl Fetch {
     }
 }
 
+/// Runs `$step` (one K step of a tile kernel) `$kc` times, hinting one line of `$fetch` every
+/// [`Fetch::every`] steps and the rest at the end. A macro, so the step's intrinsics stay
+/// inside the kernel's target-feature function.
+macro_rules! spread_fetch {
+    ($fetch:expr, $kc:expr, $step:block) => {{
+        let fetch: $crate::gemm::Fetch = $fetch;
+        let (every, mut left, mut line) = (fetch.every($kc), $kc, 0);
+        while left > 0 {
+            if line < fetch.lines {
+                fetch.line(line);
+                line += 1;
+            }
+            let steps = every.min(left);
+            for _ in 0..steps $step
+            left -= steps;
+        }
+        fetch.rest(line);
+    }};
+}
+pub(crate) use spread_fetch;
+
 /// Runs whole panels `p0..` of a one-row product in groups through the GEMV kernels, as far
 /// as whole groups of full panels go; returns the first panel left to the tile path.
 ///

@@ -192,10 +192,10 @@ pub struct Candidate {
 
 /// What restarting a register tile at each K block costs, in K steps of the tile's FMAs.
 /// Fitted to timed runs of every `kc` from 128 to all of K on BERT-base, MiniLM and T5-small
-/// shapes (`cargo bench -p cranformer-runtime --bench kc_sweep`; AMD EPYC, AVX-512 and AVX2 kernels, 1 and 2
-/// threads): each larger `kc` ran as fast or faster, K whole up to 1.4x faster than 128 on
-/// 2 threads, which per-block restarts of 10 to 60 K steps explain (16, as before, favoured
-/// `kc` 128 everywhere).
+/// shapes (`cargo bench -p cranformer-runtime --bench gemm -- kc_sweep`; AMD EPYC, AVX-512
+/// and AVX2 kernels, 1 and 2 threads): each larger `kc` ran as fast or faster, K whole up to
+/// 1.17x faster than 128 on 2 threads, which per-block restarts of 10 to 60 K steps explain
+/// (16, as before, favoured `kc` 128 everywhere).
 const K_BLOCK_STEPS: f64 = 48.0;
 
 /// Waking the pool's threads for one call.
