@@ -48,13 +48,7 @@ fn main() {
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
         }
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.01)
-            .collect();
-        let bias = vec![0.1f32; n];
+        let (a, w, bias) = inputs(m, n, k);
         for &isa in &isas {
             let packed = pack_b(&w, k, n, false, PACK_NR);
             for thr in [1, 2] {
@@ -111,6 +105,18 @@ fn cpu_model() -> String {
     cranformer_runtime::machine::cpu_model().unwrap_or_else(|| "unknown".into())
 }
 
+/// A `[m, k]`, W `[k, n]` (row-major, as a checkpoint stores `[in, out]`) and a bias of `n`:
+/// small values in a fixed pattern.
+fn inputs(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let a = (0..m * k)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+        .collect();
+    let w = (0..n * k)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.01)
+        .collect();
+    (a, w, vec![0.1f32; n])
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -129,13 +135,7 @@ fn narrow(shapes: &[(&str, usize, usize, usize)], filter: Option<&str>) {
         if filter.is_some_and(|f| !name.contains(f)) {
             continue;
         }
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.01)
-            .collect();
-        let bias = vec![0.1f32; n];
+        let (a, w, bias) = inputs(m, n, k);
         let packed = pack_b(&w, k, n, false, PACK_NR);
         // The best kernel of each format, plus the int8 kernel without VNNI and the bf16 one
         // without vdpbf16ps where they differ from the best.
@@ -293,9 +293,7 @@ fn decode_rows() {
         let pws = vec![one; copies];
         let mut next = 0;
         for m in 1..=8 {
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
-                .collect();
+            let a = inputs(m, n, k).0;
             let mut c = vec![0f32; m * n];
             let (mut tg, mut tt, mut ratio) = (vec![], vec![], vec![]);
             for round in 0..40 {
@@ -360,13 +358,7 @@ fn kc_sweep() {
         "shape", "isa", "thr", "kc", "median_ms", "GFLOP/s", "x kc=128"
     );
     for (name, m, n, k) in shapes {
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.01)
-            .collect();
-        let bias = vec![0.1f32; n];
+        let (a, w, bias) = inputs(m, n, k);
         // Enough copies of B that each call finds its weights out of cache.
         let copies = (256usize << 20).div_ceil(n * k * 4).max(1);
         let packed: Vec<Vec<f32>> = (0..copies)
