@@ -453,12 +453,62 @@ impl Packed {
     unsafe fn pack(&self, g: &GemmCall, pc: usize, s: usize) {
         let kc = self.kc.min(g.k - pc);
         let rows = self.mr.min(g.m - s * self.mr);
-        let dst = std::slice::from_raw_parts_mut(self.sliver(pc, kc, s), rows * kc);
-        for r in 0..rows {
-            let src = std::slice::from_raw_parts(g.a.add((s * self.mr + r) * g.lda + pc), kc);
-            for (kk, &v) in src.iter().enumerate() {
-                dst[kk * rows + r] = v;
+        let src = g.a.add(s * self.mr * g.lda + pc);
+        pack_sliver(self.sliver(pc, kc, s), src, g.lda, rows, kc);
+    }
+}
+
+/// `dst [kc][rows] = src [rows][kc]` (rows `lda` apart): a sliver of A transposed for the
+/// micro-kernels. Four rows × four K at a time through SSE registers (every x86-64 has
+/// them), so both sides move whole vectors: element by element, the writes `rows` floats
+/// apart made packing 7 % of all samples of a MiniLM batch (32 × 16 tokens, AMD EPYC).
+///
+/// # Safety
+/// `src` valid for `rows` rows of `kc` floats `lda` apart, `dst` for `rows * kc` floats.
+unsafe fn pack_sliver(dst: *mut f32, src: *const f32, lda: usize, rows: usize, kc: usize) {
+    let row = |r: usize| src.add(r * lda);
+    let mut kk = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        while kk + 4 <= kc {
+            let at = |j: usize, r: usize| dst.add((kk + j) * rows + r);
+            let mut r = 0;
+            while r + 4 <= rows {
+                let x0 = _mm_loadu_ps(row(r).add(kk));
+                let x1 = _mm_loadu_ps(row(r + 1).add(kk));
+                let x2 = _mm_loadu_ps(row(r + 2).add(kk));
+                let x3 = _mm_loadu_ps(row(r + 3).add(kk));
+                // (a0 b0 a1 b1), (a2 b2 a3 b3), (c0 d0 c1 d1), (c2 d2 c3 d3)
+                let (ab01, ab23) = (_mm_unpacklo_ps(x0, x1), _mm_unpackhi_ps(x0, x1));
+                let (cd01, cd23) = (_mm_unpacklo_ps(x2, x3), _mm_unpackhi_ps(x2, x3));
+                _mm_storeu_ps(at(0, r), _mm_movelh_ps(ab01, cd01));
+                _mm_storeu_ps(at(1, r), _mm_movehl_ps(cd01, ab01));
+                _mm_storeu_ps(at(2, r), _mm_movelh_ps(ab23, cd23));
+                _mm_storeu_ps(at(3, r), _mm_movehl_ps(cd23, ab23));
+                r += 4;
             }
+            if r + 2 <= rows {
+                let x0 = _mm_loadu_ps(row(r).add(kk));
+                let x1 = _mm_loadu_ps(row(r + 1).add(kk));
+                let (ab01, ab23) = (_mm_unpacklo_ps(x0, x1), _mm_unpackhi_ps(x0, x1));
+                _mm_storel_pd(at(0, r).cast(), _mm_castps_pd(ab01));
+                _mm_storeh_pd(at(1, r).cast(), _mm_castps_pd(ab01));
+                _mm_storel_pd(at(2, r).cast(), _mm_castps_pd(ab23));
+                _mm_storeh_pd(at(3, r).cast(), _mm_castps_pd(ab23));
+                r += 2;
+            }
+            if r < rows {
+                for j in 0..4 {
+                    *at(j, r) = *row(r).add(kk + j);
+                }
+            }
+            kk += 4;
+        }
+    }
+    for k in kk..kc {
+        for r in 0..rows {
+            *dst.add(k * rows + r) = *row(r).add(k);
         }
     }
 }
@@ -679,11 +729,7 @@ impl Fetch {
     /// K steps between two hints in a loop of `kc` steps.
     #[inline(always)]
     pub fn every(self, kc: usize) -> usize {
-        if self.lines == 0 {
-            usize::MAX
-        } else {
-            (kc / self.lines).max(1)
-        }
+        kc.checked_div(self.lines).map_or(usize::MAX, |e| e.max(1))
     }
 
     /// Hints line `i` (nothing off x86-64).
@@ -712,6 +758,27 @@ impl Fetch {
         self.rest(0);
     }
 }
+
+/// Runs `$step` (one K step of a tile kernel) `$kc` times, hinting one line of `$fetch` every
+/// [`Fetch::every`] steps and the rest at the end. A macro, so the step's intrinsics stay
+/// inside the kernel's target-feature function.
+macro_rules! spread_fetch {
+    ($fetch:expr, $kc:expr, $step:block) => {{
+        let fetch: $crate::gemm::Fetch = $fetch;
+        let (every, mut left, mut line) = (fetch.every($kc), $kc, 0);
+        while left > 0 {
+            if line < fetch.lines {
+                fetch.line(line);
+                line += 1;
+            }
+            let steps = every.min(left);
+            for _ in 0..steps $step
+            left -= steps;
+        }
+        fetch.rest(line);
+    }};
+}
+pub(crate) use spread_fetch;
 
 /// Runs whole panels `p0..` of a one-row product in groups through the GEMV kernels, as far
 /// as whole groups of full panels go; returns the first panel left to the tile path.

@@ -318,3 +318,25 @@ fn epilogue_applies_act_then_residual_on_every_isa_and_blocking() {
         }
     }
 }
+
+#[test]
+fn packing_a_sliver_transposes_every_row_and_k() {
+    for rows in 1..=12 {
+        for kc in [1, 2, 3, 4, 5, 7, 8, 13, 37] {
+            let lda = kc + 3;
+            let src: Vec<f32> = (0..rows * lda).map(|i| i as f32).collect();
+            let mut dst = vec![f32::NAN; rows * kc];
+            // SAFETY: src holds rows × lda floats, dst rows × kc.
+            unsafe { super::pack_sliver(dst.as_mut_ptr(), src.as_ptr(), lda, rows, kc) };
+            for k in 0..kc {
+                for r in 0..rows {
+                    assert_eq!(
+                        dst[k * rows + r],
+                        src[r * lda + k],
+                        "rows {rows} kc {kc} k {k} r {r}"
+                    );
+                }
+            }
+        }
+    }
+}
