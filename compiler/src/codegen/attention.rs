@@ -57,6 +57,8 @@ pub fn attention<M: Module>(l: &mut Lowering<'_, M>, a: &Attn) -> Result<FuncId,
         ));
         let c = k.b.ins().stack_addr(I64, slot, 0);
         let null = k.i(0);
+        // Rows of q, k and v are C floats apart (0 tells the runtime C).
+        let ld = null;
         let (hv, dv) = (k.i(heads as i64), k.i(head_dim as i64));
         for (f, v) in [
             (attn_call::Q, p[0]),
@@ -69,6 +71,8 @@ pub fn attention<M: Module>(l: &mut Lowering<'_, M>, a: &Attn) -> Result<FuncId,
             (attn_call::SEQ, p[8]),
             (attn_call::KEYS, p[9]),
             (attn_call::KV_ROWS, p[10]),
+            (attn_call::Q_LD, ld),
+            (attn_call::KV_LD, ld),
             (attn_call::HEADS, hv),
             (attn_call::HEAD_DIM, dv),
         ] {
