@@ -31,6 +31,7 @@ use std::collections::HashMap;
 
 pub use cranformer_runtime::gemm::WeightFormat;
 pub use entry::entry_symbol;
+pub use memory::{slices_read_in_place, SliceView};
 use ir::Kb;
 
 /// Errors lowering a graph. Every variant but `DType` is a compiler bug or an unsupported host.
