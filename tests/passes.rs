@@ -276,13 +276,20 @@ fn attention_reads_fused_qkv_in_place() {
                     "{fixture} {name}: {} has a buffer",
                     node.label
                 );
-                assert!(all.contains(&node.label), "{fixture} {name}: {}", node.label);
+                assert!(
+                    all.contains(&node.label),
+                    "{fixture} {name}: {}",
+                    node.label
+                );
                 read_in_place += expected as usize;
             }
             if fixture.starts_with("bert") {
                 assert!(views.len() >= 3, "{fixture} {name}: Q, K and V are slices");
                 let clif = cranformer_compiler::codegen::emit_clif(g).unwrap();
-                assert!(!clif.contains("cf_slice_"), "{fixture} {name}: a slice is copied");
+                assert!(
+                    !clif.contains("cf_slice_"),
+                    "{fixture} {name}: a slice is copied"
+                );
             }
             let ins = inputs(g);
             let args: Vec<(&str, &Tensor)> = ins.iter().map(|(n, t)| (n.as_str(), t)).collect();
