@@ -4,6 +4,7 @@
 //! - `serve_gpt2_generate_s8_vs_s1`: GPT-2 124M (random weights, `cranformer bench --preset
 //!   gpt2 --save`), greedy completions of 32 tokens, 8 concurrent streams of different prompt
 //!   lengths against one (target: >= 4x the tokens/s).
+//!
 //! Rounds alternate between the two loads; the ratio reported is the median of the rounds'.
 //! Set CRANFORMER_BENCH_QUICK=1 for one short round of each.
 

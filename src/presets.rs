@@ -399,7 +399,7 @@ mod tests {
         for (name, entries) in [
             ("bert-base", "embed, encode"),
             ("gpt2", "batch_step, forward, step"),
-            ("t5-small", "cross_kv, decode, encode, step"),
+            ("t5-small", "batch_step, cross_kv, decode, encode, step"),
         ] {
             let m = load(name, Some(1), 7).unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert_eq!(m.entry_names(), entries);

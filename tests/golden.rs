@@ -7,7 +7,7 @@ use common::fixture_dir;
 use cranformer_compiler::Model;
 
 fn golden(name: &str, actual: &str) {
-    common::golden::check(&format!("{name}"), actual)
+    common::golden::check(name, actual)
 }
 
 #[test]

@@ -742,12 +742,6 @@ fn gpt2_completions_alone_streamed_and_batched() {
 /// another leaves. Each gets exactly the greedy tokens of `cranformer generate`.
 #[test]
 fn gpt2_streams_joining_and_leaving_mid_batch_match_generate() {
-    let dir = fixture_dir("gpt2-tiny");
-    let s = serve(
-        &dir,
-        &["--max-new-tokens-limit", "50", "--max-streams", "3"],
-    );
-    let (long, long_max) = ("a", 50);
     let others = [
         "Hello, my dog is cute",
         "The quick brown fox jumps over the lazy dog and keeps on running",
@@ -755,7 +749,28 @@ fn gpt2_streams_joining_and_leaving_mid_batch_match_generate() {
         "1 2 3 4 5 6 7 8 9 10 11 12",
         "x y",
     ];
-    let others_max = 7;
+    let (steps, rows) = join_a_long_stream(
+        "gpt2-tiny",
+        &["--max-new-tokens-limit", "50", "--max-streams", "3"],
+        ("a", 50),
+        &others,
+        7,
+    );
+    assert!(rows > steps, "decode steps {steps}, rows {rows}");
+}
+
+/// Starts a greedy streamed completion of `long` on `fixture`'s server, sends `others` in one
+/// request once its first token has arrived, and checks every text against `generate`'s.
+/// Returns the decode steps and the rows they ran (from /metrics).
+fn join_a_long_stream(
+    fixture: &str,
+    args: &[&str],
+    (long, long_max): (&str, usize),
+    others: &[&str],
+    others_max: usize,
+) -> (f64, f64) {
+    let dir = fixture_dir(fixture);
+    let s = serve(&dir, args);
     let (started, first_token) = std::sync::mpsc::channel::<()>();
     let (long_text, others_v) = std::thread::scope(|scope| {
         let a = scope.spawn(|| {
@@ -822,11 +837,35 @@ fn gpt2_streams_joining_and_leaving_mid_batch_match_generate() {
             others[i]
         );
     }
-    // They shared decode steps.
     let m = s.get("/metrics").text();
-    let steps = metric(&m, "cranformer_batch_size_count{kind=\"decode\"}");
-    let rows = metric(&m, "cranformer_batch_size_sum{kind=\"decode\"}");
-    assert!(rows > steps, "decode steps {steps}, rows {rows}");
+    (
+        metric(&m, "cranformer_batch_size_count{kind=\"decode\"}"),
+        metric(&m, "cranformer_batch_size_sum{kind=\"decode\"}"),
+    )
+}
+
+/// T5 streams of different prompt (encoder) lengths, one joining while another decodes,
+/// share decode steps (`batch_step`, padded and masked) and give `generate`'s greedy text.
+#[test]
+fn t5_streams_of_different_lengths_share_steps_and_match_generate() {
+    let others = [
+        "Hello, my dog is cute",
+        "summarize: The quick brown fox jumps over the lazy dog and keeps on running",
+        "x",
+    ];
+    let others_max = 9;
+    let (steps, rows) = join_a_long_stream(
+        "t5-tiny",
+        &["--max-new-tokens-limit", "40"],
+        ("translate English to German: a", 40),
+        &others,
+        others_max,
+    );
+    // Streams of three encoder lengths (four with the long one) shared decode steps.
+    assert!(
+        rows >= steps + 2.0 * (others_max as f64 - 1.0),
+        "decode steps {steps}, rows {rows}"
+    );
 }
 
 /// T5 completions and a classifier's /predict, equal to the CLI's results.

@@ -17,7 +17,10 @@
 //!   `cross_value.{l}` [B, S, H*D]. `decode` (all positions) and `step` (last position):
 //!   `decoder_input_ids` [B, T], `encoder_attention_mask` [B, S], `cross_key.{l}`,
 //!   `cross_value.{l}`, `past_key.{l}`, `past_value.{l}` [B, P, H*D] -> `logits`,
-//!   `present_key.{l}`, `present_value.{l}`.
+//!   `present_key.{l}`, `present_value.{l}`. T5 `batch_step`: `step` with
+//!   `decoder_attention_mask` [B, P+T] over the self-attention keys (rows with shorter caches
+//!   left-padded and masked; shorter encoder outputs right-padded, masked by
+//!   `encoder_attention_mask`).
 //!
 //! A decode loop hands its [`KvCache`] to [`Engine::run_cached`] instead of passing `past_*`
 //! and taking `present_*`: compiled entries then write each step's new keys and values into

@@ -10,7 +10,9 @@ pub const HI: f32 = 88.722_83;
 /// `r = x - n·ln 2` as `x + n·LN2_HI_NEG + n·LN2_LO`: ln 2 split so `n·LN2_HI_NEG` is exact.
 pub const LN2_HI_NEG: f32 = -0.693_359_4;
 pub const LN2_LO: f32 = 2.121_944_4e-4;
-/// `p(r)`, highest power first (Horner); then `exp(r) ≈ p(r)·r² + r + 1`.
+/// `p(r)`, highest power first (Horner); then `exp(r) ≈ p(r)·r² + r + 1`. Coefficients as
+/// Cephes publishes them; f32 rounds them.
+#[allow(clippy::excessive_precision)]
 pub const POLY: [f32; 6] = [
     1.987_569_2e-4,
     1.398_199_9e-3,

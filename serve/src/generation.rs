@@ -12,10 +12,16 @@
 //! each row then copied once into the batch) and leaves between steps (end of sequence,
 //! `max_tokens`, a stop string, a client gone), its row taken by the last one.
 //!
-//! Without `batch_step`, GPT-2 streams of one cache length share a `step`, their caches
-//! stacked. T5's `step` has no decoder self-attention mask and its relative position bias
-//! follows P, so T5 streams are grouped by (cache length, encoder length), stacked, and never
-//! padded; a stream alone appends to its own cache in place.
+//! T5 (with its `batch_step` entry, a mask over the decoder's cached keys): every active
+//! stream shares each decode step. Streams keep their own caches; a step stacks them, each
+//! row's cache left-padded to the longest and its encoder outputs right-padded to the longest,
+//! both padding masked. The relative position bias depends only on key minus query position,
+//! which left padding keeps, so a row's result does not depend on the others. Streams of equal
+//! cache and encoder lengths need no padding and run `step`; a stream alone appends to its own
+//! cache in place.
+//!
+//! Without `batch_step`, streams of one cache length (and, T5, one encoder length) share a
+//! `step`, their caches stacked.
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -64,7 +70,8 @@ pub struct Generator {
     arch: Arch,
     /// Ids the sampler may pick (those the tokenizer can decode).
     allowed: usize,
-    /// GPT-2's `batch_step` (per-row positions) is available: streams share `batch`.
+    /// `batch_step` is available: GPT-2 streams share `batch` (per-row positions), T5 streams
+    /// of any lengths share a step (padded and masked).
     rows_step: bool,
     batch: Batch,
     next_id: u64,
@@ -137,14 +144,34 @@ impl Generator {
                 ("position_ids", &pos),
                 ("attention_mask", &mask),
             ];
-            g.rows_step = match session.engine.run_cached("batch_step", &named, &mut cache) {
-                Ok(_) => true,
-                Err(EngineError::NoEntry { .. }) => false,
-                Err(e) => {
-                    eprintln!("cranformer serve: batch_step failed its warm-up ({e}); streams of different lengths will not share decode steps");
-                    false
-                }
-            };
+            g.rows_step = probed(session.engine.run_cached("batch_step", &named, &mut cache));
+        }
+        if let Arch::T5 {
+            layers,
+            width,
+            start,
+            ..
+        } = arch
+        {
+            // Probe (and warm up) the masked step with one token and one encoder position.
+            let dec = Tensor::i64(vec![1, 1], vec![start]);
+            let one = Tensor::i64(vec![1, 1], vec![1]);
+            let cross = Tensor::f32(vec![1, 1, width], vec![0.0; width]);
+            let past = Tensor::f32(vec![1, 0, width], vec![]);
+            let mut names = vec![];
+            for l in 0..layers {
+                names.push((format!("cross_key.{l}"), &cross));
+                names.push((format!("cross_value.{l}"), &cross));
+                names.push((format!("past_key.{l}"), &past));
+                names.push((format!("past_value.{l}"), &past));
+            }
+            let mut named: Vec<(&str, &Tensor)> = vec![
+                ("decoder_input_ids", &dec),
+                ("encoder_attention_mask", &one),
+                ("decoder_attention_mask", &one),
+            ];
+            named.extend(names.iter().map(|(n, t)| (n.as_str(), *t)));
+            g.rows_step = probed(session.engine.run("batch_step", &named));
         }
         g
     }
@@ -283,6 +310,8 @@ impl Generator {
                 continue;
             }
             let key = match self.arch {
+                // T5 with `batch_step`: all in one step, padded where lengths differ.
+                Arch::T5 { .. } if self.rows_step => (0, 0),
                 Arch::Gpt2 { .. } => (s.cache.len(), 0),
                 _ => (s.cache.len(), s.enc_mask.len()),
             };
@@ -528,7 +557,9 @@ impl Generator {
         Ok(())
     }
 
-    /// One T5 decoder step over streams of equal cache and encoder lengths.
+    /// One T5 decoder step over `streams`: of equal cache and encoder lengths through `step`,
+    /// of different ones through `batch_step`, each row's cache left-padded and its encoder
+    /// outputs right-padded to the longest, the padding masked.
     fn t5_step(
         &self,
         session: &mut Session,
@@ -538,16 +569,40 @@ impl Generator {
             return Err(ApiError::internal("not a T5 model"));
         };
         let b = streams.len();
-        let p = streams[0].cache.len();
-        let s_len = streams[0].enc_mask.len();
+        let p = streams.iter().map(|s| s.cache.len()).max().unwrap_or(0);
+        let s_len = streams.iter().map(|s| s.enc_mask.len()).max().unwrap_or(0);
+        let padded = streams
+            .iter()
+            .any(|s| s.cache.len() != p || s.enc_mask.len() != s_len);
         let dec = Tensor::i64(vec![b, 1], streams.iter().map(|s| s.next).collect());
         let mask = Tensor::i64(
             vec![b, s_len],
-            streams.iter().flat_map(|s| s.enc_mask.clone()).collect(),
+            streams
+                .iter()
+                .flat_map(|s| {
+                    let pad = s_len - s.enc_mask.len();
+                    s.enc_mask
+                        .iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(0, pad))
+                })
+                .collect(),
+        );
+        // Cached keys (left padding) and the new one.
+        let self_mask = Tensor::i64(
+            vec![b, p + 1],
+            streams
+                .iter()
+                .flat_map(|s| {
+                    let pad = p - s.cache.len();
+                    std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, p + 1 - pad))
+                })
+                .collect(),
         );
         let cat = |kind: Kind, l: usize| -> Tensor {
             let mut data = Vec::with_capacity(b * p * width);
             for s in streams.iter() {
+                data.resize(data.len() + (p - s.cache.len()) * width, 0.0);
                 data.extend_from_slice(s.cache.rows(kind, l, 0));
             }
             Tensor::f32(vec![b, p, width], data)
@@ -558,7 +613,9 @@ impl Generator {
             let w = streams[0].cross[name].shape().last().copied().unwrap_or(0);
             let mut data = Vec::with_capacity(b * s_len * w);
             for s in streams.iter() {
-                data.extend_from_slice(s.cross[name].as_f32().unwrap_or(&[]));
+                let rows = s.cross[name].as_f32().unwrap_or(&[]);
+                data.extend_from_slice(rows);
+                data.resize(data.len() + s_len * w - rows.len(), 0.0);
             }
             extra.push((name.clone(), Tensor::f32(vec![b, s_len, w], data)));
         }
@@ -566,6 +623,9 @@ impl Generator {
             ("decoder_input_ids", &dec),
             ("encoder_attention_mask", &mask),
         ];
+        if padded {
+            named.push(("decoder_attention_mask", &self_mask));
+        }
         if let [s] = streams {
             // Alone: appended in place.
             named.extend(extra.iter().map(|(n, t)| (n.as_str(), t)));
@@ -580,13 +640,26 @@ impl Generator {
             extra.push((format!("past_value.{l}"), cat(Kind::Value, l)));
         }
         named.extend(extra.iter().map(|(n, t)| (n.as_str(), t)));
+        let entry = if padded { "batch_step" } else { "step" };
         let mut out = session
             .engine
-            .run("step", &named)
+            .run(entry, &named)
             .map_err(|e| ApiError::from_task(e.into()))?;
         let logits = take_rows(&mut out, "logits", b)?;
         append_new_rows(&mut out, streams, layers, 1)?;
         Ok(logits)
+    }
+}
+
+/// Whether a probe of `batch_step` (an older compiled executable lacks it) worked.
+fn probed<T>(result: Result<T, EngineError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(EngineError::NoEntry { .. }) => false,
+        Err(e) => {
+            eprintln!("cranformer serve: batch_step failed its warm-up ({e}); streams of different lengths will not share decode steps");
+            false
+        }
     }
 }
 

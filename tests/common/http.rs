@@ -36,7 +36,7 @@ impl Server {
             let _ = tx.send(line);
             // Keep draining so the server never blocks on a full pipe.
             let mut sink = String::new();
-            while r.read_line(&mut sink).map_or(false, |n| n > 0) {
+            while r.read_line(&mut sink).is_ok_and(|n| n > 0) {
                 sink.clear();
             }
         });

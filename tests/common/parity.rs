@@ -179,6 +179,7 @@ fn softmax_rows(logits: &[f32], width: usize) -> Vec<f32> {
 
 /// `classify --json [--pairs] [--truncate]` on `texts` (pairs flattened): checks the labels,
 /// and the scores against `want_probs` `[rows, labels]` in label-id order.
+#[allow(clippy::too_many_arguments)]
 fn check_classify(
     run: &Runner,
     fixture: &str,

@@ -168,8 +168,16 @@ impl T5<'_> {
         Ok(())
     }
 
-    /// `decode` / `step`: the decoder stack with its self-attention cache, and the LM head.
-    fn decoder(&self, b: &mut Builder, last_only: bool) -> Result<(), FrontendError> {
+    /// `decode` / `step` / `batch_step`: the decoder stack with its self-attention cache, and
+    /// the LM head. `row_masks` (`batch_step`) adds `decoder_attention_mask` [B, P+T] over the
+    /// self-attention keys, so rows with shorter caches can be left-padded: the relative
+    /// position bias depends only on key minus query position, which left padding keeps.
+    fn decoder(
+        &self,
+        b: &mut Builder,
+        last_only: bool,
+        row_masks: bool,
+    ) -> Result<(), FrontendError> {
         let (cm, i) = (self.c.d_model, self.inner());
         let ids = b.input(
             "decoder_input_ids",
@@ -179,6 +187,12 @@ impl T5<'_> {
             "encoder_attention_mask",
             TensorType::i64(&[Dim::Batch, Dim::EncSeq]),
         );
+        let self_mask = row_masks.then(|| {
+            b.input(
+                "decoder_attention_mask",
+                TensorType::i64(&[Dim::Batch, Dim::Total]),
+            )
+        });
         let mut x = self.embed_tokens(b, ids, "decoder")?; // [B, T, C]
         let bias = self.rel_bias(b, "decoder", false, Dim::Total)?; // [H, T, P+T]
         let kv = |d: Dim| TensorType::f32(&[Dim::Batch, d, Dim::Const(i)]);
@@ -197,11 +211,18 @@ impl T5<'_> {
             let v = b.op(Op::ConcatSeq, &[past_v, v], &format!("{s}.present_value"))?;
             b.output(&format!("present_key.{l}"), k);
             b.output(&format!("present_value.{l}"), v);
-            let a = b.op(
-                self.attention_op(true, false, true),
-                &[q, k, v, bias],
-                &format!("{s}.SelfAttention"),
-            )?;
+            let a = match self_mask {
+                Some(mask) => b.op(
+                    self.attention_op(true, true, true),
+                    &[q, k, v, mask, bias],
+                    &format!("{s}.SelfAttention"),
+                )?,
+                None => b.op(
+                    self.attention_op(true, false, true),
+                    &[q, k, v, bias],
+                    &format!("{s}.SelfAttention"),
+                )?,
+            };
             let a = self.proj(b, a, &format!("{s}.SelfAttention.o"), i, cm)?;
             x = b.add(x, a, &format!("{s}.residual"))?;
 
@@ -248,7 +269,7 @@ impl T5<'_> {
     }
 }
 
-/// Builds `encode`, `cross_kv`, `decode` and `step`.
+/// Builds `encode`, `cross_kv`, `decode`, `step` and `batch_step`.
 pub fn build(
     c: &T5Config,
     dir: &Path,
@@ -317,11 +338,17 @@ pub fn build(
     t5.cross_kv(&mut b)?;
     let cross = b.finish();
     let mut b = Builder::new("decode", weights, table);
-    t5.decoder(&mut b, false)?;
+    t5.decoder(&mut b, false, false)?;
     let decode = b.finish();
     let mut b = Builder::new("step", weights, table);
-    t5.decoder(&mut b, true)?;
+    t5.decoder(&mut b, true, false)?;
     let step = b.finish();
+    // `step` with a mask over the cached keys: a server decodes streams of different cache
+    // and encoder lengths in one call, each row padded (the cache on the left, the encoder
+    // outputs on the right) and masked.
+    let mut b = Builder::new("batch_step", weights, table);
+    t5.decoder(&mut b, true, true)?;
+    let batch_step = b.finish();
 
     let info = ModelInfo::T5 {
         architecture: arch,
@@ -333,5 +360,5 @@ pub fn build(
         eos_token_id: c.eos_token_id,
         vocab_size: c.vocab_size,
     };
-    Ok((info, vec![encode, cross, decode, step]))
+    Ok((info, vec![encode, cross, decode, step, batch_step]))
 }

@@ -230,6 +230,7 @@ pub fn relative_bucket(
 }
 
 /// `[H, T, S]` bias: query i at absolute position `past + i`, key j at j.
+#[allow(clippy::too_many_arguments)]
 pub fn rel_pos_bias(
     table: &[f32],
     heads: usize,

@@ -54,28 +54,17 @@ unsafe fn kernel<const R: usize>(
         }
     }
     let (mut pa, mut pb) = (a, b);
-    // One hint of `fetch` every `every` K steps.
-    let (every, mut left, mut line) = (fetch.every(kc), kc, 0);
-    while left > 0 {
-        if line < fetch.lines {
-            fetch.line(line);
-            line += 1;
+    super::spread_fetch!(fetch, kc, {
+        let b0 = _mm512_loadu_ps(pb);
+        let b1 = _mm512_loadu_ps(pb.add(16));
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*pa.add(r));
+            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
-        let steps = every.min(left);
-        for _ in 0..steps {
-            let b0 = _mm512_loadu_ps(pb);
-            let b1 = _mm512_loadu_ps(pb.add(16));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*pa.add(r));
-                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-            }
-            pa = pa.add(R);
-            pb = pb.add(super::PACK_NR);
-        }
-        left -= steps;
-    }
-    fetch.rest(line);
+        pa = pa.add(R);
+        pb = pb.add(super::PACK_NR);
+    });
     for (r, row) in acc.iter().enumerate() {
         _mm512_storeu_ps(c.add(r * ldc), row[0]);
         _mm512_storeu_ps(c.add(r * ldc + 16), row[1]);

@@ -729,11 +729,7 @@ impl Fetch {
     /// K steps between two hints in a loop of `kc` steps.
     #[inline(always)]
     pub fn every(self, kc: usize) -> usize {
-        if self.lines == 0 {
-            usize::MAX
-        } else {
-            (kc / self.lines).max(1)
-        }
+        kc.checked_div(self.lines).map_or(usize::MAX, |e| e.max(1))
     }
 
     /// Hints line `i` (nothing off x86-64).
@@ -762,6 +758,27 @@ impl Fetch {
         self.rest(0);
     }
 }
+
+/// Runs `$step` (one K step of a tile kernel) `$kc` times, hinting one line of `$fetch` every
+/// [`Fetch::every`] steps and the rest at the end. A macro, so the step's intrinsics stay
+/// inside the kernel's target-feature function.
+macro_rules! spread_fetch {
+    ($fetch:expr, $kc:expr, $step:block) => {{
+        let fetch: $crate::gemm::Fetch = $fetch;
+        let (every, mut left, mut line) = (fetch.every($kc), $kc, 0);
+        while left > 0 {
+            if line < fetch.lines {
+                fetch.line(line);
+                line += 1;
+            }
+            let steps = every.min(left);
+            for _ in 0..steps $step
+            left -= steps;
+        }
+        fetch.rest(line);
+    }};
+}
+pub(crate) use spread_fetch;
 
 /// Runs whole panels `p0..` of a one-row product in groups through the GEMV kernels, as far
 /// as whole groups of full panels go; returns the first panel left to the tile path.

@@ -192,10 +192,10 @@ pub struct Candidate {
 
 /// What restarting a register tile at each K block costs, in K steps of the tile's FMAs.
 /// Fitted to timed runs of every `kc` from 128 to all of K on BERT-base, MiniLM and T5-small
-/// shapes (`cargo bench -p cranformer-runtime --bench kc_sweep`; AMD EPYC, AVX-512 and AVX2 kernels, 1 and 2
-/// threads): each larger `kc` ran as fast or faster, K whole up to 1.4x faster than 128 on
-/// 2 threads, which per-block restarts of 10 to 60 K steps explain (16, as before, favoured
-/// `kc` 128 everywhere).
+/// shapes (`cargo bench -p cranformer-runtime --bench gemm -- kc_sweep`; AMD EPYC, AVX-512
+/// and AVX2 kernels, 1 and 2 threads): each larger `kc` ran as fast or faster, K whole up to
+/// 1.17x faster than 128 on 2 threads, which per-block restarts of 10 to 60 K steps explain
+/// (16, as before, favoured `kc` 128 everywhere).
 const K_BLOCK_STEPS: f64 = 48.0;
 
 /// Waking the pool's threads for one call.
@@ -379,8 +379,7 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
     let c_home = p.home((c_bytes / t as f64) as u64);
     let l2_or = |fits: bool| if fits { 1 } else { 2.min(nl - 1) };
     let flops = 2.0 * m * pr.n as f64 * k;
-    let compute_flops;
-    if c.kernel == Kernel::F32x4 {
+    let compute_flops = if c.kernel == Kernel::F32x4 {
         // Unblocked: B streamed once; its K×8 sliver reused from L1 (or L2) by each 6-row
         // block; A's rows re-read from their home for each 8-column tile.
         bytes[weights_home] += b_bytes;
@@ -388,7 +387,7 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
         bytes[usize::from(!sliver_fits)] += b_bytes * (pr.m.div_ceil(mr) as f64 - 1.0).max(0.0);
         bytes[a_home] += m * k * f4 * (n_pad / nr as f64);
         bytes[c_home] += c_bytes;
-        compute_flops = row_tile_flops(pr.m, mr, k, n_pad, c.kernel);
+        row_tile_flops(pr.m, mr, k, n_pad, c.kernel)
     } else {
         let (kc, mc) = (c.kc as f64, c.mc as usize);
         let k_blocks = (pr.k as f64 / kc).ceil().max(1.0);
@@ -428,8 +427,8 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
         if packed > l2 as f64 / 2.0 {
             block_eff *= 0.9;
         }
-        compute_flops = row_tile_flops(pr.m, mr, k, n_pad, c.kernel) / block_eff;
-    }
+        row_tile_flops(pr.m, mr, k, n_pad, c.kernel) / block_eff
+    };
     if pr.residual {
         bytes[c_home] += c_bytes;
     }

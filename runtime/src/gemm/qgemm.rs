@@ -597,9 +597,18 @@ unsafe fn run(g: &QGemmCall, kernel: &QKernel, bl: Blocking, tasks: usize) {
     }
     let panels = g.n.div_ceil(PACK_NR);
     let tasks = tasks.clamp(1, panels);
-    let per = panels.div_ceil(tasks);
+    // Panels in chunks handed to whichever thread asks next, as `sgemm` does, where A is
+    // quantized once for all and the tiles read it in place. Packing formats (bf16, f16)
+    // pack A in every chunk, and a decode step's rows go to the GEMV in groups of panels:
+    // those keep one range per thread.
+    let (chunks, per) = if kernel.format == WeightFormat::I8 && g.m > qgemv::MAX_ROWS {
+        super::chunks(panels, tasks, g.m)
+    } else {
+        let per = panels.div_ceil(tasks);
+        (panels.div_ceil(per), per)
+    };
     let go = |qa: Option<&QuantRows>| {
-        threads::parallel_for(tasks, &|t| {
+        threads::parallel_for_on(tasks, chunks, &|t| {
             let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
             if p0 < p1 {
                 block(g, kernel, bl, act, qa, p0, p1);
