@@ -207,3 +207,114 @@ fn every_stage_agrees_with_the_frontend_graph_in_the_interpreter() {
         }
     }
 }
+
+/// Attention reads Q, K and V where a fused projection wrote them (the lowering's
+/// `slices_read_in_place`): BERT's and T5's slices feeding attention get no copy and no
+/// buffer, GPT-2's Q neither (its K and V also feed the KV cache and keep theirs); and the
+/// outputs are bit for bit those of the same graphs with every slice copied (each kept by
+/// returning it as an extra output), since no arithmetic changes.
+#[test]
+fn attention_reads_fused_qkv_in_place() {
+    use cranformer_compiler::codegen::slices_read_in_place;
+    use cranformer_compiler::jit::JitEngine;
+    use cranformer_runtime::Engine;
+    for fixture in ["bert-tiny", "bert-tiny-cls", "gpt2-tiny", "t5-tiny"] {
+        let model = Model::load(&fixture_dir(fixture)).unwrap();
+        let optimized = model.optimized(None).unwrap();
+        let slices = |g: &Graph| -> Vec<_> {
+            g.topo_order()
+                .into_iter()
+                .filter(|&n| matches!(g.node(n).op, Op::SliceLast { .. }))
+                .collect()
+        };
+        let mut copied = Model::load(&fixture_dir(fixture)).unwrap();
+        copied.entries = optimized
+            .iter()
+            .map(|(name, g)| {
+                let mut g = g.clone();
+                for n in slices(&g) {
+                    let label = g.node(n).label.clone();
+                    g.add_output(&format!("copied {label}"), n);
+                }
+                (name.clone(), g)
+            })
+            .collect();
+        let mut in_place = JitEngine::new(Arc::new(model)).unwrap();
+        let mut copying = JitEngine::new(Arc::new(copied)).unwrap();
+        let mut read_in_place = 0;
+        for (name, g) in &optimized {
+            let views = slices_read_in_place(g);
+            let buffers = |e: &JitEngine| -> Vec<String> {
+                e.meta(name)
+                    .unwrap()
+                    .buffers
+                    .iter()
+                    .map(|b| b.name.clone())
+                    .collect()
+            };
+            let (kept, all) = (buffers(&in_place), buffers(&copying));
+            for n in slices(g) {
+                let node = g.node(n);
+                let mut users = g.g.neighbors_directed(n, petgraph::Direction::Outgoing);
+                let returned = g.outputs.iter().any(|(_, o)| *o == n);
+                let attended = !returned
+                    && users.clone().next().is_some()
+                    && users.all(|u| matches!(g.node(u).op, Op::Attention { .. }));
+                let expected = match fixture {
+                    "gpt2-tiny" => node.label.ends_with(".attn.q"),
+                    _ => attended,
+                };
+                assert_eq!(
+                    views.contains_key(&n),
+                    expected,
+                    "{fixture} {name}: {} read in place",
+                    node.label
+                );
+                assert_eq!(
+                    kept.contains(&node.label),
+                    !expected,
+                    "{fixture} {name}: {} has a buffer",
+                    node.label
+                );
+                assert!(
+                    all.contains(&node.label),
+                    "{fixture} {name}: {}",
+                    node.label
+                );
+                read_in_place += expected as usize;
+            }
+            if fixture.starts_with("bert") {
+                assert!(views.len() >= 3, "{fixture} {name}: Q, K and V are slices");
+                let clif = cranformer_compiler::codegen::emit_clif(g).unwrap();
+                assert!(
+                    !clif.contains("cf_slice_"),
+                    "{fixture} {name}: a slice is copied"
+                );
+            }
+            let ins = inputs(g);
+            let args: Vec<(&str, &Tensor)> = ins.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let want = copying.run(name, &args).unwrap();
+            let got = in_place.run(name, &args).unwrap();
+            for (out, gt) in &got {
+                let w = &want[out];
+                assert_eq!(w.shape(), gt.shape());
+                match (w.data(), gt.data()) {
+                    (TensorData::F32(wv), TensorData::F32(gv)) => {
+                        if let Some(i) = wv
+                            .iter()
+                            .zip(gv.iter())
+                            .position(|(a, b)| a.to_bits() != b.to_bits())
+                        {
+                            panic!(
+                                "{fixture} {name}.{out}[{i}]: copied {} in place {}",
+                                wv[i], gv[i]
+                            );
+                        }
+                    }
+                    (a, b) => assert_eq!(a, b, "{fixture} {name}.{out}"),
+                }
+            }
+        }
+        assert!(read_in_place > 0, "{fixture}: no slice read in place");
+    }
+}

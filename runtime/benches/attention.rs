@@ -111,6 +111,8 @@ fn main() {
                     seq: sh.t,
                     keys: sh.s,
                     kv_rows: sh.s,
+                    q_ld: 0,
+                    kv_ld: 0,
                     heads: sh.h,
                     head_dim: d,
                     scale: 0.125,

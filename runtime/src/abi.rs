@@ -147,6 +147,8 @@ pub mod attn_call {
     pub const SEQ: Field = field!(AttnCall, seq);
     pub const KEYS: Field = field!(AttnCall, keys);
     pub const KV_ROWS: Field = field!(AttnCall, kv_rows);
+    pub const Q_LD: Field = field!(AttnCall, q_ld);
+    pub const KV_LD: Field = field!(AttnCall, kv_ld);
     pub const HEADS: Field = field!(AttnCall, heads);
     pub const HEAD_DIM: Field = field!(AttnCall, head_dim);
     /// An f32: generated code stores its bits as a 4-byte integer.
@@ -155,9 +157,9 @@ pub mod attn_call {
     pub const ISA: Field = field!(AttnCall, isa);
     pub const THREADS: Field = field!(AttnCall, threads);
     /// Every field, so a test can check they tile the struct.
-    pub const ALL: [Field; 16] = [
-        Q, K, V, MASK, BIAS, OUT, BATCH, SEQ, KEYS, KV_ROWS, HEADS, HEAD_DIM, SCALE, CAUSAL, ISA,
-        THREADS,
+    pub const ALL: [Field; 18] = [
+        Q, K, V, MASK, BIAS, OUT, BATCH, SEQ, KEYS, KV_ROWS, Q_LD, KV_LD, HEADS, HEAD_DIM, SCALE,
+        CAUSAL, ISA, THREADS,
     ];
 }
 

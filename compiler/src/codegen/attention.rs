@@ -29,11 +29,13 @@ pub struct Attn {
 }
 
 /// Kernel parameters, in order.
-const ARGS: usize = 11;
+const ARGS: usize = 13;
 
-/// `(q, k, v, mask, bias, out, attention, b, t, s, kv_rows)`; q, out `[B, T, H*D]`, k, v
-/// `[B, S, H*D]` whose batch rows start `kv_rows` rows apart (S, or a KV cache's capacity
-/// when it is read where it lies), mask `[B, S]` i64 or 0, bias `[H, T, S]` or 0,
+/// `(q, k, v, mask, bias, out, attention, b, t, s, kv_rows, q_ld, kv_ld)`; q, out
+/// `[B, T, H*D]`, k, v `[B, S, H*D]` whose batch rows start `kv_rows` rows apart (S, or a KV
+/// cache's capacity when it is read where it lies), rows of q `q_ld` floats apart and of k
+/// and v `kv_ld` apart (0: H*D; more when read inside a fused QKV projection's output),
+/// mask `[B, S]` i64 or 0, bias `[H, T, S]` or 0,
 /// `attention` the runtime's (`RuntimeFns::attention`). The kernel only fills an `AttnCall`
 /// on its stack: the runtime picks the ISA and threads on the machine that runs.
 pub fn attention<M: Module>(l: &mut Lowering<'_, M>, a: &Attn) -> Result<FuncId, CodegenError> {
@@ -69,6 +71,8 @@ pub fn attention<M: Module>(l: &mut Lowering<'_, M>, a: &Attn) -> Result<FuncId,
             (attn_call::SEQ, p[8]),
             (attn_call::KEYS, p[9]),
             (attn_call::KV_ROWS, p[10]),
+            (attn_call::Q_LD, p[11]),
+            (attn_call::KV_LD, p[12]),
             (attn_call::HEADS, hv),
             (attn_call::HEAD_DIM, dv),
         ] {
@@ -194,12 +198,21 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
             } else {
                 Arg::Null
             };
+            // Q, K or V sliced from a wider tensor (a fused projection) are read where they
+            // lie: its pointer at the slice's first column, its width as the row stride (0:
+            // rows of their own). `slices_read_in_place` admits K and V both or neither, from
+            // tensors of one width.
+            let input = |i: usize| match at.view(i) {
+                Some(view) => (Arg::ValAt(view.source, view.start), view.width),
+                None => (at.v(i), 0),
+            };
+            let ((q_arg, q_ld), (k_arg, kv_ld), (v_arg, _)) = (input(0), input(1), input(2));
             Ok(Call::new(
                 attention(l, &a)?,
                 vec![
-                    at.v(0),
-                    at.v(1),
-                    at.v(2),
+                    q_arg,
+                    k_arg,
+                    v_arg,
                     mask,
                     bias,
                     at.out(),
@@ -208,6 +221,8 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
                     Arg::Dim(q[1]),
                     Arg::Dim(s),
                     kv_rows,
+                    Arg::Dim(Dim::Const(q_ld)),
+                    Arg::Dim(Dim::Const(kv_ld)),
                 ],
             ))
         }

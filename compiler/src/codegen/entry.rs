@@ -32,6 +32,8 @@ struct Plan {
     weight_slots: HashMap<(String, WeightPrep), usize>,
     /// KV-cache concatenations that can append in place ([`memory::in_place_appends`]).
     in_place: HashSet<NodeIndex>,
+    /// Slices attention reads in place ([`memory::slices_read_in_place`]): no buffer, no call.
+    views: HashMap<NodeIndex, memory::SliceView>,
 }
 
 impl Plan {
@@ -64,6 +66,7 @@ fn plan(graph: &Graph) -> Plan {
         value: HashMap::new(),
         weight_slots: HashMap::new(),
         in_place: memory::in_place_appends(graph),
+        views: memory::slices_read_in_place(graph),
     };
     for (i, (name, n)) in graph.inputs.iter().enumerate() {
         p.meta.inputs.push(sig(name, &graph.g[*n].ty));
@@ -74,26 +77,32 @@ fn plan(graph: &Graph) -> Plan {
         match &node.op {
             Op::Input { .. } | Op::Weight { .. } => continue,
             Op::LastToken | Op::FirstToken => p.meta.needs_tokens = true,
+            _ if p.views.contains_key(&n) => continue,
             _ => {}
         }
         p.value.insert(n, Slot::Buffer(p.meta.buffers.len()));
         p.meta.buffers.push(sig(&node.label, &node.ty));
     }
-    // Live ranges in kernel-call steps (one step per computed node, in this order): a
-    // buffer lives from its node's step to its last reader's, outputs to the end.
+    // Live ranges in kernel-call steps (one step per node with a call, in this order): a
+    // buffer lives from its node's step to its last reader's, outputs to the end. A slice
+    // read in place reads its source when its attentions run.
     let steps: HashMap<NodeIndex, u32> = graph
         .topo_order()
         .into_iter()
         .filter(|&n| !matches!(graph.g[n].op, Op::Input { .. } | Op::Weight { .. }))
+        .filter(|n| !p.views.contains_key(n))
         .enumerate()
         .map(|(i, n)| (n, i as u32))
         .collect();
+    let readers = |n: NodeIndex| graph.g.neighbors_directed(n, petgraph::Direction::Outgoing);
     p.meta.live = vec![(0, 0); p.meta.buffers.len()];
     for (&n, &step) in &steps {
         if let Some(&Slot::Buffer(b)) = p.value.get(&n) {
-            let last = graph
-                .g
-                .neighbors_directed(n, petgraph::Direction::Outgoing)
+            let last = readers(n)
+                .flat_map(|u| match p.views.contains_key(&u) {
+                    true => readers(u).collect::<Vec<_>>(),
+                    false => vec![u],
+                })
                 .map(|u| steps[&u])
                 .max()
                 .unwrap_or(step);
@@ -143,9 +152,10 @@ pub fn lower_entry<M: Module>(
     // Kernels first (each is defined once, by its family's file), recording each node's call.
     let mut calls: Vec<(NodeIndex, Call)> = vec![];
     for n in graph.topo_order() {
-        let at = At::new(graph, n, &p.in_place);
+        let at = At::new(graph, n, &p.in_place, &p.views);
         let call = match &graph.g[n].op {
             Op::Input { .. } | Op::Weight { .. } => continue,
+            _ if p.views.contains_key(&n) => continue,
             Op::Linear { .. } | Op::FusedLinear { .. } => matmul::call(l, &at)?,
             Op::Attention { .. } | Op::RelPosBias { .. } => attention::call(l, &at)?,
             Op::LayerNorm { .. }
@@ -197,6 +207,9 @@ pub fn lower_entry<M: Module>(
                 .iter()
                 .map(|a| match a {
                     Arg::Val(o) => ArgVal::Slot(slot_index(p.value[o])),
+                    Arg::ValAt(o, floats) => {
+                        ArgVal::SlotAt(slot_index(p.value[o]), 4 * *floats as i64)
+                    }
                     Arg::Weight(k, prep) => {
                         ArgVal::Slot(n_in + p.weight_slots[&(k.clone(), *prep)] as i64)
                     }
@@ -299,6 +312,10 @@ pub fn lower_entry<M: Module>(
                     .iter()
                     .map(|a| match a {
                         ArgVal::Slot(s) => k.ld(I64, values, *s as i32 * abi::VALUE_SLOT),
+                        ArgVal::SlotAt(s, bytes) => {
+                            let base = k.ld(I64, values, *s as i32 * abi::VALUE_SLOT);
+                            k.addi(base, *bytes)
+                        }
                         ArgVal::Dims(ds) => {
                             let mut acc = k.i(1);
                             for &d in ds {
@@ -345,6 +362,8 @@ pub fn lower_entry<M: Module>(
 pub(super) enum Arg {
     /// The slot of a computed value or input.
     Val(NodeIndex),
+    /// The slot of a computed value or input, plus this many floats.
+    ValAt(NodeIndex, usize),
     /// The slot of a weight laid out as the kernel reads it.
     Weight(String, WeightPrep),
     Dim(Dim),
@@ -390,16 +409,28 @@ pub(super) struct At<'g> {
     pub n: NodeIndex,
     pub ops: Vec<NodeIndex>,
     in_place: &'g HashSet<NodeIndex>,
+    views: &'g HashMap<NodeIndex, memory::SliceView>,
 }
 
 impl<'g> At<'g> {
-    fn new(graph: &'g Graph, n: NodeIndex, in_place: &'g HashSet<NodeIndex>) -> At<'g> {
+    fn new(
+        graph: &'g Graph,
+        n: NodeIndex,
+        in_place: &'g HashSet<NodeIndex>,
+        views: &'g HashMap<NodeIndex, memory::SliceView>,
+    ) -> At<'g> {
         At {
             graph,
             n,
             ops: graph.operands(n),
             in_place,
+            views,
         }
+    }
+
+    /// Operand `i` when it is a slice read where it lies ([`memory::slices_read_in_place`]).
+    pub fn view(&self, i: usize) -> Option<memory::SliceView> {
+        self.views.get(&self.ops[i]).copied()
     }
 
     /// Whether node `o` is a KV-cache concatenation appended in place when the host passes a
@@ -456,6 +487,8 @@ fn last(graph: &Graph, o: NodeIndex) -> usize {
 
 enum ArgVal {
     Slot(i64),
+    /// A slot's pointer plus this many bytes.
+    SlotAt(i64, i64),
     Dims(Vec<Dim>),
     KvRows(Dim),
     Null,

@@ -14,6 +14,7 @@ use cranelift_module::{FuncId, Module};
 use cranformer_runtime::gemm::WeightFormat;
 use cranformer_runtime::native::{WeightPrep, PANEL};
 use petgraph::graph::NodeIndex;
+use std::collections::HashMap;
 
 /// Copies `c` (a constant) f32s.
 fn copy_row(k: &mut Kb, src: Value, dst: Value, c: usize) {
@@ -252,6 +253,85 @@ pub fn in_place_appends(graph: &crate::graph::Graph) -> std::collections::HashSe
         }
         for c in drop {
             set.remove(&c);
+        }
+    }
+}
+
+/// Where attention reads a `SliceLast` in place: columns `start..` of `source`'s rows,
+/// `width` floats apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceView {
+    pub source: NodeIndex,
+    pub start: usize,
+    pub width: usize,
+}
+
+/// The `SliceLast`s no kernel copies: read only as the q, k or v of attentions, which then
+/// read the sliced tensor where it lies (`AttnCall`'s row strides), as Q, K and V of a fused
+/// `[B, T, 3C]` projection. A slice read by anything else (GPT-2's K and V also feed the KV
+/// cache's `ConcatSeq`) or returned as an output keeps its copy. An attention's K and V
+/// share one row stride, so they are read in place both from tensors of one width, or
+/// neither. Sources are computed values or inputs (rows contiguous), never weights (held
+/// packed) nor KV caches appended in place (batch rows a capacity apart).
+pub fn slices_read_in_place(graph: &crate::graph::Graph) -> HashMap<NodeIndex, SliceView> {
+    use petgraph::Direction::Outgoing;
+    let g = &graph.g;
+    let appends = in_place_appends(graph);
+    let mut views: HashMap<NodeIndex, SliceView> = g
+        .node_indices()
+        .filter_map(|n| {
+            let Op::SliceLast { start, .. } = g[n].op else {
+                return None;
+            };
+            let source = graph.operands(n)[0];
+            let Some(Dim::Const(width)) = g[source].ty.last() else {
+                return None;
+            };
+            let attended = g.neighbors_directed(n, Outgoing).all(|u| {
+                matches!(g[u].op, Op::Attention { .. })
+                    && graph
+                        .operands(u)
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &o)| o != n || i < 3)
+            });
+            let plain_source = !matches!(g[source].op, Op::Weight { .. })
+                && !appends.contains(&source)
+                && !appends.iter().any(|&c| graph.operands(c)[0] == source);
+            let returned = graph.outputs.iter().any(|(_, o)| *o == n);
+            (attended && plain_source && !returned).then_some((
+                n,
+                SliceView {
+                    source,
+                    start,
+                    width,
+                },
+            ))
+        })
+        .collect();
+    loop {
+        let mut drop = vec![];
+        for u in g.node_indices() {
+            if !matches!(g[u].op, Op::Attention { .. }) {
+                continue;
+            }
+            let ops = graph.operands(u);
+            let (k, v) = (views.get(&ops[1]), views.get(&ops[2]));
+            let agree = match (k, v) {
+                (Some(k), Some(v)) => k.width == v.width,
+                (None, None) => true,
+                _ => false,
+            };
+            if !agree {
+                drop.extend([ops[1], ops[2]]);
+            }
+        }
+        drop.retain(|n| views.contains_key(n));
+        if drop.is_empty() {
+            return views;
+        }
+        for n in drop {
+            views.remove(&n);
         }
     }
 }

@@ -32,6 +32,7 @@ use std::collections::HashMap;
 pub use cranformer_runtime::gemm::WeightFormat;
 pub use entry::entry_symbol;
 use ir::Kb;
+pub use memory::{slices_read_in_place, SliceView};
 
 /// Errors lowering a graph. Every variant but `DType` is a compiler bug or an unsupported host.
 #[derive(Debug, thiserror::Error)]

@@ -90,10 +90,12 @@ pub fn rows(
         WeightFormat::F32 => 1,
         f => QKernel::best(f, cranformer_runtime::gemm::detected()).macs_per_lane(),
     };
+    // Slices attention reads in place run no kernel.
+    let views = crate::codegen::slices_read_in_place(g);
     let mut out: Vec<Row> = vec![];
     for n in g.topo_order() {
         let node = g.node(n);
-        if matches!(node.op, Op::Input { .. } | Op::Weight { .. }) {
+        if matches!(node.op, Op::Input { .. } | Op::Weight { .. }) || views.contains_key(&n) {
             continue;
         }
         let row = if let Some((m, nn, k, act, residual)) = matmul_shape(g, n, d) {

@@ -45,9 +45,10 @@ pub const KT: usize = 128;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct AttnCall {
-    /// `[B, T, C]`.
+    /// `[B, T, C]` whose rows lie `q_ld` floats apart.
     pub q: *const f32,
-    /// `[B, kv_rows, C]`, of which the first S rows of each batch row are read.
+    /// `[B, kv_rows, C]` whose rows lie `kv_ld` floats apart, of which the first S rows of
+    /// each batch row are read.
     pub k: *const f32,
     /// As `k`.
     pub v: *const f32,
@@ -63,6 +64,11 @@ pub struct AttnCall {
     /// Rows from one batch row of `k` / `v` to the next: S, or a KV cache's capacity when
     /// the cache is read where it lies.
     pub kv_rows: usize,
+    /// Floats from one row of `q` to the next: C, or 0 meaning C. More reads q where it lies
+    /// inside a wider tensor, as Q's columns of a fused `[B, T, 3C]` QKV projection.
+    pub q_ld: usize,
+    /// As `q_ld`, for the rows of `k` and of `v`.
+    pub kv_ld: usize,
     pub heads: usize,
     pub head_dim: usize,
     /// Multiplies q·k before the bias is added.
@@ -151,17 +157,29 @@ struct Task<'c> {
 }
 
 impl Task<'_> {
-    /// Row stride of q, k, v, out.
+    /// Row stride of out: C.
     fn cc(&self) -> usize {
         self.c.heads * self.c.head_dim
     }
-    /// Head h's slice of query or output row ti.
+    /// Row stride of q.
+    fn q_ld(&self) -> usize {
+        self.c.q_ld()
+    }
+    /// Row stride of k and v.
+    fn kv_ld(&self) -> usize {
+        self.c.kv_ld()
+    }
+    /// Head h's slice of query row ti.
     fn qrow(&self, ti: usize) -> usize {
+        (self.b * self.c.seq + ti) * self.q_ld() + self.h * self.c.head_dim
+    }
+    /// Head h's slice of output row ti.
+    fn orow(&self, ti: usize) -> usize {
         (self.b * self.c.seq + ti) * self.cc() + self.h * self.c.head_dim
     }
     /// Head h's slice of key or value row 0 of batch row b.
     fn kv0(&self) -> usize {
-        self.b * self.c.kv_rows * self.cc() + self.h * self.c.head_dim
+        self.b * self.c.kv_rows * self.kv_ld() + self.h * self.c.head_dim
     }
 }
 
@@ -171,13 +189,42 @@ pub enum AttnError {
     /// K and V batch rows overlap: `kv_rows` < S.
     #[error("attention: kv_rows {kv_rows} is smaller than the {keys} keys")]
     KvRows { kv_rows: usize, keys: usize },
+    /// A row stride shorter than a row (C = heads · head_dim): rows would overlap.
+    #[error("attention: {input} row stride {ld} is shorter than its {c} channels")]
+    Stride {
+        input: &'static str,
+        ld: usize,
+        c: usize,
+    },
     /// Causal attention with more queries than keys has queries before the first key.
     #[error("attention: causal with {seq} queries but only {keys} keys")]
     Causal { seq: usize, keys: usize },
 }
 
 impl AttnCall {
+    /// Floats from one row of q to the next (`q_ld`, 0 meaning C).
+    pub fn q_ld(&self) -> usize {
+        match self.q_ld {
+            0 => self.heads * self.head_dim,
+            ld => ld,
+        }
+    }
+
+    /// Floats from one row of k (or v) to the next (`kv_ld`, 0 meaning C).
+    pub fn kv_ld(&self) -> usize {
+        match self.kv_ld {
+            0 => self.heads * self.head_dim,
+            ld => ld,
+        }
+    }
+
     fn check(&self) -> Result<(), AttnError> {
+        let c = self.heads * self.head_dim;
+        for (input, ld) in [("q", self.q_ld()), ("k/v", self.kv_ld())] {
+            if ld < c {
+                return Err(AttnError::Stride { input, ld, c });
+            }
+        }
         if self.batch > 1 && self.kv_rows < self.keys {
             return Err(AttnError::KvRows {
                 kv_rows: self.kv_rows,
@@ -328,14 +375,14 @@ unsafe fn score(t: &Task, x: f32, ti: usize, j: usize) -> f32 {
 /// # Safety
 /// As `attention`'s caller promised, `orow` is head h's slice of an output row.
 unsafe fn mean_of_values(t: &Task, reach: usize, orow: *mut f32) {
-    let (d, cc) = (t.c.head_dim, t.cc());
+    let (d, ld) = (t.c.head_dim, t.kv_ld());
     // SAFETY: as the caller promised.
     unsafe {
         let o = std::slice::from_raw_parts_mut(orow, d);
         o.fill(0.0);
         let v0 = t.c.v.add(t.kv0());
         for j in 0..reach {
-            let v = std::slice::from_raw_parts(v0.add(j * cc), d);
+            let v = std::slice::from_raw_parts(v0.add(j * ld), d);
             o.iter_mut().zip(v).for_each(|(o, v)| *o += v);
         }
         if reach > 0 {
@@ -421,7 +468,7 @@ unsafe fn micro<S: Simd, const R: usize>(
 #[inline(always)]
 unsafe fn lanes_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
     let c = t.c;
-    let (qb, w, d, cc) = (2 * S::W, S::W, c.head_dim, t.cc());
+    let (qb, w, d, kld) = (2 * S::W, S::W, c.head_dim, t.kv_ld());
     let (qt, rest) = scratch.split_at_mut(d * qb);
     let (ot, rest) = rest.split_at_mut(d * qb);
     let st = &mut rest[..KT * qb];
@@ -456,8 +503,8 @@ unsafe fn lanes_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
                 tile::<S>(
                     r,
                     d,
-                    k0.add((j0 + j) * cc),
-                    cc,
+                    k0.add((j0 + j) * kld),
+                    kld,
                     1,
                     qt,
                     st.add(j * qb),
@@ -526,7 +573,7 @@ unsafe fn lanes_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
             let mut e = 0;
             while e < d {
                 let r = S::MR.min(d - e);
-                tile::<S>(r, n, v0.add(j0 * cc + e), 1, cc, st, ot.add(e * qb), true);
+                tile::<S>(r, n, v0.add(j0 * kld + e), 1, kld, st, ot.add(e * qb), true);
                 e += r;
             }
             j0 += n;
@@ -539,7 +586,7 @@ unsafe fn lanes_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
         }
         for lane in 0..t.rows {
             let ti = t.t0 + lane;
-            let orow = c.out.add(t.qrow(ti));
+            let orow = c.out.add(t.orow(ti));
             let lv = *lsum.add(lane);
             if lv > 0.0 {
                 let inv = 1.0 / lv;
@@ -638,7 +685,7 @@ unsafe fn exp1<S: Simd>(x: f32) -> f32 {
 unsafe fn rows_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
     const G: usize = 8;
     let c = t.c;
-    let (w, d, cc) = (S::W, c.head_dim, t.cc());
+    let (w, d, kld) = (S::W, c.head_dim, t.kv_ld());
     let dv = d / w * w;
     let sc = scratch.as_mut_ptr();
     // SAFETY: as the caller promised; indices are within the scratch or the shapes.
@@ -647,7 +694,7 @@ unsafe fn rows_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
         let (k0, v0) = (c.k.add(kv0), c.v.add(kv0));
         for ti in t.t0..t.t0 + t.rows {
             let q = c.q.add(t.qrow(ti));
-            let o = c.out.add(t.qrow(ti));
+            let o = c.out.add(t.orow(ti));
             let reach = c.reach(ti);
             let visible = reach.min(t.kept);
             std::slice::from_raw_parts_mut(o, d).fill(0.0);
@@ -658,7 +705,7 @@ unsafe fn rows_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
                 let mut mt = f32::NEG_INFINITY;
                 // Four keys at a time; the last group repeats its last key.
                 for j in (0..n).step_by(4) {
-                    let keys = [0, 1, 2, 3].map(|u| k0.add((j0 + (j + u).min(n - 1)) * cc));
+                    let keys = [0, 1, 2, 3].map(|u| k0.add((j0 + (j + u).min(n - 1)) * kld));
                     let x = dot4::<S>(q, keys, d);
                     for (u, &x) in x.iter().enumerate().take(n - j) {
                         let s = score(t, x, ti, j0 + j + u);
@@ -693,14 +740,14 @@ unsafe fn rows_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
                 }
                 l += S::hsum(acc);
                 // out += p_j · v_j, G vectors of out at a time, then the scalar tail.
-                let vt = v0.add(j0 * cc);
+                let vt = v0.add(j0 * kld);
                 let mut e = 0;
                 while e < dv {
                     let g = G.min((dv - e) / w);
                     macro_rules! groups {
                         ($($g:literal)*) => {
                             match g {
-                                $($g => axpy::<S, $g>(o.add(e), sc, vt.add(e), cc, n),)*
+                                $($g => axpy::<S, $g>(o.add(e), sc, vt.add(e), kld, n),)*
                                 _ => unreachable!("1..=G vectors"),
                             }
                         };
@@ -711,7 +758,7 @@ unsafe fn rows_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
                 for e in dv..d {
                     let mut x = *o.add(e);
                     for j in 0..n {
-                        x += *sc.add(j) * *vt.add(j * cc + e);
+                        x += *sc.add(j) * *vt.add(j * kld + e);
                     }
                     *o.add(e) = x;
                 }

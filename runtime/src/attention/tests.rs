@@ -94,6 +94,8 @@ impl Case {
             seq: self.t,
             keys: self.s,
             kv_rows: self.kv_rows,
+            q_ld: 0,
+            kv_ld: 0,
             heads: self.h,
             head_dim: self.d,
             scale: 1.0 / (self.d as f32).sqrt(),
@@ -276,6 +278,108 @@ fn kv_cache_rows_apart() {
     }
 }
 
+/// `rows` rows of `c` floats from `x`, each placed at column `at` of a row of `ld` floats
+/// whose other columns are NaN (a read outside the row's own columns shows in the output).
+fn spread(x: &[f32], c: usize, ld: usize, at: usize, into: &mut Vec<f32>) {
+    let rows = x.len() / c;
+    if into.is_empty() {
+        into.resize(rows * ld, f32::NAN);
+    }
+    for (r, row) in x.chunks(c).enumerate() {
+        into[r * ld + at..][..c].copy_from_slice(row);
+    }
+}
+
+/// The same call reading q, k and v with row strides `q_ld` and `kv_ld` from wider buffers
+/// (each at the last columns of its own), or all three from one buffer when `fused` allows
+/// (a `[B, T, 3C]` QKV projection: T = kv_rows, both strides 3C or more).
+fn run_strided(case: Case, x: &Data, isa: Isa, threads: u32, lds: (usize, usize)) -> Vec<f32> {
+    let c = case.h * case.d;
+    let (q_ld, kv_ld) = lds;
+    let fused = q_ld == kv_ld && case.t == case.kv_rows && kv_ld >= 3 * c;
+    let (mut qb, mut kb, mut vb) = (vec![], vec![], vec![]);
+    let (q, k, v) = if fused {
+        spread(&x.q, c, q_ld, 0, &mut qb);
+        spread(&x.k, c, q_ld, c, &mut qb);
+        spread(&x.v, c, q_ld, 2 * c, &mut qb);
+        // SAFETY: columns C and 2C of a row of 3C or more.
+        unsafe { (qb.as_ptr(), qb.as_ptr().add(c), qb.as_ptr().add(2 * c)) }
+    } else {
+        spread(&x.q, c, q_ld, q_ld - c, &mut qb);
+        spread(&x.k, c, kv_ld, kv_ld - c, &mut kb);
+        spread(&x.v, c, kv_ld, kv_ld - c, &mut vb);
+        // SAFETY: the last C columns of the first row.
+        unsafe {
+            (
+                qb.as_ptr().add(q_ld - c),
+                kb.as_ptr().add(kv_ld - c),
+                vb.as_ptr().add(kv_ld - c),
+            )
+        }
+    };
+    let mut out = vec![f32::NAN; case.b * case.t * c];
+    let call = AttnCall {
+        q,
+        k,
+        v,
+        q_ld,
+        kv_ld,
+        ..case.call(x, &mut out, isa, threads)
+    };
+    // SAFETY: the buffers hold the shapes and strides the call names.
+    unsafe { attention(&call) }.expect("a valid call");
+    out
+}
+
+#[test]
+fn strided_rows_read_in_place_as_packed_copies() {
+    for (base, lds) in [
+        // Q, K and V of one fused [B, T, 3C] projection, as BERT's and GPT-2's.
+        (case(2, 33, 33, 3, 17), (3 * 51, 3 * 51)),
+        (case(1, 1, 1, 1, 1), (3, 3)),
+        (case(3, 40, 40, 2, 64), (3 * 128, 3 * 128)),
+        // Only q strided (GPT-2's q beside a KV cache's keys), or only k and v.
+        (case(2, 5, 7, 3, 3), (9 + 4, 0)),
+        (case(2, 70, 130, 2, 33), (0, 2 * 66 + 1)),
+        // A few queries (the row path) against many keys.
+        (case(3, 1, 300, 2, 65), (3 * 130, 2 * 130)),
+        (case(2, 3, 20, 4, 7), (5 * 28, 3 * 28)),
+    ] {
+        for (causal, masked, kv_extra) in [(false, false, 0), (true, true, 0), (true, true, 11)] {
+            let case = Case {
+                causal,
+                masked,
+                biased: masked && !causal,
+                kv_rows: base.s + kv_extra,
+                ..base
+            };
+            let x = case.data(case.t as u64 * 7 + case.d as u64);
+            let c = case.h * case.d;
+            let lds = (
+                if lds.0 == 0 { c } else { lds.0 },
+                if lds.1 == 0 { c } else { lds.1 },
+            );
+            for isa in isas() {
+                let packed = run(case, &x, isa, 1);
+                for threads in [1, 2] {
+                    let strided = run_strided(case, &x, isa, threads, lds);
+                    let same = packed
+                        .iter()
+                        .zip(&strided)
+                        .position(|(a, b)| a.to_bits() != b.to_bits());
+                    if let Some(i) = same {
+                        panic!(
+                            "{isa:?} {case:?} strides {lds:?}, {threads} threads: element {i} \
+                             packed {} strided {}",
+                            packed[i], strided[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn refuses_bad_calls() {
     let c = Case {
@@ -294,4 +398,16 @@ fn refuses_bad_calls() {
             keys: 5
         }
     );
+    let c = case(2, 4, 5, 1, 8);
+    let x = c.data(1);
+    for (q_ld, kv_ld, input, ld) in [(7, 0, "q", 7), (0, 5, "k/v", 5)] {
+        let call = AttnCall {
+            q_ld,
+            kv_ld,
+            ..c.call(&x, &mut out, Isa::Portable, 1)
+        };
+        // SAFETY: refused before any pointer is read.
+        let err = unsafe { attention(&call) }.unwrap_err();
+        assert_eq!(err, AttnError::Stride { input, ld, c: 8 });
+    }
 }
