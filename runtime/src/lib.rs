@@ -30,3 +30,6 @@ pub use config::ModelConfig;
 pub use engine::{Engine, EngineError, Outputs};
 pub use model_info::ModelInfo;
 pub use tensor::{Tensor, TensorData, TensorError};
+
+#[cfg(test)]
+mod test_rng;
