@@ -32,4 +32,4 @@ pub use model_info::ModelInfo;
 pub use tensor::{Tensor, TensorData, TensorError};
 
 #[cfg(test)]
-mod test_rng;
+mod testing;

@@ -3,7 +3,7 @@
 
 use super::*;
 
-use crate::test_rng::Rng;
+use crate::testing::{isas, Rng};
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -139,14 +139,6 @@ impl Case {
         }
         out
     }
-}
-
-fn isas() -> Vec<Isa> {
-    let best = crate::gemm::detect_hardware();
-    [Isa::Avx512, Isa::Avx2, Isa::Portable]
-        .into_iter()
-        .filter(|&i| i >= best)
-        .collect()
 }
 
 fn run(case: Case, x: &Data, isa: Isa, threads: u32) -> Vec<f32> {

@@ -682,13 +682,7 @@ mod codes {
     mod tests {
         use super::*;
 
-        fn isas() -> Vec<Isa> {
-            let best = crate::gemm::detect_hardware();
-            [Isa::Avx512, Isa::Avx2, Isa::Portable]
-                .into_iter()
-                .filter(|&i| i >= best)
-                .collect()
-        }
+        use crate::testing::isas;
 
         /// Rows with exact halves, values past both ends, a NaN and an infinity, and lengths
         /// that leave vector tails.

@@ -1,0 +1,29 @@
+//! What the kernels' unit tests share: deterministic inputs and the ISAs to run.
+
+use crate::gemm::Isa;
+
+/// A small deterministic generator (xorshift), values in [-1, 1).
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// Every kernel family this CPU runs, best first (the narrower ones run on any CPU that has a
+/// wider one).
+pub(crate) fn isas() -> Vec<Isa> {
+    let best = crate::gemm::detect_hardware();
+    [Isa::Avx512, Isa::Avx2, Isa::Portable]
+        .into_iter()
+        .filter(|&i| i >= best)
+        .collect()
+}
