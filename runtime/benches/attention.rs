@@ -6,7 +6,7 @@
 use cranformer_runtime::attention::{attention, AttnCall};
 use cranformer_runtime::gemm::{detect_hardware, Isa};
 use cranformer_runtime::threads;
-use std::time::Instant;
+mod common;
 
 struct Shape {
     name: &'static str,
@@ -120,24 +120,17 @@ fn main() {
                     isa: isa as u32,
                     threads: thr as u32,
                 };
-                let mut times = vec![];
-                for i in 0..53 {
-                    let t = Instant::now();
+                let (med, min) = common::median_and_min(3, 50, || {
                     // SAFETY: every buffer is live and sized for the call's shapes.
                     unsafe { attention(&call) }.expect("a valid call");
-                    if i >= 3 {
-                        times.push(t.elapsed().as_secs_f64());
-                    }
-                }
-                times.sort_by(f64::total_cmp);
-                let med = times[times.len() / 2];
+                });
                 println!(
                     "{:<20} {:>8} {:>3} {:>10.3} {:>8.3} {:>9.1}",
                     sh.name,
                     isa.name(),
                     thr,
                     med * 1e3,
-                    times[0] * 1e3,
+                    min * 1e3,
                     flops / med / 1e9
                 );
             }

@@ -5,7 +5,7 @@
 use cranformer_runtime::gemm::{detect_hardware, Isa};
 use cranformer_runtime::norm::{norm, NormCall, NormKind};
 use cranformer_runtime::threads;
-use std::time::Instant;
+mod common;
 
 struct Shape {
     name: &'static str,
@@ -99,24 +99,17 @@ fn main() {
                     isa: isa as u32,
                     threads: thr as u32,
                 };
-                let mut times = vec![];
-                for i in 0..1003 {
-                    let t = Instant::now();
+                let (med, min) = common::median_and_min(3, 1000, || {
                     // SAFETY: every buffer is live and sized for the call's shapes.
                     unsafe { norm(&call) }.expect("a valid call");
-                    if i >= 3 {
-                        times.push(t.elapsed().as_secs_f64());
-                    }
-                }
-                times.sort_by(f64::total_cmp);
-                let med = times[times.len() / 2];
+                });
                 println!(
                     "{:<24} {:>8} {:>3} {:>10.2} {:>8.2} {:>7.1}",
                     sh.name,
                     isa.name(),
                     thr,
                     med * 1e6,
-                    times[0] * 1e6,
+                    min * 1e6,
                     bytes / med / 1e9
                 );
             }

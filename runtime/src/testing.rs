@@ -27,3 +27,15 @@ pub(crate) fn isas() -> Vec<Isa> {
         .filter(|&i| i >= best)
         .collect()
 }
+
+/// The largest `|got - want|` and where it is (a NaN counts as infinite).
+pub(crate) fn worst_abs_diff(got: &[f32], want: &[f32]) -> (f32, usize) {
+    let (mut worst, mut at) = (0f32, 0);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let err = (a - b).abs();
+        if err > worst || err.is_nan() {
+            (worst, at) = (if err.is_nan() { f32::INFINITY } else { err }, i);
+        }
+    }
+    (worst, at)
+}

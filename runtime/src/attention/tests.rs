@@ -3,7 +3,7 @@
 
 use super::*;
 
-use crate::testing::{isas, Rng};
+use crate::testing::{isas, worst_abs_diff, Rng};
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -154,13 +154,7 @@ fn check(case: Case) {
     let want = case.reference(&x);
     for isa in isas() {
         let one = run(case, &x, isa, 1);
-        let (mut worst, mut at) = (0f32, 0);
-        for (i, (a, b)) in one.iter().zip(&want).enumerate() {
-            let err = (a - b).abs();
-            if err > worst || err.is_nan() {
-                (worst, at) = (if err.is_nan() { f32::INFINITY } else { err }, i);
-            }
-        }
+        let (worst, at) = worst_abs_diff(&one, &want);
         assert!(
             worst <= 2e-5,
             "{isa:?} {case:?}: worst |diff| {worst:e} at {at}: kernel {} reference {}",
