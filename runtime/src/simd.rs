@@ -32,6 +32,10 @@ pub(crate) trait Simd {
     unsafe fn pow2(n: Self::V) -> Self::V;
     /// `x < lo ? 0 : y`, lane by lane.
     unsafe fn zero_below(x: Self::V, lo: Self::V, y: Self::V) -> Self::V;
+    /// `|a|` (the sign bit cleared).
+    unsafe fn abs(a: Self::V) -> Self::V;
+    /// `x < 0 ? neg : pos`, lane by lane.
+    unsafe fn select_neg(x: Self::V, neg: Self::V, pos: Self::V) -> Self::V;
     /// The sum of the lanes, always in the same order.
     unsafe fn hsum(v: Self::V) -> f32;
 
@@ -125,6 +129,15 @@ mod x86 {
             _mm512_mask_blend_ps(below, y, _mm512_setzero_ps())
         }
         #[inline(always)]
+        unsafe fn abs(a: __m512) -> __m512 {
+            _mm512_abs_ps(a)
+        }
+        #[inline(always)]
+        unsafe fn select_neg(x: __m512, neg: __m512, pos: __m512) -> __m512 {
+            let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
+            _mm512_mask_blend_ps(below, pos, neg)
+        }
+        #[inline(always)]
         unsafe fn hsum(v: __m512) -> f32 {
             // A fixed tree of halvings (AVX-512F only, no DQ needed).
             _mm512_reduce_add_ps(v)
@@ -191,6 +204,15 @@ mod x86 {
         unsafe fn zero_below(x: __m256, lo: __m256, y: __m256) -> __m256 {
             let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
             _mm256_blendv_ps(y, _mm256_setzero_ps(), below)
+        }
+        #[inline(always)]
+        unsafe fn abs(a: __m256) -> __m256 {
+            _mm256_andnot_ps(_mm256_set1_ps(-0.0), a)
+        }
+        #[inline(always)]
+        unsafe fn select_neg(x: __m256, neg: __m256, pos: __m256) -> __m256 {
+            let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
+            _mm256_blendv_ps(pos, neg, below)
         }
         #[inline(always)]
         unsafe fn hsum(v: __m256) -> f32 {
@@ -260,6 +282,14 @@ impl Simd for Portable {
     #[inline(always)]
     unsafe fn zero_below(x: [f32; 4], lo: [f32; 4], y: [f32; 4]) -> [f32; 4] {
         std::array::from_fn(|i| if x[i] < lo[i] { 0.0 } else { y[i] })
+    }
+    #[inline(always)]
+    unsafe fn abs(a: [f32; 4]) -> [f32; 4] {
+        a.map(f32::abs)
+    }
+    #[inline(always)]
+    unsafe fn select_neg(x: [f32; 4], neg: [f32; 4], pos: [f32; 4]) -> [f32; 4] {
+        std::array::from_fn(|i| if x[i] < 0.0 { neg[i] } else { pos[i] })
     }
     #[inline(always)]
     unsafe fn hsum(v: [f32; 4]) -> f32 {

@@ -270,6 +270,62 @@ fn activations_are_accurate_against_f64() {
 }
 
 #[test]
+fn activations_give_the_same_bits_on_every_isa() {
+    // Whole vectors and a remainder in each row; a residual on half the calls.
+    let mut xs: Vec<f32> = (0..=48_000).map(|i| -12.0 + i as f32 * 5e-4).collect();
+    xs.extend([
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        crate::expf::LO,
+        -87.0,
+        -200.0,
+        200.0,
+        f32::MAX,
+        f32::MIN,
+    ]);
+    let (rows, cols) = (xs.len() / 37, 37);
+    let xs = &xs[..rows * cols];
+    let res: Vec<f32> = (0..xs.len())
+        .map(|i| (i % 13) as f32 * 0.25 - 1.5)
+        .collect();
+    for a in Act::ALL {
+        for with_res in [false, true] {
+            let residual = if with_res {
+                res.as_ptr()
+            } else {
+                std::ptr::null()
+            };
+            let want: Vec<f32> = xs
+                .iter()
+                .zip(&res)
+                .map(|(&x, &r)| {
+                    let y = epilogue::act(a, x);
+                    if with_res {
+                        y + r
+                    } else {
+                        y
+                    }
+                })
+                .collect();
+            for isa in isas() {
+                let mut ys = xs.to_vec();
+                // SAFETY: rows × cols floats in ys and res; the CPU has isa.
+                unsafe { epilogue::apply_on(isa, a, ys.as_mut_ptr(), cols, rows, cols, residual) };
+                for (i, (y, w)) in ys.iter().zip(&want).enumerate() {
+                    assert!(
+                        y.to_bits() == w.to_bits() || (y.is_nan() && w.is_nan()),
+                        "{a:?} {isa:?} residual {with_res}: x = {} gave {y}, scalar {w}",
+                        xs[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn epilogue_applies_act_then_residual_on_every_isa_and_blocking() {
     let (m, n, k) = (29, 75, 130);
     let mut seed = 5;
