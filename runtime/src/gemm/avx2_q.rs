@@ -27,6 +27,7 @@ macro_rules! rows {
 }
 
 pub(super) unsafe fn i8(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
     rows!(i8_k, t, c, ldc, init)
 }
 
@@ -94,6 +95,7 @@ unsafe fn finish<const R: usize>(acc: &[[__m256; 2]; R], c: *mut f32, ldc: usize
 }
 
 pub(super) unsafe fn bf16(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
     rows!(bf16_k, t, c, ldc, init)
 }
 
@@ -132,6 +134,7 @@ unsafe fn bf16_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: Init)
 }
 
 pub(super) unsafe fn f16(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
     rows!(f16_k, t, c, ldc, init)
 }
 

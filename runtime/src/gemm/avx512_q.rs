@@ -56,6 +56,7 @@ unsafe fn vnni_i8_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: In
     }
     let groups = t.kc / 4;
     if R <= 4 {
+        t.fetch.all();
         // Few rows (decode): 2R chains of vpdpbusd would wait on its latency, so even and
         // odd k groups go to separate accumulators. Integer sums: the result is the same.
         let mut odd = [[_mm512_setzero_si512(); 2]; R];
@@ -71,9 +72,11 @@ unsafe fn vnni_i8_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: In
             row[1] = _mm512_add_epi32(row[1], o[1]);
         }
     } else {
-        for g in 0..groups {
+        let mut g = 0;
+        super::spread_fetch!(t.fetch, groups, {
             step!(acc, g);
-        }
+            g += 1;
+        });
     }
     for (r, row) in acc.iter().enumerate() {
         _mm512_storeu_si512(c.add(r * ldc).cast(), row[0]);
@@ -82,6 +85,7 @@ unsafe fn vnni_i8_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: In
 }
 
 pub(super) unsafe fn bw_i8(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
     rows!(bw_i8_k, t, c, ldc, init; 1 2 3 4 5 6)
 }
 
@@ -160,6 +164,7 @@ unsafe fn finish<const R: usize>(acc: &[[__m512; 2]; R], c: *mut f32, ldc: usize
 }
 
 pub(super) unsafe fn bf16_dot(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
     rows!(bf16_dot_k, t, c, ldc, init; 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
@@ -182,6 +187,7 @@ unsafe fn bf16_dot_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: I
 }
 
 pub(super) unsafe fn bf16(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
     rows!(bf16_k, t, c, ldc, init; 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
@@ -220,6 +226,7 @@ unsafe fn bf16_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: Init)
 }
 
 pub(super) unsafe fn f16(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
     rows!(f16_k, t, c, ldc, init; 1 2 3 4 5 6 7 8 9 10 11 12)
 }
 

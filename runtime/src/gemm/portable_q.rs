@@ -8,6 +8,7 @@ use super::{Init, PACK_NR};
 const NR: usize = 8;
 
 pub(super) unsafe fn i8(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
     let c = c as *mut i32;
     let mut acc = [[0i32; NR]; 4];
     for g in 0..t.kc / 4 {
@@ -60,6 +61,7 @@ unsafe fn widened(t: &QTile, c: *mut f32, ldc: usize, init: Init, w: impl Fn(usi
 }
 
 pub(super) unsafe fn bf16(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
     let b = t.b as *const u16;
     widened(t, c, ldc, init, |kk, j| {
         let bits = *b.add(kk / 2 * 2 * PACK_NR + 2 * j + kk % 2);
@@ -68,6 +70,7 @@ pub(super) unsafe fn bf16(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
 }
 
 pub(super) unsafe fn f16(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
     let b = t.b as *const u16;
     widened(t, c, ldc, init, |kk, j| {
         half::f16::from_bits(*b.add(kk * PACK_NR + j)).to_f32()

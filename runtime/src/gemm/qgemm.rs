@@ -40,6 +40,9 @@ pub(crate) struct QTile {
     pub cols: usize,
     pub init: Init,
     pub bias_cols_valid: usize,
+    /// Lines of a later weight sliver to hint towards L2 during the call: the VNNI kernel
+    /// spreads them over its K loop, the others hint them all first.
+    pub fetch: super::Fetch,
 }
 
 /// A micro-kernel: full-width tile of `rows` rows into `c` (stride `ldc`); int8 kernels
@@ -725,7 +728,7 @@ unsafe fn block(
                     );
                     let mut ir = 0;
                     while ir < mc {
-                        ahead.step();
+                        let fetch = ahead.take();
                         let rows = mr.min(mc - ir);
                         let (a, lda) = match qa {
                             Some(q) if kernel.a_form == AForm::I16 => {
@@ -750,6 +753,7 @@ unsafe fn block(
                             cols: nr.min(g.n - col),
                             init,
                             bias_cols_valid: g.n - col,
+                            fetch,
                         };
                         let c = g.c.add((ic + ir) * g.ldc + col);
                         with_full_tile(kernel, &tile, c, g.ldc);

@@ -113,6 +113,7 @@ impl QGemv {
                             cols: self.width,
                             init,
                             bias_cols_valid: g.n - at_col,
+                            fetch: super::Fetch::NONE,
                         };
                         let c = g.c.add(r0 * g.ldc + at_col);
                         (self.run)(&tile, layout.panel_bytes, c, g.ldc, init);
