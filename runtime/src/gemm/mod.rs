@@ -21,6 +21,8 @@
 //! packing in `quant.rs`, and their kernels beside the f32 ones (`avx512_q.rs`, `avx2_q.rs`,
 //! `portable_q.rs`).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod avx2;
 mod avx2_q;
 mod avx2_qgemv;
@@ -701,12 +703,6 @@ impl Ahead {
             base: base.wrapping_add(from * 64),
             lines: to - from,
         }
-    }
-
-    /// Before a tile call: hints its share of lines towards L2 at once.
-    #[inline(always)]
-    pub fn step(&mut self) {
-        self.take().all();
     }
 }
 

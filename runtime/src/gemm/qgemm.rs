@@ -23,7 +23,7 @@ use super::portable_q;
 pub use super::qgemv::MAX_ROWS as GEMV_ROWS;
 use super::qgemv::{self, QGemv};
 #[cfg(target_arch = "x86_64")]
-use super::{avx2_q, avx2_qgemv, avx512_q, avx512_qgemv};
+use super::{amx, avx2_q, avx2_qgemv, avx512_q, avx512_qgemv};
 
 /// One register tile of a narrow-weight kernel.
 pub(crate) struct QTile {
@@ -117,6 +117,9 @@ impl QKernel {
     /// scales the measured f32 compute roof by it.
     pub fn macs_per_lane(&self) -> u32 {
         match (self.a_form, self.isa) {
+            // AMX: 1024 u8 x i8 multiply-adds a cycle a core, 32 times the 2 x 16 lanes of
+            // f32 FMA.
+            (AForm::U8, Isa::Avx512) if self.name.starts_with("amx") => 32,
             (AForm::U8, Isa::Avx512) => 4,
             (AForm::I16 | AForm::Bf16Pairs, _) => 2,
             (AForm::U8 | AForm::F32, _) => 1,
@@ -194,6 +197,23 @@ macro_rules! kernel {
 /// Every narrow-weight kernel, best first within each format.
 #[cfg(target_arch = "x86_64")]
 pub static KERNELS: &[QKernel] = &[
+    // AMX tiles where the CPU has them and the OS grants them (`amx::usable`); the decode
+    // GEMV stays VNNI's.
+    QKernel {
+        name: "amx_mmm_i8_32x32",
+        format: WeightFormat::I8,
+        isa: Isa::Avx512,
+        mr: amx::MR,
+        nr: amx::NR,
+        available: amx::usable,
+        a_form: AForm::U8,
+        tile: amx::i8,
+        gemv: Some(QGemv::new(
+            PACK_NR,
+            avx512_qgemv::PANELS,
+            avx512_qgemv::vnni_i8,
+        )),
+    },
     kernel!(
         "avx512vnni_mmm_i8_12x32",
         I8,
@@ -347,6 +367,16 @@ pub static KERNELS: &[QKernel] = &[
         []
     ),
 ];
+
+/// Kernels only the tests run: the AMX kernel on emulated tiles (its addressing, tile shapes
+/// and K tail checked on any CPU with VNNI, which runs the tail).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) static TEST_KERNELS: &[QKernel] = &[QKernel {
+    name: "amx_emulated_mmm_i8_32x32",
+    available: feature!("avx512f", "avx512bw", "avx512vnni"),
+    tile: amx::i8_emulated,
+    ..KERNELS[0]
+}];
 
 /// One narrow-weight matmul: `c = act(a·dequant(b) + bias) + residual`, like
 /// [`super::GemmCall`] with the weight's format and its int8 side tables. The layout is the
@@ -919,7 +949,8 @@ unsafe fn with_full_tile(kernel: &QKernel, t: &QTile, c: *mut f32, ldc: usize) {
     if t.cols == nr && (bias_full || !matches!(t.init, Init::Bias(_))) {
         return (kernel.tile)(t, c, ldc, t.init);
     }
-    let mut scratch = [0f32; 12 * 32];
+    // Up to 32 rows (AMX) of up to 32 columns.
+    let mut scratch = [0f32; 32 * 32];
     let mut padded = [0f32; 32];
     let init = match t.init {
         Init::Load => {

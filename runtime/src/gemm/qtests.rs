@@ -29,8 +29,13 @@ fn lcg(seed: &mut u64) -> f32 {
 }
 
 fn kernel(name: &str) -> &'static QKernel {
+    #[cfg(target_arch = "x86_64")]
+    let extra = super::qgemm::TEST_KERNELS;
+    #[cfg(not(target_arch = "x86_64"))]
+    let extra: &[QKernel] = &[];
     KERNELS
         .iter()
+        .chain(extra)
         .find(|k| k.name == name)
         .unwrap_or_else(|| panic!("no kernel named {name}"))
 }
@@ -411,6 +416,8 @@ macro_rules! kernel_tests {
 }
 
 kernel_tests!(
+    amx_mmm_i8_32x32
+    amx_emulated_mmm_i8_32x32
     avx512vnni_mmm_i8_12x32
     avx512bw_mmm_i8_6x32
     avx2_mmm_i8_6x8
