@@ -1,4 +1,8 @@
-//! `amx_mmm_i8_32x32`: AMX-INT8 tiles (Sapphire Rapids and later), u8 activations × i8
+//! AMX tiles (Sapphire Rapids and later), 32 rows × 32 columns per call:
+//! - `amx_mmm_bf16_32x32`: AMX-BF16 `tdpbf16ps`, bf16 activation rows (pairs, row-major:
+//!   `AForm::Bf16Rows`) × the bf16 panels, f32 sums, 32 k per step; a K block's last
+//!   `kc % 32` run with the tiles reconfigured to their width;
+//! - `amx_mmm_i8_32x32`: AMX-INT8, u8 activations × i8
 //! weights in the same panels as the VNNI kernel, 32 rows × 32 columns per call in four 16×16
 //! i32 accumulator tiles. Each step of 64 k loads two 16×64-byte tiles of A (the quantized
 //! rows, `lda` apart) and two 16-group × 64-byte tiles of B (a panel's 4-k groups are 128
@@ -33,11 +37,14 @@ pub(crate) trait Tiles {
     unsafe fn store<const T: u8>(base: *mut u8, stride: usize);
     /// `C[T] += A[TA] · B[TB]` (u8 × i8 in groups of 4, i32 sums).
     unsafe fn dpbusd<const T: u8, const TA: u8, const TB: u8>();
+    /// `C[T] += A[TA] · B[TB]` (bf16 pairs, f32 sums).
+    unsafe fn dpbf16ps<const T: u8, const TA: u8, const TB: u8>();
     unsafe fn release();
 }
 
-/// The configuration for `r0` rows in the first 16 and `r1` in the second.
-fn config(r0: usize, r1: usize) -> [u8; 64] {
+/// The configuration for `r0` rows in the first 16 and `r1` in the second, with A's rows
+/// `a_bytes` wide and B `b_rows` (k groups) deep.
+fn config_for(r0: usize, r1: usize, a_bytes: usize, b_rows: usize) -> [u8; 64] {
     let mut cfg = [0u8; 64];
     cfg[0] = 1;
     let mut set = |t: usize, rows: usize, bytes: usize| {
@@ -46,15 +53,94 @@ fn config(r0: usize, r1: usize) -> [u8; 64] {
     };
     set(0, r0, 64);
     set(1, r0, 64);
-    set(4, r0, 64);
+    set(4, r0, a_bytes);
     if r1 > 0 {
         set(2, r1, 64);
         set(3, r1, 64);
-        set(5, r1, 64);
+        set(5, r1, a_bytes);
     }
-    set(6, KSTEP / 4, 64);
-    set(7, KSTEP / 4, 64);
+    set(6, b_rows, 64);
+    set(7, b_rows, 64);
     cfg
+}
+
+/// Full 64-byte steps.
+fn config(r0: usize, r1: usize) -> [u8; 64] {
+    config_for(r0, r1, 64, 16)
+}
+
+/// Loads (`load`) or stores C's tiles at `c` (f32 or i32, `ldc` apart).
+#[inline(always)]
+unsafe fn c_tiles<O: Tiles>(c: *mut f32, ldc: usize, r1: usize, load: bool) {
+    let (c8, cs) = (c.cast::<u8>(), ldc * 4);
+    let lower = c8.add(16 * cs);
+    if load {
+        O::load::<0>(c8, cs);
+        O::load::<1>(c8.add(64), cs);
+        if r1 > 0 {
+            O::load::<2>(lower, cs);
+            O::load::<3>(lower.add(64), cs);
+        }
+    } else {
+        O::store::<0>(c8, cs);
+        O::store::<1>(c8.add(64), cs);
+        if r1 > 0 {
+            O::store::<2>(lower, cs);
+            O::store::<3>(lower.add(64), cs);
+        }
+    }
+}
+
+/// The bf16 kernel: `t.a` holds `rows` rows of `kc / 2` bf16 pairs (4 bytes each), row-major.
+///
+/// # Safety
+/// As the other bf16 tile kernels; `O`'s tiles usable on this thread.
+pub(crate) unsafe fn bf16_with<O: Tiles>(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    t.fetch.all();
+    let (r0, r1) = (t.rows.min(16), t.rows.saturating_sub(16));
+    let lda = t.kc / 2 * 4;
+    // 16 pairs a step; the rest (under 16 pairs) with narrower tiles.
+    let main = t.kc / 32 * 32;
+    let tail = (t.kc - main) / 2;
+    if let Init::Bias(bias) = init {
+        // No broadcast load into a tile: C starts as the bias row repeated, in memory.
+        for r in 0..t.rows {
+            std::ptr::copy_nonoverlapping(bias, c.add(r * ldc), NR);
+        }
+    }
+    let mut first = true;
+    for (from, to, pairs) in [(0, main, 16), (main, t.kc, tail)] {
+        if from == to {
+            continue;
+        }
+        O::config(&config_for(r0, r1, pairs * 4, pairs));
+        if first && matches!(init, Init::Zero) {
+            O::zero::<0>();
+            O::zero::<1>();
+            if r1 > 0 {
+                O::zero::<2>();
+                O::zero::<3>();
+            }
+        } else {
+            c_tiles::<O>(c, ldc, r1, true);
+        }
+        first = false;
+        for kk in (from..to).step_by(32) {
+            let b = t.b.add(kk / 2 * 4 * PACK_NR);
+            O::load::<6>(b, 4 * PACK_NR);
+            O::load::<7>(b.add(64), 4 * PACK_NR);
+            O::load::<4>(t.a.add(kk * 2), lda);
+            O::dpbf16ps::<0, 4, 6>();
+            O::dpbf16ps::<1, 4, 7>();
+            if r1 > 0 {
+                O::load::<5>(t.a.add(16 * lda + kk * 2), lda);
+                O::dpbf16ps::<2, 5, 6>();
+                O::dpbf16ps::<3, 5, 7>();
+            }
+        }
+        c_tiles::<O>(c, ldc, r1, false);
+    }
+    O::release();
 }
 
 /// The kernel: a full-width tile of up to 32 rows (i32 sums into `c`, as every int8 kernel).
@@ -69,18 +155,8 @@ pub(crate) unsafe fn tile_with<O: Tiles>(t: &QTile, c: *mut f32, ldc: usize, ini
     t.fetch.all();
     let (r0, r1) = (t.rows.min(16), t.rows.saturating_sub(16));
     O::config(&config(r0, r1));
-    let c8 = c.cast::<u8>();
-    let cs = ldc * 4;
-    let lower = c8.add(16 * cs);
     match init {
-        Init::Load => {
-            O::load::<0>(c8, cs);
-            O::load::<1>(c8.add(64), cs);
-            if r1 > 0 {
-                O::load::<2>(lower, cs);
-                O::load::<3>(lower.add(64), cs);
-            }
-        }
+        Init::Load => c_tiles::<O>(c, ldc, r1, true),
         // int8 kernels start from zero (the bias comes with the dequantization).
         _ => {
             O::zero::<0>();
@@ -104,12 +180,7 @@ pub(crate) unsafe fn tile_with<O: Tiles>(t: &QTile, c: *mut f32, ldc: usize, ini
             O::dpbusd::<3, 5, 7>();
         }
     }
-    O::store::<0>(c8, cs);
-    O::store::<1>(c8.add(64), cs);
-    if r1 > 0 {
-        O::store::<2>(lower, cs);
-        O::store::<3>(lower.add(64), cs);
-    }
+    c_tiles::<O>(c, ldc, r1, false);
     O::release();
     if main < t.kc {
         let rest = QTile {
@@ -135,36 +206,64 @@ unsafe fn vnni(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
     }
 }
 
-/// The kernel on the hardware's tiles.
+/// The kernels on the hardware's tiles.
 pub(super) unsafe fn i8(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
     tile_with::<Hw>(t, c, ldc, init)
 }
 
-/// Whether this process can run the hardware kernel: the CPU has AMX-TILE and AMX-INT8, the
-/// OS enabled their state (XCR0) and granted it to this process, and the kernel gives the
-/// VNNI kernel's sums on a test product. Asked once.
+pub(super) unsafe fn bf16(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    bf16_with::<Hw>(t, c, ldc, init)
+}
+
+/// Whether this process can run the hardware int8 kernel: the CPU has AMX-TILE and
+/// AMX-INT8, the OS enabled their state (XCR0) and granted it to this process, and the
+/// kernel gives the VNNI kernel's sums on a test product. Asked once.
 pub fn usable() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
         // SAFETY: cpuid and xgetbv are checked for before use; the self-check runs only
         // once the state is granted.
-        unsafe { granted() && agrees_with_vnni() }
+        unsafe {
+            granted(25)
+                && std::is_x86_feature_detected!("avx512vnni")
+                && std::is_x86_feature_detected!("avx512bw")
+                && self_check("int8", i8_agrees_with_vnni)
+        }
     })
 }
 
-/// CPUID, XCR0 and `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`.
-unsafe fn granted() -> bool {
-    use std::arch::x86_64::{__cpuid, __cpuid_count};
-    if !(std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512bw")) {
-        return false;
+/// The same for the bf16 kernel (AMX-BF16), checked against an f64 product of the same
+/// bf16 values.
+pub fn usable_bf16() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: as for `usable`.
+    *OK.get_or_init(|| unsafe { granted(22) && self_check("bf16", bf16_agrees_with_f64) })
+}
+
+/// Runs `check`; false (with a note on stderr) unless it passes.
+fn self_check(what: &str, check: unsafe fn() -> bool) -> bool {
+    // SAFETY: called only once the tile state is granted.
+    let ok = unsafe { check() };
+    if !ok {
+        eprintln!(
+            "cranformer: the AMX {what} kernel disagreed with its check on this CPU; {what} \
+             runs on the AVX-512 kernels"
+        );
     }
+    ok
+}
+
+/// CPUID AMX-TILE and the feature bit `bit` of leaf 7's EDX (25 AMX-INT8, 22 AMX-BF16),
+/// XCR0, and `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`.
+unsafe fn granted(bit: u32) -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
     if __cpuid(0).eax < 7 {
         return false;
     }
     let leaf7 = __cpuid_count(7, 0);
-    let (tile, int8) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 25 & 1 == 1);
+    let (tile, feature) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> bit & 1 == 1);
     // OSXSAVE: xgetbv exists.
-    if !(tile && int8) || __cpuid(1).ecx >> 27 & 1 == 0 {
+    if !(tile && feature) || __cpuid(1).ecx >> 27 & 1 == 0 {
         return false;
     }
     let (lo, _hi): (u32, u32);
@@ -173,7 +272,8 @@ unsafe fn granted() -> bool {
     if lo >> 17 & 3 != 3 {
         return false;
     }
-    request_tile_state()
+    static PERM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PERM.get_or_init(|| request_tile_state())
 }
 
 #[cfg(target_os = "linux")]
@@ -199,9 +299,9 @@ unsafe fn request_tile_state() -> bool {
     false
 }
 
-/// Runs a product with a K tail and partial rows through the hardware kernel and the VNNI
-/// kernel; equal i32 sums or the AMX kernel is never used (with a note on stderr).
-unsafe fn agrees_with_vnni() -> bool {
+/// A product with a K tail and partial rows through the hardware kernel and the VNNI
+/// kernel: equal i32 sums.
+unsafe fn i8_agrees_with_vnni() -> bool {
     let (rows, kc) = (29, 200);
     let a: Vec<u8> = (0..rows * kc).map(|i| (i * 37 % 251) as u8).collect();
     let b: Vec<u8> = (0..kc / 4 * 4 * PACK_NR)
@@ -224,14 +324,46 @@ unsafe fn agrees_with_vnni() -> bool {
         unsafe { f(&t, c.as_mut_ptr(), NR, Init::Zero) };
         c.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
     };
-    let ok = run(i8) == run(super::avx512_q::vnni_i8);
-    if !ok {
-        eprintln!(
-            "cranformer: the AMX int8 kernel disagreed with the VNNI kernel on this CPU; \
-             int8 runs on the VNNI kernel"
-        );
-    }
-    ok
+    run(i8) == run(super::avx512_q::vnni_i8)
+}
+
+/// A product with a K tail, partial rows and a bias through the hardware kernel, against f64
+/// sums of the same bf16 values: within f32 rounding of the terms' size.
+unsafe fn bf16_agrees_with_f64() -> bool {
+    let (rows, kc) = (29, 202);
+    let bf = |x: u16| f32::from_bits((x as u32) << 16) as f64;
+    // Small bf16 values of both signs: sign, exponent 120-127, 7 mantissa bits.
+    let val = |i: usize| {
+        ((i * 7919 % 2) as u16) << 15 | (120 + (i * 13 % 8) as u16) << 7 | (i * 31 % 128) as u16
+    };
+    let a: Vec<u16> = (0..rows * kc).map(val).collect();
+    let b: Vec<u16> = (0..kc / 2 * 2 * PACK_NR).map(|i| val(i + 5)).collect();
+    let bias: Vec<f32> = (0..NR).map(|j| j as f32 * 0.25 - 4.0).collect();
+    let mut c = vec![0f32; MR * NR];
+    let t = QTile {
+        kc,
+        a: a.as_ptr().cast(),
+        lda: 0,
+        b: b.as_ptr().cast(),
+        rows,
+        cols: NR,
+        init: Init::Bias(bias.as_ptr()),
+        bias_cols_valid: NR,
+        fetch: super::Fetch::NONE,
+    };
+    bf16(&t, c.as_mut_ptr(), NR, Init::Bias(bias.as_ptr()));
+    (0..rows).all(|r| {
+        (0..NR).all(|j| {
+            let (mut want, mut size) = (bias[j] as f64, bias[j].abs() as f64);
+            for k in 0..kc {
+                // A: row r's pairs; B: k group k / 2, column j, lane k % 2.
+                let p = bf(a[r * kc + k]) * bf(b[k / 2 * 2 * PACK_NR + 2 * j + k % 2]);
+                want += p;
+                size += p.abs();
+            }
+            (c[r * NR + j] as f64 - want).abs() <= 1e-5 * size
+        })
+    })
 }
 
 /// The instructions.
@@ -294,6 +426,24 @@ impl Tiles for Hw {
             ($c:literal, $a:literal, $b:literal) => {
                 std::arch::asm!(
                     concat!("tdpbusd tmm", $c, ", tmm", $a, ", tmm", $b),
+                    options(nomem, nostack)
+                )
+            };
+        }
+        match (T, TA, TB) {
+            (0, 4, 6) => d!(0, 4, 6),
+            (1, 4, 7) => d!(1, 4, 7),
+            (2, 5, 6) => d!(2, 5, 6),
+            (3, 5, 7) => d!(3, 5, 7),
+            _ => unreachable!("the kernel's four products"),
+        }
+    }
+    #[inline(always)]
+    unsafe fn dpbf16ps<const T: u8, const TA: u8, const TB: u8>() {
+        macro_rules! d {
+            ($c:literal, $a:literal, $b:literal) => {
+                std::arch::asm!(
+                    concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b),
                     options(nomem, nostack)
                 )
             };
@@ -398,6 +548,31 @@ impl Tiles for Emu {
             }
         })
     }
+    unsafe fn dpbf16ps<const T: u8, const TA: u8, const TB: u8>() {
+        EMU.with_borrow_mut(|e| {
+            let (c, a, b) = (T as usize, TA as usize, TB as usize);
+            assert_eq!(e.rows[c], e.rows[a], "C and A rows");
+            assert_eq!(e.bytes[a] / 4, e.rows[b], "A's k pairs and B's rows");
+            assert_eq!(e.bytes[c], e.bytes[b], "C and B columns");
+            let bf = |d: &[u8; 1024], at: usize| {
+                f32::from_bits((u16::from_le_bytes([d[at], d[at + 1]]) as u32) << 16)
+            };
+            for m in 0..e.rows[c] {
+                for n in 0..e.bytes[c] / 4 {
+                    let at = m * 64 + 4 * n;
+                    let mut sum = f32::from_le_bytes(e.data[c][at..at + 4].try_into().unwrap());
+                    for g in 0..e.rows[b] {
+                        for i in 0..2 {
+                            let x = bf(&e.data[a], m * 64 + 4 * g + 2 * i);
+                            let w = bf(&e.data[b], g * 64 + 4 * n + 2 * i);
+                            sum += x * w;
+                        }
+                    }
+                    e.data[c][at..at + 4].copy_from_slice(&sum.to_le_bytes());
+                }
+            }
+        })
+    }
     unsafe fn release() {
         EMU.with_borrow_mut(|e| {
             e.rows = [0; 8];
@@ -406,8 +581,13 @@ impl Tiles for Emu {
     }
 }
 
-/// The kernel on emulated tiles (tests).
+/// The kernels on emulated tiles (tests).
 #[cfg(test)]
 pub(super) unsafe fn i8_emulated(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
     tile_with::<Emu>(t, c, ldc, init)
+}
+
+#[cfg(test)]
+pub(super) unsafe fn bf16_emulated(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
+    bf16_with::<Emu>(t, c, ldc, init)
 }

@@ -60,6 +60,8 @@ pub(crate) enum AForm {
     F32,
     /// bf16 pair slivers `[kc/2][rows]` (u32 each).
     Bf16Pairs,
+    /// bf16 pairs row by row, `[rows][kc/2]` (AMX tiles).
+    Bf16Rows,
 }
 
 /// A narrow-weight micro-kernel, named by ISA, op, dtype and tile as tract names them.
@@ -121,6 +123,8 @@ impl QKernel {
             // f32 FMA.
             (AForm::U8, Isa::Avx512) if self.name.starts_with("amx") => 32,
             (AForm::U8, Isa::Avx512) => 4,
+            // AMX-BF16: 512 bf16 pair multiply-adds a cycle, 16 times f32 FMA's 32.
+            (AForm::Bf16Rows, _) => 16,
             (AForm::I16 | AForm::Bf16Pairs, _) => 2,
             (AForm::U8 | AForm::F32, _) => 1,
         }
@@ -257,6 +261,19 @@ pub static KERNELS: &[QKernel] = &[
         portable_q::i8,
         []
     ),
+    QKernel {
+        name: "amx_mmm_bf16_32x32",
+        format: WeightFormat::Bf16,
+        isa: Isa::Avx512,
+        mr: amx::MR,
+        nr: amx::NR,
+        available: amx::usable_bf16,
+        a_form: AForm::Bf16Rows,
+        tile: amx::bf16,
+        // No GEMV: a decode step runs on the tiles too. f32 sums in another order than
+        // AVX512-BF16's would make a row's bits depend on how many rows it came with.
+        gemv: None,
+    },
     kernel!(
         "avx512bf16_mmm_bf16_12x32",
         Bf16,
@@ -371,12 +388,36 @@ pub static KERNELS: &[QKernel] = &[
 /// Kernels only the tests run: the AMX kernel on emulated tiles (its addressing, tile shapes
 /// and K tail checked on any CPU with VNNI, which runs the tail).
 #[cfg(all(test, target_arch = "x86_64"))]
-pub(crate) static TEST_KERNELS: &[QKernel] = &[QKernel {
-    name: "amx_emulated_mmm_i8_32x32",
-    available: feature!("avx512f", "avx512bw", "avx512vnni"),
-    tile: amx::i8_emulated,
-    ..KERNELS[0]
-}];
+pub(crate) static TEST_KERNELS: &[QKernel] = &[
+    QKernel {
+        name: "amx_emulated_mmm_i8_32x32",
+        format: WeightFormat::I8,
+        isa: Isa::Avx512,
+        mr: amx::MR,
+        nr: amx::NR,
+        // VNNI runs K's tail.
+        available: feature!("avx512f", "avx512bw", "avx512vnni"),
+        a_form: AForm::U8,
+        tile: amx::i8_emulated,
+        gemv: Some(QGemv::new(
+            PACK_NR,
+            avx512_qgemv::PANELS,
+            avx512_qgemv::vnni_i8,
+        )),
+    },
+    QKernel {
+        name: "amx_emulated_mmm_bf16_32x32",
+        format: WeightFormat::Bf16,
+        isa: Isa::Avx512,
+        mr: amx::MR,
+        nr: amx::NR,
+        // Needs nothing: the tiles are emulated and K's tail runs on them too.
+        available: feature!(),
+        a_form: AForm::Bf16Rows,
+        tile: amx::bf16_emulated,
+        gemv: None,
+    },
+];
 
 /// One narrow-weight matmul: `c = act(a·dequant(b) + bias) + residual`, like
 /// [`super::GemmCall`] with the weight's format and its int8 side tables. The layout is the
@@ -932,6 +973,14 @@ unsafe fn pack_a(
                         let lo = half::bf16::from_f32(at(2 * pair)).to_bits() as u32;
                         let hi = half::bf16::from_f32(at(2 * pair + 1)).to_bits() as u32;
                         dst[pair * rows + r] = lo | hi << 16;
+                    }
+                }
+                AForm::Bf16Rows => {
+                    let pairs = kc / 2;
+                    for pair in 0..pairs {
+                        let lo = half::bf16::from_f32(at(2 * pair)).to_bits() as u32;
+                        let hi = half::bf16::from_f32(at(2 * pair + 1)).to_bits() as u32;
+                        dst[r * pairs + pair] = lo | hi << 16;
                     }
                 }
                 AForm::U8 | AForm::I16 => unreachable!("int8 reads quantized rows"),

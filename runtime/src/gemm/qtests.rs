@@ -201,7 +201,7 @@ fn matches_reference(name: &str) {
                 let w = case.pack(kern.format);
                 let want_i8 = (kern.format == WeightFormat::I8).then(|| case.int8_reference(&w));
                 let want = case.reference(&w.unpack());
-                let tol = if kern.a_form == AForm::Bf16Pairs {
+                let tol = if matches!(kern.a_form, AForm::Bf16Pairs | AForm::Bf16Rows) {
                     BF16_DOT_TOLERANCE
                 } else {
                     F32_SUM_TOLERANCE
@@ -418,6 +418,8 @@ macro_rules! kernel_tests {
 kernel_tests!(
     amx_mmm_i8_32x32
     amx_emulated_mmm_i8_32x32
+    amx_mmm_bf16_32x32
+    amx_emulated_mmm_bf16_32x32
     avx512vnni_mmm_i8_12x32
     avx512bw_mmm_i8_6x32
     avx2_mmm_i8_6x8
