@@ -427,9 +427,9 @@ mod tests {
         assert_eq!(c.len(), MIN_CAPACITY + 8);
         assert!(c.capacity() >= c.len());
         for l in 0..2 {
-            for r in 0..b {
-                assert_eq!(c.rows(Kind::Key, l, r), &want[r][..]);
-                let neg: Vec<f32> = want[r].iter().map(|x| -x).collect();
+            for (r, w) in want.iter().enumerate().take(b) {
+                assert_eq!(c.rows(Kind::Key, l, r), &w[..]);
+                let neg: Vec<f32> = w.iter().map(|x| -x).collect();
                 assert_eq!(c.rows(Kind::Value, l, r), &neg[..]);
             }
             let t = c.tensor(Kind::Key, l);

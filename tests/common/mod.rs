@@ -134,7 +134,7 @@ pub fn check_close(
     let mut worst: Option<(usize, f32)> = None;
     for i in (0..want.len()).filter(|&i| keep(i)) {
         let d = (got[i] - want[i]).abs();
-        if !(d <= tol) && worst.is_none_or(|(_, w)| d > w || d.is_nan()) {
+        if (d.is_nan() || d > tol) && worst.is_none_or(|(_, w)| d > w || d.is_nan()) {
             worst = Some((i, d));
         }
     }

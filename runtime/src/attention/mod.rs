@@ -27,6 +27,9 @@
 //! alone (lanes never mix, tiles and blocks do not depend on the thread count), so results do
 //! not depend on the number of threads.
 
+// `m[u]`, `l[u]`, `corr[u]`: each quantity is two vectors of query lanes, indexed together.
+#![allow(clippy::needless_range_loop)]
+
 #[cfg(test)]
 mod tests;
 

@@ -1,14 +1,13 @@
-//! AMX tiles (Sapphire Rapids and later), 32 rows × 32 columns per call:
+//! AMX tiles (Sapphire Rapids and later), 32 rows × 32 columns per call in four 16×16
+//! accumulator tiles, two tiles of A (rows 0-15 and 16-31) and two of B (a panel's two
+//! halves, columns 0-15 and 16-31; its k groups are 128 bytes apart):
+//! - `amx_mmm_i8_32x32`: AMX-INT8 `tdpbusd`, u8 activations (the quantized rows, `lda`
+//!   apart) × the i8 panels of the VNNI kernel, 64 k per step into i32 sums. A K block's last
+//!   `kc % 64` go through the VNNI kernel onto the stored tiles: the sums are integers, so the
+//!   result is the VNNI kernel's bits whatever the split.
 //! - `amx_mmm_bf16_32x32`: AMX-BF16 `tdpbf16ps`, bf16 activation rows (pairs, row-major:
 //!   `AForm::Bf16Rows`) × the bf16 panels, f32 sums, 32 k per step; a K block's last
-//!   `kc % 32` run with the tiles reconfigured to their width;
-//! - `amx_mmm_i8_32x32`: AMX-INT8, u8 activations × i8
-//! weights in the same panels as the VNNI kernel, 32 rows × 32 columns per call in four 16×16
-//! i32 accumulator tiles. Each step of 64 k loads two 16×64-byte tiles of A (the quantized
-//! rows, `lda` apart) and two 16-group × 64-byte tiles of B (a panel's 4-k groups are 128
-//! bytes apart: columns 0-15 and 16-31 are its two halves) and runs four `tdpbusd`. A K block's
-//! last `kc % 64` go through the VNNI kernel onto the stored tiles: the sums are integers, so
-//! the result is the VNNI kernel's bits whatever the split.
+//!   `kc % 32` runs with the tiles reconfigured to its width.
 //!
 //! The kernel is written once over [`Tiles`]: [`Hw`] issues the instructions, [`Emu`] computes
 //! what they compute (the tests run the kernel's addressing and configuration on any CPU

@@ -934,8 +934,8 @@ unsafe fn dequantize_body(
             }
         } else {
             let bias = std::slice::from_raw_parts(g.bias.add(col0), cols);
-            for j in 0..cols {
-                *c.add(j) = value(j) + bias[j];
+            for (j, b) in bias.iter().enumerate() {
+                *c.add(j) = value(j) + b;
             }
         }
     }

@@ -619,10 +619,10 @@ mod codes {
         _mm256_storeu_ps(lanes[0].as_mut_ptr(), lo);
         _mm256_storeu_ps(lanes[1].as_mut_ptr(), hi);
         _mm256_storeu_ps(lanes[2].as_mut_ptr(), bad);
-        for j in 0..8 {
-            l = l.min(lanes[0][j]);
-            h = h.max(lanes[1][j]);
-            f &= !lanes[2][j].is_nan();
+        for ((&lo, &hi), &bad) in lanes[0].iter().zip(&lanes[1]).zip(&lanes[2]) {
+            l = l.min(lo);
+            h = h.max(hi);
+            f &= !bad.is_nan();
         }
         (l, h, f)
     }

@@ -47,8 +47,11 @@ pub async fn model_ready(State(app): State<AppState>, Path(name): Path<String>) 
     ready(State(app)).await
 }
 
-/// The `forward` task's inputs and outputs: (name, shape, optional).
-fn signature(info: &ModelInfo) -> (Vec<(&'static str, bool)>, Vec<(&'static str, Vec<i64>)>) {
+/// The `forward` task's inputs (name, optional) and outputs (name, shape).
+type Signature = (Vec<(&'static str, bool)>, Vec<(&'static str, Vec<i64>)>);
+
+/// The `forward` task's inputs and outputs.
+fn signature(info: &ModelInfo) -> Signature {
     match info {
         ModelInfo::Bert {
             has_pooler,
