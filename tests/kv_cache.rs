@@ -256,10 +256,10 @@ fn gpt2_rows_of_different_lengths_step_like_each_row_alone() {
     };
     // Alone: the tokens each stream is fed and the logits it gets, step by step.
     let mut alone: Vec<(Vec<Tensor>, Vec<Tensor>)> = vec![];
-    for s in 0..3 {
+    for (s, &n) in steps.iter().enumerate() {
         let (mut cache, mut next) = prefill(&mut p, s);
         let (mut fed, mut logits) = (vec![], vec![]);
-        for _ in 0..steps[s] {
+        for _ in 0..n {
             let total = cache.len() + 1;
             let mask = Tensor::i64(vec![1, total], vec![1; total]);
             let out = p
