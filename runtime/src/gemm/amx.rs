@@ -377,6 +377,27 @@ macro_rules! per_tile {
     };
 }
 
+/// The kernels' four products `C[T] += A[TA] · B[TB]` with the instruction `$op`.
+macro_rules! products {
+    ($op:literal, $tiles:expr) => {
+        match $tiles {
+            (0, 4, 6) => {
+                std::arch::asm!(concat!($op, " tmm0, tmm4, tmm6"), options(nomem, nostack))
+            }
+            (1, 4, 7) => {
+                std::arch::asm!(concat!($op, " tmm1, tmm4, tmm7"), options(nomem, nostack))
+            }
+            (2, 5, 6) => {
+                std::arch::asm!(concat!($op, " tmm2, tmm5, tmm6"), options(nomem, nostack))
+            }
+            (3, 5, 7) => {
+                std::arch::asm!(concat!($op, " tmm3, tmm5, tmm7"), options(nomem, nostack))
+            }
+            _ => unreachable!("the kernels' four products"),
+        }
+    };
+}
+
 impl Tiles for Hw {
     #[inline(always)]
     unsafe fn config(cfg: &[u8; 64]) {
@@ -421,39 +442,11 @@ impl Tiles for Hw {
     }
     #[inline(always)]
     unsafe fn dpbusd<const T: u8, const TA: u8, const TB: u8>() {
-        macro_rules! d {
-            ($c:literal, $a:literal, $b:literal) => {
-                std::arch::asm!(
-                    concat!("tdpbusd tmm", $c, ", tmm", $a, ", tmm", $b),
-                    options(nomem, nostack)
-                )
-            };
-        }
-        match (T, TA, TB) {
-            (0, 4, 6) => d!(0, 4, 6),
-            (1, 4, 7) => d!(1, 4, 7),
-            (2, 5, 6) => d!(2, 5, 6),
-            (3, 5, 7) => d!(3, 5, 7),
-            _ => unreachable!("the kernel's four products"),
-        }
+        products!("tdpbusd", (T, TA, TB))
     }
     #[inline(always)]
     unsafe fn dpbf16ps<const T: u8, const TA: u8, const TB: u8>() {
-        macro_rules! d {
-            ($c:literal, $a:literal, $b:literal) => {
-                std::arch::asm!(
-                    concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b),
-                    options(nomem, nostack)
-                )
-            };
-        }
-        match (T, TA, TB) {
-            (0, 4, 6) => d!(0, 4, 6),
-            (1, 4, 7) => d!(1, 4, 7),
-            (2, 5, 6) => d!(2, 5, 6),
-            (3, 5, 7) => d!(3, 5, 7),
-            _ => unreachable!("the kernel's four products"),
-        }
+        products!("tdpbf16ps", (T, TA, TB))
     }
     #[inline(always)]
     unsafe fn release() {

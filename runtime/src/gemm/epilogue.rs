@@ -224,57 +224,65 @@ unsafe fn sigmoid_times<S: Simd>(k: f32, x: S::V, y: S::V) -> S::V {
     S::div(y, S::add(S::splat(1.0), S::exp(S::mul(S::splat(k), x))))
 }
 
-/// [`apply_generic`] with whole vectors of `S` through [`act_simd`] where it has the
-/// activation; the last `cols % W` of a row (and other activations) through [`act`].
-#[inline(always)]
-unsafe fn apply_simd<S: Simd>(
-    a: Act,
+/// A `rows × cols` block of C (row stride `ldc`) and its residual (same layout) or null.
+#[derive(Clone, Copy)]
+struct Block {
     c: *mut f32,
     ldc: usize,
     rows: usize,
     cols: usize,
     residual: *const f32,
-) {
-    if !matches!(a, Act::Gelu | Act::GeluTanh | Act::Silu | Act::QuickGelu) || cols < S::W {
-        return apply_generic(a, c, ldc, rows, cols, residual);
+}
+
+impl Block {
+    /// Columns `from..` of the block.
+    unsafe fn from_col(self, from: usize) -> Block {
+        Block {
+            c: self.c.add(from),
+            cols: self.cols - from,
+            residual: if self.residual.is_null() {
+                self.residual
+            } else {
+                self.residual.add(from)
+            },
+            ..self
+        }
+    }
+}
+
+/// [`apply_generic`] with whole vectors of `S` through [`act_simd`] where it has the
+/// activation; the last `cols % W` of a row (and other activations) through [`act`].
+#[inline(always)]
+unsafe fn apply_simd<S: Simd>(a: Act, b: Block) {
+    if !matches!(a, Act::Gelu | Act::GeluTanh | Act::Silu | Act::QuickGelu) || b.cols < S::W {
+        return apply_generic(a, b);
     }
     match a {
-        Act::Gelu => rows_simd::<S, { Act::Gelu as u32 }>(c, ldc, rows, cols, residual),
-        Act::GeluTanh => rows_simd::<S, { Act::GeluTanh as u32 }>(c, ldc, rows, cols, residual),
-        Act::Silu => rows_simd::<S, { Act::Silu as u32 }>(c, ldc, rows, cols, residual),
-        _ => rows_simd::<S, { Act::QuickGelu as u32 }>(c, ldc, rows, cols, residual),
+        Act::Gelu => rows_simd::<S, { Act::Gelu as u32 }>(b),
+        Act::GeluTanh => rows_simd::<S, { Act::GeluTanh as u32 }>(b),
+        Act::Silu => rows_simd::<S, { Act::Silu as u32 }>(b),
+        _ => rows_simd::<S, { Act::QuickGelu as u32 }>(b),
     }
-    let whole = cols / S::W * S::W;
-    if whole < cols {
-        let rest = if residual.is_null() {
-            residual
-        } else {
-            residual.add(whole)
-        };
-        apply_generic(a, c.add(whole), ldc, rows, cols - whole, rest);
+    let whole = b.cols / S::W * S::W;
+    if whole < b.cols {
+        apply_generic(a, b.from_col(whole));
     }
 }
 
 /// The whole vectors of each row through [`act_simd`] for the activation `A` (an [`Act`]
 /// code), then the residual.
 #[inline(always)]
-unsafe fn rows_simd<S: Simd, const A: u32>(
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    residual: *const f32,
-) {
+unsafe fn rows_simd<S: Simd, const A: u32>(b: Block) {
     let act = Act::from_code(A).unwrap_or(Act::None);
-    let whole = cols / S::W * S::W;
-    for r in 0..rows {
-        let row = c.add(r * ldc);
+    let whole = b.cols / S::W * S::W;
+    for r in 0..b.rows {
+        let row = b.c.add(r * b.ldc);
         for j in (0..whole).step_by(S::W) {
             let Some(mut y) = act_simd::<S>(act, S::load(row.add(j))) else {
                 return;
             };
-            if !residual.is_null() {
-                y = S::add(y, S::load(residual.add(r * ldc + j)));
+            if !b.residual.is_null() {
+                y = S::add(y, S::load(b.residual.add(r * b.ldc + j)));
             }
             S::store(row.add(j), y);
         }
@@ -313,26 +321,26 @@ pub(crate) unsafe fn apply_on(
     if act == Act::None && residual.is_null() {
         return;
     }
+    let b = Block {
+        c,
+        ldc,
+        rows,
+        cols,
+        residual,
+    };
     match isa {
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx512 => apply_avx512(act, c, ldc, rows, cols, residual),
+        super::Isa::Avx512 => apply_avx512(act, b),
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx2 => apply_avx2(act, c, ldc, rows, cols, residual),
-        _ => apply_generic(act, c, ldc, rows, cols, residual),
+        super::Isa::Avx2 => apply_avx2(act, b),
+        _ => apply_generic(act, b),
     }
 }
 
 #[inline(always)]
-unsafe fn apply_generic(
-    a: Act,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    residual: *const f32,
-) {
-    for r in 0..rows {
-        let row = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+unsafe fn apply_generic(a: Act, b: Block) {
+    for r in 0..b.rows {
+        let row = std::slice::from_raw_parts_mut(b.c.add(r * b.ldc), b.cols);
         // One loop per activation so each vectorises on its own.
         macro_rules! each {
             ($($v:ident)*) => {
@@ -342,8 +350,8 @@ unsafe fn apply_generic(
             };
         }
         each!(None Relu Gelu GeluTanh Tanh Silu QuickGelu);
-        if !residual.is_null() {
-            let res = std::slice::from_raw_parts(residual.add(r * ldc), cols);
+        if !b.residual.is_null() {
+            let res = std::slice::from_raw_parts(b.residual.add(r * b.ldc), b.cols);
             row.iter_mut().zip(res).for_each(|(y, &s)| *y += s);
         }
     }
@@ -351,26 +359,12 @@ unsafe fn apply_generic(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
-unsafe fn apply_avx512(
-    a: Act,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    residual: *const f32,
-) {
-    apply_simd::<simd::Avx512>(a, c, ldc, rows, cols, residual)
+unsafe fn apply_avx512(a: Act, b: Block) {
+    apply_simd::<simd::Avx512>(a, b)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn apply_avx2(
-    a: Act,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    residual: *const f32,
-) {
-    apply_simd::<simd::Avx2>(a, c, ldc, rows, cols, residual)
+unsafe fn apply_avx2(a: Act, b: Block) {
+    apply_simd::<simd::Avx2>(a, b)
 }
