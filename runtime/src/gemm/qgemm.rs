@@ -934,8 +934,12 @@ unsafe fn dequantize_body(
             }
         } else {
             let bias = std::slice::from_raw_parts(g.bias.add(col0), cols);
-            for (j, b) in bias.iter().enumerate() {
-                *c.add(j) = value(j) + b;
+            // An index loop: LLVM vectorises it (with a runtime check that C and the bias do
+            // not overlap); iterating `bias` instead left it scalar, 4x slower (11 % of an int8
+            // BERT-base forward's samples against 3 %).
+            #[allow(clippy::needless_range_loop)]
+            for j in 0..cols {
+                *c.add(j) = value(j) + bias[j];
             }
         }
     }
