@@ -309,7 +309,7 @@ pub unsafe fn apply(
 ///
 /// # Safety
 /// As [`apply`]; the CPU has `isa`.
-pub(crate) unsafe fn apply_on(
+pub unsafe fn apply_on(
     isa: super::Isa,
     act: Act,
     c: *mut f32,
