@@ -236,7 +236,7 @@ struct Block {
 
 impl Block {
     /// Columns `from..` of the block.
-    unsafe fn from_col(self, from: usize) -> Block {
+    unsafe fn cols_from(self, from: usize) -> Block {
         Block {
             c: self.c.add(from),
             cols: self.cols - from,
@@ -265,7 +265,7 @@ unsafe fn apply_simd<S: Simd>(a: Act, b: Block) {
     }
     let whole = b.cols / S::W * S::W;
     if whole < b.cols {
-        apply_generic(a, b.from_col(whole));
+        apply_generic(a, b.cols_from(whole));
     }
 }
 
