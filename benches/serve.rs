@@ -79,7 +79,8 @@ fn embed_bench(quick: bool) {
     let port = s.port;
     // Two lengths of short sentence: 14-16 tokens with [CLS] and [SEP], and 8 (the length of
     // the model card's examples, "This is an example sentence").
-    let lengths: [(&str, fn(usize, usize) -> String); 2] = [
+    type Sentence = fn(usize, usize) -> String;
+    let lengths: [(&str, Sentence); 2] = [
         ("14-16 tokens", |c, i| {
             format!("The quick brown fox {c} jumps over the lazy dog {i}.")
         }),
