@@ -10,7 +10,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::qgemm::QTile;
-use super::{Init, PACK_NR};
+use super::{widen_gemv, Init, PACK_NR};
+use crate::simd::Avx2;
 use std::arch::x86_64::*;
 
 /// Panels per call for 1..=4 rows (2 accumulators per row and panel of the 16 registers, in
@@ -74,42 +75,6 @@ unsafe fn i8_k<const R: usize, const P: usize>(
     }
 }
 
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn start<const R: usize, const P: usize>(
-    c: *mut f32,
-    ldc: usize,
-    init: Init,
-) -> [[[__m256; 2]; P]; R] {
-    let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
-    for (r, row) in acc.iter_mut().enumerate() {
-        for (p, x) in row.iter_mut().enumerate() {
-            let src = match init {
-                Init::Zero => continue,
-                Init::Bias(bias) => bias.add(PACK_NR * p),
-                Init::Load => c.add(r * ldc + PACK_NR * p),
-            };
-            *x = [_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8))];
-        }
-    }
-    acc
-}
-
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn finish<const R: usize, const P: usize>(
-    acc: &[[[__m256; 2]; P]; R],
-    c: *mut f32,
-    ldc: usize,
-) {
-    for (r, row) in acc.iter().enumerate() {
-        for (p, x) in row.iter().enumerate() {
-            _mm256_storeu_ps(c.add(r * ldc + PACK_NR * p), x[0]);
-            _mm256_storeu_ps(c.add(r * ldc + PACK_NR * p + 8), x[1]);
-        }
-    }
-}
-
 pub(super) unsafe fn bf16(t: &QTile, panel: usize, c: *mut f32, ldc: usize, init: Init) {
     rows!(bf16_k, t, panel, c, ldc, init)
 }
@@ -122,31 +87,7 @@ unsafe fn bf16_k<const R: usize, const P: usize>(
     ldc: usize,
     init: Init,
 ) {
-    let mut acc = start::<R, P>(c, ldc, init);
-    let a = t.a as *const f32;
-    let hi = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
-    for q in 0..t.kc / 2 {
-        let pa = a.add(2 * q * R);
-        let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-        for r in 0..R {
-            even[r] = _mm256_broadcast_ss(&*pa.add(r));
-            odd[r] = _mm256_broadcast_ss(&*pa.add(R + r));
-        }
-        for p in 0..P {
-            // 8 columns × (k0, k1) per vector; bf16 is an f32's high half.
-            let pb = t.b.add(p * panel + q * 4 * PACK_NR);
-            for h in 0..2 {
-                let w = _mm256_loadu_si256(pb.add(32 * h).cast());
-                let e = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w));
-                let o = _mm256_castsi256_ps(_mm256_and_si256(w, hi));
-                for r in 0..R {
-                    acc[r][p][h] = _mm256_fmadd_ps(even[r], e, acc[r][p][h]);
-                    acc[r][p][h] = _mm256_fmadd_ps(odd[r], o, acc[r][p][h]);
-                }
-            }
-        }
-    }
-    finish(&acc, c, ldc)
+    widen_gemv::bf16::<Avx2, R, P>(t, panel, c, ldc, init)
 }
 
 pub(super) unsafe fn f16(t: &QTile, panel: usize, c: *mut f32, ldc: usize, init: Init) {
@@ -161,22 +102,5 @@ unsafe fn f16_k<const R: usize, const P: usize>(
     ldc: usize,
     init: Init,
 ) {
-    let mut acc = start::<R, P>(c, ldc, init);
-    let a = t.a as *const f32;
-    for kk in 0..t.kc {
-        let mut av = [_mm256_setzero_ps(); R];
-        for (r, x) in av.iter_mut().enumerate() {
-            *x = _mm256_broadcast_ss(&*a.add(kk * R + r));
-        }
-        for p in 0..P {
-            let pb = t.b.add(p * panel + kk * 2 * PACK_NR);
-            let b0 = _mm256_cvtph_ps(_mm_loadu_si128(pb.cast()));
-            let b1 = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16).cast()));
-            for r in 0..R {
-                acc[r][p][0] = _mm256_fmadd_ps(av[r], b0, acc[r][p][0]);
-                acc[r][p][1] = _mm256_fmadd_ps(av[r], b1, acc[r][p][1]);
-            }
-        }
-    }
-    finish(&acc, c, ldc)
+    widen_gemv::f16::<Avx2, R, P>(t, panel, c, ldc, init)
 }

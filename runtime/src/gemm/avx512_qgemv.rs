@@ -15,7 +15,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::qgemm::QTile;
-use super::{Init, PACK_NR};
+use super::{widen_gemv, Init, PACK_NR};
+use crate::simd::Avx512;
 use std::arch::x86_64::*;
 
 /// Panels per call for 1..=4 rows: kernels with 2 accumulators per row and panel.
@@ -33,43 +34,6 @@ macro_rules! rows {
             _ => unreachable!("GEMV rows are 1..=4"),
         }
     };
-}
-
-/// Accumulators for `R` rows of `P` panels from the call's init (f32 kernels).
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn start<const R: usize, const P: usize>(
-    c: *mut f32,
-    ldc: usize,
-    init: Init,
-) -> [[[__m512; 2]; P]; R] {
-    let mut acc = [[[_mm512_setzero_ps(); 2]; P]; R];
-    for (r, row) in acc.iter_mut().enumerate() {
-        for (p, x) in row.iter_mut().enumerate() {
-            let at = |q: *const f32| [_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16))];
-            match init {
-                Init::Zero => {}
-                Init::Bias(bias) => *x = at(bias.add(PACK_NR * p)),
-                Init::Load => *x = at(c.add(r * ldc + PACK_NR * p)),
-            }
-        }
-    }
-    acc
-}
-
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn finish<const R: usize, const P: usize>(
-    acc: &[[[__m512; 2]; P]; R],
-    c: *mut f32,
-    ldc: usize,
-) {
-    for (r, row) in acc.iter().enumerate() {
-        for (p, x) in row.iter().enumerate() {
-            _mm512_storeu_ps(c.add(r * ldc + PACK_NR * p), x[0]);
-            _mm512_storeu_ps(c.add(r * ldc + PACK_NR * p + 16), x[1]);
-        }
-    }
 }
 
 pub(super) unsafe fn vnni_i8(t: &QTile, panel: usize, c: *mut f32, ldc: usize, init: Init) {
@@ -184,7 +148,7 @@ unsafe fn bf16_dot_k<const R: usize, const P: usize>(
     ldc: usize,
     init: Init,
 ) {
-    let mut acc = start::<R, P>(c, ldc, init);
+    let mut acc = widen_gemv::start::<Avx512, R, P>(c, ldc, init);
     // `[kc/2][R]` bf16 pairs, as the tile kernel reads them.
     let a = t.a as *const i32;
     for q in 0..t.kc / 2 {
@@ -203,7 +167,7 @@ unsafe fn bf16_dot_k<const R: usize, const P: usize>(
             }
         }
     }
-    finish(&acc, c, ldc)
+    widen_gemv::finish::<Avx512, R, P>(&acc, c, ldc)
 }
 
 pub(super) unsafe fn bf16(t: &QTile, panel: usize, c: *mut f32, ldc: usize, init: Init) {
@@ -218,35 +182,7 @@ unsafe fn bf16_k<const R: usize, const P: usize>(
     ldc: usize,
     init: Init,
 ) {
-    let mut acc = start::<R, P>(c, ldc, init);
-    let a = t.a as *const f32;
-    let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-    for q in 0..t.kc / 2 {
-        // `[kc][R]` f32: k0 of the pair at 2q·R, k1 at (2q+1)·R.
-        let pa = a.add(2 * q * R);
-        let (mut even, mut odd) = ([_mm512_setzero_ps(); R], [_mm512_setzero_ps(); R]);
-        for r in 0..R {
-            even[r] = _mm512_set1_ps(*pa.add(r));
-            odd[r] = _mm512_set1_ps(*pa.add(R + r));
-        }
-        for p in 0..P {
-            let pb = t.b.add(p * panel + q * 4 * PACK_NR);
-            let w = [
-                _mm512_loadu_si512(pb.cast()),
-                _mm512_loadu_si512(pb.add(64).cast()),
-            ];
-            for h in 0..2 {
-                // Each u32 is (k0 | k1 << 16): bf16 is an f32's high half.
-                let e = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w[h]));
-                let o = _mm512_castsi512_ps(_mm512_and_si512(w[h], hi));
-                for r in 0..R {
-                    acc[r][p][h] = _mm512_fmadd_ps(even[r], e, acc[r][p][h]);
-                    acc[r][p][h] = _mm512_fmadd_ps(odd[r], o, acc[r][p][h]);
-                }
-            }
-        }
-    }
-    finish(&acc, c, ldc)
+    widen_gemv::bf16::<Avx512, R, P>(t, panel, c, ldc, init)
 }
 
 pub(super) unsafe fn f16(t: &QTile, panel: usize, c: *mut f32, ldc: usize, init: Init) {
@@ -261,22 +197,5 @@ unsafe fn f16_k<const R: usize, const P: usize>(
     ldc: usize,
     init: Init,
 ) {
-    let mut acc = start::<R, P>(c, ldc, init);
-    let a = t.a as *const f32;
-    for kk in 0..t.kc {
-        let mut av = [_mm512_setzero_ps(); R];
-        for (r, x) in av.iter_mut().enumerate() {
-            *x = _mm512_set1_ps(*a.add(kk * R + r));
-        }
-        for p in 0..P {
-            let pb = t.b.add(p * panel + kk * 2 * PACK_NR);
-            let b0 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.cast()));
-            let b1 = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(32).cast()));
-            for r in 0..R {
-                acc[r][p][0] = _mm512_fmadd_ps(av[r], b0, acc[r][p][0]);
-                acc[r][p][1] = _mm512_fmadd_ps(av[r], b1, acc[r][p][1]);
-            }
-        }
-    }
-    finish(&acc, c, ldc)
+    widen_gemv::f16::<Avx512, R, P>(t, panel, c, ldc, init)
 }

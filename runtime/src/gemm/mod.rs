@@ -38,6 +38,7 @@ pub mod profile;
 pub mod qgemm;
 mod qgemv;
 pub mod quant;
+mod widen_gemv;
 
 pub use epilogue::Act;
 pub use qgemm::{qgemm, QGemmCall, QKernel, GEMV_ROWS, KERNELS};
