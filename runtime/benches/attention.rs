@@ -4,7 +4,7 @@
 //! contains NAME.
 
 use cranformer_runtime::attention::{attention, AttnCall};
-use cranformer_runtime::gemm::{detect_hardware, Isa};
+use cranformer_runtime::gemm::runnable;
 use cranformer_runtime::threads;
 mod common;
 
@@ -18,7 +18,7 @@ struct Shape {
 }
 
 fn main() {
-    println!("cpu: {}", cpu_model());
+    common::print_cpu();
     let shapes = [
         // BERT-base: 12 heads of 64, attention mask of ones.
         Shape {
@@ -65,11 +65,7 @@ fn main() {
         },
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let best = detect_hardware();
-    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Portable]
-        .into_iter()
-        .filter(|&i| i >= best)
-        .collect();
+    let isas = runnable();
     println!(
         "{:<20} {:>8} {:>3} {:>10} {:>8} {:>9}",
         "shape", "isa", "thr", "median_ms", "min_ms", "GFLOP/s"
@@ -136,8 +132,4 @@ fn main() {
             }
         }
     }
-}
-
-fn cpu_model() -> String {
-    cranformer_runtime::machine::cpu_model().unwrap_or_else(|| "unknown".into())
 }

@@ -4,24 +4,17 @@
 //! Prints ns per element with the copy's own time taken off (the `copy` row).
 
 use cranformer_runtime::gemm::epilogue::apply_on;
-use cranformer_runtime::gemm::{detect_hardware, Act, Isa};
+use cranformer_runtime::gemm::{runnable, Act, Isa};
 mod common;
 
 fn main() {
-    println!(
-        "cpu: {}",
-        cranformer_runtime::machine::cpu_model().unwrap_or_else(|| "unknown".into())
-    );
+    common::print_cpu();
     let (m, n) = (128usize, 3072usize);
     let src: Vec<f32> = (0..m * n)
         .map(|i| ((i % 97) as f32 - 48.0) * 0.08)
         .collect();
     let mut c = src.clone();
-    let best = detect_hardware();
-    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Portable]
-        .into_iter()
-        .filter(|&i| i >= best)
-        .collect();
+    let isas = runnable();
     println!("{:<12} {:>8} {:>10} {:>10}", "act", "isa", "ns/elem", "min");
     let mut time = |isa: Isa, act: Option<Act>| {
         common::median_and_min(3, 60, || {

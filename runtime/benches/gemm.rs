@@ -11,9 +11,10 @@ use cranformer_runtime::gemm::{
 };
 use cranformer_runtime::threads;
 use std::time::Instant;
+mod common;
 
 fn main() {
-    println!("cpu: {}", cpu_model());
+    common::print_cpu();
     println!(
         "isa: {} (f32); narrow kernels here: {}",
         Isa::detect().name(),
@@ -99,10 +100,6 @@ fn main() {
         decode_rows();
     }
     activation_schemes();
-}
-
-fn cpu_model() -> String {
-    cranformer_runtime::machine::cpu_model().unwrap_or_else(|| "unknown".into())
 }
 
 /// A `[m, k]`, W `[k, n]` (row-major, as a checkpoint stores `[in, out]`) and a bias of `n`:

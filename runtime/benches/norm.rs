@@ -2,7 +2,7 @@
 //! per ISA and thread count: median time and GB/s (the rows read, the added rows read once
 //! each, the output written). `-- NAME` keeps the shapes whose name contains NAME.
 
-use cranformer_runtime::gemm::{detect_hardware, Isa};
+use cranformer_runtime::gemm::runnable;
 use cranformer_runtime::norm::{norm, NormCall, NormKind};
 use cranformer_runtime::threads;
 mod common;
@@ -17,10 +17,7 @@ struct Shape {
 }
 
 fn main() {
-    println!(
-        "cpu: {}",
-        cranformer_runtime::machine::cpu_model().unwrap_or_else(|| "unknown".into())
-    );
+    common::print_cpu();
     let shapes = [
         // BERT-base: the residual add and LayerNorm after each attention and FFN block.
         Shape {
@@ -56,11 +53,7 @@ fn main() {
         },
     ];
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let best = detect_hardware();
-    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Portable]
-        .into_iter()
-        .filter(|&i| i >= best)
-        .collect();
+    let isas = runnable();
     println!(
         "{:<24} {:>8} {:>3} {:>10} {:>8} {:>7}",
         "shape", "isa", "thr", "median_us", "min_us", "GB/s"

@@ -18,14 +18,9 @@ impl Rng {
     }
 }
 
-/// Every kernel family this CPU runs, best first (the narrower ones run on any CPU that has a
-/// wider one).
+/// Every kernel family this CPU runs, best first ([`crate::gemm::runnable`]).
 pub(crate) fn isas() -> Vec<Isa> {
-    let best = crate::gemm::detect_hardware();
-    [Isa::Avx512, Isa::Avx2, Isa::Portable]
-        .into_iter()
-        .filter(|&i| i >= best)
-        .collect()
+    crate::gemm::runnable()
 }
 
 /// The largest `|got - want|` and where it is (a NaN counts as infinite).

@@ -181,12 +181,12 @@ math!(fma, exp, erfc, tanh, act);
 /// [`act`] on `S`'s lanes for the activations worth vectors of their own, the ones with
 /// `exp` (LLVM's vectorisation of their scalar loops ran exact GELU at 1.4 ns an element on
 /// AMD EPYC with AVX-512, 6 % of an int8 BERT-base forward): the same operations in the same
-/// order, so every lane is bitwise what [`act`] returns. `None` for the others, which stay
-/// scalar loops ([`apply_simd`] checks the same list).
+/// order, so every lane is bitwise what [`act`] returns. [`apply_simd`] sends only these here;
+/// the others stay scalar loops.
 #[inline(always)]
-unsafe fn act_simd<S: Simd>(a: Act, x: S::V) -> Option<S::V> {
+unsafe fn act_simd<S: Simd>(a: Act, x: S::V) -> S::V {
     let one = S::splat(1.0);
-    Some(match a {
+    match a {
         Act::Gelu => {
             let z = S::mul(x, S::splat(std::f32::consts::FRAC_1_SQRT_2));
             // erfc(|z|)
@@ -213,8 +213,8 @@ unsafe fn act_simd<S: Simd>(a: Act, x: S::V) -> Option<S::V> {
         }
         Act::Silu => sigmoid_times::<S>(-1.0, x, x),
         Act::QuickGelu => sigmoid_times::<S>(-1.702, x, x),
-        Act::None | Act::Relu | Act::Tanh => return None,
-    })
+        Act::None | Act::Relu | Act::Tanh => unreachable!("apply_simd keeps {a:?} scalar"),
+    }
 }
 
 /// `y / (1 + exp(k·x))`. A function, not a closure: a closure would not inherit the caller's
@@ -254,14 +254,15 @@ impl Block {
 /// activation; the last `cols % W` of a row (and other activations) through [`act`].
 #[inline(always)]
 unsafe fn apply_simd<S: Simd>(a: Act, b: Block) {
-    if !matches!(a, Act::Gelu | Act::GeluTanh | Act::Silu | Act::QuickGelu) || b.cols < S::W {
+    if b.cols < S::W {
         return apply_generic(a, b);
     }
     match a {
         Act::Gelu => rows_simd::<S, { Act::Gelu as u32 }>(b),
         Act::GeluTanh => rows_simd::<S, { Act::GeluTanh as u32 }>(b),
         Act::Silu => rows_simd::<S, { Act::Silu as u32 }>(b),
-        _ => rows_simd::<S, { Act::QuickGelu as u32 }>(b),
+        Act::QuickGelu => rows_simd::<S, { Act::QuickGelu as u32 }>(b),
+        Act::None | Act::Relu | Act::Tanh => return apply_generic(a, b),
     }
     let whole = b.cols / S::W * S::W;
     if whole < b.cols {
@@ -278,9 +279,7 @@ unsafe fn rows_simd<S: Simd, const A: u32>(b: Block) {
     for r in 0..b.rows {
         let row = b.c.add(r * b.ldc);
         for j in (0..whole).step_by(S::W) {
-            let Some(mut y) = act_simd::<S>(act, S::load(row.add(j))) else {
-                return;
-            };
+            let mut y = act_simd::<S>(act, S::load(row.add(j)));
             if !b.residual.is_null() {
                 y = S::add(y, S::load(b.residual.add(r * b.ldc + j)));
             }

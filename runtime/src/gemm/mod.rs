@@ -913,6 +913,16 @@ pub fn detect_hardware() -> Isa {
     Isa::detect_with(None)
 }
 
+/// Every kernel family this CPU runs, best first (the narrower ones run on any CPU that has a
+/// wider one), whatever `CRANFORMER_ISA` says: what tests and benchmarks compare.
+pub fn runnable() -> Vec<Isa> {
+    let best = detect_hardware();
+    [Isa::Avx512, Isa::Avx2, Isa::Portable]
+        .into_iter()
+        .filter(|&i| i >= best)
+        .collect()
+}
+
 /// [`Isa::detect`], once.
 pub fn detected() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
