@@ -77,6 +77,9 @@ pub struct QKernel {
     tile: KernelFn,
     /// The decode GEMV of the same ISA and dtype ([`super::qgemv`]), if there is one.
     pub(crate) gemv: Option<QGemv>,
+    /// See [`QKernel::macs_per_lane`]: [`lane_macs`] of its A form and ISA, but for the AMX
+    /// tiles.
+    macs_per_lane: u32,
 }
 
 impl std::fmt::Debug for QKernel {
@@ -113,21 +116,10 @@ impl QKernel {
         }
     }
 
-    /// Multiply-adds per 32-bit lane per instruction, against an f32 FMA's one: `vpdpbusd`
-    /// (u8 x i8, 4), `vpmaddwd` (i16 pairs, 2), `vdpbf16ps` (bf16 pairs, 2); kernels that widen
-    /// to f32 and FMA do 1, and so does the portable (scalar) int8 kernel. The roofline
+    /// Multiply-adds per 32-bit lane per instruction, against an f32 FMA's one; the roofline
     /// scales the measured f32 compute roof by it.
     pub fn macs_per_lane(&self) -> u32 {
-        match (self.a_form, self.isa) {
-            // AMX: 1024 u8 x i8 multiply-adds a cycle a core, 32 times the 2 x 16 lanes of
-            // f32 FMA.
-            (AForm::U8, Isa::Avx512) if self.name.starts_with("amx") => 32,
-            (AForm::U8, Isa::Avx512) => 4,
-            // AMX-BF16: 512 bf16 pair multiply-adds a cycle, 16 times f32 FMA's 32.
-            (AForm::Bf16Rows, _) => 16,
-            (AForm::I16 | AForm::Bf16Pairs, _) => 2,
-            (AForm::U8 | AForm::F32, _) => 1,
-        }
+        self.macs_per_lane
     }
 
     /// Default cache blocking for `m` rows: a `kc × 32` weight sliver of about 16 KiB stays
@@ -156,6 +148,26 @@ impl QKernel {
         }
     }
 }
+
+/// Multiply-adds per 32-bit lane per instruction of a vector kernel whose A is in `a_form`,
+/// against an f32 FMA's one: `vpdpbusd` (u8 x i8, 4), `vpmaddwd` (i16 pairs, 2), `vdpbf16ps`
+/// (bf16 pairs, 2); kernels that widen to f32 and FMA do 1, and so does the portable (scalar)
+/// int8 kernel. The AMX tiles state their own.
+const fn lane_macs(a_form: AForm, isa: Isa) -> u32 {
+    match (a_form, isa) {
+        (AForm::U8, Isa::Avx512) => 4,
+        (AForm::I16 | AForm::Bf16Pairs, _) => 2,
+        // Row-major bf16 pairs feed only the AMX tiles, which state their own.
+        (AForm::U8 | AForm::F32 | AForm::Bf16Rows, _) => 1,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// AMX-INT8: 1024 u8 x i8 multiply-adds a cycle a core, 32 times the 2 x 16 lanes of f32 FMA.
+const AMX_I8_MACS: u32 = 32;
+#[cfg(target_arch = "x86_64")]
+/// AMX-BF16: 512 bf16 pair multiply-adds a cycle, 16 times f32 FMA's 32.
+const AMX_BF16_MACS: u32 = 16;
 
 /// Up to this many rows a matmul is a decode step's (memory-bound: each weight is used by
 /// few rows), and runs without K blocking.
@@ -194,6 +206,7 @@ macro_rules! kernel {
             a_form: AForm::$a,
             tile: $tile,
             gemv: kernel!(@gemv $($gemv)?),
+            macs_per_lane: lane_macs(AForm::$a, Isa::$isa),
         }
     };
 }
@@ -217,6 +230,7 @@ pub static KERNELS: &[QKernel] = &[
             avx512_qgemv::PANELS,
             avx512_qgemv::vnni_i8,
         )),
+        macs_per_lane: AMX_I8_MACS,
     },
     kernel!(
         "avx512vnni_mmm_i8_12x32",
@@ -273,6 +287,7 @@ pub static KERNELS: &[QKernel] = &[
         // No GEMV: a decode step runs on the tiles too. f32 sums in another order than
         // AVX512-BF16's would make a row's bits depend on how many rows it came with.
         gemv: None,
+        macs_per_lane: AMX_BF16_MACS,
     },
     kernel!(
         "avx512bf16_mmm_bf16_12x32",
@@ -404,6 +419,7 @@ pub(crate) static TEST_KERNELS: &[QKernel] = &[
             avx512_qgemv::PANELS,
             avx512_qgemv::vnni_i8,
         )),
+        macs_per_lane: AMX_I8_MACS,
     },
     QKernel {
         name: "amx_emulated_mmm_bf16_32x32",
@@ -416,6 +432,7 @@ pub(crate) static TEST_KERNELS: &[QKernel] = &[
         a_form: AForm::Bf16Rows,
         tile: amx::bf16_emulated,
         gemv: None,
+        macs_per_lane: AMX_BF16_MACS,
     },
 ];
 

@@ -98,11 +98,10 @@ impl Case {
             .collect()
     }
 
-    /// Runs `kern` with `isa`-independent explicit blocking.
-    fn run(&self, kern: &QKernel, w: &PackedWeight, bl: Blocking) -> Vec<f32> {
-        let mut c = vec![f32::NAN; self.m * self.n];
-        let bias = self.bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
-        let g = QGemmCall::new(
+    /// The call of this case's A (`m × k`) with `w` and `bias` into `c` (`m × n`).
+    fn call(&self, w: &PackedWeight, bias: *const f32, c: &mut [f32]) -> QGemmCall {
+        assert_eq!(c.len(), self.m * self.n);
+        QGemmCall::new(
             self.m,
             self.a.as_ptr(),
             self.k,
@@ -110,7 +109,14 @@ impl Case {
             bias,
             c.as_mut_ptr(),
             self.n,
-        );
+        )
+    }
+
+    /// Runs `kern` with `isa`-independent explicit blocking.
+    fn run(&self, kern: &QKernel, w: &PackedWeight, bl: Blocking) -> Vec<f32> {
+        let mut c = vec![f32::NAN; self.m * self.n];
+        let bias = self.bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
+        let g = self.call(w, bias, &mut c);
         // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
         unsafe { qgemm(&g, kern, bl) };
         c
@@ -260,15 +266,7 @@ fn applies_every_epilogue(name: &str) {
                 unsafe { epilogue::apply(act, want.as_mut_ptr(), case.n, case.m, case.n, rp) };
                 let mut got = vec![f32::NAN; case.m * case.n];
                 let bias = case.bias.as_ref().unwrap();
-                let mut g = QGemmCall::new(
-                    case.m,
-                    case.a.as_ptr(),
-                    case.k,
-                    &w,
-                    bias.as_ptr(),
-                    got.as_mut_ptr(),
-                    case.n,
-                );
+                let mut g = case.call(&w, bias.as_ptr(), &mut got);
                 g.act = code;
                 g.residual = rp;
                 // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
@@ -302,15 +300,7 @@ fn thread_count_does_not_change_results(name: &str) {
         let run = |threads: u32| {
             let mut c = vec![0f32; case.m * case.n];
             let bias = case.bias.as_ref().unwrap();
-            let mut g = QGemmCall::new(
-                case.m,
-                case.a.as_ptr(),
-                case.k,
-                &w,
-                bias.as_ptr(),
-                c.as_mut_ptr(),
-                case.n,
-            );
+            let mut g = case.call(&w, bias.as_ptr(), &mut c);
             g.threads = threads;
             // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
             unsafe { qgemm(&g, kern, kern.blocking_for(case.m)) };
@@ -547,15 +537,7 @@ fn isa_codes_pick_kernels_of_that_family() {
             );
             let mut c = vec![f32::NAN; case.m * case.n];
             let bias = case.bias.as_ref().unwrap();
-            let mut g = QGemmCall::new(
-                case.m,
-                case.a.as_ptr(),
-                case.k,
-                &w,
-                bias.as_ptr(),
-                c.as_mut_ptr(),
-                case.n,
-            );
+            let mut g = case.call(&w, bias.as_ptr(), &mut c);
             g.isa = isa.code();
             assert_eq!(g.resolved().0.isa, Isa::from_code(isa.code()).max(kern.isa));
             // SAFETY: every pointer of the call is live and sized for m, n, k; the kernel is one this CPU has.
