@@ -19,8 +19,8 @@
 //!   (L3 past half of L2):
 //!   `K·N·4 · ⌈M/mr⌉` bytes;
 //! - each strip reads the packed `mc × kc` A block from L2 when it fits in half of L2 and,
-//!   beside two panels' `kc × 32` B slivers (the one read, the next fetched ahead), in all
-//!   of it; else L3: `M·K·4 · N/nr` bytes; packing reads A from its home once (all threads share it);
+//!   beside the panel's `kc × 32` B sliver (and the next one, where it is fetched ahead),
+//!   in all of it; else L3: `M·K·4 · N/nr` bytes; packing reads A from its home once (all threads share it);
 //! - C is stored once per K block and loaded again by each later one, from the level that
 //!   holds a thread's columns: `M·N·4 · (2⌈K/kc⌉ - 1)`; a residual is read once.
 //!
@@ -415,9 +415,11 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
         };
         bytes[sliver_level] += b_bytes * (pr.m.div_ceil(mr) as f64 - 1.0).max(0.0);
         // Packed A per strip, from L2 if the mc × kc block fits in half of it, and beside it
-        // the panel's B sliver being read and the next one fetched ahead (`Ahead`).
+        // the panel's B sliver being read and the next one, where it is fetched ahead
+        // (`Ahead::next`: M blocks of 4 row tiles or more).
         let packed = mc as f64 * kc * f4;
-        let panel_slivers = 2.0 * kc * 32.0 * wb;
+        let slivers_in_l2 = if mc >= 4 * mr { 2.0 } else { 1.0 };
+        let panel_slivers = slivers_in_l2 * kc * 32.0 * wb;
         let a_fits = packed <= l2 as f64 / 2.0 && packed + panel_slivers <= l2 as f64;
         bytes[l2_or(a_fits)] += m * k * f4 * (n_pad / nr as f64);
         // Packing: A read once and written packed, shared by all threads.
@@ -428,7 +430,7 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
         // In-kernel costs the level times do not show: every K block restarts each tile,
         // which waits for its accumulators from C and for the first lines of a new B sliver
         // ([`K_BLOCK_STEPS`]), and a B sliver past L2 or an A block that does not fit in L2
-        // beside two panels' B slivers leaves the FMA loop waiting on the next level's
+        // beside the panels' B slivers leaves the FMA loop waiting on the next level's
         // latency (BERT-base's 128 × 3072 × 768 on AVX2 in K blocks of 3072 and M blocks of
         // 24: 288 KiB of A and 2 × 384 KiB of B in a 1 MiB L2, 5-8 % slower than M whole in K
         // blocks of 768, AMD EPYC). A sliver in L2 costs no more
