@@ -405,7 +405,7 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
 
 /// Work of A's packing (M·K) from which it is split over the threads: below it, waking them
 /// costs more than packing on one.
-const PARALLEL_PACK_MIN: usize = 32 * 1024;
+pub(super) const PARALLEL_PACK_MIN: usize = 32 * 1024;
 
 /// Chunks of panels per thread ([`run`]).
 const CHUNKS_PER_THREAD: usize = 4;
@@ -468,7 +468,13 @@ impl Packed {
 ///
 /// # Safety
 /// `src` valid for `rows` rows of `kc` floats `lda` apart, `dst` for `rows * kc` floats.
-unsafe fn pack_sliver(dst: *mut f32, src: *const f32, lda: usize, rows: usize, kc: usize) {
+pub(super) unsafe fn pack_sliver(
+    dst: *mut f32,
+    src: *const f32,
+    lda: usize,
+    rows: usize,
+    kc: usize,
+) {
     let row = |r: usize| src.add(r * lda);
     let mut kk = 0;
     #[cfg(target_arch = "x86_64")]

@@ -748,3 +748,26 @@ fn packing_from_stored_half_bits_equals_packing_their_widening() {
             .is_none());
     }
 }
+
+#[test]
+fn bf16_packing_rounds_as_the_half_crate_does() {
+    // Every 65 537th bit pattern (all exponents, signs and many mantissas), the rounding
+    // ties, and the specials.
+    let mut bits: Vec<u32> = (0..=u32::MAX / 65_537).map(|i| i * 65_537).collect();
+    for hi in [
+        0x3F80u32, 0x3F81, 0x7F7F, 0xFF7F, 0x0000, 0x0001, 0x7F80, 0xFF80, 0x7FC0,
+    ] {
+        for lo in [0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF] {
+            bits.push(hi << 16 | lo);
+        }
+    }
+    bits.extend([f32::NAN.to_bits(), 0x7F80_0001, 0xFFFF_FFFF, 0x7FFF_FFFF]);
+    for b in bits {
+        let x = f32::from_bits(b);
+        assert_eq!(
+            super::qgemm::bf16_bits(x),
+            half::bf16::from_f32(x).to_bits() as u32,
+            "{b:#010x}"
+        );
+    }
+}
