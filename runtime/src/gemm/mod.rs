@@ -386,11 +386,12 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
         // of the products, and held the other threads' share back behind it.
         let kblocks = g.k.div_ceil(kc_max);
         let pack = |i: usize| packed.pack(g, i / slivers * kc_max, i % slivers);
-        if threads > 1 && g.m * g.k >= PARALLEL_PACK_MIN {
-            threads::parallel_for_on(threads, kblocks * slivers, &pack);
+        let pack_threads = if g.m * g.k >= PARALLEL_PACK_MIN {
+            threads
         } else {
-            (0..kblocks * slivers).for_each(pack);
-        }
+            1
+        };
+        threads::parallel_for_on(pack_threads, kblocks * slivers, &pack);
         // Panels are handed out in chunks, several per thread, each to whichever thread asks
         // next: a thread that starts late (woken from sleep, or preempted by another process)
         // takes fewer chunks instead of leaving its whole share to the others' wait.

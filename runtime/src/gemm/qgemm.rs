@@ -771,9 +771,7 @@ impl SharedA {
         buf: &mut Vec<u32>,
     ) -> SharedA {
         let mr = kernel.mr;
-        let group = kernel.format.padded_k(1);
-        let kp = kernel.format.padded_k(g.k);
-        let kc_max = bl.kc.clamp(1, kp).next_multiple_of(group);
+        let (_, kp, kc_max) = k_blocking(kernel.format, g.k, bl);
         let m_pad = g.m.next_multiple_of(mr);
         let kblocks = kp.div_ceil(kc_max);
         let need = kblocks * m_pad * kc_max;
@@ -797,11 +795,12 @@ impl SharedA {
                 std::slice::from_raw_parts_mut(at.block(pc, kc, s * mr).cast_mut(), rows * kc);
             pack_a(g, s * mr, rows, pc, kc, mr, kernel.a_form, dst);
         };
-        if tasks > 1 && g.m * g.k >= super::PARALLEL_PACK_MIN {
-            threads::parallel_for_on(tasks, kblocks * slivers, &pack);
+        let threads = if g.m * g.k >= super::PARALLEL_PACK_MIN {
+            tasks
         } else {
-            (0..kblocks * slivers).for_each(pack);
-        }
+            1
+        };
+        threads::parallel_for_on(threads, kblocks * slivers, &pack);
         at
     }
 
@@ -810,6 +809,14 @@ impl SharedA {
         self.words
             .wrapping_add(pc / self.kc_max * self.m_pad * self.kc_max + row * kc)
     }
+}
+
+/// `(k per group, K padded to groups, K block)` of a call in `format` with blocking `bl`: the
+/// one K blocking that [`SharedA`] packs and [`block`] reads.
+fn k_blocking(format: WeightFormat, k: usize, bl: Blocking) -> (usize, usize, usize) {
+    let group = format.padded_k(1);
+    let kp = format.padded_k(k);
+    (group, kp, bl.kc.clamp(1, kp).next_multiple_of(group))
 }
 
 /// Column panels `p0..p1` of C.
@@ -822,20 +829,15 @@ unsafe fn block(
     p0: usize,
     p1: usize,
 ) {
-    let qa = match ready {
-        ReadyA::Quantized(q) => Some(q),
-        _ => None,
+    let (qa, shared) = match ready {
+        ReadyA::Quantized(q) => (Some(q), None),
+        ReadyA::Shared(a) => (None, Some(a)),
+        ReadyA::PerBlock => (None, None),
     };
-    let shared = match ready {
-        ReadyA::Shared(a) => Some(a),
-        _ => None,
-    };
-    let per_block = matches!(ready, ReadyA::PerBlock);
+    let per_block = qa.is_none() && shared.is_none();
     let (mr, nr) = (kernel.mr, kernel.nr);
     let format = kernel.format;
-    let group = format.padded_k(1);
-    let kp = format.padded_k(g.k);
-    let kc_max = bl.kc.clamp(1, kp).next_multiple_of(group);
+    let (group, kp, kc_max) = k_blocking(format, g.k, bl);
     let mc_max = (bl.mc / mr).max(1) * mr;
     // Bytes from one k (group) of a panel to the next, and from one column to the next.
     let (group_bytes, col_bytes) = match format {

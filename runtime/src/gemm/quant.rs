@@ -490,11 +490,12 @@ impl QuantRows {
             }
         };
         let chunks = m.div_ceil(QUANT_ROWS);
-        if m * k >= PARALLEL_QUANT_MIN {
-            crate::threads::parallel_for(chunks, &quantize_rows);
+        let threads = if m * k >= PARALLEL_QUANT_MIN {
+            usize::MAX
         } else {
-            (0..chunks).for_each(quantize_rows);
-        }
+            1
+        };
+        crate::threads::parallel_for_on(threads, chunks, &quantize_rows);
     }
 }
 
