@@ -227,9 +227,11 @@ fn aot_runs_beside_the_interpreter() {
 /// table with measured matmul times, and the roofline drawing.
 #[test]
 fn compile_report_emit_clif_and_svg() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("compile-report-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("compile-report")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let dir = tmp.path();
     let (bin, svg) = (dir.join("g2"), dir.join("roof.svg"));
     let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
         .args([

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cli::scratch;
+use common::cli::{scratch, Scratch};
 use common::*;
 use cranformer_compiler::codegen::{LowerOptions, WeightFormat};
 use cranformer_compiler::jit::JitEngine;
@@ -12,7 +12,7 @@ use cranformer_compiler::{interp::Interpreter, Model};
 use cranformer_runtime::weights::Weights;
 use cranformer_runtime::{Engine, Outputs, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Every tensor of a checkpoint as (key, f32 data, shape).
@@ -73,7 +73,7 @@ fn write(path: &Path, tensors: &[(String, Vec<f32>, Vec<usize>)], store: Store) 
 }
 
 /// A copy of `fixture`'s directory without its weights.
-fn model_copy(fixture: &str, tag: &str) -> PathBuf {
+fn model_copy(fixture: &str, tag: &str) -> Scratch {
     let dir = scratch(tag);
     for e in std::fs::read_dir(fixture_dir(fixture)).unwrap() {
         let p = e.unwrap().path();
