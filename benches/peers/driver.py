@@ -123,8 +123,12 @@ def select_engines(engines, frameworks):
             name = name.strip().lower()
             if not name:
                 continue
+            stem, _, prec = name.rpartition("-")
             if name in FAMILIES:
                 want.update(FAMILIES[name])
+            elif prec in ("f32", "fp32") and stem in FAMILIES:
+                # A family's f32 engine alone (each family lists it first).
+                want.add(FAMILIES[stem][0])
             elif name in ENGINES:
                 want.add(name)
             else:
@@ -435,6 +439,24 @@ def tables(rows, meta):
                 v = [r.get("pressure_during") for r in cell_rows(e) if r.get("pressure_during") is not None]
                 during.append(fmt(max(v), 0) if v else "")
             out.append(f"| {t} | others' CPU % (max) | " + " | ".join(during) + " |")
+        # Thread scaling: each engine's 1-thread time over its N-thread time within a round,
+        # the median over rounds (above 1: N threads are faster).
+        for t in meta["threads"]:
+            if t == 1 or 1 not in meta["threads"]:
+                continue
+
+            def scaling(e):
+                vals = []
+                for rnd in meta["rounds"]:
+                    one, many = by.get((w, 1, e, rnd)), by.get((w, t, e, rnd))
+                    if one and many and one.get(head) and many.get(head):
+                        vals.append(one[head] / many[head])
+                if not vals:
+                    return "-"
+                s = f"{statistics.median(vals):.2f}x"
+                return s + (f" ({min(vals):.2f}-{max(vals):.2f})" if len(vals) > 1 else "")
+
+            out.append(f"| 1 → {t} | speed-up | " + " | ".join(scaling(e) for e in cols) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -497,10 +519,13 @@ def main():
             for rnd in range(a.rounds):
                 # Interleaved: every engine once per round and workload, the order reversed every
                 # other round so that no engine always runs first after a change of workload.
+                # An engine's thread counts run back to back (their order reversed every other
+                # round too), so that its 1 -> N threads ratio compares neighbouring minutes.
                 order = engines if rnd % 2 == 0 else engines[::-1]
-                for t in threads:
-                    for w in workloads:
-                        for e in order:
+                counts = threads if rnd % 2 == 0 else threads[::-1]
+                for w in workloads:
+                    for e in order:
+                        for t in counts:
                             if not runs_workload(e, w) or (e, w, t) in failed:
                                 continue
                             r, err = measure(a, e, t, w)

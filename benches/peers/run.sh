@@ -45,8 +45,9 @@ usage() {
   --engines E,..   only these engines, or families of them: cranformer, pytorch (torch),
                    ctranslate2 (ct2), onnxruntime (ort), openvino (ov), llama.cpp (llamacpp),
                    or one precision: ctranslate2-int8, onnxruntime-int8, llama.cpp-q8_0,
-                   cranformer-int8, cranformer-bf16. cranformer f32 always runs (every ratio
-                   needs it), cranformer int8 whenever an int8 peer does. Repeatable.
+                   cranformer-int8, cranformer-bf16, or a family's f32 alone (ct2-f32).
+                   cranformer f32 always runs (every ratio needs it), cranformer int8
+                   whenever an int8 peer does. Repeatable.
   --isa avx2       ask every engine that has a knob for it to stay at AVX2 (CRANFORMER_ISA,
                    ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, CT2_FORCE_CPU_ISA,
                    ATEN_CPU_CAPABILITY); see README.md for the engines without one
