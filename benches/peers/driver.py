@@ -362,6 +362,21 @@ def fmt(x, digits=1):
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def round_ratio(by, rounds, field, num, den):
+    """A table cell: `num`'s `field` divided by `den`'s within each round (each a (workload,
+    threads, engine) key of `by` without the round), the median over the rounds, and their
+    range in brackets."""
+    vals = []
+    for rnd in rounds:
+        x, y = by.get((*num, rnd)), by.get((*den, rnd))
+        if x and y and x.get(field) and y.get(field):
+            vals.append(x[field] / y[field])
+    if not vals:
+        return "-"
+    s = f"{statistics.median(vals):.2f}x"
+    return s + (f" ({min(vals):.2f}-{max(vals):.2f})" if len(vals) > 1 else "")
+
+
 def tables(rows, meta):
     """One markdown table per workload: a column per engine and precision, per thread count
     the median over rounds of the headline figure (and the other one), and the median over
@@ -397,15 +412,7 @@ def tables(rows, meta):
             def ratio(e, base):
                 if base is None or base not in cols:
                     return ""
-                vals = []
-                for rnd in meta["rounds"]:
-                    x, y = by.get((w, t, base, rnd)), by.get((w, t, e, rnd))
-                    if x and y and x.get(head) and y.get(head):
-                        vals.append(x[head] / y[head])
-                if not vals:
-                    return "-"
-                s = f"{statistics.median(vals):.2f}x"
-                return s + (f" ({min(vals):.2f}-{max(vals):.2f})" if len(vals) > 1 else "")
+                return round_ratio(by, meta["rounds"], head, (w, t, base), (w, t, e))
 
             def ms_cell(e, field, digits):
                 v = med(e, field)
@@ -445,18 +452,8 @@ def tables(rows, meta):
             if t == 1 or 1 not in meta["threads"]:
                 continue
 
-            def scaling(e):
-                vals = []
-                for rnd in meta["rounds"]:
-                    one, many = by.get((w, 1, e, rnd)), by.get((w, t, e, rnd))
-                    if one and many and one.get(head) and many.get(head):
-                        vals.append(one[head] / many[head])
-                if not vals:
-                    return "-"
-                s = f"{statistics.median(vals):.2f}x"
-                return s + (f" ({min(vals):.2f}-{max(vals):.2f})" if len(vals) > 1 else "")
-
-            out.append(f"| 1 → {t} | speed-up | " + " | ".join(scaling(e) for e in cols) + " |")
+            out.append(f"| 1 → {t} | speed-up | " + " | ".join(
+                round_ratio(by, meta["rounds"], head, (w, 1, e), (w, t, e)) for e in cols) + " |")
         out.append("")
     return "\n".join(out)
 
