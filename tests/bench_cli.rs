@@ -286,6 +286,35 @@ fn compile_report_emit_clif_and_svg() {
             "row without times: {row}"
         );
     }
+    // Attention and the norms: the ISA and threads the runtime recorded, and a measured time.
+    let kernels = stdout
+        .lines()
+        .filter(|l| l.starts_with("attention") || l.contains("layer_norm"))
+        .collect::<Vec<_>>();
+    assert!(
+        kernels.iter().any(|l| l.starts_with("attention")),
+        "no attention row in the report:\n{stdout}"
+    );
+    for row in &kernels {
+        let words: Vec<&str> = row.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| *w == "runtime")
+            .unwrap_or_else(|| panic!("no runtime kernel in {row}"));
+        assert!(
+            ["avx512", "avx2", "portable"].contains(&words[at + 1]),
+            "{row}"
+        );
+        let threads: usize = words[at + 2]
+            .strip_prefix('t')
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no thread count in {row}"));
+        assert!((1..=cores).contains(&threads), "{row}");
+        assert!(
+            row.matches("us").count() + row.matches("ms").count() >= 2,
+            "row without a measured time: {row}"
+        );
+    }
     if !stdout.contains("f32x4 6x8") {
         assert!(
             stdout.contains("ran as resolved by the runtime on this host"),

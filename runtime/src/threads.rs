@@ -219,14 +219,25 @@ pub fn parallel_for(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     parallel_for_on(usize::MAX, tasks, f)
 }
 
+/// The threads [`parallel_for_on`] runs `tasks` tasks on when asked for `threads`: at most
+/// the pool's and the tasks, and 1 inside a task (which runs nested jobs inline).
+pub fn used(threads: usize, tasks: usize) -> usize {
+    let t = threads.min(self::threads()).min(tasks).max(1);
+    if t <= 1 || IN_TASK.with(|t| t.get()) || pool().workers == 0 {
+        1
+    } else {
+        t
+    }
+}
+
 /// Runs `f(i)` for every `i` in `0..tasks` on at most `threads` threads (and [`threads`]):
 /// more tasks than threads balance the load, as each thread takes the next task when done.
 pub fn parallel_for_on(threads: usize, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     if tasks == 0 {
         return;
     }
-    let threads = threads.min(self::threads()).min(tasks);
-    if threads <= 1 || IN_TASK.with(|t| t.get()) || pool().workers == 0 {
+    let threads = used(threads, tasks);
+    if threads <= 1 {
         (0..tasks).for_each(f);
         return;
     }

@@ -422,9 +422,9 @@ fn run_engines(
             .context("--report needs a compiled engine (jit)")?;
         cranformer_runtime::gemm::profile::start();
         let run = work.run(jit.0.as_mut(), None);
-        let timings = cranformer_runtime::gemm::profile::stop();
+        let recorded = cranformer_runtime::gemm::profile::stop();
         run.context("the profiled run")?;
-        tiling_rows = Some(tiling_report(&model, &trace, &timings, jit.1.dtype)?);
+        tiling_rows = Some(tiling_report(&model, &trace, &recorded, jit.1.dtype)?);
     }
     let samples: Vec<Sample> = built.into_iter().map(|(_, s)| s).collect();
     if args.json {
@@ -440,7 +440,7 @@ fn run_engines(
             cranformer_compiler::tiling::report::table(
                 &rows,
                 &profile,
-                "each matmul timed inside the runtime call (GemmCall) during one extra run, with the isa/kc/mc/threads it ran with; other kernels: prediction only"
+                "each matmul, attention and norm timed inside its runtime call during one extra run, with the isa (kc/mc) and threads it ran with; Cranelift kernels: prediction only"
             )
         )?;
         writeln!(

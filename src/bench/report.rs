@@ -117,13 +117,14 @@ fn median(v: &[Duration]) -> Duration {
 
 /// The report rows of every call in `trace` (graphs as the JIT compiled them): each matmul
 /// as the runtime ran it (its recorded ISA, blocking, threads and time; see
-/// `tiling::report::ran`), the other kernels with their predictions. Without recorded
-/// matmuls (no runtime matmul on this CPU: the generated kernel ran), the graph's matmul rows
-/// stay, with the generated kernel the host profile picks.
+/// `tiling::report::ran`), attention and the norms with their predictions and what the
+/// runtime recorded of them (`ran_kernels`), the Cranelift kernels with their predictions.
+/// Without recorded matmuls (no runtime matmul on this CPU: the generated kernel ran), the
+/// graph's matmul rows stay, with the generated kernel the host profile picks.
 pub(super) fn tiling_report(
     model: &Model,
     trace: &Trace,
-    timings: &[cranformer_runtime::gemm::profile::Timing],
+    recorded: &cranformer_runtime::gemm::profile::Recorded,
     format: WeightFormat,
 ) -> Result<(
     Vec<cranformer_compiler::tiling::report::Row>,
@@ -143,10 +144,11 @@ pub(super) fn tiling_report(
             report::rows(&optimized[entry], dims, &profile, weights, format),
         );
     }
-    if !timings.is_empty() {
+    if !recorded.matmuls.is_empty() {
         rows.retain(|r| r.matmul.is_none());
-        rows.extend(report::ran(timings, &profile, weights));
+        rows.extend(report::ran(&recorded.matmuls, &profile, weights));
     }
+    report::ran_kernels(&mut rows, &recorded.kernels);
     Ok((rows, profile))
 }
 

@@ -6,8 +6,9 @@
 //! Matmuls get the cost model's numbers (`choose`); with a run to show ([`ran`]), each matmul
 //! row is what the runtime recorded: the ISA, blocking and threads the call actually ran with
 //! (resolved on this host), its measured time, and the model's prediction for that tiling.
-//! Attention and the row norms are the runtime's kernels, at the width of this host's ISA;
-//! other kernels are Cranelift code at 128 bits. Their roof is `max(FLOPs / one core's peak
+//! Attention and the row norms are the runtime's kernels, at the width of this host's ISA
+//! (with a run to show, [`ran_kernels`], the ISA and threads they ran with and their measured
+//! time); other kernels are Cranelift code at 128 bits. Their roof is `max(FLOPs / one core's peak
 //! at that width, bytes / bandwidth of the level that holds their operands)`, from
 //! `graph::cost`.
 
@@ -15,7 +16,7 @@ use super::choose::{candidates, choose_problem, evaluate, explain, Choice, Kerne
 use super::roofline::MachineProfile;
 use crate::graph::node_cost;
 use crate::graph::{Dims, Graph, Op};
-use cranformer_runtime::gemm::profile::Timing;
+use cranformer_runtime::gemm::profile::{KernelTiming, Timing};
 use cranformer_runtime::gemm::{QKernel, WeightFormat};
 
 /// ` int8` after a narrow matmul's name, nothing for f32.
@@ -275,6 +276,52 @@ pub fn ran(timings: &[Timing], p: &MachineProfile, weights_in_flight: u64) -> Ve
     out
 }
 
+/// What the runtime recorded of attention and the norms, put on their rows: the measured
+/// time summed over the calls, and the ISA and threads they ran with in place of the host's
+/// predicted ISA (`runtime avx2 t2`; `t1/2` where calls ran on different counts). A recorded
+/// kernel the graph has no row for gets a row of its own, with no prediction.
+pub fn ran_kernels(rows: &mut Vec<Row>, kernels: &[KernelTiming]) {
+    let mut names: Vec<&'static str> = vec![];
+    for k in kernels {
+        if !names.contains(&k.kernel) {
+            names.push(k.kernel);
+        }
+    }
+    for name in names {
+        let mine: Vec<&KernelTiming> = kernels.iter().filter(|k| k.kernel == name).collect();
+        let mut isas: Vec<&str> = mine.iter().map(|k| k.isa.name()).collect();
+        let mut threads: Vec<String> = mine.iter().map(|k| k.threads.to_string()).collect();
+        isas.sort_unstable();
+        isas.dedup();
+        threads.sort_unstable_by_key(|t| t.parse::<usize>().unwrap_or(0));
+        threads.dedup();
+        let tiling = format!("runtime {} t{}", isas.join("/"), threads.join("/"));
+        let seconds: f64 = mine.iter().map(|k| k.seconds).sum();
+        match rows
+            .iter_mut()
+            .find(|r| r.matmul.is_none() && r.kernel == name)
+        {
+            Some(r) => {
+                r.tiling = tiling;
+                r.measured_s = Some(seconds);
+            }
+            None => rows.push(Row {
+                kernel: name.to_string(),
+                calls: mine.len(),
+                flops: 0.0,
+                bytes: 0.0,
+                bound: "-".into(),
+                tiling,
+                predicted_s: 0.0,
+                roof_s: 0.0,
+                measured_s: Some(seconds),
+                why: String::new(),
+                matmul: None,
+            }),
+        }
+    }
+}
+
 /// Merges `more` into `rows` (same kernel and tiling: sums).
 pub fn merge(rows: &mut Vec<Row>, more: Vec<Row>) {
     for row in more {
@@ -347,7 +394,7 @@ pub fn table(rows: &[Row], p: &MachineProfile, measured: &str) -> String {
         ));
     }
     s.push_str(&format!(
-        "total predicted {}, measured (matmuls) {}\n",
+        "total predicted {}, measured (runtime kernels) {}\n",
         fmt_s(pred),
         fmt_s(meas)
     ));

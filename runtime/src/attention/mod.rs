@@ -256,11 +256,20 @@ type TaskFn = unsafe fn(&AttnCall, usize, &mut [f32]);
 /// # Safety
 /// The pointers are valid for the shapes the call gives (see [`AttnCall`]).
 pub unsafe fn attention(c: &AttnCall) -> Result<(), AttnError> {
+    // SAFETY: as the caller promised.
+    unsafe { attention_ran(c) }.map(|_| ())
+}
+
+/// [`attention`], returning the ISA and threads it ran with.
+///
+/// # Safety
+/// As [`attention`].
+unsafe fn attention_ran(c: &AttnCall) -> Result<(Isa, usize), AttnError> {
     c.check()?;
-    if c.batch == 0 || c.seq == 0 || c.heads == 0 || c.head_dim == 0 {
-        return Ok(());
-    }
     let isa = c.resolved_isa();
+    if c.batch == 0 || c.seq == 0 || c.heads == 0 || c.head_dim == 0 {
+        return Ok((isa, 1));
+    }
     let f: TaskFn = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => task_avx512,
@@ -271,11 +280,14 @@ pub unsafe fn attention(c: &AttnCall) -> Result<(), AttnError> {
     let qb = block_rows(isa);
     let tasks = c.batch * c.heads * c.seq.div_ceil(qb);
     let need = 2 * c.head_dim * qb + KT * qb + c.head_dim.next_multiple_of(qb);
-    let threads = if c.threads == 0 {
-        usize::MAX
-    } else {
-        c.threads as usize
-    };
+    let threads = threads::used(
+        if c.threads == 0 {
+            usize::MAX
+        } else {
+            c.threads as usize
+        },
+        tasks,
+    );
     threads::parallel_for_on(threads, tasks, &|i| {
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
@@ -286,7 +298,7 @@ pub unsafe fn attention(c: &AttnCall) -> Result<(), AttnError> {
             unsafe { f(c, i, &mut s) }
         })
     });
-    Ok(())
+    Ok((isa, threads))
 }
 
 /// C entry point for generated code (`RuntimeFns::attention`).
@@ -299,7 +311,8 @@ pub unsafe extern "C" fn cranformer_attention(call: *const AttnCall) {
     // Generated code cannot unwind: a panic is recorded for the host instead.
     threads::catch_for_generated_code(|| {
         // SAFETY: as the caller promised.
-        if let Err(e) = unsafe { attention(c) } {
+        let ran = crate::gemm::profile::kernel("attention", || unsafe { attention_ran(c) });
+        if let Err(e) = ran {
             panic!("compiler bug: {e}");
         }
     });

@@ -384,3 +384,33 @@ fn refuses_bad_calls() {
         assert_eq!(err, AttnError::Stride { input, ld, c: 8 });
     }
 }
+
+/// While recording, the entry point generated code calls records the call with the ISA and
+/// threads it ran with: what `bench --report` shows.
+#[test]
+fn the_entry_point_records_what_ran() {
+    let _one = crate::gemm::profile::TEST_LOCK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let c = case(2, 16, 16, 4, 8);
+    let x = c.data(3);
+    let mut out = vec![0f32; c.b * c.t * c.h * c.d];
+    for &isa in &isas() {
+        let call = c.call(&x, &mut out, isa, 2);
+        crate::gemm::profile::start();
+        // SAFETY: the pointers are valid for the call's shapes.
+        unsafe { cranformer_attention(&call) };
+        let got = crate::gemm::profile::stop().kernels;
+        // What the call resolves to: an ISA held back by CRANFORMER_ISA falls back.
+        let want = (
+            "attention",
+            call.resolved_isa(),
+            2.min(crate::threads::threads()),
+        );
+        assert!(
+            got.iter()
+                .any(|k| (k.kernel, k.isa, k.threads) == want && k.seconds > 0.0),
+            "want {want:?}, recorded {got:?}"
+        );
+    }
+}

@@ -1,7 +1,9 @@
-//! Per-call timing of [`super::cranformer_gemm`] for `bench --report`: when enabled, every
-//! matmul the generated code runs is timed and recorded with its shape and resolved tiling,
-//! so the report's "measured" column comes from the real run rather than a replay. Off by
-//! default; one relaxed atomic load per call when off.
+//! Per-call timing of the runtime kernels generated code calls, for `bench --report`: when
+//! enabled, every matmul ([`super::cranformer_gemm`] and the narrow one) is timed and recorded
+//! with its shape and resolved tiling, and every attention and norm call with the ISA and
+//! threads it ran with, so the report's "measured" column and its tiling come from the real
+//! run rather than a replay or a recomputation. Off by default; one relaxed atomic load per
+//! call when off.
 
 use super::{Blocking, GemmCall, Isa};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 static ON: AtomicBool = AtomicBool::new(false);
 static LOG: Mutex<Vec<Timing>> = Mutex::new(Vec::new());
+static KERNELS: Mutex<Vec<KernelTiming>> = Mutex::new(Vec::new());
 
 /// One timed matmul call.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +34,28 @@ pub struct Timing {
     pub macs_per_lane: u32,
 }
 
+/// One timed call of a runtime kernel other than the matmuls.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTiming {
+    /// The graph op it computes, as the compiler names it: `attention`, `layer_norm`,
+    /// `add_layer_norm`, `rms_norm`, `add_rms_norm`, `l2_normalize`.
+    pub kernel: &'static str,
+    pub isa: Isa,
+    pub threads: usize,
+    pub seconds: f64,
+}
+
+/// What a recording holds, each list in the order the calls ran.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recorded {
+    pub matmuls: Vec<Timing>,
+    pub kernels: Vec<KernelTiming>,
+}
+
+/// Serialises the tests that record: recording is process-wide.
+#[cfg(test)]
+pub(crate) static TEST_LOCK: Mutex<()> = Mutex::new(());
+
 pub fn enabled() -> bool {
     ON.load(Ordering::Relaxed)
 }
@@ -38,13 +63,38 @@ pub fn enabled() -> bool {
 /// Starts recording (clearing what was recorded).
 pub fn start() {
     LOG.lock().unwrap().clear();
+    KERNELS.lock().unwrap().clear();
     ON.store(true, Ordering::Relaxed);
 }
 
-/// Stops recording and returns the calls in the order they ran.
-pub fn stop() -> Vec<Timing> {
+/// Stops recording and returns the calls.
+pub fn stop() -> Recorded {
     ON.store(false, Ordering::Relaxed);
-    std::mem::take(&mut *LOG.lock().unwrap())
+    Recorded {
+        matmuls: std::mem::take(&mut *LOG.lock().unwrap()),
+        kernels: std::mem::take(&mut *KERNELS.lock().unwrap()),
+    }
+}
+
+/// Runs `call` (which returns the ISA and threads it ran with), recording it as `kernel`
+/// while recording is on.
+pub(crate) fn kernel<E>(
+    kernel: &'static str,
+    call: impl FnOnce() -> Result<(Isa, usize), E>,
+) -> Result<(), E> {
+    if !enabled() {
+        return call().map(|_| ());
+    }
+    let t = std::time::Instant::now();
+    let (isa, threads) = call()?;
+    let seconds = t.elapsed().as_secs_f64();
+    KERNELS.lock().unwrap().push(KernelTiming {
+        kernel,
+        isa,
+        threads,
+        seconds,
+    });
+    Ok(())
 }
 
 pub(super) fn record(g: &GemmCall, isa: Isa, bl: Blocking, threads: usize, d: Duration) {

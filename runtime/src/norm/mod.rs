@@ -161,11 +161,21 @@ type RowsFn = unsafe fn(&NormCall, NormKind, usize, usize);
 /// # Safety
 /// The pointers are valid for the shapes the call gives (see [`NormCall`]).
 pub unsafe fn norm(c: &NormCall) -> Result<(), NormError> {
+    // SAFETY: as the caller promised.
+    unsafe { norm_ran(c) }.map(|_| ())
+}
+
+/// [`norm`], returning the ISA and threads it ran with.
+///
+/// # Safety
+/// As [`norm`].
+unsafe fn norm_ran(c: &NormCall) -> Result<(Isa, usize), NormError> {
     let kind = c.check()?;
+    let isa = c.resolved_isa();
     if c.rows == 0 || c.channels == 0 {
-        return Ok(());
+        return Ok((isa, 1));
     }
-    let f: RowsFn = match c.resolved_isa() {
+    let f: RowsFn = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => rows_avx512,
         #[cfg(target_arch = "x86_64")]
@@ -173,17 +183,21 @@ pub unsafe fn norm(c: &NormCall) -> Result<(), NormError> {
         _ => rows_portable,
     };
     let per = rows_per_task(c.rows, c.channels);
-    let threads = if c.threads == 0 {
-        usize::MAX
-    } else {
-        c.threads as usize
-    };
-    threads::parallel_for_on(threads, c.rows.div_ceil(per), &|i| {
+    let tasks = c.rows.div_ceil(per);
+    let threads = threads::used(
+        if c.threads == 0 {
+            usize::MAX
+        } else {
+            c.threads as usize
+        },
+        tasks,
+    );
+    threads::parallel_for_on(threads, tasks, &|i| {
         let r0 = i * per;
         // SAFETY: as the caller promised; tasks write disjoint rows.
         unsafe { f(c, kind, r0, (r0 + per).min(c.rows)) }
     });
-    Ok(())
+    Ok((isa, threads))
 }
 
 /// C entry point for generated code (`RuntimeFns::norm`).
@@ -195,8 +209,19 @@ pub unsafe extern "C" fn cranformer_norm(call: *const NormCall) {
     let c = unsafe { &*call };
     // Generated code cannot unwind: a panic is recorded for the host instead.
     threads::catch_for_generated_code(|| {
+        // The graph op's name, for the report.
+        let name = match (NormKind::from_code(c.kind), !c.add.is_null()) {
+            (Some(NormKind::Layer), false) => "layer_norm",
+            (Some(NormKind::Layer), true) => "add_layer_norm",
+            (Some(NormKind::Rms), false) => "rms_norm",
+            (Some(NormKind::Rms), true) => "add_rms_norm",
+            (Some(NormKind::L2), false) => "l2_normalize",
+            (Some(NormKind::L2), true) => "add_l2_normalize",
+            (None, _) => "norm",
+        };
         // SAFETY: as the caller promised.
-        if let Err(e) = unsafe { norm(c) } {
+        let ran = crate::gemm::profile::kernel(name, || unsafe { norm_ran(c) });
+        if let Err(e) = ran {
             panic!("compiler bug: {e}");
         }
     });

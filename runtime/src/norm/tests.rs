@@ -281,3 +281,47 @@ fn refuses_bad_calls() {
         assert_eq!(unsafe { norm(&call) }.unwrap_err(), want);
     }
 }
+
+/// While recording, the entry point generated code calls records the call as the graph op it
+/// computes, with the ISA and threads it ran with: what `bench --report` shows.
+#[test]
+fn the_entry_point_records_what_ran() {
+    let _one = crate::gemm::profile::TEST_LOCK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let case = Case {
+        kind: NormKind::Layer,
+        rows: 128,
+        c: 768,
+        rows_b: Some(128),
+        eps: 1e-5,
+        offset: 0.0,
+        spread: 1.0,
+    };
+    let d = case.data();
+    for &isa in &isas() {
+        for (kind, add, name) in [
+            (NormKind::Layer, true, "add_layer_norm"),
+            (NormKind::Rms, false, "rms_norm"),
+        ] {
+            let mut out = vec![0f32; case.rows * case.c];
+            let case = Case {
+                kind,
+                rows_b: add.then_some(case.rows),
+                ..case
+            };
+            let call = case.call(&d, &mut out, isa, 2);
+            crate::gemm::profile::start();
+            // SAFETY: the pointers are valid for the call's shapes.
+            unsafe { cranformer_norm(&call) };
+            let got = crate::gemm::profile::stop().kernels;
+            // What the call resolves to: an ISA held back by CRANFORMER_ISA falls back.
+            let want = (name, call.resolved_isa(), 2.min(crate::threads::threads()));
+            assert!(
+                got.iter()
+                    .any(|k| (k.kernel, k.isa, k.threads) == want && k.seconds > 0.0),
+                "want {want:?}, recorded {got:?}"
+            );
+        }
+    }
+}
