@@ -230,6 +230,19 @@ pub fn used(threads: usize, tasks: usize) -> usize {
     }
 }
 
+/// [`used`] for a call from generated code whose `threads` field is at most that many, 0 for
+/// the pool's default.
+pub fn for_call(threads: u32, tasks: usize) -> usize {
+    used(
+        if threads == 0 {
+            usize::MAX
+        } else {
+            threads as usize
+        },
+        tasks,
+    )
+}
+
 /// Runs `f(i)` for every `i` in `0..tasks` on at most `threads` threads (and [`threads`]):
 /// more tasks than threads balance the load, as each thread takes the next task when done.
 pub fn parallel_for_on(threads: usize, tasks: usize, f: &(dyn Fn(usize) + Sync)) {

@@ -280,14 +280,7 @@ unsafe fn attention_ran(c: &AttnCall) -> Result<(Isa, usize), AttnError> {
     let qb = block_rows(isa);
     let tasks = c.batch * c.heads * c.seq.div_ceil(qb);
     let need = 2 * c.head_dim * qb + KT * qb + c.head_dim.next_multiple_of(qb);
-    let threads = threads::used(
-        if c.threads == 0 {
-            usize::MAX
-        } else {
-            c.threads as usize
-        },
-        tasks,
-    );
+    let threads = threads::for_call(c.threads, tasks);
     threads::parallel_for_on(threads, tasks, &|i| {
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();

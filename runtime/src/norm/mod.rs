@@ -184,14 +184,7 @@ unsafe fn norm_ran(c: &NormCall) -> Result<(Isa, usize), NormError> {
     };
     let per = rows_per_task(c.rows, c.channels);
     let tasks = c.rows.div_ceil(per);
-    let threads = threads::used(
-        if c.threads == 0 {
-            usize::MAX
-        } else {
-            c.threads as usize
-        },
-        tasks,
-    );
+    let threads = threads::for_call(c.threads, tasks);
     threads::parallel_for_on(threads, tasks, &|i| {
         let r0 = i * per;
         // SAFETY: as the caller promised; tasks write disjoint rows.
