@@ -33,37 +33,31 @@ pub fn run_json(program: &Path, args: &[&str]) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"))
 }
 
-/// A fresh scratch directory under cargo's target dir, removed when dropped unless the test is
-/// failing (then it is left for a look). Each compiled executable is tens of megabytes: left
-/// behind, every run of the suite would add hundreds to `target/`.
+/// A fresh scratch directory under cargo's target dir (a `tempfile` directory named after
+/// `name`), removed when dropped unless the test is failing (then it is left for a look). Each
+/// compiled executable is tens of megabytes: left behind, every run of the suite would add
+/// hundreds to `target/`.
 pub fn scratch(name: &str) -> Scratch {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
+    Scratch(
+        tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap(),
+    )
 }
 
 /// See [`scratch`].
-pub struct Scratch(PathBuf);
+pub struct Scratch(tempfile::TempDir);
 
 impl std::ops::Deref for Scratch {
     type Target = Path;
     fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for Scratch {
-    fn as_ref(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+        self.0.disable_cleanup(std::thread::panicking());
     }
 }

@@ -386,12 +386,7 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
         // of the products, and held the other threads' share back behind it.
         let kblocks = g.k.div_ceil(kc_max);
         let pack = |i: usize| packed.pack(g, i / slivers * kc_max, i % slivers);
-        let pack_threads = if g.m * g.k >= PARALLEL_PACK_MIN {
-            threads
-        } else {
-            1
-        };
-        threads::parallel_for_on(pack_threads, kblocks * slivers, &pack);
+        threads::parallel_for_on(pack_threads(g.m, g.k, threads), kblocks * slivers, &pack);
         // Panels are handed out in chunks, several per thread, each to whichever thread asks
         // next: a thread that starts late (woken from sleep, or preempted by another process)
         // takes fewer chunks instead of leaving its whole share to the others' wait.
@@ -406,7 +401,16 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
 
 /// Work of A's packing (M·K) from which it is split over the threads: below it, waking them
 /// costs more than packing on one.
-pub(super) const PARALLEL_PACK_MIN: usize = 32 * 1024;
+const PARALLEL_PACK_MIN: usize = 32 * 1024;
+
+/// Threads to pack an `m × k` A on, of the call's `threads` (f32 and the narrow formats).
+pub(super) fn pack_threads(m: usize, k: usize, threads: usize) -> usize {
+    if m * k >= PARALLEL_PACK_MIN {
+        threads
+    } else {
+        1
+    }
+}
 
 /// Chunks of panels per thread ([`run`]).
 const CHUNKS_PER_THREAD: usize = 4;
@@ -654,6 +658,12 @@ impl Ahead {
     /// decode) the product is bound by streaming B, and fetching ahead competes with the
     /// stream (GPT-2 decode with 8 rows ran 15-30 % slower with it; BERT-base seq 128 ran
     /// 0.85x the time without it, AMD EPYC AVX-512).
+    /// Whether an M block of `mc` rows in tiles of `mr` fetches the next B sliver ahead: four
+    /// row tiles or more (see [`Ahead::next`]). The tile picker counts that sliver in L2.
+    pub fn pays(mc: usize, mr: usize) -> bool {
+        mc >= 4 * mr
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn next(
         p: usize,
@@ -668,7 +678,7 @@ impl Ahead {
         m: usize,
         mr: usize,
     ) -> Option<(usize, usize)> {
-        if mc < 4 * mr {
+        if !Ahead::pays(mc, mr) {
             None
         } else if p + 1 < p1 && (p + 1) * PACK_NR < n {
             Some((p + 1, pc))

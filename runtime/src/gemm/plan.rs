@@ -20,7 +20,8 @@
 //!   `K·N·4 · ⌈M/mr⌉` bytes;
 //! - each strip reads the packed `mc × kc` A block from L2 when it fits in half of L2 and,
 //!   beside the panel's `kc × 32` B sliver (and the next one, where it is fetched ahead),
-//!   in all of it; else L3: `M·K·4 · N/nr` bytes; packing reads A from its home once (all threads share it);
+//!   in all of it; else L3: `M·K·4 · N/nr` bytes; packing reads A from its home once (all
+//!   threads share it);
 //! - C is stored once per K block and loaded again by each later one, from the level that
 //!   holds a thread's columns: `M·N·4 · (2⌈K/kc⌉ - 1)`; a residual is read once.
 //!
@@ -416,9 +417,9 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
         bytes[sliver_level] += b_bytes * (pr.m.div_ceil(mr) as f64 - 1.0).max(0.0);
         // Packed A per strip, from L2 if the mc × kc block fits in half of it, and beside it
         // the panel's B sliver being read and the next one, where it is fetched ahead
-        // (`Ahead::next`: M blocks of 4 row tiles or more).
+        // (`Ahead::pays`: M blocks of 4 row tiles or more).
         let packed = mc as f64 * kc * f4;
-        let slivers_in_l2 = if mc >= 4 * mr { 2.0 } else { 1.0 };
+        let slivers_in_l2 = if super::Ahead::pays(mc, mr) { 2.0 } else { 1.0 };
         let panel_slivers = slivers_in_l2 * kc * 32.0 * wb;
         let a_fits = packed <= l2 as f64 / 2.0 && packed + panel_slivers <= l2 as f64;
         bytes[l2_or(a_fits)] += m * k * f4 * (n_pad / nr as f64);

@@ -795,12 +795,11 @@ impl SharedA {
                 std::slice::from_raw_parts_mut(at.block(pc, kc, s * mr).cast_mut(), rows * kc);
             pack_a(g, s * mr, rows, pc, kc, mr, kernel.a_form, dst);
         };
-        let threads = if g.m * g.k >= super::PARALLEL_PACK_MIN {
-            tasks
-        } else {
-            1
-        };
-        threads::parallel_for_on(threads, kblocks * slivers, &pack);
+        threads::parallel_for_on(
+            super::pack_threads(g.m, g.k, tasks),
+            kblocks * slivers,
+            &pack,
+        );
         at
     }
 
@@ -829,12 +828,11 @@ unsafe fn block(
     p0: usize,
     p1: usize,
 ) {
-    let (qa, shared) = match ready {
-        ReadyA::Quantized(q) => (Some(q), None),
-        ReadyA::Shared(a) => (None, Some(a)),
-        ReadyA::PerBlock => (None, None),
+    let qa = match ready {
+        ReadyA::Quantized(q) => Some(q),
+        ReadyA::Shared(_) | ReadyA::PerBlock => None,
     };
-    let per_block = qa.is_none() && shared.is_none();
+    let per_block = matches!(ready, ReadyA::PerBlock);
     let (mr, nr) = (kernel.mr, kernel.nr);
     let format = kernel.format;
     let (group, kp, kc_max) = k_blocking(format, g.k, bl);
@@ -923,15 +921,13 @@ unsafe fn block(
                     while ir < mc {
                         let fetch = ahead.take();
                         let rows = mr.min(mc - ir);
-                        let (a, lda) = match qa {
-                            Some(q) if kernel.a_form == AForm::I16 => {
+                        let (a, lda) = match ready {
+                            ReadyA::Quantized(q) if kernel.a_form == AForm::I16 => {
                                 (q.q16.as_ptr().add((ic + ir) * q.kp + pc).cast(), q.kp)
                             }
-                            Some(q) => (q.q.as_ptr().add((ic + ir) * q.kp + pc), q.kp),
-                            None => match shared {
-                                Some(sa) => (sa.block(pc, kc, ic + ir).cast(), 0),
-                                None => (buf.as_ptr().add(ir * kc).cast(), 0),
-                            },
+                            ReadyA::Quantized(q) => (q.q.as_ptr().add((ic + ir) * q.kp + pc), q.kp),
+                            ReadyA::Shared(sa) => (sa.block(pc, kc, ic + ir).cast(), 0),
+                            ReadyA::PerBlock => (buf.as_ptr().add(ir * kc).cast(), 0),
                         };
                         let init = if pc > 0 {
                             Init::Load
