@@ -775,9 +775,26 @@ impl Fetch {
 
 /// Runs `$step` (one K step of a tile kernel) `$kc` times, hinting one line of `$fetch` every
 /// [`Fetch::every`] steps and the rest at the end. A macro, so the step's intrinsics stay
-/// inside the kernel's target-feature function.
+/// inside the kernel's target-feature function. With `unroll4`, the steps run four to a loop
+/// iteration (see the AVX2 kernel for why).
 macro_rules! spread_fetch {
-    ($fetch:expr, $kc:expr, $step:block) => {{
+    ($fetch:expr, $kc:expr, $step:block) => {
+        $crate::gemm::spread_fetch!($fetch, $kc, |steps| for _ in 0..steps $step)
+    };
+    ($fetch:expr, $kc:expr, unroll4, $step:block) => {
+        $crate::gemm::spread_fetch!($fetch, $kc, |steps| {
+            let mut s = steps;
+            while s >= 4 {
+                $step
+                $step
+                $step
+                $step
+                s -= 4;
+            }
+            for _ in 0..s $step
+        })
+    };
+    ($fetch:expr, $kc:expr, |$steps:ident| $run:expr) => {{
         let fetch: $crate::gemm::Fetch = $fetch;
         let (every, mut left, mut line) = (fetch.every($kc), $kc, 0);
         while left > 0 {
@@ -785,9 +802,9 @@ macro_rules! spread_fetch {
                 fetch.line(line);
                 line += 1;
             }
-            let steps = every.min(left);
-            for _ in 0..steps $step
-            left -= steps;
+            let $steps = every.min(left);
+            $run;
+            left -= $steps;
         }
         fetch.rest(line);
     }};
