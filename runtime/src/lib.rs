@@ -17,6 +17,7 @@ pub mod machine;
 pub mod model_info;
 pub mod native;
 pub mod norm;
+pub mod pages;
 pub mod sampling;
 pub mod shape;
 mod simd;

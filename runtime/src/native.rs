@@ -111,7 +111,7 @@ impl WeightPrep {
                 w.clone()
             }
             WeightPrep::Panels { k, n, in_out } => {
-                F32Buffer::from_vec(crate::gemm::pack_b(w, k, n, in_out, PANEL))
+                F32Buffer::from_vec_in_huge_pages(crate::gemm::pack_b(w, k, n, in_out, PANEL))
             }
             WeightPrep::PadPanel { n } => {
                 let mut out = w[..n].to_vec();
@@ -123,7 +123,7 @@ impl WeightPrep {
                 n,
                 in_out,
                 format,
-            } => F32Buffer::from_vec(
+            } => F32Buffer::from_vec_in_huge_pages(
                 // Packed from the stored elements: a BF16/F16 checkpoint is never widened to
                 // a whole f32 copy for a narrow format.
                 crate::gemm::PackedWeight::pack_stored(w.stored(), k, n, in_out, format)?

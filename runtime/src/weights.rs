@@ -154,6 +154,8 @@ enum BufferRepr {
         len: usize,
     },
     Owned(Arc<[f32]>),
+    /// Owned, in memory advised for huge pages ([`F32Buffer::from_vec_in_huge_pages`]).
+    Pages(Arc<crate::pages::LargeBuf>),
     /// F16 or BF16 elements, little-endian, widened to f32 on the first f32 read.
     Narrow {
         half: Half,
@@ -255,6 +257,18 @@ impl F32Buffer {
         }
     }
 
+    /// `v` for data every run streams (packed matmul weights): moved into memory advised for
+    /// huge pages when it is large enough to fill one ([`crate::pages`]), else as
+    /// [`F32Buffer::from_vec`].
+    pub fn from_vec_in_huge_pages(v: Vec<f32>) -> F32Buffer {
+        match crate::pages::LargeBuf::copy_of(&v) {
+            Some(buf) => F32Buffer {
+                repr: BufferRepr::Pages(Arc::new(buf)),
+            },
+            None => F32Buffer::from_vec(v),
+        }
+    }
+
     /// 2-byte elements held as they are (little-endian), widened on the first f32 read.
     /// `None` if `bytes` has an odd length.
     pub fn from_half_bytes(half: Half, bytes: Vec<u8>) -> Option<F32Buffer> {
@@ -277,6 +291,7 @@ impl F32Buffer {
         match &self.repr {
             BufferRepr::View { len, .. } => *len,
             BufferRepr::Owned(data) => data.len(),
+            BufferRepr::Pages(data) => data.len(),
             BufferRepr::Narrow { bytes, .. } => bytes.bytes().len() / 2,
         }
     }
@@ -331,6 +346,7 @@ impl Deref for F32Buffer {
                 unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), *len) }
             }
             BufferRepr::Owned(data) => data,
+            BufferRepr::Pages(data) => data,
             BufferRepr::Narrow { widened, .. } => widened.get_or_init(|| {
                 let stored = self.stored();
                 (0..stored.len()).map(|i| stored.f32_at(i)).collect()
