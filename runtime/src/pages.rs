@@ -8,7 +8,7 @@
 //! with AVX-512 (AMD EPYC Zen 4, in one process, the two placements alternating, 50-80 pairs);
 //! GPT-2 decode, bound by DRAM, showed no difference. Hosts whose THP setting is `never` get
 //! ordinary pages: the advice is a hint and its failure is ignored. Laying out BERT-base's
-//! 440 MB of panels took 0.22-0.34 s instead of 0.42-0.46 s (512 faults instead of 110,000),
+//! 440 MB of panels took 0.22-0.34 s instead of 0.42-0.46 s (220 faults instead of 110,000),
 //! but about 1 s when the kernel first had to compact fragmented memory (THP `defrag`
 //! `madvise`, the default, compacts on the fault; page cache held 6 GB of 24).
 
