@@ -108,7 +108,7 @@ pub fn emit_object(
     options: LowerOptions,
     progress: &mut dyn Progress,
 ) -> Result<ObjectCode, AotError> {
-    let isa = codegen::native_isa("speed", true)?;
+    let isa = codegen::native_isa("speed", true, codegen::Features::Executable)?;
     let builder = ObjectBuilder::new(
         isa,
         "cranformer_model",
@@ -228,6 +228,10 @@ pub fn write_executable(
         weights: shapes,
         external,
         embedded: opts.weights == WeightsMode::Embed,
+        cpu_features: cranformer_runtime::cpu_features::for_executables()
+            .into_iter()
+            .map(|(_, name)| name.to_string())
+            .collect(),
     };
     let program_json = dir.join("program.json");
     let json = serde_json::to_vec(&program).expect("a program serialises");

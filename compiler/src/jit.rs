@@ -119,7 +119,7 @@ impl JitEngine {
 
 /// An empty module for the host's ISA, all of its memory in one arena.
 fn new_module() -> Result<JITModule, CodegenError> {
-    let isa = codegen::native_isa("speed", false)?;
+    let isa = codegen::native_isa("speed", false, codegen::Features::Host)?;
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     let arena = ArenaMemoryProvider::new_with_size(CODE_RESERVE).map_err(|e| {
         CodegenError::Host(format!(

@@ -78,6 +78,7 @@ fn run(args: Vec<OsString>, raw: &RawProgram, out: &mut dyn Write) -> Result<()>
     // SAFETY: the glue's blobs live in the executable's read-only data.
     let program = Program::decode(unsafe { raw.program.bytes() })
         .context("reading the embedded program description (a cranformer bug)")?;
+    cranformer_runtime::cpu_features::check(&program.cpu_features).map_err(anyhow::Error::msg)?;
     let name = args
         .first()
         .and_then(|a| Path::new(a).file_name())

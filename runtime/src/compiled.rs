@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 /// Version of [`Program`]'s encoding; an executable and its runtime library come from the
 /// same `cranformer`, so a mismatch is a bug, not a user error.
-pub const PROGRAM_VERSION: u32 = 2;
+pub const PROGRAM_VERSION: u32 = 3;
 
 /// Everything a compiled executable knows about its model besides code, tokenizer and
 /// weight bytes (embedded as JSON).
@@ -34,6 +34,9 @@ pub struct Program {
     /// `--weights embed`: the executable carries its weights already laid out for the kernels
     /// (one F32 tensor per [`prepared_key`]), so they are used in place, never copied.
     pub embedded: bool,
+    /// The x86-64 features its generated code uses ([`crate::cpu_features`]), by name; the
+    /// executable refuses to start on a CPU without one of them.
+    pub cpu_features: Vec<String>,
 }
 
 /// The key of a weight laid out as `prep` in an executable's embedded weights.

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod cli;
 pub mod compiled;
 pub mod config;
+pub mod cpu_features;
 pub mod engine;
 pub mod expf;
 pub mod gemm;

@@ -74,9 +74,54 @@ impl From<ModuleError> for CodegenError {
     }
 }
 
-/// The host's ISA with the native feature flags (AVX, FMA, ...) at `opt_level`; `pic` for
-/// object files linked into position-independent executables (the JIT does not need it).
-pub fn native_isa(opt_level: &str, pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
+/// Which x86-64 features Cranelift may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Features {
+    /// Every feature of the CPU compiling (AVX-512 included): the JIT runs where it compiles.
+    Host,
+    /// Those of [`cranformer_runtime::cpu_features::EXECUTABLE_FEATURES`] the CPU compiling
+    /// has (x86-64-v3 at most): an executable is copied to other machines.
+    Executable,
+}
+
+/// The host's ISA with `features` at `opt_level`; `pic` for object files linked into
+/// position-independent executables (the JIT does not need it).
+pub fn native_isa(
+    opt_level: &str,
+    pic: bool,
+    features: Features,
+) -> Result<OwnedTargetIsa, CodegenError> {
+    let mut isa = cranelift_native::builder_with_options(features == Features::Host)
+        .map_err(|e| CodegenError::Host(e.into()))?;
+    if features == Features::Executable {
+        for (setting, _) in cranformer_runtime::cpu_features::for_executables() {
+            isa.enable(setting)
+                .map_err(|e| CodegenError::Host(format!("{setting}: {e}")))?;
+        }
+    }
+    isa.finish(settings::Flags::new(shared_flags(opt_level, pic)?))
+        .map_err(|e| CodegenError::Host(e.to_string()))
+}
+
+/// `isa` (its target and feature flags) at `opt_level` "none": the matmul micro-kernels' ISA
+/// for a module compiled for `isa`.
+fn unoptimized(isa: &dyn TargetIsa) -> Result<OwnedTargetIsa, CodegenError> {
+    let mut builder = cranelift_codegen::isa::lookup(isa.triple().clone())
+        .map_err(|e| CodegenError::Host(e.to_string()))?;
+    for flag in isa.isa_flags() {
+        builder
+            .set(flag.name, &flag.value_string())
+            .map_err(|e| CodegenError::Host(format!("{}: {e}", flag.name)))?;
+    }
+    builder
+        .finish(settings::Flags::new(shared_flags(
+            "none",
+            isa.flags().is_pic(),
+        )?))
+        .map_err(|e| CodegenError::Host(e.to_string()))
+}
+
+fn shared_flags(opt_level: &str, pic: bool) -> Result<settings::Builder, CodegenError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
         f.set(k, v)
@@ -94,9 +139,7 @@ pub fn native_isa(opt_level: &str, pic: bool) -> Result<OwnedTargetIsa, CodegenE
     )?;
     set(&mut flags, "is_pic", if pic { "true" } else { "false" })?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
-    let isa = cranelift_native::builder().map_err(|e| CodegenError::Host(e.into()))?;
-    isa.finish(settings::Flags::new(flags))
-        .map_err(|e| CodegenError::Host(e.to_string()))
+    Ok(flags)
 }
 
 /// Which module-level items a kernel body refers to.
@@ -143,11 +186,12 @@ impl<'m, M: Module> Lowering<'m, M> {
     }
 
     pub fn with_options(module: &'m mut M, options: LowerOptions) -> Result<Self, CodegenError> {
+        let micro_isa = unoptimized(module.isa())?;
         Ok(Lowering {
             module,
             kernels: HashMap::new(),
             fctx: FunctionBuilderContext::new(),
-            micro_isa: native_isa("none", false)?,
+            micro_isa,
             clif: None,
             options,
         })
@@ -370,7 +414,7 @@ pub fn emit_clif_with(
     graph: &crate::graph::Graph,
     options: LowerOptions,
 ) -> Result<String, CodegenError> {
-    let isa = native_isa("speed", false)?;
+    let isa = native_isa("speed", false, Features::Host)?;
     let builder =
         cranelift_jit::JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     let mut module = cranelift_jit::JITModule::new(builder);
@@ -382,4 +426,39 @@ pub fn emit_clif_with(
     // SAFETY: nothing was finalised; no pointer into the module exists.
     unsafe { module.free_memory() };
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled(isa: &dyn TargetIsa) -> Vec<&'static str> {
+        isa.isa_flags()
+            .into_iter()
+            .filter(|f| f.as_bool() == Some(true))
+            .map(|f| f.name)
+            .collect()
+    }
+
+    #[test]
+    fn executables_use_at_most_x86_64_v3_and_only_what_this_cpu_has() {
+        let isa = native_isa("speed", true, Features::Executable).unwrap();
+        let allowed: Vec<&str> = cranformer_runtime::cpu_features::for_executables()
+            .iter()
+            .map(|(setting, _)| *setting)
+            .collect();
+        let on = enabled(&*isa);
+        for flag in &on {
+            assert!(allowed.contains(flag), "{flag} enabled for an executable");
+        }
+        for flag in &allowed {
+            assert!(on.contains(flag), "{flag} this CPU has is not used");
+        }
+        // The micro-kernels' ISA (opt_level none) keeps exactly these features.
+        assert_eq!(enabled(&*unoptimized(&*isa).unwrap()), on);
+        assert_eq!(
+            unoptimized(&*isa).unwrap().flags().opt_level(),
+            settings::OptLevel::None
+        );
+    }
 }
