@@ -348,6 +348,8 @@ pub fn program_blob(data: &[u8]) {
         }
     };
     std::hint::black_box((program.info.tasks(), program.tokenizer_kind));
+    // Any feature names, known or not: the start-up check reports, never panics.
+    let _ = cranformer_runtime::cpu_features::check(&program.cpu_features);
     let sizes = [
         Dims {
             batch: 1,
