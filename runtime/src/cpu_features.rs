@@ -8,9 +8,35 @@
 //! machine runs on an AVX2 one. The runtime's own kernels choose their ISA at run time
 //! whatever this says.
 
-/// Each feature as (Cranelift's x86 setting, the name `is_x86_feature_detected!` and the
-/// error messages use).
-pub const EXECUTABLE_FEATURES: [(&str, &str); 11] = [
+/// The list below written once: `EXECUTABLE_FEATURES` and the detection of each (the
+/// detection macro takes its name as a literal).
+macro_rules! features {
+    ($(($setting:literal, $name:tt)),* $(,)?) => {
+        /// Each feature as (Cranelift's x86 setting, the name `is_x86_feature_detected!` and
+        /// the error messages use).
+        pub const EXECUTABLE_FEATURES: [(&str, &str); [$($name),*].len()] =
+            [$(($setting, $name)),*];
+
+        /// Whether this CPU has the feature `name` (a name of [`EXECUTABLE_FEATURES`]); false
+        /// for any other name, and off x86-64.
+        pub fn has(name: &str) -> bool {
+            #[cfg(target_arch = "x86_64")]
+            {
+                match name {
+                    $($name => is_x86_feature_detected!($name),)*
+                    _ => false,
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = name;
+                false
+            }
+        }
+    };
+}
+
+features![
     ("has_sse3", "sse3"),
     ("has_ssse3", "ssse3"),
     ("has_sse41", "sse4.1"),
@@ -23,33 +49,6 @@ pub const EXECUTABLE_FEATURES: [(&str, &str); 11] = [
     ("has_bmi2", "bmi2"),
     ("has_lzcnt", "lzcnt"),
 ];
-
-/// Whether this CPU has the feature `name` (a name of [`EXECUTABLE_FEATURES`]); false for
-/// any other name, and off x86-64.
-pub fn has(name: &str) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match name {
-            "sse3" => is_x86_feature_detected!("sse3"),
-            "ssse3" => is_x86_feature_detected!("ssse3"),
-            "sse4.1" => is_x86_feature_detected!("sse4.1"),
-            "sse4.2" => is_x86_feature_detected!("sse4.2"),
-            "popcnt" => is_x86_feature_detected!("popcnt"),
-            "avx" => is_x86_feature_detected!("avx"),
-            "avx2" => is_x86_feature_detected!("avx2"),
-            "fma" => is_x86_feature_detected!("fma"),
-            "bmi1" => is_x86_feature_detected!("bmi1"),
-            "bmi2" => is_x86_feature_detected!("bmi2"),
-            "lzcnt" => is_x86_feature_detected!("lzcnt"),
-            _ => false,
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = name;
-        false
-    }
-}
 
 /// The features an executable compiled on this CPU uses: those of [`EXECUTABLE_FEATURES`]
 /// this CPU has, as (Cranelift setting, name).

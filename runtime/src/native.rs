@@ -111,7 +111,10 @@ impl WeightPrep {
                 w.clone()
             }
             WeightPrep::Panels { k, n, in_out } => {
-                F32Buffer::from_vec_in_huge_pages(crate::gemm::pack_b(w, k, n, in_out, PANEL))
+                // Packed straight into its pages: no copy of 440 MB for BERT-base.
+                F32Buffer::in_huge_pages(n.div_ceil(PANEL) * k * PANEL, |out| {
+                    crate::gemm::pack_b_into(w, k, n, in_out, PANEL, out)
+                })
             }
             WeightPrep::PadPanel { n } => {
                 let mut out = w[..n].to_vec();
@@ -123,12 +126,13 @@ impl WeightPrep {
                 n,
                 in_out,
                 format,
-            } => F32Buffer::from_vec_in_huge_pages(
+            } => {
                 // Packed from the stored elements: a BF16/F16 checkpoint is never widened to
                 // a whole f32 copy for a narrow format.
-                crate::gemm::PackedWeight::pack_stored(w.stored(), k, n, in_out, format)?
-                    .to_words(),
-            ),
+                let packed =
+                    crate::gemm::PackedWeight::pack_stored(w.stored(), k, n, in_out, format)?;
+                F32Buffer::in_huge_pages(packed.words(), |out| packed.write_words(out))
+            }
         })
     }
 

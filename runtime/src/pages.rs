@@ -34,24 +34,9 @@ unsafe impl Sync for LargeBuf {}
 
 impl LargeBuf {
     /// `len` zeros, or `None` when the allocation fails or `len` is too small to hold a huge
-    /// page (an ordinary allocation serves it as well).
+    /// page (an ordinary allocation serves it as well). Zeroed after the advice: the first
+    /// write is what faults the pages in.
     pub fn zeroed(len: usize) -> Option<LargeBuf> {
-        // SAFETY: `src` null: the buffer is filled with zeros.
-        unsafe { LargeBuf::filled(len, std::ptr::null()) }
-    }
-
-    /// A copy of `v` in a [`LargeBuf`], or `None` as [`LargeBuf::zeroed`].
-    pub fn copy_of(v: &[f32]) -> Option<LargeBuf> {
-        // SAFETY: `v` is valid for `v.len()` f32s.
-        unsafe { LargeBuf::filled(v.len(), v.as_ptr()) }
-    }
-
-    /// `len` f32s copied from `src`, or zeros if `src` is null. Filled after the advice: the
-    /// first write is what faults the pages in, so it is written once.
-    ///
-    /// # Safety
-    /// A non-null `src` is valid for `len` f32s.
-    unsafe fn filled(len: usize, src: *const f32) -> Option<LargeBuf> {
         let bytes = len.checked_mul(4)?;
         if bytes < HUGE_PAGE {
             return None;
@@ -60,15 +45,8 @@ impl LargeBuf {
         // SAFETY: the layout's size is non-zero.
         let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) }.cast::<f32>())?;
         advise_huge(ptr.as_ptr().cast(), bytes);
-        // SAFETY: `ptr` is valid for `len` f32s and a fresh allocation, so it does not overlap
-        // `src`; all-zero bits are 0.0.
-        unsafe {
-            if src.is_null() {
-                std::ptr::write_bytes(ptr.as_ptr(), 0, len);
-            } else {
-                std::ptr::copy_nonoverlapping(src, ptr.as_ptr(), len);
-            }
-        }
+        // SAFETY: `ptr` is valid for `len` f32s; all-zero bits are 0.0.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
         Some(LargeBuf { ptr, len, layout })
     }
 }
@@ -110,9 +88,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_large_buffer_is_aligned_zeroed_and_holds_what_is_copied() {
+    fn a_large_buffer_is_aligned_zeroed_and_holds_what_is_written() {
         let v: Vec<f32> = (0..HUGE_PAGE / 4 + 3).map(|i| i as f32).collect();
-        let buf = LargeBuf::copy_of(&v).unwrap();
+        let mut buf = LargeBuf::zeroed(v.len()).unwrap();
+        buf.copy_from_slice(&v);
         assert_eq!(buf.as_ptr() as usize % HUGE_PAGE, 0);
         assert_eq!(&buf[..], &v[..]);
         let z = LargeBuf::zeroed(HUGE_PAGE / 4).unwrap();

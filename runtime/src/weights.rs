@@ -154,7 +154,7 @@ enum BufferRepr {
         len: usize,
     },
     Owned(Arc<[f32]>),
-    /// Owned, in memory advised for huge pages ([`F32Buffer::from_vec_in_huge_pages`]).
+    /// Owned, in memory advised for huge pages ([`F32Buffer::in_huge_pages`]).
     Pages(Arc<crate::pages::LargeBuf>),
     /// F16 or BF16 elements, little-endian, widened to f32 on the first f32 read.
     Narrow {
@@ -257,15 +257,22 @@ impl F32Buffer {
         }
     }
 
-    /// `v` for data every run streams (packed matmul weights): moved into memory advised for
-    /// huge pages when it is large enough to fill one ([`crate::pages`]), else as
-    /// [`F32Buffer::from_vec`].
-    pub fn from_vec_in_huge_pages(v: Vec<f32>) -> F32Buffer {
-        match crate::pages::LargeBuf::copy_of(&v) {
-            Some(buf) => F32Buffer {
-                repr: BufferRepr::Pages(Arc::new(buf)),
-            },
-            None => F32Buffer::from_vec(v),
+    /// `len` floats written by `fill` (into zeros) for data every run streams (packed matmul
+    /// weights): in memory advised for huge pages when they fill one ([`crate::pages`]),
+    /// else an ordinary allocation.
+    pub fn in_huge_pages(len: usize, fill: impl FnOnce(&mut [f32])) -> F32Buffer {
+        match crate::pages::LargeBuf::zeroed(len) {
+            Some(mut buf) => {
+                fill(&mut buf);
+                F32Buffer {
+                    repr: BufferRepr::Pages(Arc::new(buf)),
+                }
+            }
+            None => {
+                let mut v = vec![0.0; len];
+                fill(&mut v);
+                F32Buffer::from_vec(v)
+            }
         }
     }
 

@@ -32,16 +32,7 @@ pub fn norm<M: Module>(
     c: usize,
     eps: f32,
 ) -> Result<FuncId, CodegenError> {
-    let name = format!(
-        "cf_{}{}_c{c}_e{:08x}",
-        if added { "add_" } else { "" },
-        match kind {
-            NormKind::Layer => "layer_norm",
-            NormKind::Rms => "rms_norm",
-            NormKind::L2 => "l2_normalize",
-        },
-        eps.to_bits()
-    );
+    let name = format!("cf_{}_c{c}_e{:08x}", kind.op_name(added), eps.to_bits());
     let sig = l.signature(1, false);
     l.kernel(&name, ARGS, false, Imports::default(), move |k, p, _| {
         let slot = k.b.create_sized_stack_slot(StackSlotData::new(

@@ -186,8 +186,16 @@ impl Blocking {
 /// `nr*p..nr*p+nr` of the `[K, N]` matrix, zero past N. `in_out` says the checkpoint stores
 /// `[K, N]` (GPT-2's Conv1D); otherwise `[N, K]` (nn.Linear).
 pub fn pack_b(w: &[f32], k: usize, n: usize, in_out: bool, nr: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n.div_ceil(nr) * k * nr];
+    pack_b_into(w, k, n, in_out, nr, &mut out);
+    out
+}
+
+/// [`pack_b`] into `out`, which holds `n.div_ceil(nr) * k * nr` zeros (the columns past N are
+/// left as they are).
+pub fn pack_b_into(w: &[f32], k: usize, n: usize, in_out: bool, nr: usize, out: &mut [f32]) {
     let panels = n.div_ceil(nr);
-    let mut out = vec![0f32; panels * k * nr];
+    assert_eq!(out.len(), panels * k * nr, "packed B's length");
     for p in 0..panels {
         let cols = nr.min(n - p * nr);
         let dst = &mut out[p * k * nr..(p + 1) * k * nr];
@@ -205,7 +213,6 @@ pub fn pack_b(w: &[f32], k: usize, n: usize, in_out: bool, nr: usize) -> Vec<f32
             }
         }
     }
-    out
 }
 
 /// How a micro-kernel starts its accumulators.

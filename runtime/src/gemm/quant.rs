@@ -314,17 +314,32 @@ impl PackedWeight {
     /// tables and of the F32 tensors an executable embeds: no arithmetic touches them, so
     /// the bits survive.
     pub fn to_words(&self) -> Vec<f32> {
-        let layout = WordLayout::of(self.k, self.n, self.format);
-        let mut out = Vec::with_capacity(layout.len);
-        out.extend(self.data.chunks(4).map(|c| {
-            let mut b = [0u8; 4];
-            b[..c.len()].copy_from_slice(c);
-            f32::from_le_bytes(b)
-        }));
-        out.extend(&self.scales);
-        out.extend(self.col_sums.iter().map(|&s| f32::from_bits(s as u32)));
-        debug_assert_eq!(out.len(), layout.len);
+        let mut out = vec![0.0; self.words()];
+        self.write_words(&mut out);
         out
+    }
+
+    /// Length of [`PackedWeight::to_words`].
+    pub fn words(&self) -> usize {
+        WordLayout::of(self.k, self.n, self.format).len
+    }
+
+    /// [`PackedWeight::to_words`] into `out`, [`PackedWeight::words`] long.
+    pub fn write_words(&self, out: &mut [f32]) {
+        assert_eq!(out.len(), self.words(), "word form's length");
+        let words = self
+            .data
+            .chunks(4)
+            .map(|c| {
+                let mut b = [0u8; 4];
+                b[..c.len()].copy_from_slice(c);
+                f32::from_le_bytes(b)
+            })
+            .chain(self.scales.iter().copied())
+            .chain(self.col_sums.iter().map(|&s| f32::from_bits(s as u32)));
+        for (o, w) in out.iter_mut().zip(words) {
+            *o = w;
+        }
     }
 
     /// int8: the quantized weights `[K, N]` row-major (empty for other formats).

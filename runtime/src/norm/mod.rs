@@ -46,6 +46,19 @@ impl NormKind {
             .into_iter()
             .find(|k| k.code() == code)
     }
+
+    /// The graph op a call of this kind computes, `added` when it adds a tensor first: the
+    /// generated kernel's name and the report's row (`add_layer_norm`, `rms_norm`, ...).
+    pub fn op_name(self, added: bool) -> &'static str {
+        match (self, added) {
+            (NormKind::Layer, false) => "layer_norm",
+            (NormKind::Layer, true) => "add_layer_norm",
+            (NormKind::Rms, false) => "rms_norm",
+            (NormKind::Rms, true) => "add_rms_norm",
+            (NormKind::L2, false) => "l2_normalize",
+            (NormKind::L2, true) => "add_l2_normalize",
+        }
+    }
 }
 
 /// One normalisation call from generated code (`RuntimeFns::norm`). Generated code fills it
@@ -203,15 +216,7 @@ pub unsafe extern "C" fn cranformer_norm(call: *const NormCall) {
     // Generated code cannot unwind: a panic is recorded for the host instead.
     threads::catch_for_generated_code(|| {
         // The graph op's name, for the report.
-        let name = match (NormKind::from_code(c.kind), !c.add.is_null()) {
-            (Some(NormKind::Layer), false) => "layer_norm",
-            (Some(NormKind::Layer), true) => "add_layer_norm",
-            (Some(NormKind::Rms), false) => "rms_norm",
-            (Some(NormKind::Rms), true) => "add_rms_norm",
-            (Some(NormKind::L2), false) => "l2_normalize",
-            (Some(NormKind::L2), true) => "add_l2_normalize",
-            (None, _) => "norm",
-        };
+        let name = NormKind::from_code(c.kind).map_or("norm", |k| k.op_name(!c.add.is_null()));
         // SAFETY: as the caller promised.
         let ran = crate::gemm::profile::kernel(name, || unsafe { norm_ran(c) });
         if let Err(e) = ran {
