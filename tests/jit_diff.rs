@@ -57,6 +57,12 @@ impl G {
 
     /// Runs the graph on both engines and compares every output.
     fn check(self, inputs: &[(&str, Tensor)]) {
+        self.check_threads(inputs, &[0]);
+    }
+
+    /// [`G::check`], the JIT run once per thread count of `threads` (0: the pool's default),
+    /// each run's outputs equal to the first's.
+    fn check_threads(self, inputs: &[(&str, Tensor)], threads: &[usize]) {
         let mut m = Model::load(&common::fixture_dir("bert-tiny")).unwrap();
         m.entries = [(self.g.name.clone(), self.g)].into_iter().collect();
         m.weights = self
@@ -69,7 +75,20 @@ impl G {
         let mut interp = Interpreter::new(m);
         let args: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (*n, t)).collect();
         let want = interp.run("f", &args).unwrap();
+        cranformer_runtime::threads::set_threads(threads[0]);
         let got = jit.run("f", &args).unwrap();
+        for &t in &threads[1..] {
+            cranformer_runtime::threads::set_threads(t);
+            let again = jit.run("f", &args).unwrap();
+            for (name, g) in &got {
+                assert!(
+                    again[name] == *g,
+                    "{name}: {t} threads differ from {}",
+                    threads[0]
+                );
+            }
+        }
+        cranformer_runtime::threads::set_threads(0);
         for (name, w) in &want {
             let g = &got[name];
             assert_eq!(w.shape(), g.shape(), "{name}: shape");
@@ -406,6 +425,33 @@ const ACTS: [Activation; 6] = [
     Activation::Silu,
     Activation::QuickGelu,
 ];
+
+/// A matmul wide enough that its panels are cut into several tasks, a short last one and a
+/// partial last panel (the portable path, CI's `CRANFORMER_ISA=portable` pass, cuts 101 panels
+/// of K = 64 into 3 tasks; the runtime's matmul into its chunks), on 1, 2 and 3 threads.
+#[test]
+fn wide_fused_linear_on_several_threads() {
+    let (k, n) = (64, 32 * 100 + 13);
+    let mut g = G::new(0x5eed);
+    let x = g.g.add_input("x", bt(k));
+    let w = g.weight("w", &[n, k], 1.0);
+    let b = g.weight("b", &[n], 1.0);
+    let r = g.g.add_input("r", bt(n));
+    let layout = WeightLayout::OutIn;
+    let act = Some(Activation::Gelu);
+    let y = g.op(
+        Op::FusedLinear {
+            layout,
+            act,
+            residual: true,
+        },
+        &[x, w, b, r],
+    );
+    g.g.add_output("y", y);
+    let xt = randt(&mut g, vec![2, 7, k], 1.0);
+    let rt = randt(&mut g, vec![2, 7, n], 1.0);
+    g.check_threads(&[("x", xt), ("r", rt)], &[1, 2, 3]);
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(

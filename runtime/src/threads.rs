@@ -211,6 +211,25 @@ fn worker(me: usize, shared: Arc<Shared>, next: Arc<AtomicUsize>) {
     }
 }
 
+/// At most this many tasks per call of a generated kernel's split (the compiler's
+/// `codegen::parallel::split`): enough to balance any core count this targets.
+pub const MAX_SPLIT_TASKS: usize = 64;
+
+/// The tasks a generated kernel's split cuts `count` units into with tasks of at least `grain`
+/// units (and `align` 1): none below two grains (the kernel runs directly, waking a worker
+/// would cost more), else `count / grain` up to [`MAX_SPLIT_TASKS`], each of
+/// `ceil(count / tasks)` units but the last. Returns `(tasks, units per task)`; the generated
+/// code computes the same in its own instructions, this is for the host's predictions.
+pub fn split_tasks(count: usize, grain: usize) -> (usize, usize) {
+    let grain = grain.max(1);
+    if count < 2 * grain {
+        return (1, count.max(1));
+    }
+    let tasks = (count / grain).min(MAX_SPLIT_TASKS);
+    let per = count.div_ceil(tasks);
+    (count.div_ceil(per), per)
+}
+
 /// Runs `f(i)` for every `i` in `0..tasks` on up to [`threads`] threads.
 ///
 /// If a task panics, the tasks not yet started are skipped and the first panic is resumed
@@ -509,6 +528,26 @@ mod tests {
         // SAFETY: the tests pass their live `[AtomicUsize; 9]` as ctx.
         let hits = unsafe { &*(ctx as *const [AtomicUsize; 9]) };
         hits[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn split_tasks_cover_the_units_in_non_empty_tasks() {
+        for grain in [1, 3, 32] {
+            for count in 0..5000 {
+                let (tasks, per) = split_tasks(count, grain);
+                assert!((1..=MAX_SPLIT_TASKS).contains(&tasks), "{count} / {grain}");
+                if count < 2 * grain {
+                    assert_eq!(tasks, 1, "{count} / {grain}: below two grains");
+                    continue;
+                }
+                assert!(per >= grain, "{count} / {grain}: tasks of {per}");
+                // Every task has units, the last one at most `per`.
+                assert!(
+                    (tasks - 1) * per < count && count <= tasks * per,
+                    "{count} / {grain}"
+                );
+            }
+        }
     }
 
     #[test]

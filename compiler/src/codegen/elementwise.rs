@@ -77,6 +77,18 @@ pub fn activation<M: Module>(
     })
 }
 
+/// [`activation`] on the runtime's thread pool: `(x, out, numel, parallel_for)`.
+pub fn activation_parallel<M: Module>(
+    l: &mut Lowering<'_, M>,
+    a: Activation,
+) -> Result<FuncId, CodegenError> {
+    let inner = activation(l, a)?;
+    let name = format!("cf_act_{a:?}_parallel")
+        .to_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "");
+    super::parallel::split(l, &name, inner, &[4, 4], 1 << 14, 16)
+}
+
 /// `(x, out, rows)` over rows of `2f` in, `f` out: out = act(x[.., :f]) * x[.., f:].
 pub fn gated<M: Module>(
     l: &mut Lowering<'_, M>,
@@ -246,16 +258,10 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
             scale(l, *factor)?,
             vec![at.v(0), at.out(), Arg::Numel(at.n)],
         ),
-        Op::Act(a) => {
-            let inner = activation(l, *a)?;
-            let name = format!("cf_act_{a:?}_parallel")
-                .to_lowercase()
-                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "");
-            Call::new(
-                super::parallel::split(l, &name, inner, &[4, 4], 1 << 14, 16)?,
-                vec![at.v(0), at.out(), Arg::Numel(at.n), Arg::ParallelFor],
-            )
-        }
+        Op::Act(a) => Call::new(
+            activation_parallel(l, *a)?,
+            vec![at.v(0), at.out(), Arg::Numel(at.n), Arg::ParallelFor],
+        ),
         other => unreachable!("not elementwise: {other}"),
     })
 }

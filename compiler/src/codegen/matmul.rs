@@ -19,7 +19,9 @@
 //! accumulators, K unrolled by 8, each FMA fed by a fresh `splat(load x)` (folded into
 //! `vbroadcastss`) and two panel vectors; compiled at `opt_level` "none" (see
 //! `Lowering::micro_isa`). The macro kernel walks panels (outer: a 32·K-byte panel stays in
-//! L1) and blocks of 6 rows (inner), then the remaining rows with a smaller tile.
+//! L1) and blocks of 6 rows (inner), then the remaining rows with a smaller tile; the panels
+//! are cut into tasks for the runtime's thread pool (`RuntimeFns::parallel_for`, see
+//! [`narrow_panels`]), as is the activation after the product.
 
 use super::entry::{Arg, At, Call};
 use super::ir::Kb;
@@ -151,6 +153,92 @@ fn micro<M: Module>(
     })
 }
 
+/// The portable path's product over whole panels, on the runtime's thread pool: the kernel
+/// `(x, w, bias, out, m, first, count, parallel_for)` computes `out`'s columns of panels
+/// `first..first + count` (of `ceil(N / 32)`) with the `micros` (`mr` = 1..=[`MR`] rows);
+/// [`super::parallel::split`] cuts the panels into tasks of at least
+/// `cranformer_runtime::gemm::plan::portable_grain` panels. Each tile is computed by the same
+/// code wherever the cut falls, so results do not depend on the thread count.
+fn narrow_panels<M: Module>(
+    l: &mut Lowering<'_, M>,
+    kdim: usize,
+    n: usize,
+    bias: bool,
+    micros: &[FuncId],
+) -> Result<FuncId, CodegenError> {
+    let name = format!(
+        "cf_mm_f32x4_k{kdim}_n{n}{}_panels",
+        if bias { "_bias" } else { "" }
+    );
+    let imports = Imports {
+        funcs: micros.to_vec(),
+        data: vec![],
+    };
+    let per_panel = (PANEL / TILE_N) as i64;
+    let inner = l.kernel(&name, 7, false, imports, |k, p, refs| {
+        // w, bias and out already point at panel `first`'s.
+        let (x, w, b, out, m, first, count) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+        // Tiles of 8 columns in these panels, the last one possibly short of N.
+        let col_first = k.muli(first, PANEL as i64);
+        let nv = k.i(n as i64);
+        let cols = k.b.ins().isub(nv, col_first);
+        let tiles_left = k.addi(cols, TILE_N as i64 - 1);
+        let tiles_left = k.b.ins().udiv_imm_u(tiles_left, TILE_N as i64);
+        let tiles = k.muli(count, per_panel);
+        let tiles = k.b.ins().smin(tiles, tiles_left);
+        let full_rows = {
+            let mr = k.i(MR as i64);
+            let q = k.b.ins().sdiv(m, mr);
+            k.muli(q, MR as i64)
+        };
+        k.for_n(tiles, |k, ti| {
+            // Tile ti: panel ti / 4, its 8-column sub-panel ti % 4.
+            let panel = k.b.ins().udiv_imm_u(ti, per_panel);
+            let sub = k.b.ins().urem_imm_u(ti, per_panel);
+            let pw = k.at(w, panel, PANEL_ROW * kdim as i64);
+            let pw = k.at(pw, sub, 4 * TILE_N as i64);
+            let pb = if bias {
+                k.at(b, ti, 4 * TILE_N as i64)
+            } else {
+                k.i(0)
+            };
+            // Columns in this tile: 8, or what is left of N.
+            let col0 = k.muli(ti, TILE_N as i64);
+            let left = k.b.ins().isub(cols, col0);
+            let eight = k.i(TILE_N as i64);
+            let ncols = k.b.ins().smin(left, eight);
+            let out_col = k.at(out, col0, 4);
+            let z = k.i(0);
+            k.for_range(z, full_rows, MR as i64, |k, i| {
+                let xi = k.at(x, i, 4 * kdim as i64);
+                let oi = k.at(out_col, i, 4 * n as i64);
+                k.b.ins().call(refs.funcs[MR - 1], &[xi, pw, oi, pb, ncols]);
+            });
+            let rest = k.b.ins().isub(m, full_rows);
+            let xi = k.at(x, full_rows, 4 * kdim as i64);
+            let oi = k.at(out_col, full_rows, 4 * n as i64);
+            for mr in 1..MR {
+                let is = k.b.ins().icmp_imm_s(IntCC::Equal, rest, mr as i64);
+                k.when(is, |k| {
+                    k.b.ins().call(refs.funcs[mr - 1], &[xi, pw, oi, pb, ncols]);
+                });
+            }
+        });
+    })?;
+    // Per unit (a panel): x and m shared, w, bias and out one panel on, first + 1.
+    let panel_bytes = 4 * PANEL as i64;
+    let strides = [
+        0,
+        PANEL_ROW * kdim as i64,
+        if bias { panel_bytes } else { 0 },
+        panel_bytes,
+        0,
+        1,
+    ];
+    let grain = cranformer_runtime::gemm::plan::portable_grain(kdim) as i64;
+    super::parallel::split(l, &format!("{name}_parallel"), inner, &strides, grain, 1)
+}
+
 /// The runtime epilogue's form of an activation.
 pub fn gemm_act(a: Option<Activation>) -> Act {
     match a {
@@ -164,11 +252,12 @@ pub fn gemm_act(a: Option<Activation>) -> Act {
     }
 }
 
-/// Kernel parameters, in order: `(x, panels, bias, out, m, gemm, residual)`:
+/// Kernel parameters, in order: `(x, panels, bias, out, m, gemm, residual, parallel_for)`:
 /// `out [M, N] = act(x [M, K] · W + bias) + residual`, with `bias` (padded to whole panels)
 /// or 0, `gemm` the runtime's wide matmul (`RuntimeFns::gemm`) or 0, `residual` `[M, N]` or 0
 /// (read only when `residual` is set; `act` and `residual` are compile-time choices of the
-/// kernel, so each combination is its own kernel). Nothing about the tiling is decided here:
+/// kernel, so each combination is its own kernel), `parallel_for` the runtime's thread pool
+/// (`RuntimeFns::parallel_for`, for the portable path). Nothing about the tiling is decided here:
 /// the runtime resolves it per call; when it offers no wide matmul, the portable path runs.
 #[allow(clippy::too_many_arguments)]
 pub fn linear<M: Module>(
@@ -188,9 +277,10 @@ pub fn linear<M: Module>(
     let mut funcs = (1..=MR)
         .map(|mr| micro(l, mr, kdim, n, bias))
         .collect::<Result<Vec<_>, _>>()?;
+    funcs.push(narrow_panels(l, kdim, n, bias, &funcs)?);
     // The portable path's epilogue: the elementwise kernels, in place over `out`.
     if let Some(a) = act {
-        funcs.push(super::elementwise::activation(l, a)?);
+        funcs.push(super::elementwise::activation_parallel(l, a)?);
     }
     if residual {
         funcs.push(super::elementwise::binary(l, true)?);
@@ -200,10 +290,9 @@ pub fn linear<M: Module>(
         data: vec![],
     };
     let gemm_sig = l.signature(1, false);
-    let tiles = n.div_ceil(TILE_N) as i64;
-    let per_panel = (PANEL / TILE_N) as i64;
-    l.kernel(&name, 7, false, imports, |k, p, refs| {
-        let (x, w, b, out, m, gemm, res) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+    let panels = n.div_ceil(PANEL) as i64;
+    l.kernel(&name, 8, false, imports, |k, p, refs| {
+        let (x, w, b, out, m, gemm, res, pfor) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]);
         // The runtime's wide matmul when it offers one; it resolves the tiling on the host.
         let wide = k.b.ins().icmp_imm_s(IntCC::NotEqual, gemm, 0);
         let done = k.b.create_block();
@@ -251,52 +340,15 @@ pub fn linear<M: Module>(
         k.b.ins().jump(done, &[]);
 
         k.b.switch_to_block(narrow);
-        let tv = k.i(tiles);
-        k.for_n(tv, |k, ti| {
-            // Tile ti: panel ti / 4, its 8-column sub-panel ti % 4.
-            let panel = k.b.ins().udiv_imm_u(ti, per_panel);
-            let sub = k.b.ins().urem_imm_u(ti, per_panel);
-            let pw = k.at(w, panel, PANEL_ROW * kdim as i64);
-            let pw = k.at(pw, sub, 4 * TILE_N as i64);
-            let pb = if bias {
-                k.at(b, ti, 4 * TILE_N as i64)
-            } else {
-                k.i(0)
-            };
-            // Columns in this tile: 8, or what is left of N.
-            let col0 = k.muli(ti, TILE_N as i64);
-            let nv = k.i(n as i64);
-            let left = k.b.ins().isub(nv, col0);
-            let eight = k.i(TILE_N as i64);
-            let ncols = k.b.ins().smin(left, eight);
-            let out_col = k.at(out, col0, 4);
-            let full_rows = {
-                let mr = k.i(MR as i64);
-                let q = k.b.ins().sdiv(m, mr);
-                k.muli(q, MR as i64)
-            };
-            let z = k.i(0);
-            k.for_range(z, full_rows, MR as i64, |k, i| {
-                let xi = k.at(x, i, 4 * kdim as i64);
-                let oi = k.at(out_col, i, 4 * n as i64);
-                k.b.ins().call(refs.funcs[MR - 1], &[xi, pw, oi, pb, ncols]);
-            });
-            let rest = k.b.ins().isub(m, full_rows);
-            let xi = k.at(x, full_rows, 4 * kdim as i64);
-            let oi = k.at(out_col, full_rows, 4 * n as i64);
-            for mr in 1..MR {
-                let is = k.b.ins().icmp_imm_s(IntCC::Equal, rest, mr as i64);
-                k.when(is, |k| {
-                    k.b.ins().call(refs.funcs[mr - 1], &[xi, pw, oi, pb, ncols]);
-                });
-            }
-        });
+        let (panels_v, zero) = (k.i(panels), k.i(0));
+        k.b.ins()
+            .call(refs.funcs[MR], &[x, w, b, out, m, zero, panels_v, pfor]);
         // Epilogue after the whole product (the tiles are no longer hot: the portable path
         // trades that for reusing the elementwise kernels).
         let numel = k.muli(m, n as i64);
-        let mut next = MR;
+        let mut next = MR + 1;
         if act.is_some() {
-            k.b.ins().call(refs.funcs[next], &[out, out, numel]);
+            k.b.ins().call(refs.funcs[next], &[out, out, numel, pfor]);
             next += 1;
         }
         if residual {
@@ -434,6 +486,9 @@ pub(super) fn call<M: Module>(l: &mut Lowering<'_, M>, at: &At) -> Result<Call, 
             Arg::Rows(at.ops[0]),
             runtime,
             res,
-        ],
+        ]
+        .into_iter()
+        .chain(format.eq(&WeightFormat::F32).then_some(Arg::ParallelFor))
+        .collect(),
     ))
 }

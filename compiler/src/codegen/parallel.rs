@@ -4,7 +4,8 @@
 //! by a fixed number of bytes per unit of `count` (a row of a norm, an element of an
 //! activation; 0 for an operand every unit shares, like a norm's gain) into
 //! `(p_0, .., p_{n-1}, count, parallel_for)`. The wrapper cuts `count` into tasks of at least
-//! `grain` units (a multiple of `align`), stores its arguments in a stack slot and hands the
+//! `grain` units (a multiple of `align`; `cranformer_runtime::threads::split_tasks` states the
+//! cut with `align` 1 for the host's predictions), stores its arguments in a stack slot and hands the
 //! pool a generated per-task function that calls `inner` on its range. The cut depends on
 //! `count` only, never on the thread count, and each unit is computed by the same code
 //! wherever the cut falls, so results are identical for every thread count. Below two
@@ -14,8 +15,8 @@ use super::{CodegenError, Imports, Lowering};
 use cranelift_codegen::ir::{types::I64, InstBuilder, StackSlotData, StackSlotKind, Value};
 use cranelift_module::{FuncId, Module};
 
-/// At most this many tasks per call: enough to balance any core count this targets.
-const MAX_TASKS: i64 = 64;
+/// At most this many tasks per call (the runtime's definition, which its predictions read).
+const MAX_TASKS: i64 = cranformer_runtime::threads::MAX_SPLIT_TASKS as i64;
 
 /// The parallel form of `inner` (named `name`): see the module comment.
 pub fn split<M: Module>(
