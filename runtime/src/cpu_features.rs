@@ -7,6 +7,12 @@
 //! has), or to the part of them the compiling CPU has: an executable compiled on an AVX-512
 //! machine runs on an AVX2 one. The runtime's own kernels choose their ISA at run time
 //! whatever this says.
+//!
+//! Where the runtime runs below the CPU's best (`CRANFORMER_ISA`, see
+//! [`crate::gemm::Isa::detect`]), generated code follows: under `avx2` the JIT takes the
+//! executables' features instead of all the host's, and under `portable` (the kernels of a CPU
+//! without AVX2) both take only [`PORTABLE_FEATURES`]: no AVX and no FMA, as such a CPU, so
+//! that tests and benchmarks held to a path run the code a CPU of that path runs.
 
 /// The list below written once: `EXECUTABLE_FEATURES` and the detection of each (the
 /// detection macro takes its name as a literal).
@@ -50,13 +56,31 @@ features![
     ("has_lzcnt", "lzcnt"),
 ];
 
-/// The features an executable compiled on this CPU uses: those of [`EXECUTABLE_FEATURES`]
-/// this CPU has, as (Cranelift setting, name).
+/// The x86-64-v2 part of [`EXECUTABLE_FEATURES`] (the SSE levels and POPCNT): all that
+/// generated code uses where the runtime runs its portable kernels.
+pub const PORTABLE_FEATURES: [&str; 5] = ["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt"];
+
+/// The features an executable compiled on this CPU uses, as (Cranelift setting, name): those
+/// of [`EXECUTABLE_FEATURES`] this CPU has, of [`PORTABLE_FEATURES`] only where the runtime
+/// runs its portable kernels ([`for_isa`] of [`crate::gemm::detected`]).
 pub fn for_executables() -> Vec<(&'static str, &'static str)> {
+    for_isa(crate::gemm::detected())
+}
+
+/// [`for_executables`] where the runtime's kernels are `isa`'s.
+pub fn for_isa(isa: crate::gemm::Isa) -> Vec<(&'static str, &'static str)> {
     EXECUTABLE_FEATURES
         .into_iter()
         .filter(|(_, name)| has(name))
+        .filter(|(_, name)| isa != crate::gemm::Isa::Portable || PORTABLE_FEATURES.contains(name))
         .collect()
+}
+
+/// Whether the JIT's generated code may use every feature of this CPU, AVX-512 included: yes
+/// unless `CRANFORMER_ISA` holds the runtime below the CPU's best; then it uses
+/// [`for_executables`], as a CPU of that level would.
+pub fn jit_takes_every_host_feature() -> bool {
+    crate::gemm::detected() == crate::gemm::detect_hardware()
 }
 
 /// Those of `needed` this CPU lacks, in order.
@@ -93,6 +117,25 @@ mod tests {
         assert!(missing(&used).is_empty());
         // Never anything beyond x86-64-v3, however wide this CPU is.
         assert!(used.iter().all(|f| !f.starts_with("avx512")));
+    }
+
+    #[test]
+    fn the_portable_path_generates_for_a_cpu_without_avx() {
+        use crate::gemm::Isa;
+        let portable = for_isa(Isa::Portable);
+        for (_, name) in &portable {
+            assert!(
+                PORTABLE_FEATURES.contains(name),
+                "{name} under the portable path"
+            );
+            assert!(has(name));
+        }
+        // Every v2 feature this CPU has stays; the wider paths take all it has up to v3.
+        let v2_here = PORTABLE_FEATURES.iter().filter(|f| has(f)).count();
+        assert_eq!(portable.len(), v2_here);
+        let wide = EXECUTABLE_FEATURES.iter().filter(|(_, f)| has(f)).count();
+        assert_eq!(for_isa(Isa::Avx2).len(), wide);
+        assert_eq!(for_isa(Isa::Avx512).len(), wide);
     }
 
     #[test]

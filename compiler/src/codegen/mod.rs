@@ -78,9 +78,12 @@ impl From<ModuleError> for CodegenError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Features {
     /// Every feature of the CPU compiling (AVX-512 included): the JIT runs where it compiles.
+    /// Unless `CRANFORMER_ISA` holds the runtime below the CPU's best: then as
+    /// [`Features::Executable`] (`cranformer_runtime::cpu_features::jit_takes_every_host_feature`).
     Host,
     /// Those of [`cranformer_runtime::cpu_features::EXECUTABLE_FEATURES`] the CPU compiling
-    /// has (x86-64-v3 at most): an executable is copied to other machines.
+    /// has (x86-64-v3 at most; v2 on the portable path: `cpu_features::for_executables`): an
+    /// executable is copied to other machines.
     Executable,
 }
 
@@ -91,9 +94,11 @@ pub fn native_isa(
     pic: bool,
     features: Features,
 ) -> Result<OwnedTargetIsa, CodegenError> {
-    let mut isa = cranelift_native::builder_with_options(features == Features::Host)
-        .map_err(|e| CodegenError::Host(e.into()))?;
-    if features == Features::Executable {
+    let every = features == Features::Host
+        && cranformer_runtime::cpu_features::jit_takes_every_host_feature();
+    let mut isa =
+        cranelift_native::builder_with_options(every).map_err(|e| CodegenError::Host(e.into()))?;
+    if !every {
         for (setting, _) in cranformer_runtime::cpu_features::for_executables() {
             isa.enable(setting)
                 .map_err(|e| CodegenError::Host(format!("{setting}: {e}")))?;
@@ -279,13 +284,18 @@ impl<'m, M: Module> Lowering<'m, M> {
                 .collect(),
         };
         let frontend_config = self.module.target_config();
+        let native_fma = if micro {
+            self.micro_isa.has_native_fma()
+        } else {
+            self.module.isa().has_native_fma()
+        };
         {
             let mut b = FunctionBuilder::new(&mut func, &mut self.fctx);
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
             let args = b.block_params(entry).to_vec();
-            let mut k = Kb { b };
+            let mut k = Kb { b, native_fma };
             body(&mut k, &args, &refs);
             // Functions without a result fall off the end of `body`; the others return.
             if !ret {
@@ -438,6 +448,57 @@ mod tests {
             .filter(|f| f.as_bool() == Some(true))
             .map(|f| f.name)
             .collect()
+    }
+
+    /// An object file of two kernels `out = a·b + c` over f32x4 (one at `opt_level` speed,
+    /// one a micro-kernel), through [`Kb::fma`] or, with `raw`, Cranelift's `fma` itself,
+    /// compiled for x86-64 with the SSE levels and, with `fma`, AVX and FMA.
+    fn fma_object(fma: bool, raw: bool) -> Vec<u8> {
+        let mut b = cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu").unwrap();
+        let mut settings = vec!["has_sse3", "has_ssse3", "has_sse41", "has_sse42"];
+        if fma {
+            settings.extend(["has_avx", "has_fma"]);
+        }
+        for s in settings {
+            b.enable(s).unwrap();
+        }
+        let isa = b
+            .finish(settings::Flags::new(shared_flags("speed", true).unwrap()))
+            .unwrap();
+        let builder = cranelift_object::ObjectBuilder::new(
+            isa,
+            "fma",
+            cranelift_module::default_libcall_names(),
+        )
+        .unwrap();
+        let mut module = cranelift_object::ObjectModule::new(builder);
+        let mut l = Lowering::new(&mut module).unwrap();
+        let body = |k: &mut Kb, p: &[cranelift_codegen::ir::Value]| {
+            let (a, b, c) = (k.ldv(p[0], 0), k.ldv(p[1], 0), k.ldv(p[2], 0));
+            let y = if raw {
+                k.b.ins().fma(a, b, c)
+            } else {
+                k.fma(a, b, c)
+            };
+            k.st(y, p[2], 0);
+        };
+        l.kernel("t", 3, false, Imports::default(), |k, p, _| body(k, p))
+            .unwrap();
+        l.micro_kernel("m", 3, |k, p, _| body(k, p)).unwrap();
+        module.finish().emit().unwrap()
+    }
+
+    fn calls_fmaf(object: &[u8]) -> bool {
+        object.windows(5).any(|w| w == b"fmaf\0")
+    }
+
+    #[test]
+    fn without_fma_a_multiply_add_is_two_instructions_not_a_libm_call() {
+        // Cranelift's own `fma` on an ISA without FMA calls libm per lane (the control: the
+        // check sees that call), `Kb::fma` does not; with FMA neither does.
+        assert!(calls_fmaf(&fma_object(false, true)));
+        assert!(!calls_fmaf(&fma_object(false, false)));
+        assert!(!calls_fmaf(&fma_object(true, false)));
     }
 
     #[test]
