@@ -452,15 +452,16 @@ mod tests {
 
     /// An object file of two kernels `out = a·b + c` over f32x4 (one at `opt_level` speed,
     /// one a micro-kernel), through [`Kb::fma`] or, with `raw`, Cranelift's `fma` itself,
-    /// compiled for x86-64 with the SSE levels and, with `fma`, AVX and FMA.
+    /// compiled for x86-64 with the portable path's features (whatever this CPU has) and,
+    /// with `fma`, AVX and FMA.
     fn fma_object(fma: bool, raw: bool) -> Vec<u8> {
+        use cranformer_runtime::cpu_features::{EXECUTABLE_FEATURES, PORTABLE_FEATURES};
         let mut b = cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu").unwrap();
-        let mut settings = vec!["has_sse3", "has_ssse3", "has_sse41", "has_sse42"];
-        if fma {
-            settings.extend(["has_avx", "has_fma"]);
-        }
-        for s in settings {
-            b.enable(s).unwrap();
+        let wide = if fma { &["avx", "fma"][..] } else { &[] };
+        for (setting, name) in EXECUTABLE_FEATURES {
+            if PORTABLE_FEATURES.contains(&name) || wide.contains(&name) {
+                b.enable(setting).unwrap();
+            }
         }
         let isa = b
             .finish(settings::Flags::new(shared_flags("speed", true).unwrap()))
