@@ -321,20 +321,23 @@ pub fn candidates(p: &MachineProfile, pr: &Problem) -> Vec<Candidate> {
     kernels.push(Kernel::F32x4);
     for kernel in kernels {
         if kernel == Kernel::F32x4 {
-            // The generated kernel's panels go to as many of the pool's threads as it has
-            // tasks.
+            // The generated kernel's panels go to the pool's threads, as many as it has
+            // tasks; every count down to 1 is a candidate, as for the runtime's kernels, so
+            // that a resolution for fewer threads than cores finds one.
             let panels = pr.n.div_ceil(super::PACK_NR);
             let (tasks, _) = crate::threads::split_tasks(panels, portable_grain(pr.k));
-            out.push(evaluate(
-                p,
-                pr,
-                Choice {
-                    kernel,
-                    kc: pr.k as u32,
-                    mc: pr.m as u32,
-                    threads: p.cores.min(tasks).max(1) as u32,
-                },
-            ));
+            for t in (1..=p.cores.min(tasks).max(1)).rev() {
+                out.push(evaluate(
+                    p,
+                    pr,
+                    Choice {
+                        kernel,
+                        kc: pr.k as u32,
+                        mc: pr.m as u32,
+                        threads: t as u32,
+                    },
+                ));
+            }
             continue;
         }
         let (mr, _) = kernel.tile();
@@ -722,5 +725,26 @@ mod tests {
         let mut p = server();
         p.limit_bits(256);
         assert_eq!(resolve_on(&p, &bert_ffn(), 2).choice.kernel, Kernel::Avx2);
+    }
+
+    #[test]
+    fn a_machine_without_wide_vectors_resolves_for_any_thread_count() {
+        // Only the generated kernel: its candidates cover every thread count up to its tasks,
+        // so fewer threads than cores (`--threads 1` on a 16-core host) still find one.
+        let mut p = server();
+        p.limit_bits(128);
+        for t in [1, 2, p.cores] {
+            let c = resolve_on(&p, &bert_ffn(), t).choice;
+            assert_eq!(c.kernel, Kernel::F32x4);
+            assert!((1..=t as u32).contains(&c.threads), "{t}: {}", c.describe());
+        }
+        // A wide matmul's prediction takes all the cores its tasks reach.
+        let c = choose_problem(&p, &bert_ffn());
+        assert_eq!(
+            c.choice.threads as usize,
+            p.cores,
+            "{}",
+            c.choice.describe()
+        );
     }
 }
