@@ -155,7 +155,7 @@ fn micro<M: Module>(
 
 /// The portable path's product over whole panels, on the runtime's thread pool: the kernel
 /// `(x, w, bias, out, m, first, count, parallel_for)` computes `out`'s columns of panels
-/// `first..first + count` (of `ceil(N / 32)`) with the `micros` (`mr` = 1..=[`MR`] rows);
+/// `first..first + count` (of `ceil(N / 32)`) with the [`micro`] kernels of 1..=[`MR`] rows;
 /// [`super::parallel::split`] cuts the panels into tasks of at least
 /// `cranformer_runtime::gemm::plan::portable_grain` panels. Each tile is computed by the same
 /// code wherever the cut falls, so results do not depend on the thread count.
@@ -164,14 +164,16 @@ fn narrow_panels<M: Module>(
     kdim: usize,
     n: usize,
     bias: bool,
-    micros: &[FuncId],
 ) -> Result<FuncId, CodegenError> {
+    let micros = (1..=MR)
+        .map(|mr| micro(l, mr, kdim, n, bias))
+        .collect::<Result<Vec<_>, _>>()?;
     let name = format!(
         "cf_mm_f32x4_k{kdim}_n{n}{}_panels",
         if bias { "_bias" } else { "" }
     );
     let imports = Imports {
-        funcs: micros.to_vec(),
+        funcs: micros,
         data: vec![],
     };
     let per_panel = (PANEL / TILE_N) as i64;
@@ -274,10 +276,8 @@ pub fn linear<M: Module>(
         act.map_or(String::new(), |a| format!("_{a:?}").to_lowercase()),
         if residual { "_res" } else { "" },
     );
-    let mut funcs = (1..=MR)
-        .map(|mr| micro(l, mr, kdim, n, bias))
-        .collect::<Result<Vec<_>, _>>()?;
-    funcs.push(narrow_panels(l, kdim, n, bias, &funcs)?);
+    // The portable path: the product on the pool, then the epilogue's elementwise kernels.
+    let mut funcs = vec![narrow_panels(l, kdim, n, bias)?];
     // The portable path's epilogue: the elementwise kernels, in place over `out`.
     if let Some(a) = act {
         funcs.push(super::elementwise::activation_parallel(l, a)?);
@@ -342,11 +342,11 @@ pub fn linear<M: Module>(
         k.b.switch_to_block(narrow);
         let (panels_v, zero) = (k.i(panels), k.i(0));
         k.b.ins()
-            .call(refs.funcs[MR], &[x, w, b, out, m, zero, panels_v, pfor]);
+            .call(refs.funcs[0], &[x, w, b, out, m, zero, panels_v, pfor]);
         // Epilogue after the whole product (the tiles are no longer hot: the portable path
         // trades that for reusing the elementwise kernels).
         let numel = k.muli(m, n as i64);
-        let mut next = MR + 1;
+        let mut next = 1;
         if act.is_some() {
             k.b.ins().call(refs.funcs[next], &[out, out, numel, pfor]);
             next += 1;

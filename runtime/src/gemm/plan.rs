@@ -326,7 +326,7 @@ pub fn candidates(p: &MachineProfile, pr: &Problem) -> Vec<Candidate> {
             // that a resolution for fewer threads than cores finds one.
             let panels = pr.n.div_ceil(super::PACK_NR);
             let (tasks, _) = crate::threads::split_tasks(panels, portable_grain(pr.k));
-            for t in (1..=p.cores.min(tasks).max(1)).rev() {
+            for t in (1..=p.cores.min(tasks)).rev() {
                 out.push(evaluate(
                     p,
                     pr,
