@@ -113,6 +113,63 @@ fn generate_on_gpt2_tiny_reports_ms_per_new_token() {
     }
 }
 
+/// A decode step streams every weight of the layers and the (tied) LM head once, a row of each
+/// embedding and the small vectors: for gpt2-tiny (2 layers of width 32, vocabulary 50257)
+/// between its matmul weights' bytes and the whole checkpoint's. The GB/s is that over the
+/// step's time.
+#[test]
+fn generate_reports_the_weight_stream_of_a_decode_step() {
+    let dir = fixture("gpt2-tiny");
+    let lines = bench(&[
+        dir.to_str().unwrap(),
+        "--engine",
+        "jit",
+        "--dtype",
+        "f32,int8",
+        "--task",
+        "generate",
+        "--prompt-tokens",
+        "4",
+        "--new-tokens",
+        "3",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    let of = |dtype: &str| {
+        lines
+            .iter()
+            .find(|v| v["dtype"] == dtype)
+            .unwrap_or_else(|| panic!("no {dtype} line in {lines:?}"))
+    };
+    let (d, layers, vocab) = (32.0, 2.0, 50257.0);
+    let matmuls = 4.0 * (layers * (d * 3.0 * d + d * d + 2.0 * d * 4.0 * d) + vocab * d);
+    let file = std::fs::metadata(dir.join("model.safetensors"))
+        .unwrap()
+        .len() as f64;
+    let f32_line = of("f32");
+    let per_token = num(f32_line, "decode_weight_mb_per_token") * 1e6;
+    assert!(
+        matmuls <= per_token && per_token <= file,
+        "{per_token} bytes a step, matmuls {matmuls}, checkpoint {file}"
+    );
+    for v in [f32_line, of("int8")] {
+        let gbs = num(v, "decode_weight_mb_per_token") / num(v, "ms_per_new_token");
+        assert!(
+            (num(v, "decode_weight_gbs") - gbs).abs() <= 1e-9 * gbs.max(1.0),
+            "{v}"
+        );
+    }
+    // int8 weights: a byte each and a scale per output channel, against f32's four bytes.
+    let int8 = num(of("int8"), "decode_weight_mb_per_token") * 1e6;
+    assert!(
+        int8 < per_token / 3.0,
+        "int8 {int8} bytes a step, f32 {per_token}"
+    );
+}
+
 #[test]
 fn generate_on_t5_tiny() {
     let lines = bench(&[

@@ -10,7 +10,9 @@
 //! - forward, GPT-2: one `forward` of [B, T] tokens (logits at every position, no cache).
 //! - forward, T5: `encode` of [B, T] tokens, `cross_kv`, then one `decode` of T decoder tokens.
 //! - generate, GPT-2: prefill = one `step` over the N prompt tokens; then M `step`s of one
-//!   token each, feeding back the greedy pick; `ms_per_new_token` = time of those M steps / M.
+//!   token each, feeding back the greedy pick; `ms_per_new_token` = time of those M steps / M;
+//!   `decode_weight_mb_per_token` = the weight bytes one such step reads (in the run's
+//!   `--dtype`), `decode_weight_gbs` = those of the M steps over their time.
 //! - generate, T5: prefill = `encode` of N tokens and `cross_kv`; then M `step`s from the
 //!   decoder start token, as above. End-of-sequence picks do not stop a run: every run does
 //!   the same work.
@@ -391,18 +393,21 @@ fn run_engines(
         .collect();
     narrow.sort();
     narrow.dedup();
-    let narrow_weight_bytes = narrow
-        .into_iter()
-        .map(|f| {
-            let b = trace
-                .iter()
-                .map(|(entry, dims, _)| graph_cost_as(&model.entries[entry], dims, f).weight_bytes)
-                .sum();
-            (f, b)
-        })
+    let bytes_as = |f: WeightFormat, decode_only: bool| -> u64 {
+        trace
+            .iter()
+            .filter(|(_, _, d)| !decode_only || *d)
+            .map(|(entry, dims, _)| graph_cost_as(&model.entries[entry], dims, f).weight_bytes)
+            .sum()
+    };
+    let narrow_weight_bytes = narrow.iter().map(|&f| (f, bytes_as(f, false))).collect();
+    let decode_weight_bytes = std::iter::once(WeightFormat::F32)
+        .chain(narrow.iter().copied())
+        .map(|f| (f, bytes_as(f, true)))
         .collect();
     let report = Report {
         narrow_weight_bytes,
+        decode_weight_bytes,
         model: model_name,
         architecture: info.architecture().to_string(),
         task: args.task,

@@ -165,6 +165,8 @@ pub(super) struct Report<'a> {
     /// Weight bytes a run moves with its matmul weights stored in each narrow format asked
     /// for (`graph_cost_as`); `cost.weight_bytes` is f32's.
     pub narrow_weight_bytes: Vec<(WeightFormat, u64)>,
+    /// Weight bytes one run's decode steps move, per format run (f32 and each narrow one).
+    pub decode_weight_bytes: Vec<(WeightFormat, u64)>,
 }
 
 impl Report<'_> {
@@ -267,6 +269,19 @@ impl Report<'_> {
                     "decode_gflops".into(),
                     Self::gflops(&self.decode_cost, dec).into(),
                 );
+                // The weight stream of a decode step, the figure DRAM's read bandwidth bounds
+                // (benches/peers/decode_roof.py sets it against `roofline`'s measurement).
+                if let Some(&(_, b)) = self.decode_weight_bytes.iter().find(|(f, _)| *f == s.dtype)
+                {
+                    m.insert(
+                        "decode_weight_mb_per_token".into(),
+                        (b as f64 / 1e6 / a.new_tokens.max(1) as f64).into(),
+                    );
+                    m.insert(
+                        "decode_weight_gbs".into(),
+                        (b as f64 / dec.as_secs_f64().max(1e-12) / 1e9).into(),
+                    );
+                }
             } else {
                 m.insert("seq".into(), a.seq.into());
             }
