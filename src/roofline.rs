@@ -117,11 +117,11 @@ pub fn measure() -> MachineProfile {
             continue;
         }
         // A buffer that stays in this level: half of a private cache, a third of each
-        // core's share of the shared one, 64 MiB (far past any L3) for DRAM.
+        // core's share of the shared one; for DRAM, far past every cache (`dram_bytes`).
         let per_thread = |t: usize| match name {
             "L1" | "L2" => bytes / 2,
             "L3" => bytes / 3 / t as u64,
-            _ => 64 << 20,
+            _ => dram_bytes(t, caches, cores),
         };
         let one = on_threads(1, move || read_gbs(per_thread(1) as usize));
         let all = if cores > 1 {
@@ -150,6 +150,16 @@ pub fn measure() -> MachineProfile {
                 .map_or(0, |d| d.as_secs())
         ),
     }
+}
+
+/// Bytes each of `t` threads reads to measure DRAM: 64 MiB or more, and together at least four
+/// times all the caches' capacity (STREAM's rule for its arrays), so that repeated passes find
+/// next to nothing in the L3. At 64 MiB for one thread on a 32 MiB L3 (AMD EPYC Zen 5) the L3
+/// served part of each pass: 46-48 GB/s, against 42 GB/s reading a 154 MB weight panel in huge
+/// pages, where a decode GEMV over the same memory reached 38-40 GB/s.
+fn dram_bytes(t: usize, (l1, l2, l3): (u64, u64, u64), cores: usize) -> u64 {
+    let caches = l3 + (l1 + l2) * cores as u64;
+    (64u64 << 20).max((4 * caches).div_ceil(t.max(1) as u64))
 }
 
 /// Runs `f` on `t` threads at once and sums their results.
@@ -183,7 +193,18 @@ fn widths() -> Vec<u32> {
 /// GB/s reading a `bytes` buffer repeatedly on this thread (about 40 ms).
 fn read_gbs(bytes: usize) -> f64 {
     let n = (bytes / 4).max(1024) / 512 * 512;
-    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    // Memory as the packed weights get it: advised for huge pages (`pages::LargeBuf`), where
+    // the hardware prefetchers run on past 4 KiB boundaries; an ordinary allocation below 2 MiB.
+    let buf: Box<dyn std::ops::Deref<Target = [f32]>> =
+        match cranformer_runtime::pages::LargeBuf::zeroed(n) {
+            Some(mut b) => {
+                b.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, x)| *x = (i % 7) as f32);
+                Box::new(b)
+            }
+            None => Box::new((0..n).map(|i| (i % 7) as f32).collect::<Vec<f32>>()),
+        };
     let passes = ((200 << 20) / (n * 4)).clamp(1, 100_000);
     let mut best = f64::MAX;
     // Best of 3 runs (the first also warms the buffer into its level), each the better of one
@@ -289,4 +310,31 @@ fn triad_gbs() -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
     }
     (3 * n * 4) as f64 / best / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dram_bytes;
+
+    #[test]
+    fn the_dram_buffer_is_four_times_every_cache() {
+        const MIB: u64 = 1 << 20;
+        // 2 cores, 48 KiB L1 and 1 MiB L2 each, 32 MiB L3 (AMD EPYC Zen 5): 4 x 34.1 MiB.
+        let zen5 = (48 << 10, MIB, 32 * MIB);
+        let all = 4 * (32 * MIB + 2 * (MIB + (48 << 10)));
+        assert_eq!(dram_bytes(1, zen5, 2), all);
+        assert_eq!(dram_bytes(2, zen5, 2), 68 * MIB + (192 << 10));
+        assert!(dram_bytes(2, zen5, 2) * 2 >= all);
+        // Small caches: never under 64 MiB a thread.
+        assert_eq!(dram_bytes(1, (32 << 10, 256 << 10, 8 * MIB), 4), 64 * MIB);
+        // Many cores on a large L3: the threads share the four times.
+        let big = (48 << 10, 2 * MIB, 384 * MIB);
+        for t in [1, 8, 96] {
+            assert!(
+                dram_bytes(t, big, 96) * t as u64 >= 4 * (384 * MIB + 96 * (2 * MIB + (48 << 10)))
+            );
+        }
+        // No cache sizes known, no threads: 64 MiB.
+        assert_eq!(dram_bytes(0, (0, 0, 0), 1), 64 * MIB);
+    }
 }
