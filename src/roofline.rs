@@ -8,8 +8,10 @@
 //!   thread and on every core at once: a loop of independent FMAs on 24 (12 below 512 bits, where 16 registers hold them and the operands)
 //!   accumulators, more than the FMA pipes' latency × throughput, so nothing waits;
 //! - read bandwidth from buffers of half of L1, half of L2, a third of (each core's share
-//!   of) L3 and 64 MiB per thread (DRAM), summing with the widest vectors into 8 accumulators,
-//!   as one sequential stream and as four interleaved ones (the better counts);
+//!   of) L3, and for DRAM 64 MiB per thread or more, four times all the caches together
+//!   (`dram_bytes`), summing with the widest vectors into 8 accumulators, as one sequential
+//!   stream and as four interleaved ones (the better counts); buffers of 2 MiB or more in
+//!   memory advised for huge pages, as the packed weights are;
 //! - DRAM triad (`a = b + s·c`, 3 × 32 MiB per thread);
 //! - core count (affinity and cgroup quota) and cache sizes (sysfs, else cpuid).
 
