@@ -148,7 +148,7 @@ pub(super) fn tiling_report(
         rows.retain(|r| r.matmul.is_none());
         rows.extend(report::ran(&recorded.matmuls, &profile, weights));
     }
-    report::ran_kernels(&mut rows, &recorded.kernels);
+    report::ran_kernels(&mut rows, &recorded.kernels, &profile);
     Ok((rows, profile))
 }
 

@@ -8,9 +8,10 @@
 //! (resolved on this host), its measured time, and the model's prediction for that tiling.
 //! Attention and the row norms are the runtime's kernels, at the width of this host's ISA
 //! (with a run to show, [`ran_kernels`], the ISA and threads they ran with and their measured
-//! time); other kernels are Cranelift code at 128 bits. Their roof is `max(FLOPs / one core's peak
-//! at that width, bytes / bandwidth of the level that holds their operands)`, from
-//! `graph::cost`.
+//! time); other kernels are Cranelift code at 128 bits. Their roof is `max(FLOPs / peak at that
+//! width, bytes / bandwidth of the level that holds their operands)`, from `graph::cost`: on
+//! one core, and for the runtime's kernels that ran, on the threads and at the width they ran
+//! with.
 
 use super::choose::{candidates, choose_problem, evaluate, explain, Choice, Kernel, Problem};
 use super::roofline::MachineProfile;
@@ -45,6 +46,29 @@ pub struct Row {
     pub why: String,
     /// `(m, n, k)` of a matmul.
     pub matmul: Option<(usize, usize, usize)>,
+    /// Each call of a runtime kernel other than a matmul (attention, the norms), for
+    /// [`ran_kernels`] to put its roof on the threads and ISA it ran with; empty otherwise.
+    pub parts: Vec<Part>,
+}
+
+/// One call of a runtime kernel as the cost model sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Part {
+    pub flops: f64,
+    pub bytes: f64,
+    /// The memory level that holds its operands (index into the profile's levels).
+    pub home: usize,
+}
+
+/// Seconds of `parts` at the roof of `bits`-wide vectors on `threads` threads of `p`, and
+/// their compute and memory seconds apart.
+fn roof_of(p: &MachineProfile, parts: &[Part], bits: u32, threads: usize) -> (f64, f64, f64) {
+    let peak = p.peak_gflops(bits, threads) * 1e9;
+    parts.iter().fold((0.0, 0.0, 0.0), |(all, c, m), x| {
+        let compute = x.flops / peak;
+        let memory = x.bytes / (p.read_gbs(x.home, threads) * 1e9);
+        (all + compute.max(memory), c + compute, m + memory)
+    })
 }
 
 impl Row {
@@ -135,6 +159,7 @@ pub fn rows(
                 measured_s: None,
                 why: c.why.clone(),
                 matmul: Some((m, nn, k)),
+                parts: vec![],
             }
         } else {
             let cost = node_cost(g, n, d);
@@ -177,21 +202,18 @@ pub fn rows(
                 measured_s: None,
                 why: String::new(),
                 matmul: None,
+                parts: if runtime_kernel {
+                    vec![Part {
+                        flops: cost.flops as f64,
+                        bytes,
+                        home,
+                    }]
+                } else {
+                    vec![]
+                },
             }
         };
-        match out
-            .iter_mut()
-            .find(|r| r.kernel == row.kernel && r.tiling == row.tiling)
-        {
-            Some(r) => {
-                r.calls += 1;
-                r.flops += row.flops;
-                r.bytes += row.bytes;
-                r.predicted_s += row.predicted_s;
-                r.roof_s += row.roof_s;
-            }
-            None => out.push(row),
-        }
+        merge(&mut out, vec![row]);
     }
     out
 }
@@ -271,6 +293,7 @@ pub fn ran(timings: &[Timing], p: &MachineProfile, weights_in_flight: u64) -> Ve
                 explain(p, &pr, &c, &candidates(p, &pr))
             ),
             matmul: Some((t.m, t.n, t.k)),
+            parts: vec![],
         });
     }
     out
@@ -278,9 +301,11 @@ pub fn ran(timings: &[Timing], p: &MachineProfile, weights_in_flight: u64) -> Ve
 
 /// What the runtime recorded of attention and the norms, put on their rows: the measured
 /// time summed over the calls, and the ISA and threads they ran with in place of the host's
-/// predicted ISA (`runtime avx2 t2`; `t1/2` where calls ran on different counts). A recorded
-/// kernel the graph has no row for gets a row of its own, with no prediction.
-pub fn ran_kernels(rows: &mut Vec<Row>, kernels: &[KernelTiming]) {
+/// predicted ISA (`runtime avx2 t2`; `t1/2` where calls ran on different counts), and the
+/// roof (prediction, bound) recomputed on `p` for those: where calls ran on different ISAs or
+/// counts, each pair's roof weighted by its share of the calls. A recorded kernel the graph
+/// has no row for gets a row of its own, with no prediction.
+pub fn ran_kernels(rows: &mut Vec<Row>, kernels: &[KernelTiming], p: &MachineProfile) {
     let mut names: Vec<&'static str> = vec![];
     for k in kernels {
         if !names.contains(&k.kernel) {
@@ -304,6 +329,31 @@ pub fn ran_kernels(rows: &mut Vec<Row>, kernels: &[KernelTiming]) {
             Some(r) => {
                 r.tiling = tiling;
                 r.measured_s = Some(seconds);
+                if !r.parts.is_empty() {
+                    let mut ran: Vec<((u32, usize), usize)> = vec![];
+                    for k in &mine {
+                        let key = (k.isa.bits(), k.threads.max(1));
+                        match ran.iter_mut().find(|(x, _)| *x == key) {
+                            Some((_, n)) => *n += 1,
+                            None => ran.push((key, 1)),
+                        }
+                    }
+                    let share = |n: usize| n as f64 / mine.len() as f64;
+                    let roof: f64 = ran
+                        .iter()
+                        .map(|&((bits, t), n)| share(n) * roof_of(p, &r.parts, bits, t).0)
+                        .sum();
+                    let &((bits, t), _) = ran.iter().max_by_key(|(_, n)| *n).expect("a call");
+                    let (_, compute, memory) = roof_of(p, &r.parts, bits, t);
+                    r.predicted_s = roof;
+                    r.roof_s = roof;
+                    if compute < memory {
+                        let home = r.parts.iter().map(|x| x.home).max().unwrap_or(0);
+                        r.bound = p.levels[home].name.clone();
+                    } else {
+                        r.bound = "compute".into();
+                    }
+                }
             }
             None => rows.push(Row {
                 kernel: name.to_string(),
@@ -317,6 +367,7 @@ pub fn ran_kernels(rows: &mut Vec<Row>, kernels: &[KernelTiming]) {
                 measured_s: Some(seconds),
                 why: String::new(),
                 matmul: None,
+                parts: vec![],
             }),
         }
     }
@@ -335,6 +386,7 @@ pub fn merge(rows: &mut Vec<Row>, more: Vec<Row>) {
                 r.bytes += row.bytes;
                 r.predicted_s += row.predicted_s;
                 r.roof_s += row.roof_s;
+                r.parts.extend(row.parts);
                 r.measured_s = match (r.measured_s, row.measured_s) {
                     (Some(a), Some(b)) => Some(a + b),
                     (a, b) => a.or(b),
@@ -512,4 +564,95 @@ pub fn choices(p: &MachineProfile, cases: &[(&str, Problem)]) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cranformer_runtime::gemm::Isa;
+
+    fn row(kernel: &str, parts: Vec<Part>) -> Row {
+        Row {
+            kernel: kernel.into(),
+            calls: parts.len(),
+            flops: parts.iter().map(|x| x.flops).sum(),
+            bytes: parts.iter().map(|x| x.bytes).sum(),
+            bound: "-".into(),
+            tiling: "runtime avx512".into(),
+            predicted_s: 0.0,
+            roof_s: 0.0,
+            measured_s: None,
+            why: String::new(),
+            matmul: None,
+            parts,
+        }
+    }
+
+    fn ran(kernel: &'static str, isa: Isa, threads: usize) -> KernelTiming {
+        KernelTiming {
+            kernel,
+            isa,
+            threads,
+            seconds: 1e-3,
+        }
+    }
+
+    /// The roof of attention and the norms is the one of the threads and ISA they ran with: a
+    /// compute-bound call on every core of the profile takes its all-core peak, a memory-bound
+    /// one its all-core bandwidth, a 256-bit run the 256-bit peak; a mix weighs each by its
+    /// share of the calls.
+    #[test]
+    fn runtime_kernels_get_the_roof_they_ran_on() {
+        let p = MachineProfile::fixed("avx512-server").unwrap();
+        let all = p.cores;
+        assert!(all > 1);
+        let dram = p.level("DRAM").unwrap();
+        let compute = Part {
+            flops: 1e9,
+            bytes: 1e3,
+            home: 0,
+        };
+        let memory = Part {
+            flops: 1e3,
+            bytes: 1e9,
+            home: dram,
+        };
+        let roof = |parts: Vec<Part>, calls: Vec<KernelTiming>| {
+            let mut rows = vec![row(calls[0].kernel, parts)];
+            ran_kernels(&mut rows, &calls, &p);
+            rows.remove(0)
+        };
+        let r = roof(vec![compute], vec![ran("attention", Isa::Avx512, all)]);
+        assert_eq!(r.bound, "compute");
+        let want = 1e9 / (p.peak_gflops(512, all) * 1e9);
+        assert!(
+            (r.predicted_s - want).abs() < 1e-12 * want.max(1.0),
+            "{r:?}"
+        );
+        assert_eq!(r.roof_s, r.predicted_s);
+        let one = roof(vec![compute], vec![ran("attention", Isa::Avx512, 1)]);
+        assert!(one.predicted_s > 1.5 * r.predicted_s, "{one:?} {r:?}");
+        let narrow = roof(vec![compute], vec![ran("attention", Isa::Avx2, all)]);
+        let want = 1e9 / (p.peak_gflops(256, all) * 1e9);
+        assert!((narrow.predicted_s - want).abs() < 1e-12, "{narrow:?}");
+
+        let m = roof(vec![memory], vec![ran("layer_norm", Isa::Avx512, all)]);
+        assert_eq!(m.bound, "DRAM");
+        let want = 1e9 / (p.read_gbs(dram, all) * 1e9);
+        assert!((m.predicted_s - want).abs() < 1e-12, "{m:?}");
+
+        // Two calls, one on each count: half the 1-thread roof and half the all-core one.
+        let mixed = roof(
+            vec![compute, compute],
+            vec![
+                ran("attention", Isa::Avx512, 1),
+                ran("attention", Isa::Avx512, all),
+            ],
+        );
+        assert!(
+            (mixed.predicted_s - (one.predicted_s + r.predicted_s)).abs() < 1e-12,
+            "{mixed:?}"
+        );
+        assert_eq!(mixed.tiling, format!("runtime avx512 t1/{all}"));
+    }
 }
