@@ -480,7 +480,7 @@ impl Packed {
 ///
 /// # Safety
 /// `src` valid for `rows` rows of `kc` floats `lda` apart, `dst` for `rows * kc` floats.
-pub(super) unsafe fn pack_sliver(
+pub(crate) unsafe fn pack_sliver(
     dst: *mut f32,
     src: *const f32,
     lda: usize,
