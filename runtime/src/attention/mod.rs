@@ -481,25 +481,24 @@ unsafe fn lanes_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
     let (qt, rest) = scratch.split_at_mut(d * qb);
     let (ot, rest) = rest.split_at_mut(d * qb);
     let st = &mut rest[..KT * qb];
-    // Qᵀ [D, QB]; the lanes past the block's rows stay 0 and are never stored. A whole
-    // block by the matmul's 4 x 4 transposes: element by element, the compiler's AVX-512
-    // code scattered each row into the lanes (`vscatterqps`, slow on AMD: with the gathers
-    // of the store at the end, a fifth of the kernel's samples in BERT-base, AMD EPYC Zen 5).
-    if t.rows == qb {
-        // SAFETY: rows t0..t0 + QB < T, each D floats q_ld apart; Qᵀ holds D·QB.
-        unsafe {
-            crate::gemm::pack_sliver(qt.as_mut_ptr(), c.q.add(t.qrow(t.t0)), t.q_ld(), qb, d)
-        };
-    } else {
+    // Qᵀ [D, QB]; the lanes past the block's rows stay 0 and are never stored. Moved by the
+    // matmul's 4 x 4 transposes: element by element, the compiler's AVX-512 code scattered
+    // each row into the lanes (`vscatterqps`, slow on AMD: with the gathers of the store at
+    // the end, a fifth of the kernel's samples in BERT-base, AMD EPYC Zen 5).
+    if t.rows < qb {
         qt.fill(0.0);
-        for lane in 0..t.rows {
-            // SAFETY: row t0 + lane < T.
-            let q = unsafe { std::slice::from_raw_parts(c.q.add(t.qrow(t.t0 + lane)), d) };
-            for (e, &x) in q.iter().enumerate() {
-                qt[e * qb + lane] = x;
-            }
-        }
     }
+    // SAFETY: rows t0..t0 + rows < T, each D floats q_ld apart; Qᵀ holds D rows of QB.
+    unsafe {
+        crate::gemm::transpose(
+            qt.as_mut_ptr(),
+            qb,
+            c.q.add(t.qrow(t.t0)),
+            t.q_ld(),
+            t.rows,
+            d,
+        )
+    };
     ot.fill(0.0);
     let (qt, ot, st) = (qt.as_ptr(), ot.as_mut_ptr(), st.as_mut_ptr());
     // SAFETY: as the caller promised; every index below is within the scratch or the shapes.
@@ -607,7 +606,7 @@ unsafe fn lanes_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
         // fits, then each row scaled along D (the same products as element by element).
         let o = st.add(qb);
         if qb * d <= KT * qb - qb && (0..t.rows).all(|lane| *lsum.add(lane) > 0.0) {
-            crate::gemm::pack_sliver(o, ot, qb, d, t.rows);
+            crate::gemm::transpose(o, d, ot, qb, d, t.rows);
             for lane in 0..t.rows {
                 let orow = c.out.add(t.orow(t.t0 + lane));
                 let iv = S::splat(1.0 / *lsum.add(lane));

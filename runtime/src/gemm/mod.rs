@@ -480,8 +480,25 @@ impl Packed {
 ///
 /// # Safety
 /// `src` valid for `rows` rows of `kc` floats `lda` apart, `dst` for `rows * kc` floats.
-pub(crate) unsafe fn pack_sliver(
+pub(super) unsafe fn pack_sliver(
     dst: *mut f32,
+    src: *const f32,
+    lda: usize,
+    rows: usize,
+    kc: usize,
+) {
+    transpose(dst, rows, src, lda, rows, kc)
+}
+
+/// `dst[k][r] = src[r][k]` for `r < rows`, `k < kc`: source rows `lda` apart, destination
+/// rows `ldd` apart ([`pack_sliver`] with `ldd = rows`; attention's query and output blocks).
+///
+/// # Safety
+/// `src` valid for `rows` rows of `kc` floats `lda` apart, `dst` for `kc` rows of `rows`
+/// floats `ldd` apart, `ldd >= rows`.
+pub(crate) unsafe fn transpose(
+    dst: *mut f32,
+    ldd: usize,
     src: *const f32,
     lda: usize,
     rows: usize,
@@ -493,7 +510,7 @@ pub(crate) unsafe fn pack_sliver(
     {
         use std::arch::x86_64::*;
         while kk + 4 <= kc {
-            let at = |j: usize, r: usize| dst.add((kk + j) * rows + r);
+            let at = |j: usize, r: usize| dst.add((kk + j) * ldd + r);
             let mut r = 0;
             while r + 4 <= rows {
                 let x0 = _mm_loadu_ps(row(r).add(kk));
@@ -529,7 +546,7 @@ pub(crate) unsafe fn pack_sliver(
     }
     for k in kk..kc {
         for r in 0..rows {
-            *dst.add(k * rows + r) = *row(r).add(k);
+            *dst.add(k * ldd + r) = *row(r).add(k);
         }
     }
 }
