@@ -609,7 +609,8 @@ unsafe fn lanes_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
             crate::gemm::transpose(o, d, ot, qb, d, t.rows);
             for lane in 0..t.rows {
                 let orow = c.out.add(t.orow(t.t0 + lane));
-                let iv = S::splat(1.0 / *lsum.add(lane));
+                let inv = 1.0 / *lsum.add(lane);
+                let iv = S::splat(inv);
                 let src = o.add(lane * d);
                 let dw = d / w * w;
                 let mut e = 0;
@@ -617,7 +618,6 @@ unsafe fn lanes_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
                     S::store(orow.add(e), S::mul(S::load(src.add(e)), iv));
                     e += w;
                 }
-                let inv = 1.0 / *lsum.add(lane);
                 for e in dw..d {
                     *orow.add(e) = *src.add(e) * inv;
                 }
