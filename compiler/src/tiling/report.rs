@@ -178,8 +178,12 @@ pub fn rows(
             );
             let isa = cranformer_runtime::gemm::detected();
             let bits = if runtime_kernel { isa.bits() } else { 128 };
-            let compute = cost.flops as f64 / (p.peak_gflops(bits, 1) * 1e9);
-            let memory = bytes / (p.read_gbs(home, 1) * 1e9);
+            let part = Part {
+                flops: cost.flops as f64,
+                bytes,
+                home,
+            };
+            let (roof, compute, memory) = roof_of(p, &[part], bits, 1);
             let name = node.op.to_string();
             let name = name.split([' ', '(', '{']).next().unwrap_or("").to_string();
             Row {
@@ -197,20 +201,12 @@ pub fn rows(
                 } else {
                     "cranelift f32x4".into()
                 },
-                predicted_s: compute.max(memory),
-                roof_s: compute.max(memory),
+                predicted_s: roof,
+                roof_s: roof,
                 measured_s: None,
                 why: String::new(),
                 matmul: None,
-                parts: if runtime_kernel {
-                    vec![Part {
-                        flops: cost.flops as f64,
-                        bytes,
-                        home,
-                    }]
-                } else {
-                    vec![]
-                },
+                parts: if runtime_kernel { vec![part] } else { vec![] },
             }
         };
         merge(&mut out, vec![row]);
@@ -339,12 +335,14 @@ pub fn ran_kernels(rows: &mut Vec<Row>, kernels: &[KernelTiming], p: &MachinePro
                         }
                     }
                     let share = |n: usize| n as f64 / mine.len() as f64;
-                    let roof: f64 = ran
+                    let each: Vec<((f64, f64, f64), usize)> = ran
                         .iter()
-                        .map(|&((bits, t), n)| share(n) * roof_of(p, &r.parts, bits, t).0)
-                        .sum();
-                    let &((bits, t), _) = ran.iter().max_by_key(|(_, n)| *n).expect("a call");
-                    let (_, compute, memory) = roof_of(p, &r.parts, bits, t);
+                        .map(|&((bits, t), n)| (roof_of(p, &r.parts, bits, t), n))
+                        .collect();
+                    let roof: f64 = each.iter().map(|&((all, _, _), n)| share(n) * all).sum();
+                    // What bounds it: the roof of the pair most calls ran with.
+                    let &((_, compute, memory), _) =
+                        each.iter().max_by_key(|(_, n)| *n).expect("a call");
                     r.predicted_s = roof;
                     r.roof_s = roof;
                     if compute < memory {
