@@ -275,17 +275,43 @@ unsafe fn apply_simd<S: Simd>(a: Act, b: Block) {
 #[inline(always)]
 unsafe fn rows_simd<S: Simd, const A: u32>(b: Block) {
     let act = Act::from_code(A).unwrap_or(Act::None);
-    let whole = b.cols / S::W * S::W;
-    for r in 0..b.rows {
-        let row = b.c.add(r * b.ldc);
-        for j in (0..whole).step_by(S::W) {
-            let mut y = act_simd::<S>(act, S::load(row.add(j)));
-            if !b.residual.is_null() {
-                y = S::add(y, S::load(b.residual.add(r * b.ldc + j)));
-            }
-            S::store(row.add(j), y);
-        }
+    let per_row = b.cols / S::W;
+    // The block's vectors in row order, four at a time: one vector's chain (a division, two
+    // polynomials, exp) is long, and independent ones side by side keep the pipes busy. Exact
+    // GELU over BERT-base's 128 × 3072 in 12 × 32 tiles, AMD EPYC Zen 5 with AVX-512: 0.55-0.58
+    // ns an element one vector at a time, 0.46 four at a time.
+    let offset = |v: usize| v / per_row * b.ldc + v % per_row * S::W;
+    let all = b.rows * per_row;
+    let mut v = 0;
+    while v + 4 <= all {
+        // Four statements: a loop over four ran no faster than one vector at a time, and
+        // `array::from_fn`'s closure would not inherit the target features.
+        let at = [offset(v), offset(v + 1), offset(v + 2), offset(v + 3)];
+        let y0 = act_simd::<S>(act, S::load(b.c.add(at[0])));
+        let y1 = act_simd::<S>(act, S::load(b.c.add(at[1])));
+        let y2 = act_simd::<S>(act, S::load(b.c.add(at[2])));
+        let y3 = act_simd::<S>(act, S::load(b.c.add(at[3])));
+        store_plus::<S>(b, at[0], y0);
+        store_plus::<S>(b, at[1], y1);
+        store_plus::<S>(b, at[2], y2);
+        store_plus::<S>(b, at[3], y3);
+        v += 4;
     }
+    for v in v..all {
+        let at = offset(v);
+        store_plus::<S>(b, at, act_simd::<S>(act, S::load(b.c.add(at))));
+    }
+}
+
+/// `c[at..] = y + residual[at..]` (no residual: `y`).
+#[inline(always)]
+unsafe fn store_plus<S: Simd>(b: Block, at: usize, y: S::V) {
+    let y = if b.residual.is_null() {
+        y
+    } else {
+        S::add(y, S::load(b.residual.add(at)))
+    };
+    S::store(b.c.add(at), y);
 }
 
 /// Applies the epilogue to a `rows × cols` tile of C (row stride `ldc`), with `residual` (same
