@@ -13,21 +13,23 @@ pub const NR: usize = 16;
 #[cfg(target_arch = "x86_64")]
 pub(super) unsafe fn tile(t: &Tile) {
     with_full_tile::<NR>(t, |t, c, ldc, init| match t.rows {
-        1 => kernel::<1>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
-        2 => kernel::<2>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
-        3 => kernel::<3>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
-        4 => kernel::<4>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
-        5 => kernel::<5>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
-        6 => kernel::<6>(t.kc, t.a, t.b, c, ldc, init, t.fetch),
+        1 => kernel::<1>(t.kc, t.a, t.lda, t.b, c, ldc, init, t.fetch),
+        2 => kernel::<2>(t.kc, t.a, t.lda, t.b, c, ldc, init, t.fetch),
+        3 => kernel::<3>(t.kc, t.a, t.lda, t.b, c, ldc, init, t.fetch),
+        4 => kernel::<4>(t.kc, t.a, t.lda, t.b, c, ldc, init, t.fetch),
+        5 => kernel::<5>(t.kc, t.a, t.lda, t.b, c, ldc, init, t.fetch),
+        6 => kernel::<6>(t.kc, t.a, t.lda, t.b, c, ldc, init, t.fetch),
         _ => unreachable!("tile rows are 1..=MR"),
     })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn kernel<const R: usize>(
     kc: usize,
     a: *const f32,
+    lda: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -58,11 +60,11 @@ unsafe fn kernel<const R: usize>(
         let b0 = _mm256_loadu_ps(pb);
         let b1 = _mm256_loadu_ps(pb.add(8));
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*pa.add(r));
+            let av = _mm256_broadcast_ss(&*pa.add(r * lda));
             row[0] = _mm256_fmadd_ps(av, b0, row[0]);
             row[1] = _mm256_fmadd_ps(av, b1, row[1]);
         }
-        pa = pa.add(R);
+        pa = pa.add(1);
         pb = pb.add(super::PACK_NR);
     });
     for (r, row) in acc.iter().enumerate() {

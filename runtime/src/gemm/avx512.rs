@@ -14,7 +14,7 @@ pub(super) unsafe fn tile(t: &Tile) {
         macro_rules! rows {
             ($($r:literal)*) => {
                 match t.rows {
-                    $($r => kernel::<$r>(t.kc, t.a, t.b, c, ldc, init, t.fetch),)*
+                    $($r => kernel::<$r>(t.kc, t.a, t.lda, t.b, c, ldc, init, t.fetch),)*
                     _ => unreachable!("tile rows are 1..=MR"),
                 }
             };
@@ -25,9 +25,11 @@ pub(super) unsafe fn tile(t: &Tile) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn kernel<const R: usize>(
     kc: usize,
     a: *const f32,
+    lda: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -58,11 +60,11 @@ unsafe fn kernel<const R: usize>(
         let b0 = _mm512_loadu_ps(pb);
         let b1 = _mm512_loadu_ps(pb.add(16));
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*pa.add(r));
+            let av = _mm512_set1_ps(*pa.add(r * lda));
             row[0] = _mm512_fmadd_ps(av, b0, row[0]);
             row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
-        pa = pa.add(R);
+        pa = pa.add(1);
         pb = pb.add(super::PACK_NR);
     });
     for (r, row) in acc.iter().enumerate() {

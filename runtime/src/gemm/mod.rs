@@ -1,6 +1,6 @@
 //! Single-precision matrix multiply for the generated code: `C = act(A·B + bias) + residual`,
-//! with B (the weights) packed once into column panels and A (the activations) packed per
-//! cache block. The generated code describes each call in a [`GemmCall`] (shape, operands,
+//! with B (the weights) packed once into column panels and A (the activations) read where it
+//! is. The generated code describes each call in a [`GemmCall`] (shape, operands,
 //! epilogue); the runtime resolves its ISA, blocking and threads on the machine that runs
 //! ([`plan::resolve`], the roofline cost model on the host's profile), so a compiled model
 //! moved to another machine tiles and threads for that one.
@@ -8,10 +8,13 @@
 //! Cranelift emits 128-bit vectors only, a quarter of this machine's 512-bit FMA peak, so
 //! the matmuls call these micro-kernels, written with `std::arch` and chosen by the CPU's
 //! features at run time (as IREE's generated code calls its ukernels). Loop nest (BLIS
-//! order): A is packed once per call into slivers of MR rows per K block of `kc`, shared by
-//! all threads; the column panels go out in chunks, several per thread, to whichever thread
-//! asks next; within a chunk, for each K block and block of `mc` rows, each packed B sliver
-//! (`kc × NR`, kept in L1) is multiplied with every A sliver (streamed from L2). A single row
+//! order): the column panels go out in chunks, several per thread, to whichever thread asks
+//! next; within a chunk, for each K block of `kc` and block of `mc` rows, each packed B
+//! sliver (`kc × NR`, kept in L1) is multiplied with every `MR`-row tile of A's block (in
+//! L2). The kernels broadcast A's elements from its rows as they are, `lda` apart: packing A
+//! into slivers first (as BLIS does) read and wrote all of it once more per call, and the
+//! kernels ran no faster on the packed slivers (BERT-base seq 128 on 2 threads 0.98-0.99x the
+//! time without packing, seq 512 0.92x; AMD EPYC Zen 5, AVX-512 and AVX2). A single row
 //! (decode) reads several whole panels at once instead (`gemv`). The K blocking never depends
 //! on the thread count (see [`plan::resolve_on`]), so every element sums its products in the
 //! same order: results are identical for any number of threads. The epilogue (activation, residual) runs on each tile right after its
@@ -373,36 +376,15 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
         epilogue::apply(act, g.c, g.ldc, g.m, g.n, res);
         return;
     }
-    let (mr, kc_max) = (isa.mr(), blocking.kc.max(1));
-    let slivers = g.m.div_ceil(mr);
     let threads = tasks.max(1);
-    PACKED_A.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        let len = slivers * mr * g.k;
-        if buf.len() < len {
-            buf.resize(len, 0.0);
-        }
-        let packed = Packed {
-            a: buf.as_mut_ptr(),
-            slivers,
-            mr,
-            kc: kc_max,
-        };
-        // A is packed once for all threads: every task reads the same slivers. Packing all of
-        // it per thread (as before) cost each thread M·K reads and writes on top of its share
-        // of the products, and held the other threads' share back behind it.
-        let kblocks = g.k.div_ceil(kc_max);
-        let pack = |i: usize| packed.pack(g, i / slivers * kc_max, i % slivers);
-        threads::parallel_for_on(pack_threads(g.m, g.k, threads), kblocks * slivers, &pack);
-        // Panels are handed out in chunks, several per thread, each to whichever thread asks
-        // next: a thread that starts late (woken from sleep, or preempted by another process)
-        // takes fewer chunks instead of leaving its whole share to the others' wait.
-        let panels = g.n.div_ceil(PACK_NR);
-        let (chunks, per) = chunks(panels, threads, g.m);
-        threads::parallel_for_on(threads, chunks, &|t| {
-            let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
-            block(g, isa, blocking, act, &packed, p0, p1);
-        });
+    // Panels are handed out in chunks, several per thread, each to whichever thread asks next:
+    // a thread that starts late (woken from sleep, or preempted by another process) takes
+    // fewer chunks instead of leaving its whole share to the others' wait.
+    let panels = g.n.div_ceil(PACK_NR);
+    let (chunks, per) = chunks(panels, threads, g.m);
+    threads::parallel_for_on(threads, chunks, &|t| {
+        let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
+        block(g, isa, blocking, act, p0, p1);
     });
 }
 
@@ -410,7 +392,8 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
 /// costs more than packing on one.
 const PARALLEL_PACK_MIN: usize = 32 * 1024;
 
-/// Threads to pack an `m × k` A on, of the call's `threads` (f32 and the narrow formats).
+/// Threads to pack an `m × k` A on, of the call's `threads` (the narrow formats' kernels
+/// that read A packed).
 pub(super) fn pack_threads(m: usize, k: usize, threads: usize) -> usize {
     if m * k >= PARALLEL_PACK_MIN {
         threads
@@ -439,38 +422,6 @@ pub fn chunks(panels: usize, threads: usize, m: usize) -> (usize, usize) {
     let chunks = panels.min(threads * per_thread);
     let per = panels.div_ceil(chunks);
     (panels.div_ceil(per), per)
-}
-
-/// All of A, packed: K block by K block (each `kc` long but the last), within a block sliver
-/// by sliver of `mr` rows, each `[kc][rows]`, so a micro-kernel reads A sequentially.
-struct Packed {
-    a: *mut f32,
-    slivers: usize,
-    mr: usize,
-    kc: usize,
-}
-
-// SAFETY: tasks write disjoint slivers while packing and only read afterwards.
-unsafe impl Sync for Packed {}
-
-impl Packed {
-    /// Sliver `s` of the K block starting at `pc`.
-    fn sliver(&self, pc: usize, kc: usize, s: usize) -> *mut f32 {
-        // SAFETY: within the buffer of `slivers * mr * K` floats `run` sized.
-        unsafe { self.a.add(pc * self.slivers * self.mr + s * self.mr * kc) }
-    }
-
-    /// Packs rows `s*mr..` (up to `mr`), columns `pc..pc+kc` of A.
-    ///
-    /// # Safety
-    /// A valid for `g`'s sizes, the buffer sized by `run` for them, `pc` a K block's start
-    /// and `s` a sliver of M; no other task packs the same sliver of the same block.
-    unsafe fn pack(&self, g: &GemmCall, pc: usize, s: usize) {
-        let kc = self.kc.min(g.k - pc);
-        let rows = self.mr.min(g.m - s * self.mr);
-        let src = g.a.add(s * self.mr * g.lda + pc);
-        pack_sliver(self.sliver(pc, kc, s), src, g.lda, rows, kc);
-    }
 }
 
 /// `dst [kc][rows] = src [rows][kc]` (rows `lda` apart): a sliver of A transposed for the
@@ -576,23 +527,11 @@ pub unsafe extern "C" fn cranformer_gemm(call: *const GemmCall) {
     });
 }
 
-thread_local! {
-    static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Column panels `p0..p1` of C, from A packed by [`Packed::pack`].
+/// Column panels `p0..p1` of C.
 ///
 /// # Safety
-/// As [`sgemm`], `p0..p1` within the panels of N, and all of A packed into `packed`.
-unsafe fn block(
-    g: &GemmCall,
-    isa: Isa,
-    bl: Blocking,
-    act: Act,
-    packed: &Packed,
-    p0: usize,
-    p1: usize,
-) {
+/// As [`sgemm`], `p0..p1` within the panels of N.
+unsafe fn block(g: &GemmCall, isa: Isa, bl: Blocking, act: Act, p0: usize, p1: usize) {
     let (mr, nr) = (isa.mr(), isa.nr());
     let kc_max = bl.kc.max(1);
     let mc_max = (bl.mc / mr).max(1) * mr;
@@ -604,12 +543,12 @@ unsafe fn block(
             let mc = mc_max.min(g.m - ic);
             // A decode step's single row reads several whole panels at once (`gemv`).
             let first = if g.m == 1 {
-                gemv_panels(g, isa, act, packed.sliver(pc, kc, 0), pc, kc, p0, p1)
+                gemv_panels(g, isa, act, g.a.add(pc), pc, kc, p0, p1)
             } else {
                 p0
             };
             // Each tile-wide column strip of the panels, its kc × nr B sliver in L1, meets
-            // the mc rows' packed A (in L2).
+            // the mc rows of A (in L2).
             for strip in first * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
                 let col = strip * nr;
                 if col >= g.n {
@@ -636,7 +575,8 @@ unsafe fn block(
                     };
                     let tile = Tile {
                         kc,
-                        a: packed.sliver(pc, kc, (ic + ir) / mr),
+                        a: g.a.add((ic + ir) * g.lda + pc),
+                        lda: g.lda,
                         b: bptr,
                         c: g.c.add((ic + ir) * g.ldc + col),
                         ldc: g.ldc,
@@ -839,7 +779,7 @@ pub(crate) use spread_fetch;
 /// as whole groups of full panels go; returns the first panel left to the tile path.
 ///
 /// # Safety
-/// As [`sgemm`] with `g.m == 1`; `a` is A's packed row for the K block `pc..pc+kc`, and
+/// As [`sgemm`] with `g.m == 1`; `a` is A's row from the K block's start `pc`, and
 /// `p0..p1` within the panels of N.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemv_panels(
@@ -891,11 +831,12 @@ unsafe fn gemv_panels(
     p
 }
 
-/// One register tile: `rows × cols` of C from a packed A sliver and a B sliver.
+/// One register tile: `rows × cols` of C from `rows` rows of A and a B sliver.
 pub(crate) struct Tile {
     pub kc: usize,
-    /// `[kc][rows]`.
+    /// `[rows][kc]`, rows `lda` apart.
     pub a: *const f32,
+    pub lda: usize,
     /// `[kc]` rows of the tile's columns, [`PACK_NR`] floats apart.
     pub b: *const f32,
     pub c: *mut f32,

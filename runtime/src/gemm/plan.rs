@@ -10,18 +10,18 @@
 //! compiler calls it for the predictions of its reports.
 //!
 //! Traffic of the runtime's BLIS loop nest (`runtime/src/gemm`: threads split N into panel
-//! ranges; for each K block of `kc`, for each M block of `mc`: pack A, then every `nr`-wide
-//! strip's `kc × nr` B sliver meets every `mr`-row A sliver), per memory level:
+//! ranges; for each K block of `kc`, for each M block of `mc`: every `nr`-wide strip's
+//! `kc × nr` B sliver meets every `mr`-row tile of A's block, read where A is), per memory
+//! level:
 //! - B (weights, `K × N`, padded to 32 columns) comes once from its home level (the first
 //!   level that holds the model's weights, or this matmul's, whichever the caller says), and
 //!   again for every further M block from the level that holds a thread's `kc × N/t` slice;
 //! - each micro-tile reads its `kc × nr` B sliver from L1 when it fits in half of L1, else L2
 //!   (L3 past half of L2):
 //!   `K·N·4 · ⌈M/mr⌉` bytes;
-//! - each strip reads the packed `mc × kc` A block from L2 when it fits in half of L2 and,
-//!   beside the panel's `kc × 32` B sliver (and the next one, where it is fetched ahead),
-//!   in all of it; else L3: `M·K·4 · N/nr` bytes; packing reads A from its home once (all
-//!   threads share it);
+//! - each strip reads the `mc × kc` A block from L2 when it fits in half of L2 and, beside
+//!   the panel's `kc × 32` B sliver (and the next one, where it is fetched ahead), in all of
+//!   it; else L3: `M·K·4 · N/nr` bytes; the first strip brings it from A's home;
 //! - C is stored once per K block and loaded again by each later one, from the level that
 //!   holds a thread's columns: `M·N·4 · (2⌈K/kc⌉ - 1)`; a residual is read once.
 //!
@@ -441,17 +441,15 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
             l2_or(sliver <= l2 as f64 / 2.0)
         };
         bytes[sliver_level] += b_bytes * (pr.m.div_ceil(mr) as f64 - 1.0).max(0.0);
-        // Packed A per strip, from L2 if the mc × kc block fits in half of it, and beside it
+        // A's block per strip, from L2 if the mc × kc block fits in half of it, and beside it
         // the panel's B sliver being read and the next one, where it is fetched ahead
-        // (`Ahead::pays`: M blocks of 4 row tiles or more).
-        let packed = mc as f64 * kc * f4;
+        // (`Ahead::pays`: M blocks of 4 row tiles or more); the first time from A's home.
+        let a_block = mc as f64 * kc * f4;
         let slivers_in_l2 = if super::Ahead::pays(mc, mr) { 2.0 } else { 1.0 };
         let panel_slivers = slivers_in_l2 * kc * 32.0 * wb;
-        let a_fits = packed <= l2 as f64 / 2.0 && packed + panel_slivers <= l2 as f64;
-        bytes[l2_or(a_fits)] += m * k * f4 * (n_pad / nr as f64);
-        // Packing: A read once and written packed, shared by all threads.
+        let a_fits = a_block <= l2 as f64 / 2.0 && a_block + panel_slivers <= l2 as f64;
+        bytes[l2_or(a_fits)] += m * k * f4 * (n_pad / nr as f64 - 1.0).max(0.0);
         bytes[a_home] += m * k * f4;
-        bytes[1.min(nl - 1)] += m * k * f4;
         // C: stored per K block, loaded by every later one.
         bytes[c_home] += c_bytes * (2.0 * k_blocks - 1.0);
         // In-kernel costs the level times do not show: every K block restarts each tile,
@@ -559,7 +557,7 @@ pub fn explain(p: &MachineProfile, pr: &Problem, w: &Candidate, all: &[Candidate
         let l1 = p.level("L1").map_or(0, |i| p.levels[i].bytes) / 1024;
         let l2 = p.level("L2").map_or(0, |i| p.levels[i].bytes) / 1024;
         s.push_str(&format!(
-            "; kc{}: B sliver {} KiB of {} KiB L1; mc{}: packed A {} KiB of {} KiB L2",
+            "; kc{}: B sliver {} KiB of {} KiB L1; mc{}: A block {} KiB of {} KiB L2",
             w.choice.kc,
             w.choice.kc as usize * nr * 4 / 1024,
             l1,

@@ -20,7 +20,7 @@ pub(super) unsafe fn tile(t: &Tile) {
         for kk in 0..t.kc {
             let bv = std::slice::from_raw_parts(t.b.add(kk * super::PACK_NR), NR);
             for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
-                let av = *t.a.add(kk * t.rows + r);
+                let av = *t.a.add(r * t.lda + kk);
                 for (x, &y) in row.iter_mut().zip(bv) {
                     *x += av * y;
                 }

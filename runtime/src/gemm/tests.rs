@@ -63,7 +63,21 @@ fn matches_reference_on_odd_shapes() {
         for in_out in [false, true] {
             for with_bias in [false, true] {
                 let want = reference(&a, &w, with_bias.then_some(&bias[..]), m, n, k, in_out);
-                for isa in isas() {
+                // A's rows as given, and `lda` apart with NaN between them (the kernels read
+                // A where it is: a read past a row's K poisons the result).
+                let strided: Vec<f32> = (0..m * (k + 5))
+                    .map(|i| {
+                        if i % (k + 5) < k {
+                            a[i / (k + 5) * k + i % (k + 5)]
+                        } else {
+                            f32::NAN
+                        }
+                    })
+                    .collect();
+                for (isa, (a, lda)) in isas()
+                    .into_iter()
+                    .flat_map(|isa| [(isa, (&a, k)), (isa, (&strided, k + 5))])
+                {
                     // Small blocks so K blocking and M blocking both happen.
                     for bl in [
                         Blocking::default_for(isa),
@@ -79,7 +93,7 @@ fn matches_reference_on_odd_shapes() {
                             n,
                             k,
                             a.as_ptr(),
-                            k,
+                            lda,
                             packed.as_ptr(),
                             if with_bias {
                                 bias.as_ptr()
@@ -94,7 +108,7 @@ fn matches_reference_on_odd_shapes() {
                         for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                             assert!(
                                 (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                                "{isa:?} {bl:?} m{m} n{n} k{k} in_out {in_out} bias {with_bias}: [{}, {}] got {x} want {y}",
+                                "{isa:?} {bl:?} m{m} n{n} k{k} lda{lda} in_out {in_out} bias {with_bias}: [{}, {}] got {x} want {y}",
                                 i / n,
                                 i % n
                             );
