@@ -14,11 +14,15 @@
 //!   memory advised for huge pages, as the packed weights are;
 //! - DRAM triad (`a = b + s·c`, 3 × 32 MiB per thread);
 //! - core count (affinity and cgroup quota) and cache sizes (sysfs, else cpuid).
+//!
+//! "Every core at once" means at once: the threads start each run together and a run lasts
+//! until the last one ends (`together`).
 
 use anyhow::{Context, Result};
 use cranformer_compiler::tiling::roofline::{cache_path, cpu_name, Level, MachineProfile, Peak};
-use cranformer_runtime::machine::fma_gflops;
+use cranformer_runtime::machine::fma_loop;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -104,7 +108,7 @@ pub fn measure() -> MachineProfile {
             peaks.push(Peak {
                 bits,
                 threads: t,
-                gflops: on_threads(t, move || fma_gflops(bits, 20_000_000)),
+                gflops: fma_gflops_on(t, bits, 20_000_000),
             });
         }
     }
@@ -125,9 +129,9 @@ pub fn measure() -> MachineProfile {
             "L3" => bytes / 3 / t as u64,
             _ => dram_bytes(t, caches, cores),
         };
-        let one = on_threads(1, move || read_gbs(per_thread(1) as usize));
+        let one = read_gbs(1, per_thread(1) as usize);
         let all = if cores > 1 {
-            on_threads(cores, move || read_gbs(per_thread(cores) as usize))
+            read_gbs(cores, per_thread(cores) as usize)
         } else {
             one
         };
@@ -138,7 +142,7 @@ pub fn measure() -> MachineProfile {
             read_gbs_all: all,
         });
     }
-    let triad = on_threads(cores, triad_gbs);
+    let triad = triad_gbs(cores);
     MachineProfile {
         name: cpu_name(),
         cores,
@@ -164,12 +168,72 @@ fn dram_bytes(t: usize, (l1, l2, l3): (u64, u64, u64), cores: usize) -> u64 {
     (64u64 << 20).max((4 * caches).div_ceil(t.max(1) as u64))
 }
 
-/// Runs `f` on `t` threads at once and sums their results.
-fn on_threads(t: usize, f: impl Fn() -> f64 + Sync) -> f64 {
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..t).map(|_| s.spawn(&f)).collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
-    })
+/// Runs `run(&mut state, i)` for each `i < runs` on `t` threads at once, after `setup` on each,
+/// and returns each run's wall time, from the first thread's start to the last one's end.
+///
+/// Before every run the threads wait for each other spinning, not asleep. Each thread timing
+/// its own runs (the sum of their rates was the figure before) measured one core twice: a
+/// thread woken from a sleeping barrier was put beside the one that woke it and ran after it,
+/// so 2 threads' 0.8 ms L1 runs ran one after the other and each timed a core of its own
+/// (AMD EPYC Zen 5, 2 cores: "524 GB/s" of L1 where the two together read 250, and DRAM 114-125
+/// GB/s on 2 threads against 47 on 1).
+fn together<S>(
+    t: usize,
+    runs: usize,
+    setup: impl Fn() -> S + Sync,
+    run: impl Fn(&mut S, usize) + Sync,
+) -> Vec<f64> {
+    let arrived = AtomicUsize::new(0);
+    let windows: Vec<Vec<(Instant, Instant)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..t)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut state = setup();
+                    (0..runs)
+                        .map(|i| {
+                            arrived.fetch_add(1, Ordering::AcqRel);
+                            let mut polls = 0u32;
+                            while arrived.load(Ordering::Acquire) < t * (i + 1) {
+                                std::hint::spin_loop();
+                                polls = polls.wrapping_add(1);
+                                // Sharing a core with the one still to arrive: let it run.
+                                if polls.is_multiple_of(4096) {
+                                    std::thread::yield_now();
+                                }
+                            }
+                            let start = Instant::now();
+                            run(&mut state, i);
+                            (start, Instant::now())
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (0..runs)
+        .map(|i| {
+            let start = windows.iter().map(|w| w[i].0).min().unwrap();
+            let end = windows.iter().map(|w| w[i].1).max().unwrap();
+            (end - start).as_secs_f64().max(1e-9)
+        })
+        .collect()
+}
+
+/// GFLOP/s of `t` threads running [`fma_loop`] at `bits` together, `iters` steps each.
+fn fma_gflops_on(t: usize, bits: u32, iters: u64) -> f64 {
+    let flops = std::sync::Mutex::new(0.0);
+    let secs = together(
+        t,
+        1,
+        || (),
+        |_, _| {
+            let (f, sink) = fma_loop(bits, iters);
+            std::hint::black_box(sink);
+            *flops.lock().unwrap_or_else(|e| e.into_inner()) += f;
+        },
+    );
+    flops.into_inner().unwrap_or_else(|e| e.into_inner()) / secs[0] / 1e9
 }
 
 fn widths() -> Vec<u32> {
@@ -192,39 +256,45 @@ fn widths() -> Vec<u32> {
     v
 }
 
-/// GB/s reading a `bytes` buffer repeatedly on this thread (about 40 ms).
-fn read_gbs(bytes: usize) -> f64 {
+/// GB/s of `t` threads each reading its own `bytes` buffer repeatedly, all at once ([`together`];
+/// about 40 ms a run): the best run's.
+fn read_gbs(t: usize, bytes: usize) -> f64 {
     let n = (bytes / 4).max(1024) / 512 * 512;
-    // Memory as the packed weights get it: advised for huge pages (`pages::LargeBuf`), where
-    // the hardware prefetchers run on past 4 KiB boundaries; an ordinary allocation below 2 MiB.
-    let buf: Box<dyn std::ops::Deref<Target = [f32]>> =
-        match cranformer_runtime::pages::LargeBuf::zeroed(n) {
-            Some(mut b) => {
-                b.iter_mut()
-                    .enumerate()
-                    .for_each(|(i, x)| *x = (i % 7) as f32);
-                Box::new(b)
-            }
-            None => Box::new((0..n).map(|i| (i % 7) as f32).collect::<Vec<f32>>()),
-        };
     let passes = ((200 << 20) / (n * 4)).clamp(1, 100_000);
-    let mut best = f64::MAX;
-    // Best of 3 runs (the first also warms the buffer into its level), each the better of one
-    // sequential stream and four interleaved ones: a core keeps more misses in flight over
+    // Best of 3 runs (the first also warms the buffers into their level), each the better of
+    // one sequential stream and four interleaved ones: a core keeps more misses in flight over
     // several streams, as a matmul reading several weight panels at once does (one stream
     // understated DRAM against what llama.cpp reaches).
-    for _ in 0..3 {
-        for streams in [1, 4] {
-            let t = Instant::now();
+    let streams = [1, 4, 1, 4, 1, 4];
+    let secs = together(
+        t,
+        streams.len(),
+        || read_buffer(n),
+        |buf, i| {
             let mut sink = 0f32;
             for _ in 0..passes {
-                sink += sum(&buf, streams);
+                sink += sum(buf, streams[i]);
             }
             std::hint::black_box(sink);
-            best = best.min(t.elapsed().as_secs_f64());
+        },
+    );
+    let best = secs.into_iter().fold(f64::MAX, f64::min);
+    (t * n * 4 * passes) as f64 / best / 1e9
+}
+
+/// `n` floats to read, in memory as the packed weights get it: advised for huge pages
+/// (`pages::LargeBuf`), where the hardware prefetchers run on past 4 KiB boundaries; an
+/// ordinary allocation below 2 MiB.
+fn read_buffer(n: usize) -> Box<dyn std::ops::Deref<Target = [f32]>> {
+    match cranformer_runtime::pages::LargeBuf::zeroed(n) {
+        Some(mut b) => {
+            b.iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = (i % 7) as f32);
+            Box::new(b)
         }
+        None => Box::new((0..n).map(|i| (i % 7) as f32).collect::<Vec<f32>>()),
     }
-    (n * 4 * passes) as f64 / best / 1e9
 }
 
 /// Sums `buf` read as `streams` interleaved sequential streams (its equal parts, a
@@ -295,28 +365,52 @@ fn sum(buf: &[f32], streams: usize) -> f32 {
     acc.iter().sum()
 }
 
-/// DRAM triad GB/s on this thread: `a = b + s·c` over 32 MiB arrays, counted as two reads
-/// and one write.
-fn triad_gbs() -> f64 {
+/// DRAM triad GB/s of `t` threads at once ([`together`]): `a = b + s·c` over 32 MiB arrays
+/// each, counted as two reads and one write; the best of 3 runs.
+fn triad_gbs(t: usize) -> f64 {
     let n = 8 << 20;
-    let b = vec![1f32; n];
-    let c = vec![2f32; n];
-    let mut a = vec![0f32; n];
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t = Instant::now();
-        for ((x, y), z) in a.iter_mut().zip(&b).zip(&c) {
-            *x = y + 3.0 * z;
-        }
-        std::hint::black_box(&a);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    (3 * n * 4) as f64 / best / 1e9
+    let secs = together(
+        t,
+        3,
+        || (vec![1f32; n], vec![2f32; n], vec![0f32; n]),
+        |(b, c, a), _| {
+            for ((x, y), z) in a.iter_mut().zip(&*b).zip(&*c) {
+                *x = y + 3.0 * z;
+            }
+            std::hint::black_box(&a);
+        },
+    );
+    let best = secs.into_iter().fold(f64::MAX, f64::min);
+    (t * 3 * n * 4) as f64 / best / 1e9
 }
 
 #[cfg(test)]
 mod tests {
-    use super::dram_bytes;
+    use super::{dram_bytes, together};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn every_run_starts_once_all_threads_finished_the_one_before() {
+        let (t, runs) = (3, 5);
+        let done = AtomicUsize::new(0);
+        let started = AtomicUsize::new(0);
+        let secs = together(
+            t,
+            runs,
+            || 7u64,
+            |state, i| {
+                *state += 1;
+                // Every thread finished run i - 1 and none has begun run i + 1.
+                assert!(done.load(Ordering::Acquire) >= t * i, "run {i} began early");
+                assert!(started.fetch_add(1, Ordering::AcqRel) < t * (i + 1));
+                std::hint::black_box((0..10_000u64).sum::<u64>() + *state);
+                done.fetch_add(1, Ordering::AcqRel);
+            },
+        );
+        assert_eq!(secs.len(), runs);
+        assert!(secs.iter().all(|&s| s > 0.0));
+        assert_eq!(done.into_inner(), t * runs);
+    }
 
     #[test]
     fn the_dram_buffer_is_four_times_every_cache() {

@@ -312,8 +312,9 @@ pub fn fma_gflops(bits: u32, iters: u64) -> f64 {
     flops / secs / 1e9
 }
 
-/// Runs `iters` steps of independent FMAs; returns the FLOPs done and a value to keep.
-fn fma_loop(bits: u32, iters: u64) -> (f64, f32) {
+/// Runs `iters` steps of independent FMAs at `bits` (as [`fma_gflops`]); returns the FLOPs
+/// done and a value to keep.
+pub fn fma_loop(bits: u32, iters: u64) -> (f64, f32) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
