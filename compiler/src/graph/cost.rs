@@ -192,6 +192,15 @@ pub fn node_cost(g: &Graph, n: NodeIndex, d: &Dims) -> Cost {
                 act_write_bytes: moved,
             }
         }
+        Op::ConcatSeq if super::in_place_appends(g).contains(&n) => {
+            // Appended where the cache lies: only the new rows move.
+            let new = bytes(ty(1), d);
+            Cost {
+                act_read_bytes: new,
+                act_write_bytes: new,
+                ..Cost::default()
+            }
+        }
         Op::ConcatSeq => whole(0),
         Op::MeanPool => {
             let x = numel(ty(0), d);
@@ -444,6 +453,63 @@ mod tests {
         assert_eq!(total.flops, 96);
         assert_eq!(total.weight_bytes, 48 + 32);
         assert!(total.intensity() > 0.0);
+    }
+
+    /// One head of D = 4 over a KV cache: `present = concat(past, new)` for K and V, read by
+    /// a causal attention, the presents returned; with `past_out`, the past K is returned too.
+    fn kv_graph(past_out: bool) -> (Graph, NodeIndex, NodeIndex) {
+        let mut g = Graph::new("kv");
+        let c = Dim::Const(4);
+        let row = |t: Dim| TensorType::f32(&[Dim::Batch, t, c]);
+        let q = g.add_input("q", row(Dim::Seq));
+        let (pk, pv) = (
+            g.add_input("past_k", row(Dim::Past)),
+            g.add_input("past_v", row(Dim::Past)),
+        );
+        let (k, v) = (
+            g.add_input("k", row(Dim::Seq)),
+            g.add_input("v", row(Dim::Seq)),
+        );
+        let ck = g.add(Op::ConcatSeq, &[pk, k], "present_k").unwrap();
+        let cv = g.add(Op::ConcatSeq, &[pv, v], "present_v").unwrap();
+        let attention = Op::Attention {
+            heads: 1,
+            head_dim: 4,
+            scale: 0.5,
+            causal: true,
+            masked: false,
+            biased: false,
+        };
+        let a = g.add(attention, &[q, ck, cv], "attn").unwrap();
+        g.add_output("y", a);
+        g.add_output("present_k", ck);
+        g.add_output("present_v", cv);
+        if past_out {
+            g.add_output("past_k", pk);
+        }
+        (g, ck, cv)
+    }
+
+    #[test]
+    fn a_kv_cache_appended_in_place_moves_only_the_new_rows() {
+        // Batch 2, 3 new rows after 5 cached, 4 floats a row.
+        let d = dims(2, 3, 5);
+        let (g, ck, cv) = kv_graph(false);
+        for n in [ck, cv] {
+            let c = node_cost(&g, n, &d);
+            assert_eq!(
+                (c.act_read_bytes, c.act_write_bytes),
+                (2 * 3 * 16, 2 * 3 * 16)
+            );
+        }
+        // With the past K returned as well, the present K is a tensor of its own: past and new
+        // rows read, all of it written (and so V, which attention reads with K's row stride).
+        let (g, ck, cv) = kv_graph(true);
+        for n in [ck, cv] {
+            let c = node_cost(&g, n, &d);
+            assert_eq!(c.act_read_bytes, 2 * (5 + 3) * 16);
+            assert_eq!(c.act_write_bytes, 2 * 8 * 16);
+        }
     }
 
     #[test]
