@@ -8,10 +8,11 @@
 //!   thread and on every core at once: a loop of independent FMAs on 24 (12 below 512 bits, where 16 registers hold them and the operands)
 //!   accumulators, more than the FMA pipes' latency × throughput, so nothing waits;
 //! - read bandwidth from buffers of half of L1, half of L2, a third of (each core's share
-//!   of) L3, and for DRAM 64 MiB per thread or more, four times all the caches together
-//!   (`dram_bytes`), summing with the widest vectors into 8 accumulators, as one sequential
-//!   stream and as four interleaved ones (the better counts); buffers of 2 MiB or more in
-//!   memory advised for huge pages, as the packed weights are;
+//!   of) L3, re-read run after run; for DRAM from 64 MiB per thread or more, eight times all
+//!   the caches together (`dram_bytes`), one half read per run, so that what a run reads was
+//!   last read two runs before; summing with the widest vectors into 8 accumulators, as one
+//!   sequential stream and as four interleaved ones (the better counts); buffers of 2 MiB or
+//!   more in memory advised for huge pages, as the packed weights are;
 //! - DRAM triad (`a = b + s·c`, 3 × 32 MiB per thread);
 //! - core count (affinity and cgroup quota) and cache sizes (sysfs, else cpuid).
 //!
@@ -129,9 +130,10 @@ pub fn measure() -> MachineProfile {
             "L3" => bytes / 3 / t as u64,
             _ => dram_bytes(t, caches, cores),
         };
-        let one = read_gbs(1, per_thread(1) as usize);
+        let fresh = name == "DRAM";
+        let one = read_gbs(1, per_thread(1) as usize, fresh);
         let all = if cores > 1 {
-            read_gbs(cores, per_thread(cores) as usize)
+            read_gbs(cores, per_thread(cores) as usize, fresh)
         } else {
             one
         };
@@ -158,14 +160,17 @@ pub fn measure() -> MachineProfile {
     }
 }
 
-/// Bytes each of `t` threads reads to measure DRAM: 64 MiB or more, and together at least four
-/// times all the caches' capacity (STREAM's rule for its arrays), so that repeated passes find
-/// next to nothing in the L3. At 64 MiB for one thread on a 32 MiB L3 (AMD EPYC Zen 5) the L3
-/// served part of each pass: 46-48 GB/s, against 42 GB/s reading a 154 MB weight panel in huge
-/// pages, where a decode GEMV over the same memory reached 38-40 GB/s.
+/// Bytes each of `t` threads holds to measure DRAM: 64 MiB or more, and together at least eight
+/// times all the caches' capacity. A run reads one half ([`read_gbs`]'s `fresh`), so between
+/// two reads of a line the threads read four times the caches (STREAM's rule for its arrays).
+/// At 64 MiB for one thread on a 32 MiB L3 (AMD EPYC Zen 5) the L3 served part of each pass:
+/// 46-48 GB/s, against 42 GB/s reading a 154 MB weight panel in huge pages, where a decode GEMV
+/// over the same memory reached 38-40 GB/s. At four times the caches re-read pass after pass,
+/// it still did: 1 thread 47-50 GB/s and 2 threads 109-126, against 43-45 and 94-102 with each
+/// line read once between four times the caches of other reads.
 fn dram_bytes(t: usize, (l1, l2, l3): (u64, u64, u64), cores: usize) -> u64 {
     let caches = l3 + (l1 + l2) * cores as u64;
-    (64u64 << 20).max((4 * caches).div_ceil(t.max(1) as u64))
+    (64u64 << 20).max((8 * caches).div_ceil(t.max(1) as u64))
 }
 
 /// Runs `run(&mut state, i)` for each `i < runs` on `t` threads at once, after `setup` on each,
@@ -256,30 +261,43 @@ fn widths() -> Vec<u32> {
     v
 }
 
-/// GB/s of `t` threads each reading its own `bytes` buffer repeatedly, all at once ([`together`];
-/// about 40 ms a run): the best run's.
-fn read_gbs(t: usize, bytes: usize) -> f64 {
-    let n = (bytes / 4).max(1024) / 512 * 512;
-    let passes = ((200 << 20) / (n * 4)).clamp(1, 100_000);
-    // Best of 3 runs (the first also warms the buffers into their level), each the better of
-    // one sequential stream and four interleaved ones: a core keeps more misses in flight over
+/// GB/s of `t` threads each reading its own `bytes` buffer, all at once ([`together`]): the
+/// best run's. A cache level's buffer is read again and again (about 40 ms a run); with
+/// `fresh` (DRAM) each run reads one half of it once, the halves in turn, so no run finds what
+/// it reads still cached from the one before.
+fn read_gbs(t: usize, bytes: usize, fresh: bool) -> f64 {
+    let n = (bytes / 4).max(1024) / 1024 * 1024;
+    let part = if fresh { n / 2 } else { n };
+    let passes = if fresh {
+        1
+    } else {
+        ((200 << 20) / (n * 4)).clamp(1, 100_000)
+    };
+    // Best of the runs (the first also warms a cache level's buffers), each the better of one
+    // sequential stream and four interleaved ones: a core keeps more misses in flight over
     // several streams, as a matmul reading several weight panels at once does (one stream
-    // understated DRAM against what llama.cpp reaches).
-    let streams = [1, 4, 1, 4, 1, 4];
+    // understated DRAM against what llama.cpp reaches). Fresh runs read each half in each way
+    // twice.
+    let streams: &[usize] = if fresh {
+        &[1, 1, 4, 4, 1, 1, 4, 4]
+    } else {
+        &[1, 4, 1, 4, 1, 4]
+    };
     let secs = together(
         t,
         streams.len(),
         || read_buffer(n),
         |buf, i| {
+            let half = if fresh { i % 2 } else { 0 };
             let mut sink = 0f32;
             for _ in 0..passes {
-                sink += sum(buf, streams[i]);
+                sink += sum(&buf[half * part..(half + 1) * part], streams[i]);
             }
             std::hint::black_box(sink);
         },
     );
     let best = secs.into_iter().fold(f64::MAX, f64::min);
-    (t * n * 4 * passes) as f64 / best / 1e9
+    (t * part * 4 * passes) as f64 / best / 1e9
 }
 
 /// `n` floats to read, in memory as the packed weights get it: advised for huge pages
@@ -413,21 +431,23 @@ mod tests {
     }
 
     #[test]
-    fn the_dram_buffer_is_four_times_every_cache() {
+    fn the_dram_buffers_halves_are_four_times_every_cache() {
         const MIB: u64 = 1 << 20;
-        // 2 cores, 48 KiB L1 and 1 MiB L2 each, 32 MiB L3 (AMD EPYC Zen 5): 4 x 34.1 MiB.
+        // 2 cores, 48 KiB L1 and 1 MiB L2 each, 32 MiB L3 (AMD EPYC Zen 5): 8 x 34.1 MiB.
         let zen5 = (48 << 10, MIB, 32 * MIB);
-        let all = 4 * (32 * MIB + 2 * (MIB + (48 << 10)));
+        let all = 8 * (32 * MIB + 2 * (MIB + (48 << 10)));
         assert_eq!(dram_bytes(1, zen5, 2), all);
-        assert_eq!(dram_bytes(2, zen5, 2), 68 * MIB + (192 << 10));
-        assert!(dram_bytes(2, zen5, 2) * 2 >= all);
+        assert_eq!(dram_bytes(2, zen5, 2), 136 * MIB + (384 << 10));
+        // Each of 2 threads reads a half a run: together four times the caches.
+        assert!(dram_bytes(2, zen5, 2) / 2 * 2 >= all / 2);
         // Small caches: never under 64 MiB a thread.
-        assert_eq!(dram_bytes(1, (32 << 10, 256 << 10, 8 * MIB), 4), 64 * MIB);
-        // Many cores on a large L3: the threads share the four times.
+        assert_eq!(dram_bytes(1, (32 << 10, 256 << 10, 4 * MIB), 4), 64 * MIB);
+        // Many cores on a large L3: the threads' halves share the four times.
         let big = (48 << 10, 2 * MIB, 384 * MIB);
         for t in [1, 8, 96] {
             assert!(
-                dram_bytes(t, big, 96) * t as u64 >= 4 * (384 * MIB + 96 * (2 * MIB + (48 << 10)))
+                dram_bytes(t, big, 96) / 2 * t as u64
+                    >= 4 * (384 * MIB + 96 * (2 * MIB + (48 << 10)))
             );
         }
         // No cache sizes known, no threads: 64 MiB.
