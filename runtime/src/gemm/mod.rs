@@ -13,7 +13,7 @@
 //! sliver (`kc × NR`, kept in L1) is multiplied with every `MR`-row tile of A's block (in
 //! L2). The kernels broadcast A's elements from its rows as they are, `lda` apart: packing A
 //! into slivers first (as BLIS does) read and wrote all of it once more per call, and the
-//! kernels ran no faster on the packed slivers (BERT-base seq 128 on 2 threads 0.98-0.99x the
+//! kernels ran no faster on the packed slivers (BERT-base seq 128 on 2 threads 0.97-0.99x the
 //! time without packing, seq 512 0.92x; AMD EPYC Zen 5, AVX-512 and AVX2). A single row
 //! (decode) reads several whole panels at once instead (`gemv`). The K blocking never depends
 //! on the thread count (see [`plan::resolve_on`]), so every element sums its products in the
@@ -425,9 +425,10 @@ pub fn chunks(panels: usize, threads: usize, m: usize) -> (usize, usize) {
 }
 
 /// `dst [kc][rows] = src [rows][kc]` (rows `lda` apart): a sliver of A transposed for the
-/// micro-kernels. Four rows × four K at a time through SSE registers (every x86-64 has
-/// them), so both sides move whole vectors: element by element, the writes `rows` floats
-/// apart made packing 7 % of all samples of a MiniLM batch (32 × 16 tokens, AMD EPYC).
+/// bf16 and f16 micro-kernels (`qgemm`). Four rows × four K at a time through SSE registers
+/// (every x86-64 has them), so both sides move whole vectors: element by element, the writes
+/// `rows` floats apart made packing 7 % of all samples of a MiniLM batch (32 × 16 tokens, AMD
+/// EPYC).
 ///
 /// # Safety
 /// `src` valid for `rows` rows of `kc` floats `lda` apart, `dst` for `rows * kc` floats.
