@@ -44,6 +44,14 @@ fn num(v: &Value, field: &str) -> f64 {
         .unwrap_or_else(|| panic!("no number {field:?} in {v}"))
 }
 
+/// The JSON line of `dtype` among `lines`.
+fn dtype_line<'a>(lines: &'a [Value], dtype: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|v| v["dtype"] == dtype)
+        .unwrap_or_else(|| panic!("no {dtype} line in {lines:?}"))
+}
+
 /// The fields every line has, with values that make sense for `runs` runs.
 fn check_line(v: &Value, engine: &str, task: &str, runs: u64) {
     assert_eq!(v["engine"], engine, "{v}");
@@ -138,12 +146,7 @@ fn generate_reports_the_weight_stream_of_a_decode_step() {
         "0",
         "--json",
     ]);
-    let of = |dtype: &str| {
-        lines
-            .iter()
-            .find(|v| v["dtype"] == dtype)
-            .unwrap_or_else(|| panic!("no {dtype} line in {lines:?}"))
-    };
+    let of = |dtype: &str| dtype_line(&lines, dtype);
     let (d, layers, vocab) = (32.0, 2.0, 50257.0);
     let matmuls = 4.0 * (layers * (d * 3.0 * d + d * d + 2.0 * d * 4.0 * d) + vocab * d);
     let file = std::fs::metadata(dir.join("model.safetensors"))
@@ -487,12 +490,6 @@ fn report_shows_narrow_matmuls_as_they_ran() {
         "int8,f32",
         "--json",
     ]);
-    let bytes = |d: &str| {
-        lines
-            .iter()
-            .find(|v| v["dtype"] == d)
-            .map(|v| num(v, "weight_bytes"))
-            .unwrap()
-    };
+    let bytes = |d: &str| num(dtype_line(&lines, d), "weight_bytes");
     assert!(bytes("int8") < bytes("f32"), "{lines:?}");
 }

@@ -225,7 +225,6 @@ pub struct SliceView {
 /// neither. Sources are computed values or inputs (rows contiguous), never weights (held
 /// packed) nor KV caches appended in place (batch rows a capacity apart).
 pub fn slices_read_in_place(graph: &crate::graph::Graph) -> HashMap<NodeIndex, SliceView> {
-    use petgraph::Direction::Outgoing;
     let g = &graph.g;
     let appends = in_place_appends(graph);
     let mut views: HashMap<NodeIndex, SliceView> = g
@@ -238,14 +237,7 @@ pub fn slices_read_in_place(graph: &crate::graph::Graph) -> HashMap<NodeIndex, S
             let Some(Dim::Const(width)) = g[source].ty.last() else {
                 return None;
             };
-            let attended = g.neighbors_directed(n, Outgoing).all(|u| {
-                matches!(g[u].op, Op::Attention { .. })
-                    && graph
-                        .operands(u)
-                        .iter()
-                        .enumerate()
-                        .all(|(i, &o)| o != n || i < 3)
-            });
+            let attended = crate::graph::read_only_by_attention(graph, n, |slot| slot < 3);
             let plain_source = !matches!(g[source].op, Op::Weight { .. })
                 && !appends.contains(&source)
                 && !appends.iter().any(|&c| graph.operands(c)[0] == source);

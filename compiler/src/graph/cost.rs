@@ -102,9 +102,36 @@ fn bytes(t: &TensorType, d: &Dims) -> u64 {
     t.bytes(d) as u64
 }
 
+/// The KV-cache concatenations of a graph that append in place ([`super::in_place_appends`]),
+/// found at the first one asked about and kept for the rest of a walk over the graph.
+struct InPlace<'a> {
+    g: &'a Graph,
+    set: std::cell::OnceCell<std::collections::HashSet<NodeIndex>>,
+}
+
+impl<'a> InPlace<'a> {
+    fn new(g: &'a Graph) -> Self {
+        InPlace {
+            g,
+            set: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn contains(&self, n: NodeIndex) -> bool {
+        self.set
+            .get_or_init(|| super::in_place_appends(self.g))
+            .contains(&n)
+    }
+}
+
 /// The cost of node `n` in one call with dims `d`. Inputs and weights themselves cost
 /// nothing: their bytes are charged to the ops that read them.
 pub fn node_cost(g: &Graph, n: NodeIndex, d: &Dims) -> Cost {
+    cost(g, n, d, &InPlace::new(g))
+}
+
+/// [`node_cost`] within a walk that shares `in_place`.
+fn cost(g: &Graph, n: NodeIndex, d: &Dims, in_place: &InPlace) -> Cost {
     let node = g.node(n);
     let operands = g.operands(n);
     let ty = |i: usize| &g.node(operands[i]).ty;
@@ -192,7 +219,7 @@ pub fn node_cost(g: &Graph, n: NodeIndex, d: &Dims) -> Cost {
                 act_write_bytes: moved,
             }
         }
-        Op::ConcatSeq if super::in_place_appends(g).contains(&n) => {
+        Op::ConcatSeq if in_place.contains(n) => {
             // Appended where the cache lies: only the new rows move.
             let new = bytes(ty(1), d);
             Cost {
@@ -236,7 +263,12 @@ pub fn node_cost(g: &Graph, n: NodeIndex, d: &Dims) -> Cost {
 /// padded as it packs them, and int8's scale and column sum per column): what a run with
 /// `--dtype` moves. Other weights (embeddings, norms, biases) stay f32.
 pub fn node_cost_as(g: &Graph, n: NodeIndex, d: &Dims, format: WeightFormat) -> Cost {
-    let mut c = node_cost(g, n, d);
+    cost_as(g, n, d, format, &InPlace::new(g))
+}
+
+/// [`node_cost_as`] within a walk that shares `in_place`.
+fn cost_as(g: &Graph, n: NodeIndex, d: &Dims, format: WeightFormat, in_place: &InPlace) -> Cost {
+    let mut c = cost(g, n, d, in_place);
     if format == WeightFormat::F32 {
         return c;
     }
@@ -254,20 +286,22 @@ pub fn node_cost_as(g: &Graph, n: NodeIndex, d: &Dims, format: WeightFormat) -> 
 
 /// The cost of one call of `g` with dims `d`, its matmul weights stored as `format`.
 pub fn graph_cost_as(g: &Graph, d: &Dims, format: WeightFormat) -> Cost {
+    let in_place = InPlace::new(g);
     g.topo_order()
         .into_iter()
         .filter(|&n| !matches!(g.node(n).op, Op::Input { .. } | Op::Weight { .. }))
-        .map(|n| node_cost_as(g, n, d, format))
+        .map(|n| cost_as(g, n, d, format, &in_place))
         .sum()
 }
 
 /// Every node's cost in topological order (inputs and weights left out): the per-kernel rows
 /// of a roofline report.
 pub fn node_costs(g: &Graph, d: &Dims) -> Vec<(NodeIndex, Cost)> {
+    let in_place = InPlace::new(g);
     g.topo_order()
         .into_iter()
         .filter(|&n| !matches!(g.node(n).op, Op::Input { .. } | Op::Weight { .. }))
-        .map(|n| (n, node_cost(g, n, d)))
+        .map(|n| (n, cost(g, n, d, &in_place)))
         .collect()
 }
 

@@ -21,14 +21,7 @@ pub fn in_place_appends(graph: &Graph) -> std::collections::HashSet<NodeIndex> {
             let past = graph.operands(c)[0];
             let only_reader = g.neighbors_directed(past, Outgoing).all(|u| u == c)
                 && graph.operands(c)[1] != past;
-            let attended = g.neighbors_directed(c, Outgoing).all(|u| {
-                matches!(g[u].op, Op::Attention { .. })
-                    && graph
-                        .operands(u)
-                        .iter()
-                        .enumerate()
-                        .all(|(i, &o)| o != c || i == 1 || i == 2)
-            });
+            let attended = read_only_by_attention(graph, c, |slot| slot == 1 || slot == 2);
             matches!(g[past].op, Op::Input { .. })
                 && !graph.outputs.iter().any(|(_, o)| *o == past)
                 && only_reader
@@ -53,4 +46,19 @@ pub fn in_place_appends(graph: &Graph) -> std::collections::HashSet<NodeIndex> {
             set.remove(&c);
         }
     }
+}
+
+/// Whether every reader of `n` is an attention that takes it only in operand slots `slot`
+/// accepts (q 0, k 1, v 2): what lets attention read it where it lies.
+pub fn read_only_by_attention(graph: &Graph, n: NodeIndex, slot: impl Fn(usize) -> bool) -> bool {
+    let g = &graph.g;
+    g.neighbors_directed(n, petgraph::Direction::Outgoing)
+        .all(|u| {
+            matches!(g[u].op, Op::Attention { .. })
+                && graph
+                    .operands(u)
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &o)| o != n || slot(i))
+        })
 }

@@ -12,7 +12,7 @@ mod op;
 mod print;
 
 pub use cost::{graph_cost, graph_cost_as, node_cost, node_cost_as, node_costs, Cost};
-pub use kv::in_place_appends;
+pub use kv::{in_place_appends, read_only_by_attention};
 // Shapes and element types are the runtime's, shared with generated code and its host.
 pub use cranformer_runtime::shape::{DType, Dim, Dims, Shape, TensorType};
 pub use op::{Activation, EwStep, Op, WeightLayout};
