@@ -377,9 +377,10 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
         return;
     }
     let threads = tasks.max(1);
-    // Panels are handed out in chunks, several per thread, each to whichever thread asks next:
-    // a thread that starts late (woken from sleep, or preempted by another process) takes
-    // fewer chunks instead of leaving its whole share to the others' wait.
+    // Panels are handed out in chunks, several per thread: each thread takes its own share of
+    // them first (`threads::share_start`), then helps with the others', so a thread that
+    // starts late (woken from sleep, or preempted by another process) takes fewer chunks
+    // instead of leaving its whole share to the others' wait.
     let panels = g.n.div_ceil(PACK_NR);
     let (chunks, per) = chunks(panels, threads, g.m);
     threads::parallel_for_on(threads, chunks, &|t| {
