@@ -11,6 +11,12 @@ column's within each round, the median of those ratios over the rounds.
 Before each measurement the driver waits (up to --wait-quiet seconds) for the machine to be
 quiet: the CPU pressure that other processes cause ("some avg10" of /proc/pressure/cpu) under
 --quiet-below percent. The pressure seen at the start of each measurement is recorded and shown.
+
+With --placement (placement.c, built by run.sh), the round trip of a cache line between the first
+two CPUs is measured just before each measurement (0.2 s) and recorded as placement_ns. On a
+virtual machine it tells where the host put the vCPUs: on the AMD EPYC Zen 5 KVM guest it was
+110-140 ns at some times and 370-420 ns at others, and every engine's multi-threaded time was
+slower in the second state (cranformer's BERT-base on 2 threads 47-48 ms against 52-54).
 """
 
 import argparse
@@ -173,6 +179,17 @@ def loadavg():
         return float(f.read().split()[0])
 
 
+def placement_ns(probe):
+    """The cache line round trip between the first two CPUs in ns (placement.c), or None."""
+    if not probe:
+        return None
+    try:
+        out = subprocess.run([probe, "200"], capture_output=True, text=True, timeout=30).stdout
+        return float(out.strip())
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
 def wait_quiet(limit, below):
     start = time.time()
     while True:
@@ -327,6 +344,7 @@ def measure(a, engine, threads, workload):
     best = None
     for attempt in range(1 + a.retries):
         p, waited = wait_quiet(a.wait_quiet, a.quiet_below)
+        trip = placement_ns(a.placement) if threads > 1 else None
         (busy0, steal0), mine0, t0 = cpu_busy_s(), children_cpu_s(), time.time()
         if ENGINES[engine][0] == "cranformer":
             r, err = run_cranformer(a, engine, threads, workload)
@@ -346,6 +364,7 @@ def measure(a, engine, threads, workload):
             precision=precision(engine),
             pressure=p,
             pressure_during=during,
+            placement_ns=trip,
             loadavg=loadavg(),
             waited_s=round(waited, 1),
             wall_s=round(took, 1),
@@ -446,6 +465,12 @@ def tables(rows, meta):
                 v = [r.get("pressure_during") for r in cell_rows(e) if r.get("pressure_during") is not None]
                 during.append(fmt(max(v), 0) if v else "")
             out.append(f"| {t} | others' CPU % (max) | " + " | ".join(during) + " |")
+            trips = []
+            for e in cols:
+                v = [r["placement_ns"] for r in cell_rows(e) if r.get("placement_ns") is not None]
+                trips.append(f"{min(v):.0f}-{max(v):.0f}" if v else "")
+            if any(trips):
+                out.append(f"| {t} | CPU round trip ns | " + " | ".join(trips) + " |")
         # Thread scaling: each engine's 1-thread time over its N-thread time within a round,
         # the median over rounds (above 1: N threads are faster).
         for t in meta["threads"]:
@@ -487,6 +512,7 @@ def main():
     ap.add_argument("--retry-above", type=float, default=15.0)
     ap.add_argument("--check", default="", help="check.py's summary file, quoted in results.md")
     ap.add_argument("--from-raw", help="no measuring: the tables of this raw.jsonl")
+    ap.add_argument("--placement", default="", help="placement.c's binary, run before each measurement")
     a = ap.parse_args()
 
     threads = [int(t) for t in a.threads.split(",") if t.strip()]
@@ -612,6 +638,13 @@ def main():
         f"a measurement was redone (up to {a.retries} times, the least disturbed kept); high "
         "values mean times inflated by other processes.",
     ]
+    if any(r.get("placement_ns") is not None for r in rows):
+        notes.append(
+            "CPU round trip: a cache line's trip between the first two CPUs and back, measured "
+            "just before each multi-threaded measurement (placement.c, min-max over the cell). "
+            "On a virtual machine it shows where the host put the vCPUs at that moment; a far "
+            "placement makes every thread's share of data slower to reach the other."
+        )
     if llama_info:
         notes.append(f"llama.cpp's build: {llama_info}")
     # One note per engine and message (the same refusal on every workload is said once).

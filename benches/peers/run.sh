@@ -171,6 +171,14 @@ else
 fi
 echo "$SOURCE"
 
+# The cache line round trip between two CPUs, measured before each measurement (placement.c).
+PLACEMENT=()
+if command -v cc >/dev/null 2>&1 && cc -O2 -pthread "$HERE/placement.c" -o "$OUT/bin/placement"; then
+    PLACEMENT=(--placement "$OUT/bin/placement")
+else
+    echo "run.sh: no C compiler for placement.c: the table will not show the round trip between CPUs" >&2
+fi
+
 # 4. Same outputs on the same ids, before any timing.
 CHECK_FILE="$OUT/check.txt"
 rm -f "$CHECK_FILE"
@@ -185,4 +193,4 @@ step "Timing: threads $THREADS, $RUNS runs after $WARMUP warm-up, $ROUNDS round(
 "$PY" "$HERE/driver.py" --models "$MODELS" --cranformer "$OUT/bin/cranformer" \
     --cranformer-source "$SOURCE" --out "$OUT" --threads "$THREADS" --runs "$RUNS" \
     --warmup "$WARMUP" --rounds "$ROUNDS" --wait-quiet "$WAIT_QUIET" --retries "$RETRIES" --check "$CHECK_FILE" \
-    ${EXTRA[@]+"${EXTRA[@]}"}
+    ${PLACEMENT[@]+"${PLACEMENT[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
