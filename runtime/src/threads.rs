@@ -294,7 +294,7 @@ pub fn parallel_for(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
 /// the pool's and the tasks, and 1 inside a task (which runs nested jobs inline).
 pub fn used(threads: usize, tasks: usize) -> usize {
     let t = threads.min(self::threads()).min(tasks).max(1);
-    if t <= 1 || IN_TASK.with(|t| t.get()) || pool().workers == 0 {
+    if t <= 1 || IN_TASK.with(|t| t.get()) {
         1
     } else {
         t.min(pool().workers + 1)

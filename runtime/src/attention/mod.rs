@@ -125,17 +125,19 @@ impl AttnCall {
     }
 
     /// Keys after batch row b's last unmasked one are never scored (their weight is exactly
-    /// 0 anyway); a row with none left takes the all-masked fallback.
+    /// 0 anyway); a row with none left takes the all-masked fallback. Returns how many keys
+    /// are kept and whether any of those is masked.
     ///
     /// # Safety
     /// `mask` is null or valid for `[B, S]`.
-    unsafe fn kept(&self, b: usize) -> usize {
+    unsafe fn kept(&self, b: usize) -> (usize, bool) {
         if self.mask.is_null() {
-            return self.keys;
+            return (self.keys, false);
         }
         // SAFETY: as the caller promised.
         let m = unsafe { std::slice::from_raw_parts(self.mask.add(b * self.keys), self.keys) };
-        m.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1)
+        let kept = m.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
+        (kept, m[..kept].contains(&0))
     }
 
     /// Whether key j of batch row b is masked.
@@ -157,6 +159,8 @@ struct Task<'c> {
     t0: usize,
     rows: usize,
     kept: usize,
+    /// Whether a key below `kept` is masked.
+    holes: bool,
 }
 
 impl Task<'_> {
@@ -338,14 +342,16 @@ unsafe fn task<S: Simd>(c: &AttnCall, i: usize, scratch: &mut [f32]) {
     let blocks = c.seq.div_ceil(qb);
     let (blk, bh) = (i % blocks, i / blocks);
     let t0 = blk * qb;
+    // SAFETY: as `attention`'s caller promised.
+    let (kept, holes) = unsafe { c.kept(bh / c.heads) };
     let t = Task {
         c,
         b: bh / c.heads,
         h: bh % c.heads,
         t0,
         rows: qb.min(c.seq - t0),
-        // SAFETY: as `attention`'s caller promised.
-        kept: unsafe { c.kept(bh / c.heads) },
+        kept,
+        holes,
     };
     // SAFETY: as `attention`'s caller promised; scratch sized by `attention`.
     unsafe {
@@ -551,11 +557,8 @@ unsafe fn lanes_path<S: Simd>(t: &Task, scratch: &mut [f32]) {
                 );
                 j += r;
             }
-            // Bias and masks, where the call has any in this tile: then the max again, over
-            // what they leave.
-            let plain =
-                c.bias.is_null() && c.causal == 0 && (j0..j0 + n).all(|ja| !c.masked(t.b, ja));
-            if !plain {
+            // Bias and masks, where the call has any: then the max again, over what they leave.
+            if !c.bias.is_null() || c.causal != 0 || t.holes {
                 mt = [neg; 2];
                 for j in 0..n {
                     let row = st.add(j * qb);
