@@ -917,9 +917,11 @@ unsafe fn block(
                         (PACK_NR / nr, sub / nr),
                         mc.div_ceil(mr),
                     );
+                    let end = (p1 * PACK_NR).min(g.n);
                     let mut ir = 0;
                     while ir < mc {
-                        let fetch = ahead.take();
+                        let next = super::NextTile::after(ic, ir, mc, mr, col, nr, end);
+                        let fetch = ahead.take().claim(g.c, g.ldc, next);
                         let rows = mr.min(mc - ir);
                         let (a, lda) = match ready {
                             ReadyA::Quantized(q) if kernel.a_form == AForm::I16 => {

@@ -410,3 +410,43 @@ fn packing_a_sliver_transposes_every_row_and_k() {
         }
     }
 }
+
+#[test]
+fn the_claimed_tile_is_the_one_the_loop_runs_next() {
+    // The tile loop of `block` (and of the narrow formats' block): per M block, strip by strip
+    // up to the chunk's end, rows in tiles of mr. Each tile's claim must name the tile that
+    // comes next in that order, and nothing past the M block's last strip (the next M block
+    // or K block, or another chunk, may be another thread's).
+    for (m, mc, mr, n, nr, p0, p1) in [
+        (128, 128, 12, 2304, 32, 0, 72),
+        (128, 48, 12, 3072, 32, 8, 17),
+        (7, 7, 12, 100, 32, 1, 4),
+        (30, 24, 6, 77, 16, 0, 3),
+        (1, 1, 12, 40, 32, 0, 2),
+    ] {
+        let end = (p1 * PACK_NR).min(n);
+        let mut ic = 0;
+        while ic < m {
+            let mc_here = mc.min(m - ic);
+            let mut order = vec![];
+            for strip in p0 * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
+                let col = strip * nr;
+                if col >= n {
+                    break;
+                }
+                let mut ir = 0;
+                while ir < mc_here {
+                    order.push((ic + ir, col, mr.min(mc_here - ir), nr.min(n - col), ir));
+                    ir += mr;
+                }
+            }
+            for (i, &(_, col, _, _, ir)) in order.iter().enumerate() {
+                let got = NextTile::after(ic, ir, mc_here, mr, col, nr, end)
+                    .map(|t| (t.row, t.col, t.rows, t.cols));
+                let want = order.get(i + 1).map(|&(r, c, rows, cols, _)| (r, c, rows, cols));
+                assert_eq!(got, want, "m {m} mc {mc} n {n} p {p0}..{p1}: tile {i}");
+            }
+            ic += mc_here;
+        }
+    }
+}
