@@ -193,6 +193,18 @@ pub fn share_start(t: usize, threads: usize, tasks: usize) -> usize {
     t * tasks / threads
 }
 
+/// The task that the owner of `task`'s share runs after it, when `threads` threads (as
+/// [`used`] counts them) run `tasks` tasks: the next one, unless `task` ends its share. A
+/// kernel fetches that task's data ahead while it runs this one (the matmuls' next B sliver).
+pub fn next_in_share(task: usize, threads: usize, tasks: usize) -> Option<usize> {
+    let threads = threads.max(1);
+    let owner = (0..threads)
+        .rev()
+        .find(|&t| share_start(t, threads, tasks) <= task)?;
+    let end = share_start(owner + 1, threads, tasks);
+    (task + 1 < end).then_some(task + 1)
+}
+
 /// One cache line per thread for the next unclaimed task of its share.
 #[repr(align(128))]
 struct Cursor(AtomicUsize);
@@ -470,6 +482,28 @@ mod tests {
                         a <= b && b - a <= tasks.div_ceil(threads),
                         "{threads} {tasks} {t}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_next_task_of_a_share_is_the_one_its_owner_runs_next() {
+        for threads in 1..=9 {
+            for tasks in [1, 2, 5, 8, 48, 97] {
+                for t in 0..threads {
+                    let (a, b) = (
+                        share_start(t, threads, tasks),
+                        share_start(t + 1, threads, tasks),
+                    );
+                    for task in a..b {
+                        let want = (task + 1 < b).then_some(task + 1);
+                        assert_eq!(
+                            next_in_share(task, threads, tasks),
+                            want,
+                            "{threads} threads, {tasks} tasks, task {task}"
+                        );
+                    }
                 }
             }
         }

@@ -383,9 +383,11 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
     // instead of leaving its whole share to the others' wait.
     let panels = g.n.div_ceil(PACK_NR);
     let (chunks, per) = chunks(panels, threads, g.m);
+    let used = threads::used(threads, chunks);
     threads::parallel_for_on(threads, chunks, &|t| {
         let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
-        block(g, isa, blocking, act, p0, p1);
+        let then = threads::next_in_share(t, used, chunks).map(|t| t * per);
+        block(g, isa, blocking, act, p0, p1, then);
     });
 }
 
@@ -529,11 +531,20 @@ pub unsafe extern "C" fn cranformer_gemm(call: *const GemmCall) {
     });
 }
 
-/// Column panels `p0..p1` of C.
+/// Column panels `p0..p1` of C; `then`, the first panel of the chunk this thread runs next,
+/// if it knows.
 ///
 /// # Safety
 /// As [`sgemm`], `p0..p1` within the panels of N.
-unsafe fn block(g: &GemmCall, isa: Isa, bl: Blocking, act: Act, p0: usize, p1: usize) {
+unsafe fn block(
+    g: &GemmCall,
+    isa: Isa,
+    bl: Blocking,
+    act: Act,
+    p0: usize,
+    p1: usize,
+    then: Option<usize>,
+) {
     let (mr, nr) = (isa.mr(), isa.nr());
     let kc_max = bl.kc.max(1);
     let mc_max = (bl.mc / mr).max(1) * mr;
@@ -559,7 +570,7 @@ unsafe fn block(g: &GemmCall, isa: Isa, bl: Blocking, act: Act, p0: usize, p1: u
                 let (p, sub) = (col / PACK_NR, col % PACK_NR);
                 let bptr = g.b.add(p * g.k * PACK_NR + pc * PACK_NR + sub);
                 let mut ahead = Ahead::new(
-                    Ahead::next(p, p1, first, g.n, pc, kc, g.k, ic, mc, g.m, mr)
+                    Ahead::next(p, p1, first, then, g.n, pc, kc, g.k, ic, mc, g.m, mr)
                         .map(|(np, npc)| g.b.add(np * g.k * PACK_NR + npc * PACK_NR).cast()),
                     kc * PACK_NR * 4,
                     (PACK_NR / nr, sub / nr),
@@ -620,8 +631,10 @@ pub(super) struct Ahead {
 impl Ahead {
     /// The sliver after panel `p`'s at K offset `pc` (`kc` long) in a loop over panels
     /// `first..p1` of N columns, K of `k`, rows `ic..ic+mc` of `m` in tiles of `mr`: the next
-    /// panel's, else the first panel's in the next K block; `None` where fetching ahead does
-    /// not pay. Only where a sliver meets four or more tiles of rows: with a few rows (batched
+    /// panel's, else the first panel's in the next K block, else after the last K block the
+    /// first sliver of panel `then` (the thread's next chunk; in BERT-base's matmuls on 2
+    /// threads the first sliver of each chunk, 96 KiB from DRAM without it, was 2-4 % of
+    /// their time, AMD EPYC Zen 5); `None` where fetching ahead does not pay. Only where a sliver meets four or more tiles of rows: with a few rows (batched
     /// decode) the product is bound by streaming B, and fetching ahead competes with the
     /// stream (GPT-2 decode with 8 rows ran 15-30 % slower with it; BERT-base seq 128 ran
     /// 0.85x the time without it, AMD EPYC AVX-512).
@@ -636,6 +649,7 @@ impl Ahead {
         p: usize,
         p1: usize,
         first: usize,
+        then: Option<usize>,
         n: usize,
         pc: usize,
         kc: usize,
@@ -649,10 +663,12 @@ impl Ahead {
             None
         } else if p + 1 < p1 && (p + 1) * PACK_NR < n {
             Some((p + 1, pc))
-        } else if pc + kc < k && ic + mc >= m {
+        } else if ic + mc < m {
+            None
+        } else if pc + kc < k {
             Some((first, pc + kc))
         } else {
-            None
+            then.filter(|&np| np * PACK_NR < n).map(|np| (np, 0))
         }
     }
 
@@ -747,7 +763,7 @@ impl Fetch {
         let c = c.wrapping_add(row * ldc + col);
         let (bytes, ld) = (cols * 4, ldc * 4);
         // Rows that do not start on a line reach into one more line than whole rows do.
-        let aligned = (c as usize) % 64 == 0 && ld % 64 == 0;
+        let aligned = (c as usize).is_multiple_of(64) && ld.is_multiple_of(64);
         let per_row = bytes.div_ceil(64) + usize::from(!aligned);
         Fetch {
             out: c.cast(),

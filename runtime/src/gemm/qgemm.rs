@@ -704,11 +704,13 @@ unsafe fn run(g: &QGemmCall, kernel: &QKernel, bl: Blocking, tasks: usize) {
     } else {
         super::chunks(panels, tasks, g.m)
     };
+    let used = threads::used(tasks, chunks);
     let go = |a: ReadyA| {
         threads::parallel_for_on(tasks, chunks, &|t| {
             let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
+            let then = threads::next_in_share(t, used, chunks).map(|t| t * per);
             if p0 < p1 {
-                block(g, kernel, bl, act, a, p0, p1);
+                block(g, kernel, bl, act, a, p0, p1, then);
             }
         })
     };
@@ -818,7 +820,9 @@ fn k_blocking(format: WeightFormat, k: usize, bl: Blocking) -> (usize, usize, us
     (group, kp, bl.kc.clamp(1, kp).next_multiple_of(group))
 }
 
-/// Column panels `p0..p1` of C.
+/// Column panels `p0..p1` of C; `then`, the first panel of the chunk this thread runs next,
+/// if it knows (see [`super::Ahead::next`]).
+#[allow(clippy::too_many_arguments)]
 unsafe fn block(
     g: &QGemmCall,
     kernel: &QKernel,
@@ -827,6 +831,7 @@ unsafe fn block(
     ready: ReadyA,
     p0: usize,
     p1: usize,
+    then: Option<usize>,
 ) {
     let qa = match ready {
         ReadyA::Quantized(q) => Some(q),
@@ -911,7 +916,7 @@ unsafe fn block(
                     let (p, sub) = (col / PACK_NR, col % PACK_NR);
                     let b = g.b.add(layout.offset(p, pc, sub));
                     let mut ahead = super::Ahead::new(
-                        super::Ahead::next(p, p1, first, g.n, pc, kc, kp, ic, mc, g.m, mr)
+                        super::Ahead::next(p, p1, first, then, g.n, pc, kc, kp, ic, mc, g.m, mr)
                             .map(|(np, npc)| g.b.add(layout.offset(np, npc, 0))),
                         kc / group * group_bytes,
                         (PACK_NR / nr, sub / nr),

@@ -450,3 +450,50 @@ fn the_claimed_tile_is_the_one_the_loop_runs_next() {
         }
     }
 }
+
+#[test]
+fn each_strip_fetches_the_sliver_its_loop_reads_next() {
+    // The loop of `block` over one chunk of panels p0..p1 (strips of PACK_NR): K blocks, then M
+    // blocks, then panels; then the thread's next chunk from its first panel. A strip fetches
+    // ahead the sliver the loop reads next, except where the next strip starts another M
+    // block of the same K block (it reads again what its M block started with) or where the M
+    // blocks are too small to pay.
+    let mr = 12;
+    for (m, mc, n, k, kc, p0, p1, then) in [
+        (128, 128, 3072, 768, 768, 0, 24, Some(24)),
+        (128, 128, 768, 3072, 768, 3, 6, None),
+        (130, 48, 100, 1000, 256, 1, 4, Some(9)),
+        (128, 128, 96, 768, 768, 2, 3, Some(3)),
+        (128, 128, 96, 768, 768, 1, 2, Some(2)),
+    ] {
+        // (panel, pc, kc, ic, mc) of each strip in order.
+        let mut visits = vec![];
+        let mut pc = 0;
+        while pc < k {
+            let kcb = kc.min(k - pc);
+            let mut ic = 0;
+            while ic < m {
+                let mcb = mc.min(m - ic);
+                for p in (p0..p1).take_while(|p| p * PACK_NR < n) {
+                    visits.push((p, pc, kcb, ic, mcb));
+                }
+                ic += mcb;
+            }
+            pc += kcb;
+        }
+        if let Some(t) = then.filter(|t| t * PACK_NR < n) {
+            visits.push((t, 0, kc.min(k), 0, mc.min(m)));
+        }
+        for (i, &(p, pc, kcb, ic, mcb)) in visits.iter().enumerate() {
+            if i + 1 == visits.len() && then.is_some_and(|t| t * PACK_NR < n) {
+                break; // the next chunk's own strip
+            }
+            let want = visits.get(i + 1).and_then(|&(np, npc, _, nic, _)| {
+                let again = npc == pc && nic != ic;
+                (Ahead::pays(mcb, mr) && !again).then_some((np, npc))
+            });
+            let got = Ahead::next(p, p1, p0, then, n, pc, kcb, k, ic, mcb, m, mr);
+            assert_eq!(got, want, "m {m} n {n} k {k} panel {p} pc {pc} ic {ic}");
+        }
+    }
+}
