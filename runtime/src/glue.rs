@@ -147,9 +147,8 @@ mod tests {
     /// Whether the C compiler accepts `source` (`cc -fsyntax-only`, as `cranformer compile`
     /// needs a C compiler anyway).
     fn compiles(source: &str) -> bool {
-        let dir = std::env::temp_dir().join(format!("cf-glue-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join(format!("glue-{}.c", source.len()));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("glue.c");
         std::fs::write(&file, source).unwrap();
         // The refused versions' diagnostics are expected: kept out of the test's output.
         let ok = Command::new("cc")
@@ -159,7 +158,6 @@ mod tests {
             .status()
             .expect("running cc")
             .success();
-        let _ = std::fs::remove_file(&file);
         ok
     }
 

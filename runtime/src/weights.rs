@@ -855,19 +855,12 @@ fn explain_header(header: &[u8], data_len: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A fresh empty directory under the system temp dir.
-    fn temp_dir(name: &str) -> PathBuf {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "cranformer-weights-{}-{name}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh empty directory under the system temp dir, removed when dropped.
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("cranformer-weights-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     /// A safetensors file from (key, dtype, shape, little-endian bytes), written by hand; the
@@ -906,7 +899,8 @@ mod tests {
 
     #[test]
     fn f32_roundtrip_is_zero_copy() {
-        let dir = temp_dir("f32");
+        let tmp = temp_dir("f32");
+        let dir = tmp.path();
         let data = [1.0, -2.5, 3.25, 0.0, 1e-3, 7.0];
         write(
             &dir,
@@ -925,7 +919,8 @@ mod tests {
 
     #[test]
     fn f16_and_bf16_convert() {
-        let dir = temp_dir("half");
+        let tmp = temp_dir("half");
+        let dir = tmp.path();
         let values = [1.0f32, -0.5, 65504.0, 0.099975586];
         let f16: Vec<u8> = values
             .iter()
@@ -956,7 +951,8 @@ mod tests {
 
     #[test]
     fn sharded_index() {
-        let dir = temp_dir("sharded");
+        let tmp = temp_dir("sharded");
+        let dir = tmp.path();
         write(
             &dir,
             "model-00001-of-00002.safetensors",
@@ -994,7 +990,8 @@ mod tests {
 
     #[test]
     fn missing_key_names_key_source_and_similar_keys() {
-        let dir = temp_dir("missing");
+        let tmp = temp_dir("missing");
+        let dir = tmp.path();
         let z = f32_bytes(&[0.0; 4]);
         write(
             &dir,
@@ -1028,7 +1025,8 @@ mod tests {
 
     #[test]
     fn wrong_shape_names_file_key_and_both_shapes() {
-        let dir = temp_dir("shape");
+        let tmp = temp_dir("shape");
+        let dir = tmp.path();
         let bytes = f32_bytes(&vec![0.0; 32 * 96]);
         write(
             &dir,
@@ -1048,7 +1046,8 @@ mod tests {
 
     #[test]
     fn truncated_file_is_malformed() {
-        let dir = temp_dir("truncated");
+        let tmp = temp_dir("truncated");
+        let dir = tmp.path();
         let full = safetensors(&[("a", "F32", &[4], f32_bytes(&[1.0, 2.0, 3.0, 4.0]))]);
         for len in [0, 5, 12, full.len() - 1] {
             let path = write(&dir, "model.safetensors", &full[..len]);
@@ -1064,7 +1063,8 @@ mod tests {
 
     #[test]
     fn garbage_header_is_malformed() {
-        let dir = temp_dir("garbage");
+        let tmp = temp_dir("garbage");
+        let dir = tmp.path();
         let mut bytes = 16u64.to_le_bytes().to_vec();
         bytes.extend_from_slice(b"{not json at all");
         let path = write(&dir, "model.safetensors", &bytes);
@@ -1108,7 +1108,8 @@ mod tests {
     }
 
     fn open_raw(name: &str, header: serde_json::Value, data_len: usize) -> String {
-        let dir = temp_dir(name);
+        let tmp = temp_dir(name);
+        let dir = tmp.path();
         let path = write(&dir, "model.safetensors", &raw_file(header, data_len));
         let err = Weights::open_files(&[path]).unwrap_err();
         assert!(matches!(err, WeightsError::Malformed { .. }), "{err}");
@@ -1202,7 +1203,8 @@ mod tests {
         let mut file = raw_file(serde_json::json!({"a": f32_entry(&[1], 0, 4)}), 4);
         let len = file.len() as u64;
         file[..8].copy_from_slice(&(len - 7).to_le_bytes());
-        let dir = temp_dir("past-end");
+        let tmp = temp_dir("past-end");
+        let dir = tmp.path();
         let path = write(&dir, "model.safetensors", &file);
         let err = Weights::open_files(&[path]).unwrap_err().to_string();
         assert!(
@@ -1216,7 +1218,8 @@ mod tests {
 
     #[test]
     fn int64_buffer_is_indexed_but_refused_on_get() {
-        let dir = temp_dir("int64");
+        let tmp = temp_dir("int64");
+        let dir = tmp.path();
         let ids: Vec<u8> = (0i64..4).flat_map(|i| i.to_le_bytes()).collect();
         write(
             &dir,
@@ -1285,7 +1288,8 @@ mod tests {
 
     #[test]
     fn directory_without_safetensors_mentions_pytorch_bin() {
-        let dir = temp_dir("nothing");
+        let tmp = temp_dir("nothing");
+        let dir = tmp.path();
         let err = Weights::open(&dir).unwrap_err();
         assert!(matches!(err, WeightsError::NoWeights { .. }), "{err}");
         assert!(!err.to_string().contains("pytorch_model.bin"), "{err}");
