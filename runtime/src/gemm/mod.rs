@@ -783,7 +783,8 @@ impl Fetch {
     /// K steps between two hints in a loop of `kc` steps.
     #[inline(always)]
     pub fn every(self, kc: usize) -> usize {
-        kc.checked_div(self.steps()).map_or(usize::MAX, |e| e.max(1))
+        kc.checked_div(self.steps())
+            .map_or(usize::MAX, |e| e.max(1))
     }
 
     /// Hints line `i` of B and of C, where they have one (nothing off x86-64).

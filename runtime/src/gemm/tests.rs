@@ -443,7 +443,9 @@ fn the_claimed_tile_is_the_one_the_loop_runs_next() {
             for (i, &(_, col, _, _, ir)) in order.iter().enumerate() {
                 let got = NextTile::after(ic, ir, mc_here, mr, col, nr, end)
                     .map(|t| (t.row, t.col, t.rows, t.cols));
-                let want = order.get(i + 1).map(|&(r, c, rows, cols, _)| (r, c, rows, cols));
+                let want = order
+                    .get(i + 1)
+                    .map(|&(r, c, rows, cols, _)| (r, c, rows, cols));
                 assert_eq!(got, want, "m {m} mc {mc} n {n} p {p0}..{p1}: tile {i}");
             }
             ic += mc_here;
