@@ -629,21 +629,23 @@ pub(super) struct Ahead {
 }
 
 impl Ahead {
-    /// The sliver after panel `p`'s at K offset `pc` (`kc` long) in a loop over panels
-    /// `first..p1` of N columns, K of `k`, rows `ic..ic+mc` of `m` in tiles of `mr`: the next
-    /// panel's, else the first panel's in the next K block, else after the last K block the
-    /// first sliver of panel `then` (the thread's next chunk; in BERT-base's matmuls on 2
-    /// threads the first sliver of each chunk, 96 KiB from DRAM without it, was 2-4 % of
-    /// their time, AMD EPYC Zen 5); `None` where fetching ahead does not pay. Only where a sliver meets four or more tiles of rows: with a few rows (batched
-    /// decode) the product is bound by streaming B, and fetching ahead competes with the
-    /// stream (GPT-2 decode with 8 rows ran 15-30 % slower with it; BERT-base seq 128 ran
-    /// 0.85x the time without it, AMD EPYC AVX-512).
     /// Whether an M block of `mc` rows in tiles of `mr` fetches the next B sliver ahead: four
     /// row tiles or more (see [`Ahead::next`]). The tile picker counts that sliver in L2.
     pub fn pays(mc: usize, mr: usize) -> bool {
         mc >= 4 * mr
     }
 
+    /// The sliver after panel `p`'s at K offset `pc` (`kc` long) in a loop over panels
+    /// `first..p1` of N columns, K of `k`, rows `ic..ic+mc` of `m` in tiles of `mr`: the next
+    /// panel's, else the first panel's in the next K block, else after the last K block the
+    /// first sliver of panel `then` (the thread's next chunk; in BERT-base's matmuls on 2
+    /// threads the first sliver of each chunk, 96 KiB from DRAM without it, was 2-4 % of
+    /// their time, AMD EPYC Zen 5); `None` where fetching ahead does not pay.
+    ///
+    /// Only where a sliver meets four or more tiles of rows ([`Ahead::pays`]): with a few rows
+    /// (batched decode) the product is bound by streaming B, and fetching ahead competes with
+    /// the stream (GPT-2 decode with 8 rows ran 15-30 % slower with it; BERT-base seq 128 ran
+    /// 0.85x the time without it, AMD EPYC AVX-512).
     #[allow(clippy::too_many_arguments)]
     pub fn next(
         p: usize,
@@ -744,8 +746,8 @@ impl Fetch {
     /// wait for that. The activation arena reuses lines that the other threads have read (a
     /// matmul's A, read by every thread) or written, and on a host where a line takes
     /// 370-420 ns to go between the vCPUs and back (AMD EPYC Zen 5 KVM guest, 2 vCPUs)
-    /// BERT-base seq 128 on 2 threads took 0.96x the time with the claims, the QKV matmul
-    /// 0.95x; where it took 100-140 ns, 0.99x.
+    /// BERT-base seq 128 on 2 threads took 0.96x the time with the claims (25 rounds
+    /// alternating with the binary without them); where it took 100-140 ns, 1.00x (35 rounds).
     ///
     /// `prefetchw` is only issued on a CPU that reports it (cpuid `PRFCHW`), nothing
     /// elsewhere.
@@ -823,9 +825,17 @@ impl Fetch {
         }
     }
 
+    /// The B lines in one burst, for kernels that do not spread them over their loop; no
+    /// claims on C, which in a burst made the f32 tiles slower (see [`Fetch`]).
     #[inline(always)]
     pub fn all(self) {
-        self.rest(0);
+        for i in 0..self.lines {
+            Fetch {
+                out_lines: 0,
+                ..self
+            }
+            .line(i);
+        }
     }
 }
 
