@@ -84,6 +84,25 @@ thread_local! {
     /// Set while this thread runs a task: a nested `parallel_for` runs inline (the gate is
     /// held by the outer call, so queueing would deadlock).
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    /// `(threads, tasks)` of the job whose tasks this thread is running, for
+    /// [`next_in_share`]; `(1, 0)` outside any.
+    static JOB: Cell<(usize, usize)> = const { Cell::new((1, 0)) };
+}
+
+/// Marks this thread as running tasks of a job of `threads` threads and `tasks` tasks until
+/// dropped, then restores what it replaced (a job run inline inside another's task).
+struct InJob((usize, usize));
+
+impl InJob {
+    fn enter(threads: usize, tasks: usize) -> InJob {
+        InJob(JOB.with(|j| j.replace((threads, tasks))))
+    }
+}
+
+impl Drop for InJob {
+    fn drop(&mut self) {
+        JOB.with(|j| j.set(self.0));
+    }
 }
 
 /// Sets how many threads kernels use (`--threads`; before the first parallel call, later
@@ -171,6 +190,7 @@ fn run_tasks(
     shared: &Shared,
 ) {
     IN_TASK.with(|f| f.set(true));
+    let _job = InJob::enter(threads, tasks);
     for owner in (me..threads).chain(0..me) {
         let end = share_start(owner + 1, threads, tasks);
         loop {
@@ -193,10 +213,17 @@ pub fn share_start(t: usize, threads: usize, tasks: usize) -> usize {
     t * tasks / threads
 }
 
-/// The task that the owner of `task`'s share runs after it, when `threads` threads (as
-/// [`used`] counts them) run `tasks` tasks: the next one, unless `task` ends its share. A
-/// kernel fetches that task's data ahead while it runs this one (the matmuls' next B sliver).
-pub fn next_in_share(task: usize, threads: usize, tasks: usize) -> Option<usize> {
+/// Called from a task of a [`parallel_for_on`] job: the task that the owner of `task`'s share
+/// runs after it, with the threads the job actually runs on: the next one, unless `task` ends
+/// its share (or this thread runs no job). A kernel fetches that task's data ahead while it
+/// runs this one (the matmuls' next B sliver).
+pub fn next_in_share(task: usize) -> Option<usize> {
+    let (threads, tasks) = JOB.with(|j| j.get());
+    next_of_share(task, threads, tasks)
+}
+
+/// [`next_in_share`] for a job of `threads` threads and `tasks` tasks.
+fn next_of_share(task: usize, threads: usize, tasks: usize) -> Option<usize> {
     let threads = threads.max(1);
     let owner = (0..threads)
         .rev()
@@ -334,6 +361,7 @@ pub fn parallel_for_on(threads: usize, tasks: usize, f: &(dyn Fn(usize) + Sync))
     }
     let threads = used(threads, tasks);
     if threads <= 1 {
+        let _job = InJob::enter(1, tasks);
         (0..tasks).for_each(f);
         return;
     }
@@ -499,7 +527,7 @@ mod tests {
                     for task in a..b {
                         let want = (task + 1 < b).then_some(task + 1);
                         assert_eq!(
-                            next_in_share(task, threads, tasks),
+                            next_of_share(task, threads, tasks),
                             want,
                             "{threads} threads, {tasks} tasks, task {task}"
                         );
@@ -507,6 +535,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_task_learns_the_next_task_of_its_share_from_the_job_it_runs_in() {
+        // Whatever thread count the job gets (other tests change it for a moment), every task
+        // sees the next task of its share for that count; outside a job there is none.
+        let got: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(usize::MAX)).collect();
+        parallel_for_on(2, 8, &|i| {
+            got[i].store(next_in_share(i).unwrap_or(99), Ordering::SeqCst);
+        });
+        let got: Vec<usize> = got.iter().map(|g| g.load(Ordering::SeqCst)).collect();
+        let as_for = |threads| -> Vec<usize> {
+            (0..8)
+                .map(|i| next_of_share(i, threads, 8).unwrap_or(99))
+                .collect()
+        };
+        assert!(got == as_for(1) || got == as_for(2), "{got:?}");
+        assert_eq!(next_in_share(0), None);
     }
 
     #[test]

@@ -383,10 +383,9 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
     // instead of leaving its whole share to the others' wait.
     let panels = g.n.div_ceil(PACK_NR);
     let (chunks, per) = chunks(panels, threads, g.m);
-    let used = threads::used(threads, chunks);
     threads::parallel_for_on(threads, chunks, &|t| {
         let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
-        let then = threads::next_in_share(t, used, chunks).map(|t| t * per);
+        let then = threads::next_in_share(t).map(|t| t * per);
         block(g, isa, blocking, act, p0, p1, then);
     });
 }
@@ -789,29 +788,42 @@ impl Fetch {
             .map_or(usize::MAX, |e| e.max(1))
     }
 
-    /// Hints line `i` of B and of C, where they have one (nothing off x86-64).
+    /// Hints line `i` of B and of C, where they have one.
     #[inline(always)]
     pub fn line(self, i: usize) {
+        self.b_line(i);
+        self.c_line(i);
+    }
+
+    /// Hints line `i` of B towards L2, where it has one (nothing off x86-64).
+    #[inline(always)]
+    fn b_line(self, i: usize) {
         #[cfg(target_arch = "x86_64")]
-        {
+        if i < self.lines {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-            if i < self.lines {
-                // SAFETY: a prefetch hint never faults; the address stays within the weights.
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(self.base.wrapping_add(i * 64).cast()) };
-            }
-            if i < self.out_lines {
-                let row = self.out.wrapping_add(i / self.out_per_row * self.out_ld);
-                let line = (row as usize & !63) + i % self.out_per_row * 64;
-                // SAFETY: a prefetch hint never faults and changes no data; `claim` is only
-                // set where the CPU has the instruction.
-                unsafe {
-                    std::arch::asm!(
-                        "prefetchw [{line}]",
-                        line = in(reg) line,
-                        options(nostack, readonly, preserves_flags)
-                    )
-                };
-            }
+            // SAFETY: a prefetch hint never faults; the address stays within the weights.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(self.base.wrapping_add(i * 64).cast()) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
+    /// Claims line `i` of the next tile's C, where it has one (nothing off x86-64).
+    #[inline(always)]
+    fn c_line(self, i: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if i < self.out_lines {
+            let row = self.out.wrapping_add(i / self.out_per_row * self.out_ld);
+            let line = (row as usize & !63) + i % self.out_per_row * 64;
+            // SAFETY: a prefetch hint never faults and changes no data; `claim` is only set
+            // where the CPU has the instruction.
+            unsafe {
+                std::arch::asm!(
+                    "prefetchw [{line}]",
+                    line = in(reg) line,
+                    options(nostack, readonly, preserves_flags)
+                )
+            };
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = i;
@@ -830,11 +842,7 @@ impl Fetch {
     #[inline(always)]
     pub fn all(self) {
         for i in 0..self.lines {
-            Fetch {
-                out_lines: 0,
-                ..self
-            }
-            .line(i);
+            self.b_line(i);
         }
     }
 }
@@ -886,17 +894,8 @@ impl NextTile {
 /// Whether this CPU has `prefetchw` (cpuid leaf 0x8000_0001, ECX bit 8: `PRFCHW`), asked once.
 #[inline(always)]
 fn claims_lines() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    // 0 unknown, 1 no, 2 yes.
-    static HAS: AtomicU8 = AtomicU8::new(0);
-    match HAS.load(Ordering::Relaxed) {
-        0 => {
-            let has = prfchw();
-            HAS.store(if has { 2 } else { 1 }, Ordering::Relaxed);
-            has
-        }
-        v => v == 2,
-    }
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(prfchw)
 }
 
 fn prfchw() -> bool {

@@ -704,11 +704,10 @@ unsafe fn run(g: &QGemmCall, kernel: &QKernel, bl: Blocking, tasks: usize) {
     } else {
         super::chunks(panels, tasks, g.m)
     };
-    let used = threads::used(tasks, chunks);
     let go = |a: ReadyA| {
         threads::parallel_for_on(tasks, chunks, &|t| {
             let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
-            let then = threads::next_in_share(t, used, chunks).map(|t| t * per);
+            let then = threads::next_in_share(t).map(|t| t * per);
             if p0 < p1 {
                 block(g, kernel, bl, act, a, p0, p1, then);
             }
