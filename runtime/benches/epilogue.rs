@@ -1,6 +1,7 @@
 //! `cargo bench -p cranformer-runtime --bench epilogue`: the matmul epilogue's activations per
-//! ISA, applied tile by tile (12 × 32, as the AVX-512 kernel leaves them) over a 128 × 3072
-//! block (BERT-base's FFN at seq 128) that is first copied from a source, on one thread.
+//! ISA, applied tile by tile (the ISA's own tile: 12 × 32 for AVX-512, 6 × 16 for AVX2 and
+//! 4 × 8 portable, as the kernels leave them) over a 128 × 3072 block (BERT-base's FFN at
+//! seq 128) that is first copied from a source, on one thread.
 //! Prints ns per element with the copy's own time taken off (the `copy` row).
 
 use cranformer_runtime::gemm::epilogue::apply_on;
@@ -20,9 +21,10 @@ fn main() {
         common::median_and_min(3, 60, || {
             c.copy_from_slice(&src);
             if let Some(act) = act {
-                for i in (0..m).step_by(12) {
-                    for j in (0..n).step_by(32) {
-                        // SAFETY: a 12 × 32 tile (fewer rows at the end) of the m × n block;
+                let (mr, nr) = (isa.mr(), isa.nr());
+                for i in (0..m).step_by(mr) {
+                    for j in (0..n).step_by(nr) {
+                        // SAFETY: an mr × nr tile (fewer rows at the end) of the m × n block;
                         // the CPU has isa (at or below what was detected).
                         unsafe {
                             apply_on(
@@ -30,8 +32,8 @@ fn main() {
                                 act,
                                 c.as_mut_ptr().add(i * n + j),
                                 n,
-                                12.min(m - i),
-                                32,
+                                mr.min(m - i),
+                                nr,
                                 std::ptr::null(),
                             )
                         };
