@@ -76,12 +76,12 @@ macro_rules! math {
         #[inline(always)]
         pub fn $exp(x: f32) -> f32 {
             use crate::expf;
-            let x = x.clamp(expf::LO, expf::HI);
+            let xc = x.clamp(expf::LO, expf::HI);
             // Round to nearest by the 1.5·2^23 trick: its low mantissa bits are n.
-            let big = x * std::f32::consts::LOG2_E + 12_582_912.0;
+            let big = xc * std::f32::consts::LOG2_E + 12_582_912.0;
             let n_int = big.to_bits().wrapping_sub(0x4B40_0000) as i32;
             let n = big - 12_582_912.0;
-            let r = $fma(n, expf::LN2_HI_NEG, x);
+            let r = $fma(n, expf::LN2_HI_NEG, xc);
             let r = $fma(n, expf::LN2_LO, r);
             let mut p = expf::POLY[0];
             for c in &expf::POLY[1..] {
@@ -90,7 +90,9 @@ macro_rules! math {
             let y = $fma(p, r * r, r + 1.0);
             let pow2 = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
             let y = y * pow2;
-            // As the vector paths' `Simd::exp`: 0 below LO.
+            // As the vector paths' `Simd::exp`: 0 below LO (the input's, not the clamped
+            // one, which never is: exp(LO) is f32's smallest normal, and GELU(f32::MIN) was
+            // -0.33 here against -0 on the vector paths).
             if x < expf::LO {
                 0.0
             } else {

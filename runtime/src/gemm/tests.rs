@@ -285,9 +285,13 @@ fn activations_are_accurate_against_f64() {
 
 #[test]
 fn activations_give_the_same_bits_on_every_isa() {
-    // Whole vectors and a remainder in each row; a residual on half the calls.
-    let mut xs: Vec<f32> = (0..=48_000).map(|i| -12.0 + i as f32 * 5e-4).collect();
-    xs.extend([
+    // Whole vectors and a remainder in each row; a residual on half the calls. Each special
+    // value fills a row of its own, so it meets both the vector lanes and the remainder.
+    let cols = 37;
+    let mut xs: Vec<f32> = (0..48_000 / cols * cols)
+        .map(|i| -12.0 + i as f32 * 5e-4)
+        .collect();
+    for x in [
         0.0,
         -0.0,
         1e-30,
@@ -298,9 +302,11 @@ fn activations_give_the_same_bits_on_every_isa() {
         200.0,
         f32::MAX,
         f32::MIN,
-    ]);
-    let (rows, cols) = (xs.len() / 37, 37);
-    let xs = &xs[..rows * cols];
+    ] {
+        xs.extend([x; 37]);
+    }
+    let rows = xs.len() / cols;
+    let xs = &xs[..];
     let res: Vec<f32> = (0..xs.len())
         .map(|i| (i % 13) as f32 * 0.25 - 1.5)
         .collect();
