@@ -45,8 +45,24 @@ pub(crate) trait Simd {
     #[inline(always)]
     unsafe fn exp(x: Self::V) -> Self::V {
         use crate::expf;
+        let xc = Self::min(Self::max(x, Self::splat(expf::LO)), Self::splat(expf::HI));
+        Self::exp_of(x, xc)
+    }
+
+    /// [`Simd::exp`] without its two clamps, for `x` known to be at most `HI` (and not NaN):
+    /// the same result lane by lane. Below `LO` the exponent `2^n` is out of range, but such
+    /// a lane is 0 all the same.
+    #[inline(always)]
+    unsafe fn exp_unclamped(x: Self::V) -> Self::V {
+        Self::exp_of(x, x)
+    }
+
+    /// exp's reduction and polynomial at `xc` (`x`, clamped or known in range), 0 where `x`
+    /// is below `LO`.
+    #[inline(always)]
+    unsafe fn exp_of(x: Self::V, xc: Self::V) -> Self::V {
+        use crate::expf;
         let lo = Self::splat(expf::LO);
-        let xc = Self::min(Self::max(x, lo), Self::splat(expf::HI));
         let n = Self::round(Self::mul(xc, Self::splat(std::f32::consts::LOG2_E)));
         let r = Self::fma(n, Self::splat(expf::LN2_HI_NEG), xc);
         let r = Self::fma(n, Self::splat(expf::LN2_LO), r);
