@@ -903,11 +903,11 @@ mod tests {
         let dir = tmp.path();
         let data = [1.0, -2.5, 3.25, 0.0, 1e-3, 7.0];
         write(
-            &dir,
+            dir,
             "model.safetensors",
             &safetensors(&[("a.weight", "F32", &[2, 3], f32_bytes(&data))]),
         );
-        let w = Weights::open(&dir).unwrap();
+        let w = Weights::open(dir).unwrap();
         let buf = w.get("a.weight", &[2, 3]).unwrap();
         assert!(buf.is_zero_copy());
         assert_eq!(&buf[..], &data);
@@ -931,7 +931,7 @@ mod tests {
             .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
             .collect();
         let path = write(
-            &dir,
+            dir,
             "x.safetensors",
             &safetensors(&[("h", "F16", &[4], f16), ("b", "BF16", &[2, 2], bf16)]),
         );
@@ -954,12 +954,12 @@ mod tests {
         let tmp = temp_dir("sharded");
         let dir = tmp.path();
         write(
-            &dir,
+            dir,
             "model-00001-of-00002.safetensors",
             &safetensors(&[("a", "F32", &[2], f32_bytes(&[1.0, 2.0]))]),
         );
         write(
-            &dir,
+            dir,
             "model-00002-of-00002.safetensors",
             &safetensors(&[("b", "F32", &[1], f32_bytes(&[3.0]))]),
         );
@@ -968,11 +968,11 @@ mod tests {
             "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
         });
         write(
-            &dir,
+            dir,
             "model.safetensors.index.json",
             index.to_string().as_bytes(),
         );
-        let w = Weights::open(&dir).unwrap();
+        let w = Weights::open(dir).unwrap();
         assert_eq!(w.keys(), ["a", "b"]);
         assert_eq!(&w.get("a", &[2]).unwrap()[..], &[1.0, 2.0]);
         assert_eq!(&w.get("b", &[1]).unwrap()[..], &[3.0]);
@@ -994,14 +994,14 @@ mod tests {
         let dir = tmp.path();
         let z = f32_bytes(&[0.0; 4]);
         write(
-            &dir,
+            dir,
             "model.safetensors",
             &safetensors(&[
                 ("transformer.h.0.attn.c_attn.weight", "F32", &[4], z.clone()),
                 ("transformer.h.0.mlp.c_fc.weight", "F32", &[4], z),
             ]),
         );
-        let w = Weights::open(&dir).unwrap();
+        let w = Weights::open(dir).unwrap();
         let err = w
             .get("h.0.attn.c_attn.weight", &[4])
             .unwrap_err()
@@ -1029,11 +1029,11 @@ mod tests {
         let dir = tmp.path();
         let bytes = f32_bytes(&vec![0.0; 32 * 96]);
         write(
-            &dir,
+            dir,
             "model.safetensors",
             &safetensors(&[("h.0.attn.c_attn.weight", "F32", &[32, 96], bytes)]),
         );
-        let w = Weights::open(&dir).unwrap();
+        let w = Weights::open(dir).unwrap();
         let err = w
             .get("h.0.attn.c_attn.weight", &[32, 64])
             .unwrap_err()
@@ -1050,7 +1050,7 @@ mod tests {
         let dir = tmp.path();
         let full = safetensors(&[("a", "F32", &[4], f32_bytes(&[1.0, 2.0, 3.0, 4.0]))]);
         for len in [0, 5, 12, full.len() - 1] {
-            let path = write(&dir, "model.safetensors", &full[..len]);
+            let path = write(dir, "model.safetensors", &full[..len]);
             let err = Weights::open_files(&[path]).unwrap_err();
             assert!(matches!(err, WeightsError::Malformed { .. }), "{err}");
             let text = err.to_string();
@@ -1067,7 +1067,7 @@ mod tests {
         let dir = tmp.path();
         let mut bytes = 16u64.to_le_bytes().to_vec();
         bytes.extend_from_slice(b"{not json at all");
-        let path = write(&dir, "model.safetensors", &bytes);
+        let path = write(dir, "model.safetensors", &bytes);
         let err = Weights::open_files(&[path]).unwrap_err();
         assert!(matches!(err, WeightsError::Malformed { .. }), "{err}");
         assert!(
@@ -1077,7 +1077,7 @@ mod tests {
 
         // Valid JSON, but sizes that disagree with the dtype and shape.
         let mut bad = safetensors(&[("a", "F32", &[3], f32_bytes(&[1.0, 2.0]))]);
-        let path = write(&dir, "bad.safetensors", &bad);
+        let path = write(dir, "bad.safetensors", &bad);
         let err = Weights::open_files(&[path]).unwrap_err().to_string();
         assert!(
             err.contains("tensor \"a\": 8 data bytes") && err.contains("need 12"),
@@ -1086,7 +1086,7 @@ mod tests {
 
         // A header length far beyond the file.
         bad[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        let path = write(&dir, "huge.safetensors", &bad);
+        let path = write(dir, "huge.safetensors", &bad);
         let err = Weights::open_files(&[path]).unwrap_err().to_string();
         assert!(
             err.contains("huge.safetensors") && err.contains("header length"),
@@ -1110,7 +1110,7 @@ mod tests {
     fn open_raw(name: &str, header: serde_json::Value, data_len: usize) -> String {
         let tmp = temp_dir(name);
         let dir = tmp.path();
-        let path = write(&dir, "model.safetensors", &raw_file(header, data_len));
+        let path = write(dir, "model.safetensors", &raw_file(header, data_len));
         let err = Weights::open_files(&[path]).unwrap_err();
         assert!(matches!(err, WeightsError::Malformed { .. }), "{err}");
         let text = err.to_string();
@@ -1205,7 +1205,7 @@ mod tests {
         file[..8].copy_from_slice(&(len - 7).to_le_bytes());
         let tmp = temp_dir("past-end");
         let dir = tmp.path();
-        let path = write(&dir, "model.safetensors", &file);
+        let path = write(dir, "model.safetensors", &file);
         let err = Weights::open_files(&[path]).unwrap_err().to_string();
         assert!(
             err.contains(&format!(
@@ -1222,7 +1222,7 @@ mod tests {
         let dir = tmp.path();
         let ids: Vec<u8> = (0i64..4).flat_map(|i| i.to_le_bytes()).collect();
         write(
-            &dir,
+            dir,
             "model.safetensors",
             &safetensors(&[
                 ("embeddings.position_ids", "I64", &[1, 4], ids),
@@ -1234,7 +1234,7 @@ mod tests {
                 ),
             ]),
         );
-        let w = Weights::open(&dir).unwrap();
+        let w = Weights::open(dir).unwrap();
         assert!(w.contains("embeddings.position_ids"));
         assert_eq!(
             w.info("embeddings.position_ids").unwrap().dtype,
@@ -1290,11 +1290,11 @@ mod tests {
     fn directory_without_safetensors_mentions_pytorch_bin() {
         let tmp = temp_dir("nothing");
         let dir = tmp.path();
-        let err = Weights::open(&dir).unwrap_err();
+        let err = Weights::open(dir).unwrap_err();
         assert!(matches!(err, WeightsError::NoWeights { .. }), "{err}");
         assert!(!err.to_string().contains("pytorch_model.bin"), "{err}");
-        write(&dir, "pytorch_model.bin", b"pickle");
-        let err = Weights::open(&dir).unwrap_err().to_string();
+        write(dir, "pytorch_model.bin", b"pickle");
+        let err = Weights::open(dir).unwrap_err().to_string();
         assert!(err.contains("pytorch_model.bin is not supported"), "{err}");
     }
 
