@@ -303,10 +303,9 @@ fn activations_give_the_same_bits_on_every_isa() {
         f32::MAX,
         f32::MIN,
     ] {
-        xs.extend([x; 37]);
+        xs.extend(std::iter::repeat_n(x, cols));
     }
     let rows = xs.len() / cols;
-    let xs = &xs[..];
     let res: Vec<f32> = (0..xs.len())
         .map(|i| (i % 13) as f32 * 0.25 - 1.5)
         .collect();
