@@ -547,6 +547,8 @@ unsafe fn block(
     let (mr, nr) = (isa.mr(), isa.nr());
     let kc_max = bl.kc.max(1);
     let mc_max = (bl.mc / mr).max(1) * mr;
+    // The chunk's end column: no claim on C reaches past it.
+    let end = (p1 * PACK_NR).min(g.n);
     let mut pc = 0;
     while pc < g.k {
         let kc = kc_max.min(g.k - pc);
@@ -577,7 +579,7 @@ unsafe fn block(
                 );
                 let mut ir = 0;
                 while ir < mc {
-                    let next = NextTile::after(ic, ir, mc, mr, col, nr, (p1 * PACK_NR).min(g.n));
+                    let next = NextTile::after(ic, ir, mc, mr, col, nr, end);
                     let fetch = ahead.take().claim(g.c, g.ldc, next);
                     let init = if pc > 0 {
                         Init::Load

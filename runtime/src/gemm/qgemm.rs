@@ -854,6 +854,8 @@ unsafe fn block(
         group_bytes,
         col_bytes,
     };
+    // The chunk's end column: no claim on C reaches past it.
+    let end = (p1 * PACK_NR).min(g.n);
     PACKED_A.with(|buf| {
         let mut buf = buf.borrow_mut();
         // Grown, never shrunk: a resize up after a smaller call would clear the whole
@@ -921,7 +923,6 @@ unsafe fn block(
                         (PACK_NR / nr, sub / nr),
                         mc.div_ceil(mr),
                     );
-                    let end = (p1 * PACK_NR).min(g.n);
                     let mut ir = 0;
                     while ir < mc {
                         let next = super::NextTile::after(ic, ir, mc, mr, col, nr, end);
