@@ -483,6 +483,81 @@ def tables(rows, meta):
     return "\n".join(out)
 
 
+# Issue 8's targets for an AVX2 server's f32 on all its cores, each a bound on the median over
+# rounds of cranformer's figure divided by the quickest of the listed peers in the same round
+# (workload, peers, bound, what is asked). "1 -> N threads" is cranformer's own speed-up.
+TARGETS = [
+    ("bert-forward", ["ctranslate2", "onnxruntime", "openvino"], 0.9,
+     "BERT-base seq 128: at most 0.9x the fastest of CTranslate2, ONNX Runtime and OpenVINO"),
+    ("gpt2-generate", ["ctranslate2", "llama.cpp"], 1.0,
+     "GPT-2 decode: at most 1.0x the faster of CTranslate2 and llama.cpp (f32)"),
+    ("t5-generate", ["ctranslate2"], 0.8, "T5-small 64+32: at most 0.8x CTranslate2"),
+]
+SCALING_TARGET = 1.8
+
+
+def targets(rows, meta, isa):
+    """Issue 8's "done when", judged on this run: per target, the per-round ratio against the
+    quickest listed peer that ran in that round, its median and range over the rounds, and
+    whether the median meets the bound. `isa`: what the engines ran at, said beside the
+    verdicts (the targets are for an AVX2 machine; a wider one held to AVX2 only approximates
+    it). None when the run has none of the targets' workloads on more than one thread."""
+    by = {(r["workload"], r["threads"], r["framework"], r["round"]): r for r in rows}
+    t = max(meta["threads"])
+    if t < 2:
+        return None
+    out = [f"### Issue 8's targets (f32, {t} threads; {isa})", ""]
+    for w, peers, bound, what in TARGETS:
+        if w not in meta["workloads"]:
+            continue
+        head = HEADLINE[w]
+        vals, used = [], set()
+        for rnd in meta["rounds"]:
+            ours = by.get((w, t, "cranformer", rnd), {}).get(head)
+            theirs = [
+                (by[(w, t, e, rnd)][head], e)
+                for e in peers
+                if by.get((w, t, e, rnd), {}).get(head)
+            ]
+            if ours and theirs:
+                best, e = min(theirs)
+                vals.append(ours / best)
+                used.add(label(e))
+        missing = [label(e) for e in peers if e not in meta["engines"]]
+        if not vals:
+            out.append(
+                f"- {what}: not measured (no round with cranformer f32 and one of them"
+                + (f"; not run: {', '.join(missing)})" if missing else ")")
+            )
+            continue
+        med = statistics.median(vals)
+        verdict = "met" if med <= bound else "NOT met"
+        out.append(
+            f"- {what}: {med:.2f}x ({min(vals):.2f}-{max(vals):.2f}) against "
+            f"{', '.join(sorted(used))}: {verdict}"
+            + (f"; not run: {', '.join(missing)}" if missing else "")
+        )
+    if "bert-forward" in meta["workloads"] and 1 in meta["threads"]:
+        vals = []
+        for rnd in meta["rounds"]:
+            one = by.get(("bert-forward", 1, "cranformer", rnd), {}).get("median_ms")
+            many = by.get(("bert-forward", t, "cranformer", rnd), {}).get("median_ms")
+            if one and many:
+                vals.append(one / many)
+        if vals:
+            med = statistics.median(vals)
+            out.append(
+                f"- BERT-base 1 -> {t} threads: at least {SCALING_TARGET}x: {med:.2f}x "
+                f"({min(vals):.2f}-{max(vals):.2f}): {'met' if med >= SCALING_TARGET else 'NOT met'}"
+            )
+    out.append(
+        "- Decode at the bandwidth roof (at least 85 % of the DRAM read): "
+        "`benches/peers/decode_roof.py`, not this run."
+    )
+    out.append("")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", required=True)
@@ -596,6 +671,18 @@ def main():
         "rounds": list(range(1, a.rounds + 1)),
     }
     tbl = tables(rows, meta)
+    if a.isa:
+        ran_at = (
+            f"held to {a.isa.upper()} on a CPU with {m.get('isa')}: an approximation of an "
+            "AVX2 machine, and only the engines with a knob for it are held"
+        )
+    elif str(m.get("isa", "")).startswith("AVX2"):
+        ran_at = f"an AVX2 machine ({m.get('isa')}): the machine the targets are for"
+    else:
+        ran_at = f"{m.get('isa')} as detected: the targets are for an AVX2 machine"
+    goals = targets(rows, meta, ran_at)
+    if goals:
+        tbl += "\n" + goals
     llama_info = next((r["llama_system_info"] for r in rows if r.get("llama_system_info")), None)
     notes = [
         f"Measured {started:%Y-%m-%d %H:%M}-{finished:%H:%M} UTC on {m.get('cpu')}, "
