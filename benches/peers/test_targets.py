@@ -1,0 +1,99 @@
+"""Tests of driver.py's "Issue 8's targets" (run by .ci/run: `python3 benches/peers/test_targets.py`).
+Standard library only; no engine runs."""
+
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import driver  # noqa: E402
+
+
+def row(workload, framework, threads, rnd, value):
+    r = {"workload": workload, "framework": framework, "threads": threads, "round": rnd}
+    r[driver.HEADLINE[workload]] = value
+    if driver.HEADLINE[workload] != "median_ms":
+        r["median_ms"] = value * 100
+    return r
+
+
+def meta(engines, workloads, threads=(2, 1), rounds=3):
+    return {
+        "threads": list(threads),
+        "workloads": workloads,
+        "engines": engines,
+        "rounds": list(range(1, rounds + 1)),
+    }
+
+
+def line(text, start):
+    return next(l for l in text.splitlines() if l.startswith(start))
+
+
+class Targets(unittest.TestCase):
+    def test_the_quickest_peer_of_each_round_sets_the_bar(self):
+        # Round 1: OpenVINO quickest (90 / 100 = 0.9); round 2: ONNX Runtime (90 / 95);
+        # round 3: CTranslate2 (90 / 80). Median of 0.9, 0.947, 1.125: 0.947, over 0.9.
+        rows = []
+        for rnd, (ct2, ort, ov) in enumerate([(120, 110, 100), (120, 95, 100), (80, 110, 100)], 1):
+            rows += [
+                row("bert-forward", "cranformer", 2, rnd, 90),
+                row("bert-forward", "ctranslate2", 2, rnd, ct2),
+                row("bert-forward", "onnxruntime", 2, rnd, ort),
+                row("bert-forward", "openvino", 2, rnd, ov),
+            ]
+        out = driver.targets(
+            rows, meta(["cranformer", "ctranslate2", "onnxruntime", "openvino"], ["bert-forward"]),
+            "AVX2", False,
+        )
+        got = line(out, "- BERT-base seq 128")
+        self.assertIn("0.95x (0.90-1.12)", got)
+        self.assertIn("against CTranslate2 f32, ONNX Runtime f32, OpenVINO f32", got)
+        self.assertTrue(got.endswith("NOT met"), got)
+        self.assertNotIn("held to AVX2 alone", got)
+
+    def test_at_the_bound_is_met_and_peers_not_run_are_named(self):
+        rows = [row("t5-generate", "cranformer", 2, r, 80) for r in (1, 2, 3)]
+        rows += [row("t5-generate", "ctranslate2", 2, r, 100) for r in (1, 2, 3)]
+        rows += [row("gpt2-generate", "cranformer", 2, r, 10) for r in (1, 2, 3)]
+        rows += [row("gpt2-generate", "ctranslate2", 2, r, 9) for r in (1, 2, 3)]
+        out = driver.targets(
+            rows, meta(["cranformer", "ctranslate2"], ["gpt2-generate", "t5-generate"]), "AVX2", False
+        )
+        self.assertTrue(line(out, "- T5-small").endswith("0.80x (0.80-0.80) against CTranslate2 f32: met"))
+        gpt2 = line(out, "- GPT-2 decode")
+        self.assertIn("1.11x", gpt2)
+        self.assertIn("NOT met; not run: llama.cpp f32", gpt2)
+
+    def test_held_to_avx2_judges_again_against_the_held_peers(self):
+        rows = []
+        for rnd in (1, 2, 3):
+            rows += [
+                row("bert-forward", "cranformer", 2, rnd, 90),
+                row("bert-forward", "ctranslate2", 2, rnd, 105),
+                row("bert-forward", "onnxruntime", 2, rnd, 60),
+            ]
+        out = driver.targets(
+            rows, meta(["cranformer", "ctranslate2", "onnxruntime"], ["bert-forward"]), "held", True
+        )
+        got = line(out, "- BERT-base seq 128")
+        self.assertIn("1.50x (1.50-1.50) against ONNX Runtime f32: NOT met", got)
+        self.assertIn("held to AVX2 alone: 0.86x (0.86-0.86) against CTranslate2 f32: met", got)
+        self.assertIn("not run: OpenVINO f32", got)
+
+    def test_nothing_to_judge(self):
+        rows = [row("bert-forward", "cranformer", 2, r, 90) for r in (1, 2, 3)]
+        out = driver.targets(rows, meta(["cranformer"], ["bert-forward"]), "AVX2", False)
+        self.assertIn("not measured", line(out, "- BERT-base seq 128"))
+        self.assertIsNone(driver.targets(rows, meta(["cranformer"], ["bert-forward"], threads=(1,)), "AVX2", False))
+
+    def test_thread_scaling(self):
+        rows = []
+        for rnd, one in zip((1, 2, 3), (170, 190, 150)):
+            rows += [row("bert-forward", "cranformer", 1, rnd, one), row("bert-forward", "cranformer", 2, rnd, 100)]
+        out = driver.targets(rows, meta(["cranformer"], ["bert-forward"]), "AVX2", False)
+        self.assertTrue(line(out, "- BERT-base 1 -> 2 threads").endswith("1.70x (1.50-1.90): NOT met"))
+
+
+if __name__ == "__main__":
+    unittest.main()
