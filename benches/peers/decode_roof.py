@@ -28,6 +28,10 @@ import sys
 import tempfile
 
 
+# Issue 8: a decode step's weight stream at this share of the measured DRAM read or more.
+ROOF_TARGET = 0.85
+
+
 def run_json(cmd, env):
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
@@ -110,6 +114,12 @@ def main():
               f"decode / DRAM {100 * pct:.0f} % "
               f"(per-round {min(r[t][1] / r[t][2] for r in rows) * 100:.0f}-"
               f"{max(r[t][1] / r[t][2] for r in rows) * 100:.0f} %)")
+    # Issue 8's decode target, judged on the run's largest thread count: the host's cores.
+    t = max(threads)
+    pct = statistics.median(row[t][1] / row[t][2] for row in rows)
+    print(f"Issue 8's target, decode at {100 * ROOF_TARGET:.0f} % of the DRAM read or more on "
+          f"{t} thread{'s' if t > 1 else ''}: {100 * pct:.0f} %: "
+          + ("met" if pct >= ROOF_TARGET else "NOT met"))
 
 
 if __name__ == "__main__":
