@@ -517,8 +517,9 @@ def targets(rows, meta, isa, held):
         head = HEADLINE[w]
 
         def judged(among):
-            """Per round, cranformer over the quickest of `among` that ran; `(median, min,
-            max, verdict, engines used)` or None."""
+            """Per round, cranformer over the quickest of `among` that ran: the median and
+            range over the rounds, the engines that set the bar and the verdict, as text; None
+            when no round had both."""
             vals, used = [], set()
             for rnd in meta["rounds"]:
                 ours = by.get((w, t, "cranformer", rnd), {}).get(head)
