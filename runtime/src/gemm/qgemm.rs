@@ -155,7 +155,7 @@ impl QKernel {
 /// int8 kernel. The AMX tiles state their own.
 const fn lane_macs(a_form: AForm, isa: Isa) -> u32 {
     match (a_form, isa) {
-        (AForm::U8, Isa::Avx512) => 4,
+        (AForm::U8, Isa::Avx512 | Isa::Avx2) => 4,
         (AForm::I16 | AForm::Bf16Pairs, _) => 2,
         // Row-major bf16 pairs feed only the AMX tiles, which state their own.
         (AForm::U8 | AForm::F32 | AForm::Bf16Rows, _) => 1,
@@ -253,6 +253,17 @@ pub static KERNELS: &[QKernel] = &[
         avx512_q::bw_i8,
         ["avx512f", "avx512bw"],
         QGemv::new(PACK_NR, avx512_qgemv::BW_PANELS, avx512_qgemv::bw_i8)
+    ),
+    kernel!(
+        "avxvnni_mmm_i8_6x16",
+        I8,
+        Avx2,
+        6,
+        16,
+        U8,
+        avx2_q::vnni_i8,
+        ["avx2", "fma", "avxvnni"],
+        QGemv::new(16, avx2_qgemv::PANELS, avx2_qgemv::vnni_i8)
     ),
     kernel!(
         "avx2_mmm_i8_6x8",

@@ -412,6 +412,7 @@ kernel_tests!(
     amx_emulated_mmm_bf16_32x32
     avx512vnni_mmm_i8_12x32
     avx512bw_mmm_i8_6x32
+    avxvnni_mmm_i8_6x16
     avx2_mmm_i8_6x8
     portable_mmm_i8_4x8
     avx512bf16_mmm_bf16_12x32
