@@ -257,8 +257,10 @@ def last_lines(text, n=5):
 
 
 def run_peer(a, engine, threads, workload):
+    # llama.cpp from its AVX2 build when the run is held to AVX2 (run.sh makes it).
+    python = a.llama_python if a.llama_python and engine.startswith("llama.cpp") else sys.executable
     cmd = [
-        sys.executable,
+        python,
         os.path.join(HERE, "bench_peers.py"),
         engine,
         "--models",
@@ -494,18 +496,19 @@ TARGETS = [
     ("t5-generate", ["ctranslate2"], 0.8, "T5-small 64+32: at most 0.8x CTranslate2"),
 ]
 SCALING_TARGET = 1.8
-# The peers `--isa avx2` holds there entirely (see ISA_ENV and README.md): held to AVX2, each
-# target is judged again against these alone.
+# The peers `--isa avx2` holds there entirely (see ISA_ENV and README.md; llama.cpp too when
+# run.sh built it for AVX2): held to AVX2, each target is judged again against these alone.
 HELD = {"ctranslate2", "pytorch"}
 
 
-def targets(rows, meta, isa, held):
+def targets(rows, meta, isa, held=None):
     """Issue 8's "done when", judged on this run: per target, the per-round ratio against the
     quickest listed peer that ran in that round, its median and range over the rounds, and
     whether the median meets the bound. `isa`: what the engines ran at, said beside the
     verdicts (the targets are for an AVX2 machine; a wider one held to AVX2 only approximates
-    it); `held`: whether the run held the engines to AVX2, which judges each target again
-    against the peers held entirely. None when the run has no more than one thread."""
+    it); `held`: the engines held to AVX2 entirely when the run held them (None otherwise),
+    against which each target is judged again. None when the run has no more than one
+    thread."""
     by = {(r["workload"], r["threads"], r["framework"], r["round"]): r for r in rows}
     t = max(meta["threads"])
     if t < 2:
@@ -548,8 +551,8 @@ def targets(rows, meta, isa, held):
                 + (f"; not run: {', '.join(missing)})" if missing else ")")
             )
             continue
-        if held and any(e not in HELD for e in peers):
-            alone = judged([e for e in peers if e in HELD])
+        if held is not None and any(e not in held for e in peers):
+            alone = judged([e for e in peers if e in held])
             line += "; against the peers held to AVX2 alone: " + (alone or "none of them ran")
         out.append(f"- {what}: {line}" + (f"; not run: {', '.join(missing)}" if missing else ""))
     if "bert-forward" in meta["workloads"] and 1 in meta["threads"]:
@@ -596,6 +599,11 @@ def main():
         help="comma-separated engines or families (" + ", ".join(FAMILIES) + ")",
     )
     ap.add_argument("--isa", choices=sorted(ISA_ENV), help="ask every engine that can to stay at this ISA")
+    ap.add_argument(
+        "--llama-python",
+        default="",
+        help="the Python of a venv whose llama-cpp-python was built for --isa (run.sh's)",
+    )
     ap.add_argument("--wait-quiet", type=float, default=60.0)
     ap.add_argument("--quiet-below", type=float, default=10.0)
     ap.add_argument("--retries", type=int, default=2)
@@ -695,7 +703,8 @@ def main():
         ran_at = f"an AVX2 machine ({m.get('isa')}): the machine the targets are for"
     else:
         ran_at = f"{m.get('isa')} as detected: the targets are for an AVX2 machine"
-    goals = targets(rows, meta, ran_at, bool(a.isa))
+    held = (HELD | {"llama.cpp", "llama.cpp-q8_0"}) if a.llama_python else HELD
+    goals = targets(rows, meta, ran_at, held if a.isa else None)
     if goals:
         tbl += "\n" + goals
     llama_info = next((r["llama_system_info"] for r in rows if r.get("llama_system_info")), None)
@@ -708,8 +717,14 @@ def main():
         f"{' '.join(load_start)} at the start, {' '.join(load_end)} at the end.",
         (
             f"ISA limited to {a.isa}: " + ", ".join(f"{k}={v}" for k, v in ISA_ENV[a.isa].items())
-            + ". ONNX Runtime picks its kernels from cpuid and llama.cpp's are fixed when it is "
-            "built: they ran with the machine's full ISA. OpenVINO names AVX2 kernels for its "
+            + (
+                f"; llama.cpp from its {a.isa.upper()} build ({a.llama_python}). ONNX Runtime "
+                "picks its kernels from cpuid: it ran with the machine's full ISA."
+                if a.llama_python
+                else ". ONNX Runtime picks its kernels from cpuid and llama.cpp's are fixed when "
+                "it is built: they ran with the machine's full ISA."
+            )
+            + " OpenVINO names AVX2 kernels for its "
             "matmuls, but part of it still runs wider: on AMD Zen 5 its BERT-base reached 282 "
             "GFLOP/s, above two cores' AVX2 FMA peak (267), so its column is no AVX2 figure."
             if a.isa

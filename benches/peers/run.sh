@@ -130,6 +130,35 @@ PY="$VENV/bin/python"
 print("torch", torch.__version__, "| transformers", transformers.__version__, "| ctranslate2", ctranslate2.__version__,
       "| onnxruntime", onnxruntime.__version__, "| openvino", openvino.get_version(), "| llama-cpp-python", llama_cpp.__version__)'
 
+# 1b. Held to AVX2, llama.cpp built for AVX2 in a venv of its own: llama-cpp-python compiles
+# llama.cpp for the machine it is installed on (-march=native), so the main venv's keeps
+# AVX-512 here. The same pinned version, without AVX-512 and AVX-VNNI (an AVX2 server of Zen
+# 3's generation has neither); rebuilt when the pin or the flags change. --no-cache-dir: pip
+# would otherwise reuse the wheel it built with other flags.
+if [[ "$ISA" == avx2 ]]; then
+    LLAMA_VENV="$ROOT/target/peers-venv-llama-avx2"
+    step "llama.cpp for AVX2: $LLAMA_VENV"
+    LLAMA_PIN="$(grep -E '^llama-cpp-python==' "$HERE/requirements.txt")"
+    LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+    LLAMA_WANT="$(printf '%s %s' "$LLAMA_PIN" "$LLAMA_FLAGS" | sha256sum | cut -d' ' -f1)"
+    if [[ -x "$LLAMA_VENV/bin/python" && "$(cat "$LLAMA_VENV/.peers-stamp" 2>/dev/null)" == "$LLAMA_WANT" ]]; then
+        echo "kept (pin and flags unchanged)"
+    else
+        echo "building $LLAMA_PIN for AVX2 (several minutes)..."
+        [[ -x "$LLAMA_VENV/bin/python" ]] || "$PYTHON" -m venv "$LLAMA_VENV"
+        if CMAKE_ARGS="$LLAMA_FLAGS" "$LLAMA_VENV/bin/python" -m pip install --quiet --no-cache-dir \
+            --force-reinstall --no-deps "$LLAMA_PIN" &&
+            "$LLAMA_VENV/bin/python" -m pip install --quiet "$LLAMA_PIN"; then
+            echo "$LLAMA_WANT" > "$LLAMA_VENV/.peers-stamp"
+        else
+            echo "run.sh: the AVX2 build of llama.cpp failed: llama.cpp runs with this machine's full ISA" >&2
+        fi
+    fi
+    if [[ -f "$LLAMA_VENV/.peers-stamp" ]]; then
+        EXTRA+=("--llama-python" "$LLAMA_VENV/bin/python")
+    fi
+fi
+
 # 2. The models: random weights from a fixed seed, saved once; CTranslate2 conversions.
 step "Models: $MODELS"
 "$PY" "$HERE/make_models.py" "$MODELS" 2>&1 | grep -v -e 'Loading weights' -e 'Writing model shards' || true

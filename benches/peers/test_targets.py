@@ -44,7 +44,7 @@ class Targets(unittest.TestCase):
             ]
         out = driver.targets(
             rows, meta(["cranformer", "ctranslate2", "onnxruntime", "openvino"], ["bert-forward"]),
-            "AVX2", False,
+            "AVX2",
         )
         got = line(out, "- BERT-base seq 128")
         self.assertIn("0.95x (0.90-1.12)", got)
@@ -58,7 +58,7 @@ class Targets(unittest.TestCase):
         rows += [row("gpt2-generate", "cranformer", 2, r, 10) for r in (1, 2, 3)]
         rows += [row("gpt2-generate", "ctranslate2", 2, r, 9) for r in (1, 2, 3)]
         out = driver.targets(
-            rows, meta(["cranformer", "ctranslate2"], ["gpt2-generate", "t5-generate"]), "AVX2", False
+            rows, meta(["cranformer", "ctranslate2"], ["gpt2-generate", "t5-generate"]), "AVX2"
         )
         self.assertTrue(line(out, "- T5-small").endswith("0.80x (0.80-0.80) against CTranslate2 f32: met"))
         gpt2 = line(out, "- GPT-2 decode")
@@ -74,24 +74,42 @@ class Targets(unittest.TestCase):
                 row("bert-forward", "onnxruntime", 2, rnd, 60),
             ]
         out = driver.targets(
-            rows, meta(["cranformer", "ctranslate2", "onnxruntime"], ["bert-forward"]), "held", True
+            rows, meta(["cranformer", "ctranslate2", "onnxruntime"], ["bert-forward"]), "held",
+            driver.HELD,
         )
         got = line(out, "- BERT-base seq 128")
         self.assertIn("1.50x (1.50-1.50) against ONNX Runtime f32: NOT met", got)
         self.assertIn("held to AVX2 alone: 0.86x (0.86-0.86) against CTranslate2 f32: met", got)
         self.assertIn("not run: OpenVINO f32", got)
 
+    def test_with_every_named_peer_held_there_is_one_verdict(self):
+        rows = []
+        for rnd in (1, 2, 3):
+            rows += [
+                row("gpt2-generate", "cranformer", 2, rnd, 10),
+                row("gpt2-generate", "ctranslate2", 2, rnd, 13),
+                row("gpt2-generate", "llama.cpp", 2, rnd, 12),
+            ]
+        engines = ["cranformer", "ctranslate2", "llama.cpp"]
+        held = driver.HELD | {"llama.cpp"}
+        got = line(driver.targets(rows, meta(engines, ["gpt2-generate"]), "held", held), "- GPT-2")
+        self.assertIn("0.83x (0.83-0.83) against llama.cpp f32: met", got)
+        self.assertNotIn("held to AVX2 alone", got)
+        # llama.cpp not held: judged again against CTranslate2 alone.
+        got = line(driver.targets(rows, meta(engines, ["gpt2-generate"]), "held", driver.HELD), "- GPT-2")
+        self.assertIn("held to AVX2 alone: 0.77x (0.77-0.77) against CTranslate2 f32: met", got)
+
     def test_nothing_to_judge(self):
         rows = [row("bert-forward", "cranformer", 2, r, 90) for r in (1, 2, 3)]
-        out = driver.targets(rows, meta(["cranformer"], ["bert-forward"]), "AVX2", False)
+        out = driver.targets(rows, meta(["cranformer"], ["bert-forward"]), "AVX2")
         self.assertIn("not measured", line(out, "- BERT-base seq 128"))
-        self.assertIsNone(driver.targets(rows, meta(["cranformer"], ["bert-forward"], threads=(1,)), "AVX2", False))
+        self.assertIsNone(driver.targets(rows, meta(["cranformer"], ["bert-forward"], threads=(1,)), "AVX2"))
 
     def test_thread_scaling(self):
         rows = []
         for rnd, one in zip((1, 2, 3), (170, 190, 150)):
             rows += [row("bert-forward", "cranformer", 1, rnd, one), row("bert-forward", "cranformer", 2, rnd, 100)]
-        out = driver.targets(rows, meta(["cranformer"], ["bert-forward"]), "AVX2", False)
+        out = driver.targets(rows, meta(["cranformer"], ["bert-forward"]), "AVX2")
         self.assertTrue(line(out, "- BERT-base 1 -> 2 threads").endswith("1.70x (1.50-1.90): NOT met"))
 
 
