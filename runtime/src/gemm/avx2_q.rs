@@ -72,59 +72,8 @@ pub(super) unsafe fn vnni_i8(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
 
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn vnni_i8_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
-    let c = c as *mut i32;
-    let mut acc = [[_mm256_setzero_si256(); 2]; R];
-    if let Init::Load = init {
-        for (r, row) in acc.iter_mut().enumerate() {
-            *row = [
-                _mm256_loadu_si256(c.add(r * ldc).cast()),
-                _mm256_loadu_si256(c.add(r * ldc + 8).cast()),
-            ];
-        }
-    }
-    // A macro, not a helper fn, so the intrinsics stay inside this target-feature function.
-    // Each k group holds the panel's 32 columns × 4 k; this strip's 16 are its first 64 bytes.
-    macro_rules! step {
-        ($acc:expr, $g:expr) => {{
-            let pb = t.b.add($g * 4 * PACK_NR);
-            let b0 = _mm256_loadu_si256(pb.cast());
-            let b1 = _mm256_loadu_si256(pb.add(32).cast());
-            for (r, row) in $acc.iter_mut().enumerate() {
-                let a4 = (t.a.add(r * t.lda + 4 * $g) as *const i32).read_unaligned();
-                let av = _mm256_set1_epi32(a4);
-                row[0] = _mm256_dpbusd_avx_epi32(row[0], av, b0);
-                row[1] = _mm256_dpbusd_avx_epi32(row[1], av, b1);
-            }
-        }};
-    }
-    let groups = t.kc / 4;
-    if R <= 2 {
-        t.fetch.all();
-        // Few rows: 2R chains of vpdpbusd would wait on its latency, so even and odd k groups
-        // go to separate accumulators. Integer sums: the result is the same.
-        let mut odd = [[_mm256_setzero_si256(); 2]; R];
-        for g in (0..groups / 2 * 2).step_by(2) {
-            step!(acc, g);
-            step!(odd, g + 1);
-        }
-        if groups % 2 == 1 {
-            step!(acc, groups - 1);
-        }
-        for (row, o) in acc.iter_mut().zip(&odd) {
-            row[0] = _mm256_add_epi32(row[0], o[0]);
-            row[1] = _mm256_add_epi32(row[1], o[1]);
-        }
-    } else {
-        let mut g = 0;
-        super::spread_fetch!(t.fetch, groups, {
-            step!(acc, g);
-            g += 1;
-        });
-    }
-    for (r, row) in acc.iter().enumerate() {
-        _mm256_storeu_si256(c.add(r * ldc).cast(), row[0]);
-        _mm256_storeu_si256(c.add(r * ldc + 8).cast(), row[1]);
-    }
+    // SAFETY: as the caller promised; this function has the features.
+    unsafe { super::vnni::tile::<super::vnni::Ymm, R>(t, c, ldc, init) }
 }
 
 #[target_feature(enable = "avx2")]

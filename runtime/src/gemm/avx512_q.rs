@@ -29,59 +29,8 @@ pub(super) unsafe fn vnni_i8(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni_i8_k<const R: usize>(t: &QTile, c: *mut f32, ldc: usize, init: Init) {
-    let c = c as *mut i32;
-    let mut acc = [[_mm512_setzero_si512(); 2]; R];
-    if let Init::Load = init {
-        for (r, row) in acc.iter_mut().enumerate() {
-            *row = [
-                _mm512_loadu_si512(c.add(r * ldc).cast()),
-                _mm512_loadu_si512(c.add(r * ldc + 16).cast()),
-            ];
-        }
-    }
-    // A macro, not a helper fn, so the intrinsics stay inside this target-feature function.
-    macro_rules! step {
-        ($acc:expr, $g:expr) => {{
-            let g = $g;
-            let pb = t.b.add(g * 4 * PACK_NR);
-            let b0 = _mm512_loadu_si512(pb.cast());
-            let b1 = _mm512_loadu_si512(pb.add(64).cast());
-            for (r, row) in $acc.iter_mut().enumerate() {
-                let a4 = (t.a.add(r * t.lda + 4 * g) as *const i32).read_unaligned();
-                let av = _mm512_set1_epi32(a4);
-                row[0] = _mm512_dpbusd_epi32(row[0], av, b0);
-                row[1] = _mm512_dpbusd_epi32(row[1], av, b1);
-            }
-        }};
-    }
-    let groups = t.kc / 4;
-    if R <= 4 {
-        t.fetch.all();
-        // Few rows (decode): 2R chains of vpdpbusd would wait on its latency, so even and
-        // odd k groups go to separate accumulators. Integer sums: the result is the same.
-        let mut odd = [[_mm512_setzero_si512(); 2]; R];
-        for g in (0..groups / 2 * 2).step_by(2) {
-            step!(acc, g);
-            step!(odd, g + 1);
-        }
-        if groups % 2 == 1 {
-            step!(acc, groups - 1);
-        }
-        for (row, o) in acc.iter_mut().zip(&odd) {
-            row[0] = _mm512_add_epi32(row[0], o[0]);
-            row[1] = _mm512_add_epi32(row[1], o[1]);
-        }
-    } else {
-        let mut g = 0;
-        super::spread_fetch!(t.fetch, groups, {
-            step!(acc, g);
-            g += 1;
-        });
-    }
-    for (r, row) in acc.iter().enumerate() {
-        _mm512_storeu_si512(c.add(r * ldc).cast(), row[0]);
-        _mm512_storeu_si512(c.add(r * ldc + 16).cast(), row[1]);
-    }
+    // SAFETY: as the caller promised; this function has the features.
+    unsafe { super::vnni::tile::<super::vnni::Zmm, R>(t, c, ldc, init) }
 }
 
 pub(super) unsafe fn bw_i8(t: &QTile, c: *mut f32, ldc: usize, init: Init) {

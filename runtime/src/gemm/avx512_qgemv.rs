@@ -48,41 +48,8 @@ unsafe fn vnni_i8_k<const R: usize, const P: usize>(
     ldc: usize,
     init: Init,
 ) {
-    let c = c as *mut i32;
-    let mut acc = [[[_mm512_setzero_si512(); 2]; P]; R];
-    if let Init::Load = init {
-        for (r, row) in acc.iter_mut().enumerate() {
-            for (p, x) in row.iter_mut().enumerate() {
-                let at = c.add(r * ldc + PACK_NR * p);
-                *x = [
-                    _mm512_loadu_si512(at.cast()),
-                    _mm512_loadu_si512(at.add(16).cast()),
-                ];
-            }
-        }
-    }
-    for g in 0..t.kc / 4 {
-        let mut av = [_mm512_setzero_si512(); R];
-        for (r, x) in av.iter_mut().enumerate() {
-            *x = _mm512_set1_epi32((t.a.add(r * t.lda + 4 * g) as *const i32).read_unaligned());
-        }
-        for p in 0..P {
-            let pb = t.b.add(p * panel + g * 4 * PACK_NR);
-            let b0 = _mm512_loadu_si512(pb.cast());
-            let b1 = _mm512_loadu_si512(pb.add(64).cast());
-            for r in 0..R {
-                acc[r][p][0] = _mm512_dpbusd_epi32(acc[r][p][0], av[r], b0);
-                acc[r][p][1] = _mm512_dpbusd_epi32(acc[r][p][1], av[r], b1);
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (p, x) in row.iter().enumerate() {
-            let at = c.add(r * ldc + PACK_NR * p);
-            _mm512_storeu_si512(at.cast(), x[0]);
-            _mm512_storeu_si512(at.add(16).cast(), x[1]);
-        }
-    }
+    // SAFETY: as the caller promised; this function has the features.
+    unsafe { super::vnni::gemv::<super::vnni::Zmm, R, P>(t, panel, c, ldc, init) }
 }
 
 pub(super) unsafe fn bw_i8(t: &QTile, panel: usize, c: *mut f32, ldc: usize, init: Init) {

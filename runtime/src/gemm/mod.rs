@@ -41,6 +41,7 @@ pub mod profile;
 pub mod qgemm;
 mod qgemv;
 pub mod quant;
+mod vnni;
 mod widen_gemv;
 
 pub use epilogue::Act;
