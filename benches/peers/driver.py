@@ -551,7 +551,8 @@ def targets(rows, meta, isa, held=None):
                 + (f"; not run: {', '.join(missing)})" if missing else ")")
             )
             continue
-        if held is not None and any(e not in held for e in peers):
+        # Judged again when a peer that ran is not held (with only held ones it is the same).
+        if held is not None and any(e not in held for e in peers if e in meta["engines"]):
             alone = judged([e for e in peers if e in held])
             line += "; against the peers held to AVX2 alone: " + (alone or "none of them ran")
         out.append(f"- {what}: {line}" + (f"; not run: {', '.join(missing)}" if missing else ""))

@@ -99,6 +99,17 @@ class Targets(unittest.TestCase):
         got = line(driver.targets(rows, meta(engines, ["gpt2-generate"]), "held", driver.HELD), "- GPT-2")
         self.assertIn("held to AVX2 alone: 0.77x (0.77-0.77) against CTranslate2 f32: met", got)
 
+    def test_only_held_peers_ran_one_verdict(self):
+        rows = []
+        for rnd in (1, 2, 3):
+            rows += [row("bert-forward", "cranformer", 2, rnd, 90), row("bert-forward", "ctranslate2", 2, rnd, 100)]
+        got = line(
+            driver.targets(rows, meta(["cranformer", "ctranslate2"], ["bert-forward"]), "held", driver.HELD),
+            "- BERT-base seq 128",
+        )
+        self.assertIn("0.90x (0.90-0.90) against CTranslate2 f32: met; not run: ONNX Runtime f32, OpenVINO f32", got)
+        self.assertNotIn("held to AVX2 alone", got)
+
     def test_nothing_to_judge(self):
         rows = [row("bert-forward", "cranformer", 2, r, 90) for r in (1, 2, 3)]
         out = driver.targets(rows, meta(["cranformer"], ["bert-forward"]), "AVX2")
