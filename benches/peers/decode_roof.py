@@ -106,9 +106,10 @@ def main():
                 for t, (ms, gbs, roof) in sorted(row.items())), flush=True)
     isa = os.environ.get("CRANFORMER_ISA", "the widest the CPU has")
     print(f"\n{name}, {cores} cores, ISA: {isa}; median over {a.rounds} rounds")
+    share = {}
     for t in sorted(threads):
         med = lambda i: statistics.median(row[t][i] for row in rows)
-        pct = statistics.median(row[t][1] / row[t][2] for row in rows)
+        pct = share[t] = statistics.median(row[t][1] / row[t][2] for row in rows)
         print(f"  {t} thread{'s' if t > 1 else ' '}: {med(0):.2f} ms/token, {med(1):.1f} GB/s of "
               f"weights, DRAM read (the higher of each round's two) {med(2):.1f} GB/s; "
               f"decode / DRAM {100 * pct:.0f} % "
@@ -116,7 +117,7 @@ def main():
               f"{max(r[t][1] / r[t][2] for r in rows) * 100:.0f} %)")
     # Issue 8's decode target, judged on the run's largest thread count: the host's cores.
     t = max(threads)
-    pct = statistics.median(row[t][1] / row[t][2] for row in rows)
+    pct = share[t]
     print(f"Issue 8's target, decode at {100 * ROOF_TARGET:.0f} % of the DRAM read or more on "
           f"{t} thread{'s' if t > 1 else ''}: {100 * pct:.0f} %: "
           + ("met" if pct >= ROOF_TARGET else "NOT met"))

@@ -601,6 +601,11 @@ def main():
     )
     ap.add_argument("--isa", choices=sorted(ISA_ENV), help="ask every engine that can to stay at this ISA")
     ap.add_argument(
+        "--runs-llama",
+        action="store_true",
+        help="measure nothing: exit 0 if the selection runs llama.cpp on a workload, else 1",
+    )
+    ap.add_argument(
         "--llama-python",
         default="",
         help="the Python of a venv whose llama-cpp-python was built for --isa (run.sh's)",
@@ -617,6 +622,10 @@ def main():
     threads = [int(t) for t in a.threads.split(",") if t.strip()]
     workloads = a.workload or list(WORKLOADS)
     engines = select_engines(a.engines, a.framework)
+    if a.runs_llama:
+        return 0 if any(
+            e.startswith("llama.cpp") and runs_workload(e, w) for e in engines for w in workloads
+        ) else 1
     os.makedirs(a.out, exist_ok=True)
     started = datetime.datetime.now(datetime.timezone.utc)
     load_start = open("/proc/loadavg").read().split()[:3]

@@ -106,6 +106,9 @@ fi
 mkdir -p "$OUT"
 step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 
+# llama.cpp's library only: no tools, tests, examples or multimodal helper (both builds below).
+LLAMA_LIB_ONLY="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+
 # 1. The virtual environment: made once, remade when requirements.txt changes.
 step "Python environment: $VENV"
 STAMP="$VENV/.peers-stamp"
@@ -118,9 +121,9 @@ else
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     echo "installing from PyPI (torch pulls its CUDA packages: a few GB, a few minutes;"
     echo "llama-cpp-python builds llama.cpp from source: several more minutes)..."
-    # llama.cpp's library only: no tools, tests, examples or multimodal helper. Its own default
-    # GGML_NATIVE=ON compiles for this machine's ISA (-march=native): see README.md.
-    CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF}" \
+    # llama.cpp's default GGML_NATIVE=ON compiles for this machine's ISA (-march=native): see
+    # README.md.
+    CMAKE_ARGS="${CMAKE_ARGS:-$LLAMA_LIB_ONLY}" \
         "$VENV/bin/python" -m pip install --quiet -r "$HERE/requirements.txt"
     "$VENV/bin/python" -m pip freeze > "$OUT/pip-freeze.txt"
     echo "$WANT" > "$STAMP"
@@ -135,11 +138,13 @@ print("torch", torch.__version__, "| transformers", transformers.__version__, "|
 # AVX-512 here. The same pinned version, without AVX-512 and AVX-VNNI (an AVX2 server of Zen
 # 3's generation has neither); rebuilt when the pin or the flags change. --no-cache-dir: pip
 # would otherwise reuse the wheel it built with other flags.
-if [[ "$ISA" == avx2 ]]; then
+# Only when the run has llama.cpp on a workload (the driver's selection decides).
+if [[ "$ISA" == avx2 ]] &&
+    "$PY" "$HERE/driver.py" --models "$MODELS" --cranformer none --out "$OUT" --runs-llama "${EXTRA[@]}"; then
     LLAMA_VENV="$ROOT/target/peers-venv-llama-avx2"
     step "llama.cpp for AVX2: $LLAMA_VENV"
     LLAMA_PIN="$(grep -E '^llama-cpp-python==' "$HERE/requirements.txt")"
-    LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+    LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF $LLAMA_LIB_ONLY"
     LLAMA_WANT="$(printf '%s %s' "$LLAMA_PIN" "$LLAMA_FLAGS" | sha256sum | cut -d' ' -f1)"
     if [[ -x "$LLAMA_VENV/bin/python" && "$(cat "$LLAMA_VENV/.peers-stamp" 2>/dev/null)" == "$LLAMA_WANT" ]]; then
         echo "kept (pin and flags unchanged)"
