@@ -87,3 +87,91 @@ fn tokenizer_cases_cli() {
         }
     }
 }
+
+// Hugging Face's rules for inputs the reference files do not hold, each checked against an
+// input the same rule makes equal (each rule was compared with transformers 5.24 by hand).
+
+/// `tokenizer(first, "")` and the text-classification pipeline test the second text for
+/// truth: an empty one is no second text, so the pair classifies as the first text alone.
+#[test]
+fn an_empty_second_text_is_no_pair() {
+    let run = Runner::cranformer(&fixture_dir("bert-tiny-cls"), "jit");
+    let single = run.json("classify", &["--json", "--", "a first text", ""]);
+    let pairs = run.json(
+        "classify",
+        &[
+            "--json",
+            "--pairs",
+            "--",
+            "a first text",
+            "",
+            "",
+            "",
+            "",
+            "a second text",
+        ],
+    );
+    let (single, pairs) = (&single["results"], &pairs["results"]);
+    assert_eq!(
+        pairs[0], single[0],
+        "(text, \"\") classifies as the text alone"
+    );
+    assert_eq!(pairs[1], single[1], "(\"\", \"\") classifies as \"\" alone");
+    assert_ne!(
+        pairs[2], single[1],
+        "(\"\", text) stays a pair: [CLS] [SEP] text [SEP]"
+    );
+}
+
+/// A prompt of no tokens starts from bos_token_id, as the text-generation pipeline does
+/// (GPT-2's empty text: the same as the prompt "<|endoftext|>"); whitespace is a prompt of
+/// its own tokens; T5's empty prompt is its "</s>".
+#[test]
+fn empty_and_whitespace_prompts_generate() {
+    let gpt2 = Runner::cranformer(&fixture_dir("gpt2-tiny"), "jit");
+    let gen = |run: &Runner, prompt: &str| {
+        run.json(
+            "generate",
+            &["--json", "--max-new-tokens", "4", "--prompt", prompt],
+        )
+    };
+    let empty = gen(&gpt2, "");
+    assert_eq!(flat_ids(&empty["prompt_ids"]), [50256]);
+    assert_eq!(empty["new_ids"], gen(&gpt2, "<|endoftext|>")["new_ids"]);
+    assert_eq!(empty["new_ids"].as_array().unwrap().len(), 4);
+    for (run, prompt) in [
+        (&gpt2, "  \n "),
+        (&gpt2, "\t"),
+        (&Runner::cranformer(&fixture_dir("t5-tiny"), "jit"), ""),
+        (&Runner::cranformer(&fixture_dir("t5-tiny"), "jit"), " "),
+    ] {
+        let out = gen(run, prompt);
+        let ids = run.json("tokenize", &["--json", "--", prompt])["ids"].clone();
+        assert!(!flat_ids(&ids).is_empty());
+        assert_eq!(flat_ids(&out["prompt_ids"]), flat_ids(&ids), "{prompt:?}");
+        assert_eq!(out["new_ids"].as_array().unwrap().len(), 4, "{prompt:?}");
+    }
+}
+
+/// fill-mask names special tokens as the pipeline's `token_str` (`tokenizer.decode([id])`
+/// keeps them): "[SEP]", not "".
+#[test]
+fn fill_mask_names_special_tokens() {
+    let run = Runner::cranformer(&fixture_dir("bert-tiny"), "jit");
+    let out = run.json(
+        "fill-mask",
+        &["--json", "--top-k", "30522", "--", "x [MASK] y"],
+    );
+    let preds = out["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 30522);
+    for (id, name) in [
+        (0, "[PAD]"),
+        (100, "[UNK]"),
+        (101, "[CLS]"),
+        (102, "[SEP]"),
+        (103, "[MASK]"),
+    ] {
+        let p = preds.iter().find(|p| p["id"] == id).unwrap();
+        assert_eq!(p["token"], name, "token {id}");
+    }
+}

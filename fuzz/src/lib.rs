@@ -168,6 +168,7 @@ fn models() -> [ModelInfo; 3] {
             hidden_size: 8,
             has_lm_head: true,
             eos_token_id: Some(99),
+            bos_token_id: Some(99),
             vocab_size: 100,
         },
         ModelInfo::T5 {

@@ -219,7 +219,8 @@ pub struct ClassifyArgs {
     #[arg(long)]
     pub json: bool,
     /// Take the texts two at a time as (first, second) sentence pairs, with segment ids 0 and
-    /// 1 as the Hugging Face tokenizer gives them (NLI, paraphrase, next-sentence models).
+    /// 1 as the Hugging Face tokenizer gives them (NLI, paraphrase, next-sentence models). As
+    /// `tokenizer(first, second)`, an empty second text leaves the first text alone.
     #[arg(long)]
     pub pairs: bool,
     /// Cut inputs longer than the model's positions to fit, as truncation="longest_first"
@@ -249,7 +250,9 @@ pub struct RerankArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct GenerateArgs {
-    /// Text to continue (GPT-2) or to transform (T5).
+    /// Text to continue (GPT-2) or to transform (T5). An empty GPT-2 prompt starts from
+    /// config.json's bos_token_id (`<|endoftext|>`), as Hugging Face's text-generation
+    /// pipeline does.
     #[arg(long, allow_hyphen_values = true, value_parser = utf8())]
     pub prompt: String,
     /// Most tokens to generate; generation also stops at the end-of-sequence token.

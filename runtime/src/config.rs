@@ -123,6 +123,10 @@ pub struct Gpt2Config {
     pub scale_attn_by_inverse_layer_idx: bool,
     #[serde(default = "default_gpt2_eos")]
     pub eos_token_id: Option<i64>,
+    /// The token `generate` starts from when the prompt gives none (GPT2Config's default is
+    /// the same `<|endoftext|>` as `eos_token_id`).
+    #[serde(default = "default_gpt2_eos")]
+    pub bos_token_id: Option<i64>,
     #[serde(default)]
     pub architectures: Vec<String>,
 }

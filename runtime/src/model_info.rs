@@ -43,6 +43,9 @@ pub enum ModelInfo {
         hidden_size: usize,
         has_lm_head: bool,
         eos_token_id: Option<i64>,
+        /// What an empty prompt starts from (absent in programs compiled before it).
+        #[serde(default)]
+        bos_token_id: Option<i64>,
         vocab_size: usize,
     },
     T5 {
@@ -95,6 +98,15 @@ impl ModelInfo {
                 ..
             } if *m < positions => (*m, true),
             _ => (positions, false),
+        }
+    }
+
+    /// The token a GPT-2 prompt of no tokens starts from (config.json's `bos_token_id`); none
+    /// for T5, whose prompt always ends in `</s>`, and BERT.
+    pub fn bos_token_id(&self) -> Option<i64> {
+        match self {
+            ModelInfo::Gpt2 { bos_token_id, .. } => *bos_token_id,
+            ModelInfo::Bert { .. } | ModelInfo::T5 { .. } => None,
         }
     }
 

@@ -250,6 +250,16 @@ impl Tokenizer {
 
     /// Decodes ids, skipping special tokens, as `tokenizer.decode(ids, skip_special_tokens=True)`.
     pub fn decode(&self, ids: &[i64]) -> Result<String, TokenizeError> {
+        self.decode_ids(ids, true)
+    }
+
+    /// Decodes ids, special tokens included, as `tokenizer.decode(ids)` (the fill-mask
+    /// pipeline's `token_str`: "[SEP]", not "").
+    pub fn decode_keeping_special(&self, ids: &[i64]) -> Result<String, TokenizeError> {
+        self.decode_ids(ids, false)
+    }
+
+    fn decode_ids(&self, ids: &[i64], skip_special: bool) -> Result<String, TokenizeError> {
         // The crate silently drops ids it does not know; a model emitting one is a bug to report.
         let ids = ids
             .iter()
@@ -266,7 +276,7 @@ impl Tokenizer {
             })
             .collect::<Result<Vec<u32>, _>>()?;
         self.inner
-            .decode(&ids, true)
+            .decode(&ids, skip_special)
             .map_err(|e| TokenizeError::Decode {
                 message: e.to_string(),
             })

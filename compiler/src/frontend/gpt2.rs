@@ -196,6 +196,7 @@ pub fn build(
         hidden_size: cdim,
         has_lm_head: lm_head,
         eos_token_id: c.eos_token_id,
+        bos_token_id: c.bos_token_id,
         vocab_size: c.vocab_size,
     };
     Ok((info, graphs))

@@ -45,9 +45,15 @@ pub fn run(s: &mut Session, a: &ClassifyArgs, out: &mut dyn Write) -> Result<()>
         );
     }
     let inputs: Vec<Input> = if a.pairs {
+        // As `tokenizer(first, second)` and the text-classification pipeline, which test the
+        // second text for truth as Python does: an empty second text is no second text, and
+        // the pair encodes as the first text alone ([CLS] first [SEP]).
         a.texts
             .chunks(2)
-            .map(|p| Input::Pair(&p[0], &p[1]))
+            .map(|p| match p[1].as_str() {
+                "" => Input::Single(&p[0]),
+                second => Input::Pair(&p[0], second),
+            })
             .collect()
     } else {
         a.texts.iter().map(|t| Input::Single(t)).collect()

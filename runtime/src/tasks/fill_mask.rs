@@ -39,7 +39,10 @@ pub fn run(s: &mut Session, a: &FillMaskArgs, out: &mut dyn Write) -> Result<()>
         order.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
         let mut preds = vec![];
         for &id in order.iter().take(a.top_k) {
-            let token = s.tokenizer.decode(&[id as i64]).unwrap_or_default();
+            let token = s
+                .tokenizer
+                .decode_keeping_special(&[id as i64])
+                .unwrap_or_default();
             preds.push(json!({"token": token, "id": id, "score": probs[id]}));
         }
         masks.push(json!({"position": pos, "predictions": preds}));

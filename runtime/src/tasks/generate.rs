@@ -5,6 +5,7 @@ use super::decode::Decoder;
 use super::Session;
 use crate::cli::GenerateArgs;
 use crate::sampling::{pick, Rng, Sampling};
+use crate::tokenize::Encoding;
 use crate::{ModelInfo, Tensor};
 use anyhow::{bail, Result};
 use std::io::Write;
@@ -51,12 +52,25 @@ impl Streamer {
 
 pub fn run(s: &mut Session, a: &GenerateArgs, out: &mut dyn Write) -> Result<()> {
     let sampling = sampling_of(a)?;
-    if a.prompt.trim().is_empty() {
-        bail!("--prompt is empty: give the text to start from");
-    }
-    let prompt = s.encode(&a.prompt)?;
+    let mut prompt = s.encode(&a.prompt)?;
     if prompt.ids.is_empty() {
-        bail!("--prompt {:?} gives no tokens", a.prompt);
+        // As Hugging Face's text-generation pipeline: a prompt of no tokens (GPT-2's empty
+        // text) starts from the model's bos_token_id. Whitespace is a prompt like any other
+        // (GPT-2's " " is one token; T5's every prompt ends in its </s>).
+        let Some(bos) = s.info.bos_token_id() else {
+            bail!(
+                "--prompt {:?} gives no tokens, and config.json has no bos_token_id to start \
+                 from instead: give the text to start from",
+                a.prompt
+            );
+        };
+        let token = s.tokenizer.id_to_token(bos).unwrap_or_default();
+        prompt = Encoding {
+            ids: vec![bos],
+            tokens: vec![token],
+            type_ids: vec![0],
+            truncated: false,
+        };
     }
     s.check_length(prompt.ids.len(), "the prompt")?;
     s.check_vocab(&prompt, "the prompt")?;
