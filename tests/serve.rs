@@ -1146,6 +1146,22 @@ fn cross_encoder_rerank() {
             "{v} vs {cli}"
         );
     }
+    // /predict on the same model: its one label scores sigmoid(logit) as /rerank does (and
+    // as TEI and the text-classification pipeline report it); raw_scores gives the logit.
+    let pairs: Vec<[&str; 2]> = docs.iter().map(|d| [query, *d]).collect();
+    let ranked = v.as_array().unwrap();
+    for (raw, field) in [(false, "score"), (true, "logit")] {
+        let p = s
+            .post("/predict", &json!({"inputs": pairs, "raw_scores": raw}))
+            .expect(200);
+        for (i, one) in p.as_array().unwrap().iter().enumerate() {
+            let want = ranked.iter().find(|x| x["index"] == i).unwrap()[field]
+                .as_f64()
+                .unwrap();
+            let got = one[0]["score"].as_f64().unwrap();
+            assert!((got - want).abs() < 1e-6, "{field} of pair {i}: {p} vs {v}");
+        }
+    }
     s.post("/rerank", &json!({"texts": docs})).error(400);
     s.post("/rerank", &json!({"query": query, "texts": []}))
         .error(400);

@@ -28,7 +28,9 @@ pub enum ModelInfo {
         has_nsp: bool,
         /// Classification labels in id order, when the checkpoint has a classifier.
         labels: Option<Vec<String>>,
-        /// "single_label_classification", "multi_label_classification" or "regression".
+        /// "single_label_classification" (also when config.json has none),
+        /// "multi_label_classification" or "regression": how `classify` scores the logits
+        /// (`sampling::label_scores`).
         problem_type: String,
         pooling: Pooling,
         /// sentence-transformers' `max_seq_length` (sentence_bert_config.json): `embed`

@@ -147,6 +147,20 @@ pub fn pick(logits: &[f32], sampling: &Sampling, rng: &mut Rng, allowed: usize) 
     }
 }
 
+/// A classifier's scores from its logits, as Hugging Face's text-classification pipeline
+/// chooses its function: none for `problem_type` "regression", a sigmoid per label for
+/// "multi_label_classification" or a single label (a cross-encoder's relevance: the pipeline
+/// and text-embeddings-inference's `/predict` both report sigmoid(logit)), else softmax.
+pub fn label_scores(problem_type: &str, logits: &[f32]) -> Vec<f32> {
+    match problem_type {
+        "regression" => logits.to_vec(),
+        _ if problem_type == "multi_label_classification" || logits.len() == 1 => {
+            logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect()
+        }
+        _ => softmax(logits),
+    }
+}
+
 /// Softmax of `logits` in f64 for scores.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -158,6 +172,24 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_scores_follow_the_pipeline() {
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        assert_eq!(label_scores("regression", &[0.5]), [0.5]);
+        assert_eq!(
+            label_scores("single_label_classification", &[0.5]),
+            [sigmoid(0.5)]
+        );
+        assert_eq!(
+            label_scores("multi_label_classification", &[0.5, -1.0]),
+            [sigmoid(0.5), sigmoid(-1.0)]
+        );
+        assert_eq!(
+            label_scores("single_label_classification", &[0.5, -1.0]),
+            softmax(&[0.5, -1.0])
+        );
+    }
 
     #[test]
     fn argmax_takes_first_of_ties() {

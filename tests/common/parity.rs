@@ -426,6 +426,24 @@ fn run_reference(fixture: &str, r: &Reference, run: &Runner, label: &str) {
                     results[..2],
                     "{tag}: --top-n 2"
                 );
+                // classify on the same cross-encoder: its one label scores sigmoid(logit), as
+                // the text-classification pipeline (and TEI's /predict) report it.
+                let mut pairs = vec!["--json", "--pairs", "--"];
+                for d in &docs {
+                    pairs.extend([query, d.as_str()]);
+                }
+                let out = run.json("classify", &pairs);
+                let one_label: Vec<f32> = out["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| {
+                        let scores = x["scores"].as_object().unwrap();
+                        assert_eq!(scores.len(), 1, "{tag}: classify's labels");
+                        scores.values().next().unwrap().as_f64().unwrap() as f32
+                    })
+                    .collect();
+                r.check(&key("scores"), &one_label, &[docs.len()]);
             }
             "gpt2_forward" => {
                 let w = run.forward(json!({"input_ids": case["input_ids"]}), &tag);

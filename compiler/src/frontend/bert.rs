@@ -344,13 +344,13 @@ pub fn build(
     } else {
         None
     };
-    let problem_type =
-        c.problem_type
-            .clone()
-            .unwrap_or_else(|| match labels.as_ref().map(Vec::len) {
-                Some(1) => "regression".into(),
-                _ => "single_label_classification".into(),
-            });
+    // Absent, as in most checkpoints: the scores follow from the number of labels
+    // (`sampling::label_scores`: one label is a sigmoid, as Hugging Face's pipeline has it,
+    // although the model's training loss takes one label for regression).
+    let problem_type = c
+        .problem_type
+        .clone()
+        .unwrap_or_else(|| "single_label_classification".into());
     let layout = Layout {
         c,
         p,

@@ -3,7 +3,7 @@
 
 use super::{abbreviate, Input, Session};
 use crate::cli::ClassifyArgs;
-use crate::sampling::{argmax, softmax};
+use crate::sampling::{argmax, label_scores};
 use crate::ModelInfo;
 use anyhow::{bail, Result};
 use std::io::Write;
@@ -63,11 +63,7 @@ pub fn run(s: &mut Session, a: &ClassifyArgs, out: &mut dyn Write) -> Result<()>
     let logits = s.run_bert_rows("encode", output, &encs)?;
     let mut results = vec![];
     for row in &logits {
-        let scores: Vec<f32> = match problem_type.as_str() {
-            "multi_label_classification" => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
-            "regression" => row.clone(),
-            _ => softmax(row),
-        };
+        let scores = label_scores(&problem_type, row);
         let best = argmax(row);
         let map: serde_json::Map<String, serde_json::Value> = labels
             .iter()

@@ -13,7 +13,7 @@ use crate::worker::{RowKind, Seq};
 use crate::{App, Budget};
 use axum::extract::State;
 use axum::Json;
-use cranformer_runtime::sampling::softmax;
+use cranformer_runtime::sampling::label_scores;
 use cranformer_runtime::ModelInfo;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -159,8 +159,8 @@ impl Input {
     }
 }
 
-/// Scores per label for each input, as `classify` computes them (softmax, sigmoid for
-/// multi-label heads, raw values for regression or with `raw`).
+/// Scores per label for each input, as `classify` computes them ([`label_scores`]), or the
+/// raw logits with `raw`.
 pub async fn classify(
     app: &App,
     inputs: &[Input],
@@ -189,16 +189,10 @@ pub async fn classify(
     Ok(logits
         .iter()
         .map(|row| {
-            let scores: Vec<f32> = if raw {
+            let scores = if raw {
                 row.clone()
             } else {
-                match problem_type {
-                    "multi_label_classification" => {
-                        row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect()
-                    }
-                    "regression" => row.clone(),
-                    _ => softmax(row),
-                }
+                label_scores(problem_type, row)
             };
             let mut pairs: Vec<(String, f32)> = labels.iter().cloned().zip(scores).collect();
             pairs.sort_by(|a, b| b.1.total_cmp(&a.1));
