@@ -637,10 +637,12 @@ fn gpt2_completions_alone_streamed_and_batched() {
     );
     assert_eq!(cli["text"], greedy[0]["new_text"]);
 
-    // Streamed: the pieces add up to the same text; a finish_reason, usage, then [DONE].
+    // Streamed: the pieces add up to the same text; a finish_reason, the usage if
+    // stream_options asks for it, then [DONE].
     let stream = s.post(
         "/v1/completions",
-        &json!({"prompt": greedy[1]["text"], "max_tokens": 20, "temperature": 0, "stream": true}),
+        &json!({"prompt": greedy[1]["text"], "max_tokens": 20, "temperature": 0, "stream": true,
+                "stream_options": {"include_usage": true}}),
     );
     assert_eq!(stream.status, 200);
     assert!(stream
@@ -671,6 +673,27 @@ fn gpt2_completions_alone_streamed_and_batched() {
     assert_eq!(text, greedy[1]["new_text"].as_str().unwrap());
     assert_eq!(finish, Some(json!("length")));
     assert_eq!(usage.unwrap()["completion_tokens"], 20);
+    // Without include_usage (as OpenAI) every chunk before [DONE] has a choice: clients read
+    // chunk.choices[0].
+    for options in [json!(null), json!({"include_usage": false}), json!({})] {
+        let events = s
+            .post(
+                "/v1/completions",
+                &json!({"prompt": greedy[1]["text"], "max_tokens": 5, "temperature": 0,
+                        "stream": true, "stream_options": options}),
+            )
+            .events();
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        for e in &events[..events.len() - 1] {
+            let v: Value = serde_json::from_str(e).unwrap();
+            assert_eq!(
+                v["choices"].as_array().map(Vec::len),
+                Some(1),
+                "{options}: {e}"
+            );
+            assert!(v["usage"].is_null(), "{options}: {e}");
+        }
+    }
 
     // Concurrent streams of different prompt lengths and start times share decode steps; each
     // gets exactly the tokens it gets alone.
@@ -732,6 +755,29 @@ fn gpt2_completions_alone_streamed_and_batched() {
     bad(json!({"prompt": ""}), "empty");
     bad(json!({"prompt": "word ".repeat(80)}), "at most 64");
     bad(json!({"prompt": "a", "max_tokens": "many"}), "max_tokens");
+    // What would change the tokens and is not done is refused, not ignored.
+    bad(
+        json!({"prompt": "a", "presence_penalty": 1.0}),
+        "presence_penalty",
+    );
+    bad(
+        json!({"prompt": "a", "frequency_penalty": -0.5}),
+        "frequency_penalty",
+    );
+    bad(
+        json!({"prompt": "a", "logit_bias": {"50256": 100}}),
+        "logit_bias",
+    );
+    bad(json!({"prompt": "a", "suffix": "x"}), "suffix");
+    bad(json!({"prompt": "a", "echo": true}), "echo");
+    bad(json!(["a", 5]), "JSON object");
+    // Their neutral values and nulls are what leaving them out is.
+    s.post(
+        "/v1/completions",
+        &json!({"prompt": "a", "max_tokens": 2, "presence_penalty": 0, "frequency_penalty": 0,
+                "logit_bias": {}, "suffix": null, "echo": false, "stream": null}),
+    )
+    .expect(200);
     s.post("/v1/embeddings", &json!({"input": "a"})).error(404);
     s.post("/predict", &json!({"inputs": "a"})).error(404);
 }

@@ -41,6 +41,9 @@ fn request_schema(path: &str) -> Option<Value> {
             "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]},
             "n": {"type": "integer", "minimum": 1, "maximum": 16},
             "stream": {"type": "boolean"},
+            "stream_options": {"type": "object", "properties": {
+                "include_usage": {"type": "boolean", "default": false},
+            }},
         }}),
         "/embed" => json!({"type": "object", "required": ["inputs"], "properties": {
             "inputs": texts_schema(),

@@ -264,14 +264,23 @@ pub struct CompletionsRequest {
     #[serde(default)]
     stop: Value,
     n: Option<usize>,
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    echo: bool,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    echo: Option<bool>,
     logprobs: Option<Value>,
     best_of: Option<usize>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    logit_bias: Option<serde_json::Map<String, Value>>,
+    suffix: Option<String>,
     #[allow(dead_code)]
     user: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct StreamOptions {
+    /// OpenAI's: a last chunk with the usage (and no choices) before `[DONE]`, only if asked.
+    include_usage: Option<bool>,
 }
 
 /// Counter for response ids.
@@ -428,8 +437,29 @@ pub async fn completions(
     JsonBody(req): JsonBody<CompletionsRequest>,
 ) -> Result<Response, ApiError> {
     check_model(&app, req.model.as_deref())?;
-    if req.echo {
+    if req.echo == Some(true) {
         return Err(ApiError::field("echo", "echo is not supported"));
+    }
+    // Parameters that would change the tokens: refused rather than ignored.
+    for (field, value) in [
+        ("presence_penalty", req.presence_penalty),
+        ("frequency_penalty", req.frequency_penalty),
+    ] {
+        if value.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::field(
+                field,
+                format!("{field} is not supported (only 0)"),
+            ));
+        }
+    }
+    if req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(ApiError::field("logit_bias", "logit_bias is not supported"));
+    }
+    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::field(
+            "suffix",
+            "suffix (insertion) is not supported",
+        ));
     }
     if req.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(ApiError::field("logprobs", "logprobs are not supported"));
@@ -507,7 +537,7 @@ pub async fn completions(
     let created = now();
     let mut texts: Vec<ChoiceText> = (0..choices).map(|_| ChoiceText::new(decodable)).collect();
 
-    if !req.stream {
+    if req.stream != Some(true) {
         let mut done = 0;
         while done < choices {
             let Some((i, ev)) = rx.recv().await else {
@@ -558,7 +588,12 @@ pub async fn completions(
     }
 
     // Streaming: one event per released piece of text, one with each choice's finish_reason,
-    // one with the usage, then `data: [DONE]`.
+    // one with the usage if `stream_options.include_usage` asks for it, then `data: [DONE]`.
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
     let app2 = app.clone();
     let model = app.name.clone();
     let usage_id = id.clone();
@@ -619,7 +654,7 @@ pub async fn completions(
                 break;
             }
         }
-        if !failed {
+        if !failed && include_usage {
             let completion_tokens: usize = texts.iter().map(ChoiceText::tokens).sum();
             let usage = json!({"id": usage_id, "object": "text_completion",
                 "created": created, "model": app2.name, "choices": [],
