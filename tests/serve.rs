@@ -154,6 +154,20 @@ fn minilm_embeddings_match_the_reference_alone_and_batched() {
         .map(|t| t["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids[0], 101);
+    // Without the special tokens: the same ids less [CLS] and [SEP], as
+    // tokenizer(text, add_special_tokens=False).
+    let plain: Vec<i64> = s
+        .post(
+            "/tokenize",
+            &json!({"inputs": texts[0], "add_special_tokens": false}),
+        )
+        .expect(200)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(plain, ids[1..ids.len() - 1]);
     let by_ids = s.post("/v1/embeddings", &json!({"input": ids})).expect(200);
     close(
         "token ids input",
@@ -558,6 +572,18 @@ fn kserve_infer_matches_the_forward_task() {
         &want,
         r.abs,
         r.rel,
+    );
+
+    // An input given twice is an error naming it, not the last one winning.
+    let twice = s
+        .post(
+            "/v2/models/tiny/infer",
+            &json!({"inputs": [tensor("input_ids"), tensor("input_ids")]}),
+        )
+        .error(400);
+    assert!(
+        twice.contains("input_ids") && twice.contains("twice"),
+        "{twice}"
     );
 
     // The OpenAPI document lists what this model offers, and only that.

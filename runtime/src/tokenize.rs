@@ -194,12 +194,17 @@ impl Tokenizer {
     /// Encodes with the special tokens Hugging Face adds by default (BERT [CLS] .. [SEP],
     /// T5 a final </s>, GPT-2 none).
     pub fn encode(&self, text: &str) -> Result<Encoding, TokenizeError> {
-        self.encode_input(EncodeInput::Single(text.into()))
+        self.encode_input(EncodeInput::Single(text.into()), true)
+    }
+
+    /// Encodes without the special tokens, as `tokenizer(text, add_special_tokens=False)`.
+    pub fn encode_without_special(&self, text: &str) -> Result<Encoding, TokenizeError> {
+        self.encode_input(EncodeInput::Single(text.into()), false)
     }
 
     /// Encodes a sentence pair (BERT: [CLS] a [SEP] b [SEP], type ids 0 then 1).
     pub fn encode_pair(&self, a: &str, b: &str) -> Result<Encoding, TokenizeError> {
-        self.encode_input(EncodeInput::Dual(a.into(), b.into()))
+        self.encode_input(EncodeInput::Dual(a.into(), b.into()), true)
     }
 
     /// A copy that cuts every encoding to at most `max_length` tokens, special tokens
@@ -232,10 +237,14 @@ impl Tokenizer {
         })
     }
 
-    fn encode_input(&self, input: EncodeInput<'_>) -> Result<Encoding, TokenizeError> {
+    fn encode_input(
+        &self,
+        input: EncodeInput<'_>,
+        special: bool,
+    ) -> Result<Encoding, TokenizeError> {
         let enc = self
             .inner
-            .encode(input, true)
+            .encode(input, special)
             .map_err(|e| TokenizeError::Encode {
                 message: e.to_string(),
             })?;

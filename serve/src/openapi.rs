@@ -62,7 +62,8 @@ fn request_schema(path: &str) -> Option<Value> {
                 {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
                 {"type": "array", "minItems": 1, "items": {"oneOf": [
                     {"type": "string"},
-                    {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
+                    // A text alone (`["a"]`, TEI's batch of single texts) or a pair.
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2},
                 ]}},
             ]},
             "raw_scores": {"type": "boolean", "default": false},

@@ -218,7 +218,12 @@ pub async fn infer(
             ));
         }
         let rows: Vec<Vec<i64>> = flat.chunks(len.max(1)).map(<[i64]>::to_vec).collect();
-        doc.insert(t.name.clone(), json!(rows));
+        if doc.insert(t.name.clone(), json!(rows)).is_some() {
+            return Err(ApiError::field(
+                &format!("{at}.name"),
+                format!("{:?} is given twice", t.name),
+            ));
+        }
     }
     let (reply, rx) = oneshot::channel();
     app.submit(Job::Forward {

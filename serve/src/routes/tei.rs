@@ -241,19 +241,15 @@ pub async fn tokenize(
     State(app): State<AppState>,
     JsonBody(req): JsonBody<TokenizeRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    if !req.add_special_tokens {
-        return Err(ApiError::field(
-            "add_special_tokens",
-            "only true is supported (the model's tokenizer adds them as Hugging Face does by default)",
-        ));
-    }
     let (texts, list) = texts(&req.inputs, "inputs")?;
     let mut out = vec![];
     for (i, t) in texts.iter().enumerate() {
-        let enc = app
-            .tokenizer
-            .encode(t)
-            .map_err(|e| ApiError::field(&format!("inputs[{i}]"), e))?;
+        let enc = if req.add_special_tokens {
+            app.tokenizer.encode(t)
+        } else {
+            app.tokenizer.encode_without_special(t)
+        }
+        .map_err(|e| ApiError::field(&format!("inputs[{i}]"), e))?;
         let toks: Vec<Value> = enc
             .ids
             .iter()
