@@ -6,7 +6,7 @@ mod common;
 
 use common::cli::{bin, run_json, scratch};
 use common::http::{request, Resp, Server};
-use common::{fixture_dir, minilm_dir, Reference};
+use common::{fixture_dir, ids_of, minilm_dir, Reference};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -185,6 +185,31 @@ fn minilm_embeddings_match_the_reference_alone_and_batched() {
         )
         .expect(200);
     close("/embed", &floats(&e[0]), &want[dim..2 * dim], r.abs, r.rel);
+    // normalize: false, as TEI: the mean of the reference's token states over the mask,
+    // before the model's own Normalize module.
+    let (states, sshape) = r.tensor("embed.last_hidden_state");
+    let mask = ids_of(&case["attention_mask"]);
+    let (seq, i) = (sshape[1], 1);
+    let kept: Vec<usize> = (0..seq).filter(|&t| mask[i][t] == 1).collect();
+    let mean: Vec<f32> = (0..dim)
+        .map(|c| {
+            let sum: f32 = kept.iter().map(|&t| states[(i * seq + t) * dim + c]).sum();
+            sum / kept.len() as f32
+        })
+        .collect();
+    let raw = s
+        .post(
+            "/embed",
+            &json!({"inputs": [texts[1].clone()], "normalize": false}),
+        )
+        .expect(200);
+    close(
+        "/embed normalize false",
+        &floats(&raw[0]),
+        &mean,
+        r.abs,
+        r.rel,
+    );
 
     // The same as `cranformer embed --json`.
     let cli = run_json(

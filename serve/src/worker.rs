@@ -33,6 +33,9 @@ pub struct Seq {
 pub enum RowKind {
     /// `embed` -> `embeddings` [B, C]
     Embed,
+    /// `embed` -> `pooled` [B, C]: the vectors before the model's L2 normalisation (an
+    /// output only where it has one, `Pooling::normalize`)
+    Pooled,
     /// `encode` -> `logits` [B, labels] (classification heads)
     Classify,
     /// `encode` -> `nsp_logits` [B, 2] (a next-sentence head: is_next, not_next)
@@ -43,6 +46,7 @@ impl RowKind {
     fn entry(self) -> (&'static str, &'static str, &'static str) {
         match self {
             RowKind::Embed => ("embed", "embeddings", "embed"),
+            RowKind::Pooled => ("embed", "pooled", "embed"),
             RowKind::Classify => ("encode", "logits", "classify"),
             RowKind::NextSentence => ("encode", "nsp_logits", "classify"),
         }

@@ -414,6 +414,9 @@ pub fn build(
         _ => b.op(Op::MeanPool, &[x, mask], "pooling")?,
     };
     if pooling.normalize {
+        // The vectors before the model's own normalisation too (the server's
+        // `/embed` with TEI's `normalize: false`).
+        b.output("pooled", e);
         e = b.op(Op::L2Normalize, &[e], "normalize")?;
     }
     b.output("embeddings", e);

@@ -72,7 +72,16 @@ pub async fn embed(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut vectors = rows(&app, RowKind::Embed, seqs).await?;
+    // TEI's `normalize: false` gives the pooled vectors as they are, also where the model's
+    // pipeline normalises them (sentence-transformers' Normalize module; TEI reads only the
+    // pooling config).
+    let normalized = matches!(&app.info, ModelInfo::Bert { pooling, .. } if pooling.normalize);
+    let kind = if normalized && !req.normalize {
+        RowKind::Pooled
+    } else {
+        RowKind::Embed
+    };
+    let mut vectors = rows(&app, kind, seqs).await?;
     if req.normalize {
         for v in &mut vectors {
             let norm = v
