@@ -528,6 +528,28 @@ fn bad_requests_get_openai_errors() {
     let big = format!("{{\"input\": \"{}\"}}", "a".repeat(5 << 20));
     let r = s.post_raw("/v1/embeddings", big.as_bytes());
     r.error(413);
+    // Ten times the limit, all written before the answer is read (as Python's http.client
+    // does): every write goes through and the 413 arrives, not a broken pipe.
+    {
+        use std::io::{Read, Write};
+        let huge = format!("{{\"input\": \"{}\"}}", "a".repeat(40 << 20));
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        write!(
+            c,
+            "POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            huge.len()
+        )
+        .unwrap();
+        c.write_all(huge.as_bytes())
+            .expect("the server takes in the whole body before its 413");
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("payload_too_large") && answer.contains("4194304"));
+    }
     // The server is still fine.
     s.post("/v1/embeddings", &json!({"input": "still alive"}))
         .expect(200);

@@ -8,7 +8,6 @@ pub mod tei;
 
 use crate::error::ApiError;
 use crate::App;
-use axum::body::Bytes;
 use axum::extract::{FromRequest, MatchedPath, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::{self, Next};
@@ -21,6 +20,12 @@ use std::time::Instant;
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// A body past [`MAX_BODY_BYTES`] is still read, and dropped, up to this many bytes in all and
+/// for at most [`DRAIN_SECS`], before its 413 goes out: a client still sending when the
+/// answer came and the connection closed would meet a broken pipe instead of the answer.
+const DRAIN_BYTES: usize = 256 << 20;
+const DRAIN_SECS: u64 = 10;
 
 type AppState = Arc<App>;
 
@@ -227,23 +232,45 @@ pub struct JsonBody<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            let mut err = ApiError::invalid(format!(
-                "cannot read the request body: {} (the limit is {} bytes)",
-                e.body_text(),
-                MAX_BODY_BYTES
-            ));
-            err.status = e.status();
-            err.code = if e.status().as_u16() == 413 {
-                "payload_too_large"
-            } else {
-                "invalid_body"
-            };
-            err
-        })?;
-        parse_json(&bytes).map(JsonBody)
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        parse_json(&body_bytes(req).await?).map(JsonBody)
     }
+}
+
+/// The request's body, at most [`MAX_BODY_BYTES`]: beyond, a 413 once the rest is drained
+/// ([`DRAIN_BYTES`]).
+async fn body_bytes(req: Request) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let unreadable = |e: axum::Error| {
+        let mut err = ApiError::invalid(format!("cannot read the request body: {e}"));
+        err.code = "invalid_body";
+        err
+    };
+    let mut stream = req.into_body().into_data_stream();
+    let mut body = Vec::new();
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(unreadable)?;
+        if body.len() + frame.len() > MAX_BODY_BYTES {
+            let mut seen = body.len() + frame.len();
+            let drain = async {
+                while let Some(Ok(frame)) = stream.next().await {
+                    seen += frame.len();
+                    if seen > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(DRAIN_SECS), drain).await;
+            let mut err = ApiError::invalid(format!(
+                "the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
+            ));
+            err.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+            err.code = "payload_too_large";
+            return Err(err);
+        }
+        body.extend_from_slice(&frame);
+    }
+    Ok(body)
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
