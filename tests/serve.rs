@@ -269,7 +269,7 @@ fn minilm_long_texts_truncate_to_max_seq_length() {
     let tei = s
         .post(
             "/embed",
-            &json!({"inputs": texts, "truncate": true, "normalize": false}),
+            &json!({"inputs": texts, "truncate": true}),
         )
         .expect(200);
     let openai = s
