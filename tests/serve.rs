@@ -267,10 +267,7 @@ fn minilm_long_texts_truncate_to_max_seq_length() {
     let dim = shape[1];
     let s = serve(&minilm_dir(), &["--model-name", "minilm"]);
     let tei = s
-        .post(
-            "/embed",
-            &json!({"inputs": texts, "truncate": true}),
-        )
+        .post("/embed", &json!({"inputs": texts, "truncate": true}))
         .expect(200);
     let openai = s
         .post("/v1/embeddings", &json!({"input": texts, "truncate": true}))
@@ -1101,6 +1098,38 @@ fn t5_completions_and_classifier_predict() {
         got.sort_by(|a, b| b.total_cmp(a));
         exp.sort_by(|a, b| b.total_cmp(a));
         close(&format!("pair {i} logits"), &got, &exp, refs.abs, refs.rel);
+    }
+    // Past the 64 positions: refused, or with TEI's truncate cut `longest_first` to them, a
+    // text and a pair giving the fixture's logits (truncated by Hugging Face).
+    for (case, input) in [
+        (
+            "classify_long_single",
+            json!(refs.case("classify_long_single")["texts"][0]),
+        ),
+        (
+            "classify_long_pair",
+            json!(refs.case("classify_long_pair")["pairs"][0]),
+        ),
+    ] {
+        let msg = s.post("/predict", &json!({"inputs": input})).error(400);
+        assert!(msg.contains("64"), "{case}: {msg}");
+        let v = s
+            .post(
+                "/predict",
+                &json!({"inputs": input, "raw_scores": true, "truncate": true}),
+            )
+            .expect(200);
+        let (want, _) = refs.tensor(&format!("{case}.logits"));
+        let mut got: Vec<f32> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["score"].as_f64().unwrap() as f32)
+            .collect();
+        let mut exp = want.clone();
+        got.sort_by(|a, b| b.total_cmp(a));
+        exp.sort_by(|a, b| b.total_cmp(a));
+        close(case, &got, &exp, refs.abs, refs.rel);
     }
 }
 

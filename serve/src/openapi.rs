@@ -67,6 +67,7 @@ fn request_schema(path: &str) -> Option<Value> {
                 ]}},
             ]},
             "raw_scores": {"type": "boolean", "default": false},
+            "truncate": {"type": "boolean", "default": false},
         }}),
         "/tokenize" => json!({"type": "object", "required": ["inputs"], "properties": {
             "inputs": texts_schema(),

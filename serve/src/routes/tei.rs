@@ -146,15 +146,21 @@ impl Input {
         }
     }
 
-    pub fn encode(&self, app: &App, param: &str) -> Result<Seq, ApiError> {
+    /// The input's tokens; with `truncate`, cut to the positions `longest_first` (TEI's
+    /// `truncate`), else refused past them.
+    pub fn encode(&self, app: &App, param: &str, truncate: bool) -> Result<Seq, ApiError> {
         match self {
-            Input::Text(t) => encode(app, t, param, false, Budget::Positions),
+            Input::Text(t) => encode(app, t, param, truncate, Budget::Positions),
             Input::Pair(a, b) => {
                 if a.is_empty() || b.is_empty() {
                     return Err(ApiError::field(param, "a text of the pair is empty"));
                 }
-                let enc = app
-                    .tokenizer
+                let tokenizer = if truncate {
+                    app.truncating(Budget::Positions, param)?
+                } else {
+                    &app.tokenizer
+                };
+                let enc = tokenizer
                     .encode_pair(a, b)
                     .map_err(|e| ApiError::field(param, e))?;
                 let mut seq = Seq {
@@ -174,6 +180,7 @@ pub async fn classify(
     app: &App,
     inputs: &[Input],
     raw: bool,
+    truncate: bool,
 ) -> Result<Vec<Vec<(String, f32)>>, ApiError> {
     // A classifier's labels, or a next-sentence head's (as the classify task reads them).
     let (kind, labels, problem_type) = match &app.info {
@@ -192,7 +199,7 @@ pub async fn classify(
     let seqs = inputs
         .iter()
         .enumerate()
-        .map(|(i, x)| x.encode(app, &format!("inputs[{i}]")))
+        .map(|(i, x)| x.encode(app, &format!("inputs[{i}]"), truncate))
         .collect::<Result<Vec<_>, _>>()?;
     let logits = rows(app, kind, seqs).await?;
     Ok(logits
@@ -216,6 +223,8 @@ pub struct PredictRequest {
     inputs: Value,
     #[serde(default)]
     raw_scores: bool,
+    #[serde(default)]
+    truncate: bool,
 }
 
 pub async fn predict(
@@ -223,7 +232,7 @@ pub async fn predict(
     JsonBody(req): JsonBody<PredictRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let (inputs, list) = Input::parse(&req.inputs, "inputs")?;
-    let results = classify(&app, &inputs, req.raw_scores).await?;
+    let results = classify(&app, &inputs, req.raw_scores, req.truncate).await?;
     let as_json = |r: &Vec<(String, f32)>| -> Value {
         Value::Array(
             r.iter()
