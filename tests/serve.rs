@@ -629,6 +629,14 @@ fn kserve_infer_matches_the_forward_task() {
         twice.contains("input_ids") && twice.contains("twice"),
         "{twice}"
     );
+    // The forward task's own checks name the tensor, and the error's param the field.
+    let no_ids = s.post(
+        "/v2/models/tiny/infer",
+        &json!({"inputs": [tensor("attention_mask")]}),
+    );
+    let msg = no_ids.error(400);
+    assert!(msg.contains("input_ids"), "{msg}");
+    assert_eq!(no_ids.json()["error"]["param"], "inputs");
 
     // The OpenAPI document lists what this model offers, and only that.
     let doc = s.get("/openapi.json").expect(200);

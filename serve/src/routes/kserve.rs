@@ -233,7 +233,16 @@ pub async fn infer(
     })?;
     let outputs = rx
         .await
-        .map_err(|_| ApiError::internal("the engine dropped the request"))??;
+        .map_err(|_| ApiError::internal("the engine dropped the request"))?
+        .map_err(|mut e| {
+            // The forward task's checks of the tensors (a missing input_ids, an id past the
+            // vocabulary, too many tokens, a mask's shape) name the tensor in their message;
+            // the field they are about is `inputs`.
+            if e.param.is_none() && e.status.is_client_error() {
+                e.param = Some("inputs".into());
+            }
+            e
+        })?;
     let wanted: Option<Vec<String>> = req.outputs.map(|o| o.into_iter().map(|r| r.name).collect());
     if let Some(w) = &wanted {
         if let Some(bad) = w.iter().find(|n| !outputs.contains_key(*n)) {
