@@ -1095,17 +1095,8 @@ fn t5_completions_and_classifier_predict() {
         "logits"
     );
     for (i, res) in v.as_array().unwrap().iter().enumerate() {
-        // Scores come sorted; the fixture's are in label order: compare the sorted values.
-        let mut got: Vec<f32> = res
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["score"].as_f64().unwrap() as f32)
-            .collect();
-        let mut exp: Vec<f32> = want[i * labels..(i + 1) * labels].to_vec();
-        got.sort_by(|a, b| b.total_cmp(a));
-        exp.sort_by(|a, b| b.total_cmp(a));
-        close(&format!("pair {i} logits"), &got, &exp, refs.abs, refs.rel);
+        let want = &want[i * labels..(i + 1) * labels];
+        close_scores(&format!("pair {i} logits"), res, want, &refs);
     }
     // Past the 64 positions: refused, or with TEI's truncate cut `longest_first` to them, a
     // text and a pair giving the fixture's logits (truncated by Hugging Face).
@@ -1128,17 +1119,23 @@ fn t5_completions_and_classifier_predict() {
             )
             .expect(200);
         let (want, _) = refs.tensor(&format!("{case}.logits"));
-        let mut got: Vec<f32> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["score"].as_f64().unwrap() as f32)
-            .collect();
-        let mut exp = want.clone();
-        got.sort_by(|a, b| b.total_cmp(a));
-        exp.sort_by(|a, b| b.total_cmp(a));
-        close(case, &got, &exp, refs.abs, refs.rel);
+        close_scores(case, &v, &want, &refs);
     }
+}
+
+/// One `/predict` answer's scores against the reference's values for its labels: the answer
+/// comes best first, the reference in label order, so the sorted values are compared.
+fn close_scores(what: &str, answer: &Value, want: &[f32], refs: &Reference) {
+    let mut got: Vec<f32> = answer
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["score"].as_f64().unwrap() as f32)
+        .collect();
+    let mut exp = want.to_vec();
+    got.sort_by(|a, b| b.total_cmp(a));
+    exp.sort_by(|a, b| b.total_cmp(a));
+    close(what, &got, &exp, refs.abs, refs.rel);
 }
 
 /// --api-key: 401 without the right bearer token; health stays open.
