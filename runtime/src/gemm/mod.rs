@@ -383,7 +383,7 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
     // starts late (woken from sleep, or preempted by another process) takes fewer chunks
     // instead of leaving its whole share to the others' wait.
     let panels = g.n.div_ceil(PACK_NR);
-    let (chunks, per) = chunks(panels, threads, g.m);
+    let (chunks, per) = chunks(panels, threads, g.m, gemv_group(isa));
     threads::parallel_for_on(threads, chunks, &|t| {
         let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
         let then = threads::next_in_share(t).map(|t| t * per);
@@ -408,21 +408,33 @@ pub(super) fn pack_threads(m: usize, k: usize, threads: usize) -> usize {
 /// Chunks of panels per thread ([`run`]).
 const CHUNKS_PER_THREAD: usize = 4;
 
+/// Panels the decode GEMV of `isa` reads together (`gemv`), 0 where it has none.
+pub fn gemv_group(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => gemv::AVX512_PANELS,
+        Isa::Avx2 => gemv::AVX2_PANELS,
+        Isa::Portable => 0,
+    }
+}
+
 /// How [`run`] cuts `panels` for `threads`: `(chunks, panels per chunk)`. Up to
-/// [`CHUNKS_PER_THREAD`] per thread, fewer for a decode row, whose chunks keep at least two
-/// GEMV groups of panels each (small chunks would cut the groups' streams short: a 768-wide
-/// GEMV in 8 chunks of 3 panels ran one panel at a time, and the whole decode step on 2
-/// threads was slower than before the chunks).
-pub fn chunks(panels: usize, threads: usize, m: usize) -> (usize, usize) {
+/// [`CHUNKS_PER_THREAD`] per thread; a decode row on an ISA with a GEMV (`group` panels read
+/// together, [`gemv_group`]) in chunks of one group each.
+///
+/// A decode row streams its weights from DRAM, and two threads rarely get equal shares of
+/// the bandwidth: with one range of panels per thread, the first to finish waited on the other
+/// for 2-6 % of a decode step's GEMV time (GPT-2 124M's 49 matrices, AMD EPYC Zen 5, 2
+/// threads). Chunks of one group let it take the rest of the other's share instead. A chunk
+/// must not be cut below a group: a 768-wide GEMV in 8 chunks of 3 panels ran one panel at a
+/// time (4 a group), and the whole decode step on 2 threads was slower.
+pub fn chunks(panels: usize, threads: usize, m: usize, group: usize) -> (usize, usize) {
     if threads <= 1 || panels <= 1 {
         return (1, panels.max(1));
     }
-    let per_thread = if m == 1 {
-        (panels / (threads * 2 * gemv::AVX512_PANELS)).clamp(1, CHUNKS_PER_THREAD)
-    } else {
-        CHUNKS_PER_THREAD
-    };
-    let chunks = panels.min(threads * per_thread);
+    if m == 1 && group > 1 {
+        return (panels.div_ceil(group), group);
+    }
+    let chunks = panels.min(threads * CHUNKS_PER_THREAD);
     let per = panels.div_ceil(chunks);
     (panels.div_ceil(per), per)
 }
@@ -967,11 +979,10 @@ unsafe fn gemv_panels(
     p0: usize,
     p1: usize,
 ) -> usize {
-    let group = match isa {
-        Isa::Avx512 => gemv::AVX512_PANELS,
-        Isa::Avx2 => gemv::AVX2_PANELS,
-        Isa::Portable => return p0,
-    };
+    let group = gemv_group(isa);
+    if group == 0 {
+        return p0;
+    }
     let mut p = p0;
     while p + group <= p1 && (p + group) * PACK_NR <= g.n {
         let col = p * PACK_NR;

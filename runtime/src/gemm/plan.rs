@@ -394,7 +394,7 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
     let (chunks, per) = if c.kernel == Kernel::F32x4 {
         crate::threads::split_tasks(panels, portable_grain(pr.k))
     } else {
-        super::chunks(panels, t, pr.m)
+        super::chunks(panels, t, pr.m, c.kernel.isa().map_or(0, super::gemv_group))
     };
     let imbalance = (chunks.div_ceil(t) * per * t) as f64 / panels as f64;
     let (l1, l2) = (

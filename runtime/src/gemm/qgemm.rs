@@ -713,7 +713,7 @@ unsafe fn run(g: &QGemmCall, kernel: &QKernel, bl: Blocking, tasks: usize) {
         let per = panels.div_ceil(tasks);
         (panels.div_ceil(per), per)
     } else {
-        super::chunks(panels, tasks, g.m)
+        super::chunks(panels, tasks, g.m, 0)
     };
     let go = |a: ReadyA| {
         threads::parallel_for_on(tasks, chunks, &|t| {

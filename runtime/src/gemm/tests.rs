@@ -156,6 +156,24 @@ fn gemv_matches_the_tile_path_bit_for_bit() {
 }
 
 #[test]
+fn a_decode_row_goes_out_in_chunks_of_one_gemv_group() {
+    for isa in [Isa::Avx512, Isa::Avx2] {
+        let group = gemv_group(isa);
+        for panels in [2, 6, 24, 25, 96, 1571] {
+            let (chunks, per) = chunks(panels, 2, 1, group);
+            // Whole groups, so no chunk runs its panels one at a time, covering every panel
+            // once; the last chunk takes what is left.
+            assert_eq!(per, group, "{isa:?} {panels} panels");
+            assert_eq!(chunks, panels.div_ceil(group), "{isa:?} {panels} panels");
+        }
+    }
+    // One thread, the portable path (no GEMV) and rows of a prefill keep their cuts.
+    assert_eq!(chunks(24, 1, 1, 4), (1, 24));
+    assert_eq!(chunks(24, 2, 1, 0), (8, 3));
+    assert_eq!(chunks(24, 2, 128, 4), (8, 3));
+}
+
+#[test]
 fn thread_count_does_not_change_results() {
     let (m, n, k) = (37, 200, 300);
     let mut seed = 9;
