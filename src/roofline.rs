@@ -266,7 +266,21 @@ fn widths() -> Vec<u32> {
 /// `fresh` (DRAM) each run reads one half of it once, the halves in turn, so no run finds what
 /// it reads still cached from the one before.
 fn read_gbs(t: usize, bytes: usize, fresh: bool) -> f64 {
-    let n = (bytes / 4).max(1024) / 1024 * 1024;
+    read_from(t, floats(bytes), fresh, || read_buffer(floats(bytes)))
+}
+
+/// Floats in a read buffer of about `bytes`: whole KiB-multiples of 1024 floats.
+fn floats(bytes: usize) -> usize {
+    (bytes / 4).max(1024) / 1024 * 1024
+}
+
+/// [`read_gbs`] over the `n`-float buffers `buffer` gives each of the `t` threads.
+fn read_from<B: std::ops::Deref<Target = [f32]>>(
+    t: usize,
+    n: usize,
+    fresh: bool,
+    buffer: impl Fn() -> B + Sync,
+) -> f64 {
     let part = if fresh { n / 2 } else { n };
     let passes = if fresh {
         1
@@ -283,35 +297,79 @@ fn read_gbs(t: usize, bytes: usize, fresh: bool) -> f64 {
     } else {
         &[1, 4, 1, 4, 1, 4]
     };
-    let secs = together(
-        t,
-        streams.len(),
-        || read_buffer(n),
-        |buf, i| {
-            let half = if fresh { i % 2 } else { 0 };
-            let mut sink = 0f32;
-            for _ in 0..passes {
-                sink += sum(&buf[half * part..(half + 1) * part], streams[i]);
-            }
-            std::hint::black_box(sink);
-        },
-    );
+    let secs = together(t, streams.len(), buffer, |buf, i| {
+        let half = if fresh { i % 2 } else { 0 };
+        let mut sink = 0f32;
+        for _ in 0..passes {
+            sink += sum(&buf[half * part..(half + 1) * part], streams[i]);
+        }
+        std::hint::black_box(sink);
+    });
     let best = secs.into_iter().fold(f64::MAX, f64::min);
     (t * part * 4 * passes) as f64 / best / 1e9
+}
+
+/// DRAM's read bandwidth on a number of threads, measured as `roofline` does (its DRAM level)
+/// and as often as asked from the same buffers, allocated once: `bench --dram` reads right
+/// before and after each timed decode run, a fraction of a second apart, where `roofline`
+/// runs seconds away from the decode it is set against (on a shared machine the bandwidth
+/// changes within seconds). The buffers are first written by the thread that makes the
+/// reader, as a model's weights are by the thread that loads them.
+pub struct DramRead {
+    threads: usize,
+    bufs: Vec<ReadBuf>,
+}
+
+impl DramRead {
+    pub fn new(threads: usize) -> DramRead {
+        let threads = threads.max(1);
+        let caches = cranformer_runtime::machine::cache_sizes();
+        let cores = cranformer_runtime::machine::host_cores();
+        let n = floats(dram_bytes(threads, caches, cores) as usize);
+        DramRead {
+            threads,
+            bufs: (0..threads).map(|_| read_buffer(n)).collect(),
+        }
+    }
+
+    /// GB/s of all the reader's threads reading DRAM at once, now (about 20 ms on 2 threads).
+    pub fn gbs(&self) -> f64 {
+        let next = AtomicUsize::new(0);
+        let n = self.bufs[0].len();
+        read_from(self.threads, n, true, || {
+            &self.bufs[next.fetch_add(1, Ordering::Relaxed) % self.threads][..]
+        })
+    }
 }
 
 /// `n` floats to read, in memory as the packed weights get it: advised for huge pages
 /// (`pages::LargeBuf`), where the hardware prefetchers run on past 4 KiB boundaries; an
 /// ordinary allocation below 2 MiB.
-fn read_buffer(n: usize) -> Box<dyn std::ops::Deref<Target = [f32]>> {
+fn read_buffer(n: usize) -> ReadBuf {
     match cranformer_runtime::pages::LargeBuf::zeroed(n) {
         Some(mut b) => {
             b.iter_mut()
                 .enumerate()
                 .for_each(|(i, x)| *x = (i % 7) as f32);
-            Box::new(b)
+            ReadBuf::Large(b)
         }
-        None => Box::new((0..n).map(|i| (i % 7) as f32).collect::<Vec<f32>>()),
+        None => ReadBuf::Small((0..n).map(|i| (i % 7) as f32).collect()),
+    }
+}
+
+/// A buffer of [`read_buffer`].
+enum ReadBuf {
+    Large(cranformer_runtime::pages::LargeBuf),
+    Small(Vec<f32>),
+}
+
+impl std::ops::Deref for ReadBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            ReadBuf::Large(b) => b,
+            ReadBuf::Small(v) => v,
+        }
     }
 }
 
@@ -404,7 +462,7 @@ fn triad_gbs(t: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{dram_bytes, together};
+    use super::{dram_bytes, together, DramRead};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
@@ -428,6 +486,16 @@ mod tests {
         assert_eq!(secs.len(), runs);
         assert!(secs.iter().all(|&s| s > 0.0));
         assert_eq!(done.into_inner(), t * runs);
+    }
+
+    #[test]
+    fn a_dram_reader_reads_its_buffers_again_and_again() {
+        let r = DramRead::new(2);
+        assert_eq!(r.bufs.len(), 2);
+        for _ in 0..3 {
+            let gbs = r.gbs();
+            assert!(gbs.is_finite() && gbs > 0.0, "{gbs}");
+        }
     }
 
     #[test]

@@ -174,6 +174,69 @@ fn generate_reports_the_weight_stream_of_a_decode_step() {
 }
 
 #[test]
+fn dram_sets_each_decode_run_against_reads_around_it() {
+    let dir = fixture("gpt2-tiny");
+    let args = [
+        dir.to_str().unwrap(),
+        "--engine",
+        "interp,jit",
+        "--task",
+        "generate",
+        "--prompt-tokens",
+        "4",
+        "--new-tokens",
+        "3",
+        "--runs",
+        "3",
+        "--warmup",
+        "0",
+        "--dram",
+    ];
+    let lines = bench(&[&args[..], &["--json"]].concat());
+    let jit = lines
+        .iter()
+        .find(|v| v["engine"] == "jit")
+        .expect("a jit line");
+    let (read, share) = (num(jit, "decode_dram_gbs"), num(jit, "decode_dram_share"));
+    assert!(read > 0.0 && read.is_finite(), "{jit}");
+    let (lo, hi) = (
+        num(jit, "decode_dram_share_min"),
+        num(jit, "decode_dram_share_max"),
+    );
+    assert!(
+        0.0 < lo && lo <= share && share <= hi && hi.is_finite(),
+        "{jit}"
+    );
+    let steady = jit["decode_dram_steady_runs"].as_u64().expect("a count");
+    assert!(steady <= 3, "{jit}");
+    match jit["decode_dram_steady_share"].as_f64() {
+        Some(x) => assert!(steady > 0 && lo <= x && x <= hi, "{jit}"),
+        None => assert_eq!(steady, 0, "{jit}"),
+    }
+    // The interpreter runs on one thread, not the reads' threads: no figure.
+    let interp = lines
+        .iter()
+        .find(|v| v["engine"] == "interp")
+        .expect("an interp line");
+    assert!(interp.get("decode_dram_share").is_none(), "{interp}");
+    // The table says it in words.
+    let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("cranformer runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && table.contains("jit: decode weight stream at "),
+        "{table}"
+    );
+    assert!(table.contains("of DRAM's read on "), "{table}");
+    // Only a decode has a weight stream to set against DRAM.
+    let e = bench_fails(&[dir.to_str().unwrap(), "--dram"]);
+    assert!(e.contains("--dram") && e.contains("--task generate"), "{e}");
+}
+
+#[test]
 fn generate_on_t5_tiny() {
     let lines = bench(&[
         fixture("t5-tiny").to_str().unwrap(),

@@ -12,7 +12,8 @@
 //! - generate, GPT-2: prefill = one `step` over the N prompt tokens; then M `step`s of one
 //!   token each, feeding back the greedy pick; `ms_per_new_token` = time of those M steps / M;
 //!   `decode_weight_mb_per_token` = the weight bytes one such step reads (in the run's
-//!   `--dtype`), `decode_weight_gbs` = those of the M steps over their time.
+//!   `--dtype`), `decode_weight_gbs` = those of the M steps over their time; with `--dram`,
+//!   each timed run's against DRAM's read right before and after it (`report::DramShare`).
 //! - generate, T5: prefill = `encode` of N tokens and `cross_kv`; then M `step`s from the
 //!   decoder start token, as above. End-of-sequence picks do not stop a run: every run does
 //!   the same work.
@@ -101,6 +102,11 @@ pub struct BenchArgs {
     /// measured time (matmuls timed inside one extra JIT run), share of the roof.
     #[arg(long)]
     pub report: bool,
+    /// With --task generate: measure DRAM's read bandwidth on the run's threads (as `roofline`
+    /// does) right before and after every timed run of a compiled engine, and report each
+    /// decode's weight stream against the higher of its two reads (`decode_dram_share`).
+    #[arg(long)]
+    pub dram: bool,
     /// Draw the report's roofline into this SVG file (implies --report).
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
@@ -250,6 +256,9 @@ fn run_engines(
     out: &mut dyn Write,
 ) -> Result<()> {
     let task = args.task;
+    if args.dram && task != Task::Generate {
+        bail!("--dram sets decode steps against DRAM's read: it needs --task generate");
+    }
     // The runtime's matmuls use this many threads (main applied --threads); the
     // interpreter always runs on one.
     let threads = cranformer_runtime::threads::threads();
@@ -322,6 +331,7 @@ fn run_engines(
                 build,
                 totals: vec![],
                 decodes: vec![],
+                dram: vec![],
                 result: None,
             },
         ));
@@ -343,6 +353,8 @@ fn run_engines(
             }
         }
     }
+    // Allocated (and written) once, before the timed runs.
+    let dram = args.dram.then(|| crate::roofline::DramRead::new(threads));
     for r in 0..args.runs {
         for (e, s) in &mut built {
             let t = if trace.is_empty() {
@@ -350,9 +362,14 @@ fn run_engines(
             } else {
                 None
             };
+            let read = dram.as_ref().filter(|_| s.engine != EngineKind::Interp);
+            let before = read.map(|d| d.gbs());
             let times = work
                 .run(e.as_mut(), t)
                 .with_context(|| format!("run {} of engine {}", r + 1, s.name))?;
+            if let (Some(d), Some(before), Some(decode)) = (read, before, times.decode) {
+                s.dram.push((decode, before, d.gbs()));
+            }
             if verbose {
                 eprintln!("{}: run {} took {:.1?}", s.name, r + 1, times.total);
             }

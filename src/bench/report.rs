@@ -18,8 +18,68 @@ pub(super) struct Sample {
     pub build: Build,
     pub totals: Vec<Duration>,
     pub decodes: Vec<Duration>,
+    /// With `--dram`, per timed run: its decode steps' time and DRAM's read (GB/s) right
+    /// before and after the run.
+    pub dram: Vec<(Duration, f64, f64)>,
     /// What the first timed run computed (`Times::last`) and its greedy picks.
     pub result: Option<(cranformer_runtime::Outputs, Vec<i64>)>,
+}
+
+/// A sample's decode weight stream against DRAM's read around each run (`bench --dram`).
+/// Each run is set against the higher of its two reads: a run between a slow read and a
+/// fast one may have run partly fast. On a shared machine whose bandwidth jumps every few
+/// seconds (AMD EPYC Zen 5 KVM guest: 2-thread reads of 51-57 and 91-95 GB/s, alternating
+/// within 10-30 s), such a run's share understates the decode, so the runs whose two reads
+/// agree within [`STEADY`] are also summed up apart.
+pub(super) struct DramShare {
+    /// Median over the runs of the run's read, GB/s.
+    pub read_gbs: f64,
+    /// Median over the runs of (the run's decode weight GB/s / its read), and the extremes.
+    pub share: f64,
+    pub min: f64,
+    pub max: f64,
+    /// The same median over the steady runs only, and how many they were.
+    pub steady: Option<f64>,
+    pub steady_runs: usize,
+}
+
+/// Reads before and after a run at most this far apart (relative to the higher): a steady run.
+pub(super) const STEADY: f64 = 0.1;
+
+impl DramShare {
+    /// From a sample's runs ([`Sample::dram`]), each decode reading `bytes` of weights; None
+    /// without `--dram`.
+    pub fn of(runs: &[(Duration, f64, f64)], bytes: u64) -> Option<DramShare> {
+        if runs.is_empty() {
+            return None;
+        }
+        let mid = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            }
+        };
+        let share = |&(t, a, b): &(Duration, f64, f64)| {
+            bytes as f64 / t.as_secs_f64().max(1e-12) / 1e9 / a.max(b).max(1e-9)
+        };
+        let shares: Vec<f64> = runs.iter().map(share).collect();
+        let steady: Vec<f64> = runs
+            .iter()
+            .filter(|&&(_, a, b)| (a - b).abs() <= STEADY * a.max(b))
+            .map(share)
+            .collect();
+        Some(DramShare {
+            read_gbs: mid(runs.iter().map(|&(_, a, b)| a.max(b)).collect()),
+            share: mid(shares.clone()),
+            min: shares.iter().copied().fold(f64::INFINITY, f64::min),
+            max: shares.iter().copied().fold(0.0, f64::max),
+            steady_runs: steady.len(),
+            steady: (!steady.is_empty()).then(|| mid(steady)),
+        })
+    }
 }
 
 /// How far a narrow weight format's results are from f32's on the same inputs.
@@ -281,6 +341,14 @@ impl Report<'_> {
                         "decode_weight_gbs".into(),
                         (b as f64 / dec.as_secs_f64().max(1e-12) / 1e9).into(),
                     );
+                    if let Some(d) = DramShare::of(&s.dram, b) {
+                        m.insert("decode_dram_gbs".into(), d.read_gbs.into());
+                        m.insert("decode_dram_share".into(), d.share.into());
+                        m.insert("decode_dram_share_min".into(), d.min.into());
+                        m.insert("decode_dram_share_max".into(), d.max.into());
+                        m.insert("decode_dram_steady_share".into(), d.steady.into());
+                        m.insert("decode_dram_steady_runs".into(), d.steady_runs.into());
+                    }
                 }
             } else {
                 m.insert("seq".into(), a.seq.into());
@@ -393,6 +461,60 @@ impl Report<'_> {
                 )?;
             }
         }
+        for s in samples {
+            let bytes = self.decode_weight_bytes.iter().find(|(f, _)| *f == s.dtype);
+            if let Some(d) = bytes.and_then(|&(_, b)| DramShare::of(&s.dram, b)) {
+                let steady = match d.steady {
+                    Some(x) => format!(
+                        "; {:.0} % over the {} run{} whose two reads agree within {:.0} %",
+                        100.0 * x,
+                        d.steady_runs,
+                        if d.steady_runs == 1 { "" } else { "s" },
+                        100.0 * STEADY
+                    ),
+                    None => format!("; no run's two reads agree within {:.0} %", 100.0 * STEADY),
+                };
+                writeln!(
+                    out,
+                    "{}: decode weight stream at {:.0} % of DRAM's read on {} thread{} (the higher of reads right before and after each run, median {:.1} GB/s; per run {:.0}-{:.0} %{steady})",
+                    s.name,
+                    100.0 * d.share,
+                    self.threads,
+                    if self.threads == 1 { "" } else { "s" },
+                    d.read_gbs,
+                    100.0 * d.min,
+                    100.0 * d.max
+                )?;
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DramShare;
+    use std::time::Duration;
+
+    #[test]
+    fn each_run_meets_the_higher_of_its_reads_and_steady_runs_are_summed_apart() {
+        let ms = Duration::from_millis;
+        // 1 GB of weights a run: 10 ms is 100 GB/s.
+        let runs = [
+            (ms(10), 100.0, 110.0), // steady (9 % apart): 100 / 110
+            (ms(20), 100.0, 50.0),  // straddles a change: 50 / 100
+            (ms(10), 120.0, 125.0), // steady: 100 / 125
+        ];
+        let d = DramShare::of(&runs, 1_000_000_000).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(d.read_gbs, 110.0), "{}", d.read_gbs);
+        assert!(close(d.share, 0.8), "{}", d.share);
+        assert!(close(d.min, 0.5) && close(d.max, 100.0 / 110.0));
+        assert_eq!(d.steady_runs, 2);
+        assert!(close(d.steady.unwrap(), (100.0 / 110.0 + 0.8) / 2.0));
+        // No run steady, no runs.
+        let d = DramShare::of(&runs[1..2], 1_000_000_000).unwrap();
+        assert_eq!((d.steady, d.steady_runs), (None, 0));
+        assert!(DramShare::of(&[], 1).is_none());
     }
 }
