@@ -9,20 +9,25 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")).join(name)
 }
 
-/// Runs `cranformer bench ARGS`, which must succeed, and parses its JSON lines.
-fn bench(args: &[&str]) -> Vec<Value> {
+/// Runs `cranformer bench ARGS`, which must succeed, and returns what it printed.
+fn bench_text(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
         .arg("bench")
         .args(args)
         .output()
         .expect("cranformer runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Runs `cranformer bench ARGS`, which must succeed, and parses its JSON lines.
+fn bench(args: &[&str]) -> Vec<Value> {
+    bench_text(args)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
@@ -220,16 +225,8 @@ fn dram_sets_each_decode_run_against_reads_around_it() {
         .expect("an interp line");
     assert!(interp.get("decode_dram_share").is_none(), "{interp}");
     // The table says it in words.
-    let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .expect("cranformer runs");
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && table.contains("jit: decode weight stream at "),
-        "{table}"
-    );
+    let table = bench_text(&args);
+    assert!(table.contains("jit: decode weight stream at "), "{table}");
     assert!(table.contains("of DRAM's read on "), "{table}");
     // Only a decode has a weight stream to set against DRAM.
     let e = bench_fails(&[dir.to_str().unwrap(), "--dram"]);
@@ -287,13 +284,16 @@ fn preset_with_one_layer_runs_forward() {
 
 #[test]
 fn table_without_json() {
-    let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
-        .args(["bench", fixture("bert-tiny").to_str().unwrap()])
-        .args(["--runs", "1", "--warmup", "0", "--seq", "4"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let bert = fixture("bert-tiny");
+    let text = bench_text(&[
+        bert.to_str().unwrap(),
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--seq",
+        "4",
+    ]);
     // Without --engine, bench compares the interpreter and the JIT.
     assert!(
         text.contains("median ms") && text.contains("vs interp"),
@@ -517,14 +517,22 @@ fn dtypes_are_compared_with_f32() {
 #[test]
 fn report_shows_narrow_matmuls_as_they_ran() {
     let gpt2 = fixture("gpt2-tiny");
-    let out = Command::new(env!("CARGO_BIN_EXE_cranformer"))
-        .args(["bench", gpt2.to_str().unwrap(), "--task", "generate"])
-        .args(["--prompt-tokens", "4", "--new-tokens", "2", "--runs", "1"])
-        .args(["--engine", "jit", "--dtype", "int8", "--report"])
-        .output()
-        .expect("cranformer runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stdout = bench_text(&[
+        gpt2.to_str().unwrap(),
+        "--task",
+        "generate",
+        "--prompt-tokens",
+        "4",
+        "--new-tokens",
+        "2",
+        "--runs",
+        "1",
+        "--engine",
+        "jit",
+        "--dtype",
+        "int8",
+        "--report",
+    ]);
     let rows: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("linear "))
