@@ -354,7 +354,8 @@ fn run_engines(
         }
     }
     // Allocated (and written) once, before the timed runs.
-    let dram = args.dram.then(|| crate::roofline::DramRead::new(threads));
+    let compiled = built.iter().any(|(_, s)| s.engine != EngineKind::Interp);
+    let dram = (args.dram && compiled).then(|| crate::roofline::DramRead::new(threads));
     for r in 0..args.runs {
         for (e, s) in &mut built {
             let t = if trace.is_empty() {
