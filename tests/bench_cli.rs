@@ -517,7 +517,7 @@ fn dtypes_are_compared_with_f32() {
 #[test]
 fn report_shows_narrow_matmuls_as_they_ran() {
     let gpt2 = fixture("gpt2-tiny");
-    let stdout = bench_text(&[
+    let base = [
         gpt2.to_str().unwrap(),
         "--task",
         "generate",
@@ -529,10 +529,8 @@ fn report_shows_narrow_matmuls_as_they_ran() {
         "1",
         "--engine",
         "jit",
-        "--dtype",
-        "int8",
-        "--report",
-    ]);
+    ];
+    let stdout = bench_text(&[&base[..], &["--dtype", "int8", "--report"]].concat());
     let rows: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("linear "))
@@ -545,22 +543,7 @@ fn report_shows_narrow_matmuls_as_they_ran() {
         );
     }
     assert!(stdout.contains("(int8: "), "{stdout}");
-    let lines = bench(&[
-        gpt2.to_str().unwrap(),
-        "--task",
-        "generate",
-        "--prompt-tokens",
-        "4",
-        "--new-tokens",
-        "2",
-        "--runs",
-        "1",
-        "--engine",
-        "jit",
-        "--dtype",
-        "int8,f32",
-        "--json",
-    ]);
+    let lines = bench(&[&base[..], &["--dtype", "int8,f32", "--json"]].concat());
     let bytes = |d: &str| num(dtype_line(&lines, d), "weight_bytes");
     assert!(bytes("int8") < bytes("f32"), "{lines:?}");
 }
