@@ -353,11 +353,11 @@ fn run_engines(
             }
         }
     }
-    // Allocated (and written) once, before the timed runs.
     let compiled = built.iter().any(|(_, s)| s.engine != EngineKind::Interp);
     if args.dram && !compiled {
         eprintln!("bench: --dram sets compiled engines' decode runs against DRAM; the interpreter's are not");
     }
+    // The reader's buffers are allocated (and written) once, before the timed runs.
     let dram = (args.dram && compiled).then(|| crate::roofline::DramRead::new(threads));
     for r in 0..args.runs {
         for (e, s) in &mut built {
