@@ -53,15 +53,7 @@ impl DramShare {
         if runs.is_empty() {
             return None;
         }
-        let mid = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            let n = v.len();
-            if n % 2 == 1 {
-                v[n / 2]
-            } else {
-                (v[n / 2 - 1] + v[n / 2]) / 2.0
-            }
-        };
+        let mid = |v: Vec<f64>| median_by(&v, |a, b| (a + b) / 2.0);
         let share = |&(t, a, b): &(Duration, f64, f64)| {
             bytes as f64 / t.as_secs_f64().max(1e-12) / 1e9 / a.max(b).max(1e-9)
         };
@@ -165,13 +157,18 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn median(v: &[Duration]) -> Duration {
+    median_by(v, |a, b| (a + b) / 2)
+}
+
+/// The middle value of `v`, or `halfway` of the two middle ones.
+fn median_by<T: Copy + PartialOrd>(v: &[T], halfway: impl Fn(T, T) -> T) -> T {
     let mut s = v.to_vec();
-    s.sort_unstable();
+    s.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let n = s.len();
     if n % 2 == 1 {
         s[n / 2]
     } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2
+        halfway(s[n / 2 - 1], s[n / 2])
     }
 }
 
