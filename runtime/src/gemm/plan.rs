@@ -32,7 +32,7 @@
 //! the pool ([`crate::threads::split_tasks`]). The prediction is the largest of the compute
 //! time and each level's bytes over its bandwidth, plus a fixed cost to wake threads.
 
-use super::WeightFormat;
+use super::{RowTiles, WeightFormat};
 use crate::machine::MachineProfile;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -508,15 +508,22 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
     }
 }
 
-/// FLOPs weighted by 1 / efficiency of the tile that does them: full tiles of `mr` rows and
-/// one partial tile.
+/// FLOPs weighted by 1 / efficiency of the tile that does them: the row tiles the kernel
+/// runs ([`RowTiles`]: the runtime's f32 tiles share a short last tile with the one before
+/// it; Cranelift's take `mr` rows and what is left).
 fn row_tile_flops(m: usize, mr: usize, k: f64, n_pad: f64, kernel: Kernel) -> f64 {
     let eff = |rows: usize| kernel.efficiency() * (2.0 * rows as f64 / 8.0).min(1.0);
-    let full = (m / mr) as f64 * mr as f64;
-    let rest = m % mr;
-    let mut f = 2.0 * k * n_pad * full / eff(mr);
-    if rest > 0 {
-        f += 2.0 * k * n_pad * rest as f64 / eff(rest);
+    let tiles = if kernel.isa().is_some() {
+        RowTiles::balanced(m, mr)
+    } else {
+        RowTiles::uniform(m, mr)
+    };
+    let mut f = 0.0;
+    let mut ir = 0;
+    while ir < m {
+        let rows = tiles.rows(ir);
+        f += 2.0 * k * n_pad * rows as f64 / eff(rows);
+        ir += rows;
     }
     f
 }
@@ -636,6 +643,13 @@ mod tests {
         assert!((f1 - 2.0 * 10.0 * 32.0 / (0.97 * 0.25)).abs() < 1e-9);
         let f12 = row_tile_flops(12, 12, 10.0, 32.0, Kernel::Avx512);
         assert!((f12 - 12.0 * 2.0 * 10.0 * 32.0 / 0.97).abs() < 1e-9);
+        // 14 rows run as 7 + 7, every tile at full efficiency; Cranelift's 6-row tiles run 14
+        // as 6 + 6 + 2, the 2 at half.
+        let f14 = row_tile_flops(14, 12, 10.0, 32.0, Kernel::Avx512);
+        assert!((f14 - 14.0 * 2.0 * 10.0 * 32.0 / 0.97).abs() < 1e-9);
+        let cl = row_tile_flops(14, 6, 10.0, 8.0, Kernel::F32x4);
+        let e = Kernel::F32x4.efficiency();
+        assert!((cl - (12.0 / e + 2.0 / (e * 0.5)) * 2.0 * 10.0 * 8.0).abs() < 1e-9);
     }
 
     #[test]

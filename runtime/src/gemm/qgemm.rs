@@ -882,6 +882,7 @@ unsafe fn block(
             let mut ic = 0;
             while ic < g.m {
                 let mc = mc_max.min(g.m - ic);
+                let tiles = super::RowTiles::uniform(mc, mr);
                 if per_block {
                     pack_a(g, ic, mc, pc, kc, mr, kernel.a_form, &mut buf);
                 }
@@ -932,11 +933,11 @@ unsafe fn block(
                             .map(|(np, npc)| g.b.add(layout.offset(np, npc, 0))),
                         kc / group * group_bytes,
                         (PACK_NR / nr, sub / nr),
-                        mc.div_ceil(mr),
+                        tiles.count(),
                     );
                     let mut ir = 0;
                     while ir < mc {
-                        let next = super::NextTile::after(ic, ir, mc, mr, col, nr, end);
+                        let next = super::NextTile::after(ic, ir, tiles, col, nr, end);
                         let fetch = ahead.take().claim(g.c, g.ldc, next);
                         let rows = mr.min(mc - ir);
                         let (a, lda) = match ready {

@@ -55,6 +55,7 @@ fn matches_reference_on_odd_shapes() {
         (25, 65, 300),
         (7, 96, 385),
         (150, 70, 64),
+        (128, 40, 50),
         (1, 420, 300),
     ] {
         let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
@@ -435,22 +436,65 @@ fn packing_a_sliver_transposes_every_row_and_k() {
 }
 
 #[test]
+fn a_short_last_row_tile_shares_its_rows_with_the_one_before() {
+    for mr in [4, 6, 12] {
+        for mc in 1..=200 {
+            for tiles in [RowTiles::balanced(mc, mr), RowTiles::uniform(mc, mr)] {
+                let mut heights = vec![];
+                let mut ir = 0;
+                while ir < mc {
+                    let rows = tiles.rows(ir);
+                    assert!(
+                        (1..=mr).contains(&rows),
+                        "mc {mc} mr {mr}: {heights:?} {rows}"
+                    );
+                    heights.push(rows);
+                    ir += rows;
+                }
+                assert_eq!(ir, mc, "mc {mc} mr {mr}: {heights:?}");
+                assert_eq!(heights.len(), tiles.count(), "mc {mc} mr {mr}: {heights:?}");
+            }
+            let balanced = |ir| RowTiles::balanced(mc, mr).rows(ir);
+            let uniform = |ir| RowTiles::uniform(mc, mr).rows(ir);
+            let (q, s) = (mc / mr, mc % mr);
+            if q >= 1 && (1..4).contains(&s) {
+                let pair = (q - 1) * mr;
+                let (a, b) = (balanced(pair), balanced(pair + balanced(pair)));
+                assert_eq!(a + b, mr + s, "mc {mc} mr {mr}");
+                assert!(a - b <= 1, "mc {mc} mr {mr}: {a} + {b}");
+                assert!((0..pair).step_by(mr).all(|ir| balanced(ir) == mr));
+            } else {
+                assert!((0..mc).step_by(mr).all(|ir| balanced(ir) == uniform(ir)));
+            }
+        }
+    }
+    // BERT's 128 rows on the AVX2 tile.
+    let t = RowTiles::balanced(128, 6);
+    assert_eq!((t.rows(114), t.rows(120), t.rows(124)), (6, 4, 4));
+}
+
+#[test]
 fn the_claimed_tile_is_the_one_the_loop_runs_next() {
     // The tile loop of `block` (and of the narrow formats' block): per M block, strip by strip
     // up to the chunk's end, rows in tiles of mr. Each tile's claim must name the tile that
     // comes next in that order, and nothing past the M block's last strip (the next M block
     // or K block, or another chunk, may be another thread's).
-    for (m, mc, mr, n, nr, p0, p1) in [
+    let cases = [
         (128, 128, 12, 2304, 32, 0, 72),
         (128, 48, 12, 3072, 32, 8, 17),
         (7, 7, 12, 100, 32, 1, 4),
         (30, 24, 6, 77, 16, 0, 3),
         (1, 1, 12, 40, 32, 0, 2),
-    ] {
+        (128, 132, 6, 768, 16, 0, 5),
+        (26, 13, 12, 96, 32, 0, 3),
+    ];
+    let ways: [fn(usize, usize) -> RowTiles; 2] = [RowTiles::balanced, RowTiles::uniform];
+    for ((m, mc, mr, n, nr, p0, p1), way) in cases.into_iter().flat_map(|c| ways.map(|w| (c, w))) {
         let end = (p1 * PACK_NR).min(n);
         let mut ic = 0;
         while ic < m {
             let mc_here = mc.min(m - ic);
+            let tiles = way(mc_here, mr);
             let mut order = vec![];
             for strip in p0 * (PACK_NR / nr)..p1 * (PACK_NR / nr) {
                 let col = strip * nr;
@@ -459,12 +503,13 @@ fn the_claimed_tile_is_the_one_the_loop_runs_next() {
                 }
                 let mut ir = 0;
                 while ir < mc_here {
-                    order.push((ic + ir, col, mr.min(mc_here - ir), nr.min(n - col), ir));
-                    ir += mr;
+                    let rows = tiles.rows(ir);
+                    order.push((ic + ir, col, rows, nr.min(n - col), ir));
+                    ir += rows;
                 }
             }
             for (i, &(_, col, _, _, ir)) in order.iter().enumerate() {
-                let got = NextTile::after(ic, ir, mc_here, mr, col, nr, end)
+                let got = NextTile::after(ic, ir, tiles, col, nr, end)
                     .map(|t| (t.row, t.col, t.rows, t.cols));
                 let want = order
                     .get(i + 1)
