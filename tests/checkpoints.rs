@@ -1,6 +1,7 @@
 //! Checkpoint variants load and compute the same thing: F16 and BF16 weights, sharded
 //! files, keys without the `transformer.` / `bert.` prefixes, and padding that must not
-//! change the real positions.
+//! change the real positions; and config switches that change what is computed: an LM head
+//! of the checkpoint's own, BERT as a decoder.
 
 mod common;
 
@@ -415,4 +416,140 @@ fn right_padding_changes_nothing_in_real_positions() {
             |_| true,
         );
     }
+}
+
+#[test]
+fn a_gpt2_checkpoint_with_its_own_lm_head_uses_it() {
+    // `lm_head.weight` = wte with its rows reversed: logit v becomes logit V-1-v, bit for bit.
+    let tensors = tensors_of(&fixture_dir("gpt2-tiny"));
+    let (_, wte, shape) = tensors
+        .iter()
+        .find(|(k, ..)| k.ends_with("wte.weight"))
+        .unwrap()
+        .clone();
+    let (v, c) = (shape[0], shape[1]);
+    let reversed: Vec<f32> = (0..v)
+        .rev()
+        .flat_map(|r| wte[r * c..(r + 1) * c].to_vec())
+        .collect();
+    let tied = gpt2_logits(&fixture_dir("gpt2-tiny"), &IDS, None);
+    let tied = tied.as_f32().unwrap();
+    let mut with_head = tensors.clone();
+    with_head.push(("lm_head.weight".into(), reversed, shape.clone()));
+    // Untied in the config, and tied in the config with a head of its own in the checkpoint
+    // (transformers 5.x then does not tie them: "both are present ... with different values").
+    for tie in [false, true] {
+        let dir = model_copy("gpt2-tiny", &format!("ckpt-gpt2-head-{tie}"));
+        write(&dir.join("model.safetensors"), &with_head, Store::F32);
+        let path = dir.join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg["tie_word_embeddings"] = tie.into();
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let got = gpt2_logits(&dir, &IDS, None);
+        let got = got.as_f32().unwrap();
+        for (t, row) in got.chunks(v).enumerate() {
+            let want = &tied[t * v..(t + 1) * v];
+            assert!(
+                row.iter().rev().zip(want).all(|(a, b)| a == b),
+                "tie_word_embeddings {tie}: position {t}'s logits are not the tied ones reversed"
+            );
+        }
+    }
+    // Untied with no head in the checkpoint: an error naming the missing weight.
+    let dir = model_copy("gpt2-tiny", "ckpt-gpt2-no-head");
+    write(&dir.join("model.safetensors"), &tensors, Store::F32);
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["tie_word_embeddings"] = false.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let err = Model::load(&dir)
+        .err()
+        .expect("no lm_head.weight")
+        .to_string();
+    assert!(err.contains("lm_head.weight"), "{err}");
+}
+
+#[test]
+fn bert_as_a_decoder_attends_causally() {
+    // `is_decoder: true`: position i sees positions 0..=i only, so what the first i + 1
+    // positions give does not depend on the tokens after them, and the first position is what
+    // the bidirectional model (checked against Hugging Face by the parity tests) gives for the
+    // first token alone.
+    let dir = model_copy("bert-tiny", "ckpt-bert-decoder");
+    std::fs::copy(
+        fixture_dir("bert-tiny").join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["is_decoder"] = true.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let run = |dir: &Path, ids: &[i64], mask: &[i64]| {
+        let mut e = Interpreter::new(Arc::new(Model::load(dir).unwrap()));
+        let t = ids.len();
+        let ids = Tensor::i64(vec![1, t], ids.to_vec());
+        let types = Tensor::i64(vec![1, t], vec![0; t]);
+        let mask = Tensor::i64(vec![1, t], mask.to_vec());
+        let out = e
+            .run(
+                "encode",
+                &[
+                    ("input_ids", &ids),
+                    ("token_type_ids", &types),
+                    ("attention_mask", &mask),
+                ],
+            )
+            .unwrap();
+        out["last_hidden_state"].as_f32().unwrap().to_vec()
+    };
+    let ids = [101i64, 7592, 2088, 2003, 2307, 102];
+    let causal = run(&dir, &ids, &[1; 6]);
+    let c = causal.len() / ids.len();
+    for i in 0..ids.len() {
+        let prefix = run(&dir, &ids[..=i], &vec![1; i + 1]);
+        check_close(
+            &format!("first {} positions", i + 1),
+            &prefix,
+            &[i + 1, c],
+            &causal[..(i + 1) * c],
+            1e-5,
+            1e-5,
+            |_| true,
+        );
+    }
+    let alone = run(&fixture_dir("bert-tiny"), &ids[..1], &[1]);
+    check_close(
+        "first position",
+        &alone,
+        &[c],
+        &causal[..c],
+        1e-5,
+        1e-5,
+        |_| true,
+    );
+    let bidirectional = run(&fixture_dir("bert-tiny"), &ids, &[1; 6]);
+    assert_ne!(
+        causal[..c],
+        bidirectional[..c],
+        "the first position must not see the later ones"
+    );
+    // Right padding under the mask: causal and padding masks together.
+    let padded = run(
+        &dir,
+        &[&ids[..], &[0, 0]].concat(),
+        &[1, 1, 1, 1, 1, 1, 0, 0],
+    );
+    check_close(
+        "right-padded",
+        &causal,
+        &[6, c],
+        &padded[..6 * c],
+        1e-5,
+        1e-5,
+        |_| true,
+    );
 }

@@ -54,6 +54,29 @@ fn t5v11_tiny() {
 }
 
 #[test]
+fn t5v11_tiny_as_transformers_5_saves_it() {
+    // transformers 5.x writes every T5Config with `tie_word_embeddings: true` and says whether
+    // to scale the decoder output in `scale_decoder_outputs`; flan-t5's own `lm_head.weight`
+    // stays in the checkpoint and is still the head. Loaded and saved again that way, the v1.1
+    // fixture must give its own references.
+    let dir = common::cli::scratch("t5v11-resaved");
+    for e in std::fs::read_dir(fixture_dir("t5v11-tiny")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        cfg["tie_word_embeddings"], false,
+        "the fixture as first saved"
+    );
+    cfg["tie_word_embeddings"] = true.into();
+    cfg["scale_decoder_outputs"] = false.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    run_fixture("t5v11-tiny", &dir);
+}
+
+#[test]
 fn minilm() {
     run_fixture("minilm", &minilm_dir());
 }

@@ -101,6 +101,10 @@ pub struct BertConfig {
     pub problem_type: Option<String>,
     #[serde(default)]
     pub pad_token_id: Option<i64>,
+    /// Hugging Face's `BertModel` as a decoder: its self-attention is causal (each position
+    /// sees itself and the ones before it), on top of the padding mask.
+    #[serde(default)]
+    pub is_decoder: bool,
 }
 
 /// GPT-2 (`GPT2Model`, `GPT2LMHeadModel`).
@@ -127,8 +131,31 @@ pub struct Gpt2Config {
     /// the same `<|endoftext|>` as `eos_token_id`).
     #[serde(default = "default_gpt2_eos")]
     pub bos_token_id: Option<i64>,
+    /// false: the LM head is `lm_head.weight`, not `wte`. Either way a checkpoint's own
+    /// `lm_head.weight` is the head (see [`lm_head_key`]).
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
     #[serde(default)]
     pub architectures: Vec<String>,
+}
+
+/// The weight of an LM head that may be tied to the token embedding (`tied`): the
+/// checkpoint's own `head` where it has one, else the embedding where the config ties them,
+/// else `head` (missing, so loading names it). Hugging Face transformers (5.x) does the same:
+/// where a checkpoint holds both with different values it does not tie them ("both are
+/// present in the checkpoints with different values, so we will NOT tie them"), and T5Config
+/// now writes `tie_word_embeddings: true` for every T5, flan-t5's separate head included.
+pub fn lm_head_key<'k>(
+    has_head: bool,
+    tie_word_embeddings: bool,
+    head: &'k str,
+    tied: &'k str,
+) -> &'k str {
+    if has_head || !tie_word_embeddings {
+        head
+    } else {
+        tied
+    }
 }
 
 /// T5 (`T5ForConditionalGeneration`): original T5 and v1.1 / flan-t5.

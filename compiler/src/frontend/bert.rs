@@ -134,7 +134,7 @@ impl Layout<'_> {
                 heads,
                 head_dim: d,
                 scale: 1.0 / (d as f32).sqrt(),
-                causal: false,
+                causal: self.c.is_decoder,
                 masked: true,
                 biased: false,
             };

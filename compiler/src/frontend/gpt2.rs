@@ -3,11 +3,12 @@
 //! Dims: B batch, T new tokens, P cached tokens, C `n_embd`, H `n_head`, D = C / H,
 //! F `n_inner` (4C by default), V vocabulary. Checkpoint quirks: `Conv1D` stores weights
 //! `[in, out]`; keys are `transformer.`-prefixed under an LM head and bare in hub `gpt2`;
-//! the LM head is tied to `wte`; `attn.bias` / `attn.masked_bias` are buffers, never read.
+//! the LM head is tied to `wte` unless the checkpoint has an `lm_head.weight` (or the config
+//! unties them); `attn.bias` / `attn.masked_bias` are buffers, never read.
 
 use super::{activation, check_layer_count, detect_prefix, Builder, FrontendError, WeightTable};
 use crate::graph::{Dim, Graph, Op, TensorType, WeightLayout};
-use cranformer_runtime::config::Gpt2Config;
+use cranformer_runtime::config::{lm_head_key, Gpt2Config};
 use cranformer_runtime::model_info::ModelInfo;
 use cranformer_runtime::weights::Weights;
 use std::path::Path;
@@ -175,12 +176,20 @@ pub fn build(
         }
         let x = ln(&mut b, x, &format!("{p}ln_f"))?;
         if lm_head {
-            // Tied to wte: logits = x · wteᵀ, no bias.
+            // Tied to wte unless the checkpoint has a head of its own: logits = x · Wᵀ, no bias.
+            let wte_key = format!("{p}wte.weight");
+            let key = lm_head_key(
+                b.has("lm_head.weight"),
+                c.tie_word_embeddings,
+                "lm_head.weight",
+                &wte_key,
+            );
+            let head = b.weight(key, &[c.vocab_size, cdim])?;
             let logits = b.op(
                 Op::Linear {
                     layout: WeightLayout::OutIn,
                 },
-                &[x, wte],
+                &[x, head],
                 "lm_head",
             )?; // [B, T, V]
             b.output("logits", logits);

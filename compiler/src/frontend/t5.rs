@@ -1,6 +1,8 @@
 //! T5 (`T5ForConditionalGeneration`): original T5 (ReLU, LM head tied to `shared` and scaled
 //! by d_model^-0.5) and v1.1 / flan-t5 (gated GELU, separate `lm_head`, no scaling), one
-//! file with config switches.
+//! file with config switches. The head is the checkpoint's `lm_head.weight` wherever it has
+//! one (transformers 5.x saves every T5 with `tie_word_embeddings: true`, flan-t5 too, and
+//! says whether to scale in `scale_decoder_outputs`).
 //!
 //! Dims: B batch, S encoder tokens, T new decoder tokens, P cached decoder tokens,
 //! C `d_model`, H `num_heads`, D `d_kv`, I = H*D (not always C), F `d_ff`, V vocabulary.
@@ -9,7 +11,7 @@
 
 use super::{activation, check_layer_count, Builder, FrontendError, WeightTable};
 use crate::graph::{Activation, Dim, Graph, Op, TensorType, WeightLayout};
-use cranformer_runtime::config::T5Config;
+use cranformer_runtime::config::{lm_head_key, T5Config};
 use cranformer_runtime::model_info::ModelInfo;
 use cranformer_runtime::weights::Weights;
 use petgraph::graph::NodeIndex;
@@ -251,11 +253,12 @@ impl T5<'_> {
                 "lm_head.scale",
             )?;
         }
-        let key = if self.c.tie_word_embeddings {
-            "shared.weight"
-        } else {
-            "lm_head.weight"
-        };
+        let key = lm_head_key(
+            b.has("lm_head.weight"),
+            self.c.tie_word_embeddings,
+            "lm_head.weight",
+            "shared.weight",
+        );
         let w = b.weight(key, &[self.c.vocab_size, cm])?;
         let logits = b.op(
             Op::Linear {
