@@ -77,6 +77,69 @@ fn t5v11_tiny_as_transformers_5_saves_it() {
 }
 
 #[test]
+fn generation_stops_at_any_of_a_list_of_eos_ids() {
+    // GPT2Config and generation_config.json take `eos_token_id` as one id or a list; greedy
+    // decoding stops right after producing any of them (and keeps it), as Hugging Face's
+    // `generate` does. The third greedy token of the reference's first case is made an eos.
+    let r = Reference::load("gpt2-tiny");
+    let case = r.case("greedy_0");
+    let want = flat_ids(&case["new_ids"]);
+    let stop = want[2];
+    assert!(
+        !want[..2].contains(&stop),
+        "the first two tokens are not the stop token"
+    );
+    let generate = |dir: &Path| {
+        let g = Runner::cranformer(dir, "jit").json(
+            "generate",
+            &[
+                "--greedy",
+                "--json",
+                "--max-new-tokens",
+                "20",
+                "--prompt",
+                case["text"].as_str().unwrap(),
+            ],
+        );
+        flat_ids(&g["new_ids"])
+    };
+    let copy = |tag: &str| {
+        let dir = common::cli::scratch(tag);
+        for e in std::fs::read_dir(fixture_dir("gpt2-tiny")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+        dir
+    };
+    let edit = |path: &Path, f: &dyn Fn(&mut Value)| {
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(path, v.to_string()).unwrap();
+    };
+    // In config.json (the fixture's generation_config.json names 50256 alone: it goes).
+    let dir = copy("eos-list-config");
+    std::fs::remove_file(dir.join("generation_config.json")).unwrap();
+    edit(&dir.join("config.json"), &|c| {
+        c["eos_token_id"] = serde_json::json!([50256, stop])
+    });
+    assert_eq!(
+        generate(&dir),
+        want[..3],
+        "eos_token_id list in config.json"
+    );
+    // In generation_config.json, which wins over config.json.
+    let dir = copy("eos-list-generation-config");
+    edit(&dir.join("generation_config.json"), &|c| {
+        c["eos_token_id"] = serde_json::json!([stop, 50256])
+    });
+    assert_eq!(
+        generate(&dir),
+        want[..3],
+        "eos_token_id list in generation_config.json"
+    );
+}
+
+#[test]
 fn minilm() {
     run_fixture("minilm", &minilm_dir());
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::cli::{bin, run_json, scratch};
 use common::http::{request, Resp, Server};
-use common::{fixture_dir, ids_of, minilm_dir, Reference};
+use common::{fixture_dir, flat_ids, ids_of, minilm_dir, Reference};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -864,6 +864,33 @@ fn gpt2_completions_alone_streamed_and_batched() {
 /// leave at different steps: a long stream runs while five others, sent once it has had its
 /// first token, pass through the two remaining slots (`--max-streams 3`), each joining as
 /// another leaves. Each gets exactly the greedy tokens of `cranformer generate`.
+#[test]
+fn gpt2_completions_stop_at_any_of_a_list_of_eos_ids() {
+    // `eos_token_id` as a list (here in generation_config.json): a stream finishes with
+    // "stop" right after any of them, as `generate` does.
+    let r = Reference::load("gpt2-tiny");
+    let case = r.case("greedy_0");
+    let ids = flat_ids(&case["new_ids"]);
+    let dir = scratch("serve-eos-list");
+    for e in std::fs::read_dir(fixture_dir("gpt2-tiny")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let path = dir.join("generation_config.json");
+    let mut g: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    g["eos_token_id"] = json!([50256, ids[2]]);
+    std::fs::write(&path, g.to_string()).unwrap();
+    let s = serve(&dir, &[]);
+    let v = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": case["text"], "max_tokens": 20, "temperature": 0}),
+        )
+        .expect(200);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{v}");
+}
+
 #[test]
 fn gpt2_streams_joining_and_leaving_mid_batch_match_generate() {
     let others = [

@@ -7,7 +7,7 @@
 //! back as an error that names the file, never as a panic, an out-of-bounds read or a hang.
 use cranformer_runtime::compiled::{Program, ProgramError};
 use cranformer_runtime::config::ModelConfig;
-use cranformer_runtime::model_info::{ModelInfo, Pooling};
+use cranformer_runtime::model_info::{ModelInfo, Pooling, StopIds};
 use cranformer_runtime::native::{plan_memory, EntryCtx, NativeEntry};
 use cranformer_runtime::shape::Dims;
 use cranformer_runtime::tasks::forward::ForwardInput;
@@ -167,7 +167,7 @@ fn models() -> [ModelInfo; 3] {
             layers: 2,
             hidden_size: 8,
             has_lm_head: true,
-            eos_token_id: Some(99),
+            eos_token_id: StopIds::new(vec![99]),
             bos_token_id: Some(99),
             vocab_size: 100,
         },
@@ -178,7 +178,7 @@ fn models() -> [ModelInfo; 3] {
             decoder_layers: 2,
             kv_width: 8,
             decoder_start_token_id: 0,
-            eos_token_id: Some(1),
+            eos_token_id: StopIds::new(vec![1]),
             vocab_size: 100,
         },
     ]

@@ -3,6 +3,7 @@
 //! Size fields are required (a config without them is rejected with the field's name); options
 //! that Hugging Face defaults are defaulted the same way here.
 
+use crate::model_info::StopIds;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,8 +71,11 @@ fn default_abs() -> String {
 fn default_gpt2_eos() -> Option<i64> {
     Some(50256)
 }
-fn default_t5_eos() -> Option<i64> {
-    Some(1)
+fn default_gpt2_stop() -> StopIds {
+    StopIds::new(vec![50256])
+}
+fn default_t5_stop() -> StopIds {
+    StopIds::new(vec![1])
 }
 
 /// BERT (`BertModel` and its heads).
@@ -125,8 +129,8 @@ pub struct Gpt2Config {
     pub scale_attn_weights: bool,
     #[serde(default)]
     pub scale_attn_by_inverse_layer_idx: bool,
-    #[serde(default = "default_gpt2_eos")]
-    pub eos_token_id: Option<i64>,
+    #[serde(default = "default_gpt2_stop")]
+    pub eos_token_id: StopIds,
     /// The token `generate` starts from when the prompt gives none (GPT2Config's default is
     /// the same `<|endoftext|>` as `eos_token_id`).
     #[serde(default = "default_gpt2_eos")]
@@ -184,8 +188,8 @@ pub struct T5Config {
     pub scale_decoder_outputs: Option<bool>,
     #[serde(default)]
     pub decoder_start_token_id: Option<i64>,
-    #[serde(default = "default_t5_eos")]
-    pub eos_token_id: Option<i64>,
+    #[serde(default = "default_t5_stop")]
+    pub eos_token_id: StopIds,
     #[serde(default)]
     pub pad_token_id: Option<i64>,
     #[serde(default)]
@@ -280,7 +284,70 @@ impl ModelConfig {
             path: path.clone(),
             source,
         })?;
-        ModelConfig::parse(&text, &path)
+        let mut config = ModelConfig::parse(&text, &path)?;
+        let gen_path = dir.join("generation_config.json");
+        if gen_path.is_file() {
+            let text = std::fs::read_to_string(&gen_path).map_err(|source| ConfigError::Io {
+                path: gen_path.clone(),
+                source,
+            })?;
+            config.apply_generation_config(&text, &gen_path)?;
+        }
+        Ok(config)
+    }
+
+    /// Takes the special tokens of a `generation_config.json` beside config.json, as Hugging
+    /// Face's `generate` does (they win over config.json's): `eos_token_id` (one id, a list or
+    /// null), GPT-2's `bos_token_id` and T5's `decoder_start_token_id`. A key the file does not
+    /// have leaves config.json's value. `path` is only used in errors.
+    pub fn apply_generation_config(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+        let Some(obj) = value.as_object() else {
+            return Err(invalid("expected a JSON object".into()));
+        };
+        let stop = match obj.get("eos_token_id") {
+            Some(v) => Some(
+                StopIds::deserialize(v)
+                    .map_err(|e| invalid(format!("field `eos_token_id`: {e}")))?,
+            ),
+            None => None,
+        };
+        let id = |key: &str| -> Result<Option<Option<i64>>, ConfigError> {
+            match obj.get(key) {
+                None => Ok(None),
+                Some(serde_json::Value::Null) => Ok(Some(None)),
+                Some(v) => v.as_i64().map(|i| Some(Some(i))).ok_or_else(|| {
+                    invalid(format!(
+                        "field `{key}`: expected a token id or null, got {v}"
+                    ))
+                }),
+            }
+        };
+        match self {
+            ModelConfig::Gpt2(c) => {
+                if let Some(bos) = id("bos_token_id")? {
+                    c.bos_token_id = bos;
+                }
+                if let Some(stop) = stop {
+                    c.eos_token_id = stop;
+                }
+            }
+            ModelConfig::T5(c) => {
+                if let Some(start) = id("decoder_start_token_id")? {
+                    c.decoder_start_token_id = start;
+                }
+                if let Some(stop) = stop {
+                    c.eos_token_id = stop;
+                }
+            }
+            ModelConfig::Bert(_) => {}
+        }
+        Ok(())
     }
 
     /// Parses config.json text; `path` is only used in errors.
@@ -374,5 +441,90 @@ impl ModelConfig {
             ModelConfig::Gpt2(c) => c.n_positions,
             ModelConfig::T5(_) => 4096,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GPT2: &str = r#"{"model_type": "gpt2", "vocab_size": 100, "n_positions": 16,
+        "n_embd": 8, "n_layer": 1, "n_head": 2"#;
+
+    fn gpt2(extra: &str) -> Result<Gpt2Config, ConfigError> {
+        match ModelConfig::parse(&format!("{GPT2}{extra}}}"), Path::new("config.json"))? {
+            ModelConfig::Gpt2(c) => Ok(c),
+            other => panic!("not GPT-2: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn eos_token_id_is_one_id_a_list_or_null() {
+        assert_eq!(gpt2("").unwrap().eos_token_id.ids(), [50256]);
+        assert_eq!(
+            gpt2(r#", "eos_token_id": 7"#).unwrap().eos_token_id.ids(),
+            [7]
+        );
+        let list = gpt2(r#", "eos_token_id": [7, 9]"#).unwrap().eos_token_id;
+        assert_eq!(list.ids(), [7, 9]);
+        assert!(list.contains(9) && !list.contains(8));
+        assert!(gpt2(r#", "eos_token_id": null"#)
+            .unwrap()
+            .eos_token_id
+            .ids()
+            .is_empty());
+        for bad in [r#""7""#, "[7, \"x\"]", "1.5"] {
+            let err = gpt2(&format!(r#", "eos_token_id": {bad}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("eos_token_id") && err.contains("a list of token ids"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn generation_config_special_tokens_win_over_config_json() {
+        let path = Path::new("generation_config.json");
+        let parse = |text: &str| -> Result<Gpt2Config, ConfigError> {
+            let mut c = ModelConfig::parse(&format!("{GPT2}}}"), Path::new("config.json"))?;
+            c.apply_generation_config(text, path)?;
+            match c {
+                ModelConfig::Gpt2(c) => Ok(c),
+                other => panic!("not GPT-2: {other:?}"),
+            }
+        };
+        let c = parse(r#"{"eos_token_id": [3, 4], "bos_token_id": null}"#).unwrap();
+        assert_eq!(c.eos_token_id.ids(), [3, 4]);
+        assert_eq!(c.bos_token_id, None);
+        // Keys it does not have keep config.json's values.
+        let c = parse(r#"{"max_length": 20}"#).unwrap();
+        assert_eq!(
+            (c.eos_token_id.ids(), c.bos_token_id),
+            (&[50256][..], Some(50256))
+        );
+        let err = parse(r#"{"bos_token_id": "x"}"#).unwrap_err().to_string();
+        assert!(
+            err.contains("generation_config.json") && err.contains("bos_token_id"),
+            "{err}"
+        );
+        let err = parse(r#"{"eos_token_id": {"a": 1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("generation_config.json") && err.contains("eos_token_id"),
+            "{err}"
+        );
+
+        let t5 = r#"{"model_type": "t5", "vocab_size": 100, "d_model": 8, "d_kv": 4, "d_ff": 16,
+            "num_layers": 1, "num_heads": 2, "decoder_start_token_id": 0}"#;
+        let mut c = ModelConfig::parse(t5, Path::new("config.json")).unwrap();
+        c.apply_generation_config(r#"{"decoder_start_token_id": 5, "eos_token_id": 2}"#, path)
+            .unwrap();
+        let ModelConfig::T5(c) = c else {
+            panic!("not T5")
+        };
+        assert_eq!((c.start_token(), c.eos_token_id.ids()), (5, &[2][..]));
     }
 }

@@ -13,6 +13,44 @@ pub struct Pooling {
     pub normalize: bool,
 }
 
+/// The tokens generation stops at: Hugging Face's `eos_token_id`, which a config gives as one
+/// id, a list of ids (`int | list[int]`: generation stops at any of them) or null (none).
+/// Serialised as a list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StopIds(Vec<i64>);
+
+impl StopIds {
+    pub fn new(ids: Vec<i64>) -> StopIds {
+        StopIds(ids)
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        self.0.contains(&id)
+    }
+
+    pub fn ids(&self) -> &[i64] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for StopIds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StopIds, D::Error> {
+        use serde_json::Value;
+        let v = Value::deserialize(d)?;
+        let id = |x: &Value| x.as_i64();
+        let ids = match &v {
+            Value::Null => Some(vec![]),
+            Value::Array(xs) => xs.iter().map(id).collect(),
+            x => id(x).map(|i| vec![i]),
+        };
+        ids.map(StopIds).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a token id, a list of token ids or null, got {v}"
+            ))
+        })
+    }
+}
+
 /// Per-architecture facts the tasks need.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "model_type", rename_all = "lowercase")]
@@ -44,7 +82,7 @@ pub enum ModelInfo {
         layers: usize,
         hidden_size: usize,
         has_lm_head: bool,
-        eos_token_id: Option<i64>,
+        eos_token_id: StopIds,
         /// What an empty prompt starts from (absent in programs compiled before it).
         #[serde(default)]
         bos_token_id: Option<i64>,
@@ -58,7 +96,7 @@ pub enum ModelInfo {
         /// Width of one layer's keys and values (heads * d_kv).
         kv_width: usize,
         decoder_start_token_id: i64,
-        eos_token_id: Option<i64>,
+        eos_token_id: StopIds,
         vocab_size: usize,
     },
 }
@@ -112,13 +150,13 @@ impl ModelInfo {
         }
     }
 
-    /// The token generation stops at (none for BERT, which does not generate).
-    pub fn eos_token_id(&self) -> Option<i64> {
+    /// Whether generation stops at token `id` (never for BERT, which does not generate).
+    pub fn stops_at(&self, id: i64) -> bool {
         match self {
             ModelInfo::Gpt2 { eos_token_id, .. } | ModelInfo::T5 { eos_token_id, .. } => {
-                *eos_token_id
+                eos_token_id.contains(id)
             }
-            ModelInfo::Bert { .. } => None,
+            ModelInfo::Bert { .. } => false,
         }
     }
 

@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::worker::{Finish, GenEvent, GenRequest};
 use cranformer_runtime::kv_cache::{Kind, KvCache};
+use cranformer_runtime::model_info::StopIds;
 use cranformer_runtime::sampling::{pick, Rng, Sampling};
 use cranformer_runtime::tasks::Session;
 use cranformer_runtime::{EngineError, ModelInfo, Outputs, Tensor};
@@ -54,20 +55,20 @@ enum Arch {
     Gpt2 {
         layers: usize,
         width: usize,
-        eos: Option<i64>,
         max_positions: usize,
     },
     T5 {
         layers: usize,
         width: usize,
         start: i64,
-        eos: Option<i64>,
     },
     None,
 }
 
 pub struct Generator {
     arch: Arch,
+    /// The tokens a stream finishes at (`eos_token_id`).
+    stop: StopIds,
     /// Ids the sampler may pick (those the tokenizer can decode).
     allowed: usize,
     /// `batch_step` is available: GPT-2 streams share `batch` (per-row positions), T5 streams
@@ -95,27 +96,23 @@ impl Generator {
             ModelInfo::Gpt2 {
                 layers,
                 hidden_size,
-                eos_token_id,
                 max_positions,
                 has_lm_head: true,
                 ..
             } => Arch::Gpt2 {
                 layers,
                 width: hidden_size,
-                eos: eos_token_id,
                 max_positions,
             },
             ModelInfo::T5 {
                 decoder_layers,
                 kv_width,
                 decoder_start_token_id,
-                eos_token_id,
                 ..
             } => Arch::T5 {
                 layers: decoder_layers,
                 width: kv_width,
                 start: decoder_start_token_id,
-                eos: eos_token_id,
             },
             _ => Arch::None,
         };
@@ -123,8 +120,15 @@ impl Generator {
             Arch::Gpt2 { layers, width, .. } => (layers, width),
             _ => (0, 0),
         };
+        let stop = match &session.info {
+            ModelInfo::Gpt2 { eos_token_id, .. } | ModelInfo::T5 { eos_token_id, .. } => {
+                eos_token_id.clone()
+            }
+            ModelInfo::Bert { .. } => StopIds::default(),
+        };
         let mut g = Generator {
             arch,
+            stop,
             allowed,
             rows_step: false,
             batch: Batch {
@@ -440,14 +444,12 @@ impl Generator {
             s.finished = true;
             return;
         }
-        let (eos, positions_left) = match self.arch {
-            Arch::Gpt2 {
-                eos, max_positions, ..
-            } => (eos, cached < max_positions),
-            Arch::T5 { eos, .. } => (eos, true),
-            Arch::None => (None, false),
+        let positions_left = match self.arch {
+            Arch::Gpt2 { max_positions, .. } => cached < max_positions,
+            Arch::T5 { .. } => true,
+            Arch::None => false,
         };
-        let finish = if Some(id) == eos {
+        let finish = if self.stop.contains(id) {
             Some(Finish::Stop)
         } else if s.generated >= s.req.max_new || !positions_left {
             Some(Finish::Length)

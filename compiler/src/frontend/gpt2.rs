@@ -204,7 +204,7 @@ pub fn build(
         layers: c.n_layer,
         hidden_size: cdim,
         has_lm_head: lm_head,
-        eos_token_id: c.eos_token_id,
+        eos_token_id: c.eos_token_id.clone(),
         bos_token_id: c.bos_token_id,
         vocab_size: c.vocab_size,
     };

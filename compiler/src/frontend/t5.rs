@@ -360,7 +360,7 @@ pub fn build(
         decoder_layers: c.decoder_layers(),
         kv_width: t5.inner(),
         decoder_start_token_id: c.start_token(),
-        eos_token_id: c.eos_token_id,
+        eos_token_id: c.eos_token_id.clone(),
         vocab_size: c.vocab_size,
     };
     Ok((info, vec![encode, cross, decode, step, batch_step]))

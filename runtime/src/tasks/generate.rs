@@ -114,7 +114,7 @@ pub fn run(s: &mut Session, a: &GenerateArgs, out: &mut dyn Write) -> Result<()>
         let id = pick(logits.as_f32().unwrap_or(&[]), &sampling, &mut rng, allowed) as i64;
         new_ids.push(id);
         stream.show(&text_of(s, &new_ids)?, out)?;
-        if Some(id) == info.eos_token_id() {
+        if info.stops_at(id) {
             break;
         }
         next = Tensor::i64(vec![1, 1], vec![id]);
