@@ -879,11 +879,15 @@ fn tokenizer_with_ids_beyond_the_model_vocabulary() {
 #[test]
 fn empty_prompt_without_a_bos_token() {
     // An empty GPT-2 prompt starts from bos_token_id (tests/parity.rs); without one there is
-    // nothing to start from.
+    // nothing to start from. generation_config.json's wins over config.json's, so both go.
     let dir = copy_of("gpt2-tiny");
     edit_config(dir.path(), |c| {
         c.insert("bos_token_id".into(), Value::Null);
     });
+    let gen = dir.path().join("generation_config.json");
+    let mut g: Value = serde_json::from_str(&std::fs::read_to_string(&gen).unwrap()).unwrap();
+    g["bos_token_id"] = Value::Null;
+    std::fs::write(&gen, g.to_string()).unwrap();
     fails(
         ["generate", &s(dir.path()), "--prompt", ""],
         &["--prompt", "no tokens", "bos_token_id", "config.json"],

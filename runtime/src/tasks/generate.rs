@@ -59,8 +59,9 @@ pub fn run(s: &mut Session, a: &GenerateArgs, out: &mut dyn Write) -> Result<()>
         // (GPT-2's " " is one token; T5's every prompt ends in its </s>).
         let Some(bos) = s.info.bos_token_id() else {
             bail!(
-                "--prompt {:?} gives no tokens, and config.json has no bos_token_id to start \
-                 from instead: give the text to start from",
+                "--prompt {:?} gives no tokens, and the model has no bos_token_id (config.json, \
+                 or generation_config.json where there is one) to start from instead: give the \
+                 text to start from",
                 a.prompt
             );
         };
