@@ -553,3 +553,53 @@ fn bert_as_a_decoder_attends_causally() {
         |_| true,
     );
 }
+
+#[test]
+fn activation_names_of_the_same_formula_give_the_same_model() {
+    // Hugging Face's `gelu_accurate` and `gelu_python_tanh` compute gelu_new's tanh formula,
+    // and `gelu_python` the exact erf GELU: each must run as the name the fixture has.
+    let tensors = tensors_of(&fixture_dir("gpt2-tiny"));
+    let want = gpt2_logits(&fixture_dir("gpt2-tiny"), &IDS, None);
+    for name in ["gelu_accurate", "gelu_python_tanh", "gelu_fast"] {
+        let dir = model_copy("gpt2-tiny", &format!("ckpt-act-{name}"));
+        write(&dir.join("model.safetensors"), &tensors, Store::F32);
+        let path = dir.join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(cfg["activation_function"], "gelu_new", "the fixture's");
+        cfg["activation_function"] = name.into();
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        assert_eq!(gpt2_logits(&dir, &IDS, None), want, "{name}");
+    }
+    let encode = |dir: &Path| {
+        let mut e = Interpreter::new(Arc::new(Model::load(dir).unwrap()));
+        let ids = Tensor::i64(vec![1, 4], vec![101, 7592, 2088, 102]);
+        let zeros = Tensor::i64(vec![1, 4], vec![0; 4]);
+        let ones = Tensor::i64(vec![1, 4], vec![1; 4]);
+        let inputs = [
+            ("input_ids", &ids),
+            ("token_type_ids", &zeros),
+            ("attention_mask", &ones),
+        ];
+        e.run("encode", &inputs)
+            .unwrap()
+            .remove("last_hidden_state")
+    };
+    let dir = model_copy("bert-tiny", "ckpt-act-gelu_python");
+    std::fs::copy(
+        fixture_dir("bert-tiny").join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(cfg["hidden_act"], "gelu", "the fixture's");
+    cfg["hidden_act"] = "gelu_python".into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    assert_eq!(
+        encode(&dir),
+        encode(&fixture_dir("bert-tiny")),
+        "gelu_python"
+    );
+}

@@ -15,9 +15,10 @@ pub enum WeightLayout {
 /// Pointwise activation functions, named as in Hugging Face's `ACT2FN`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
-    /// `gelu`: x * Φ(x) with the exact erf.
+    /// `gelu`, `gelu_python`: x * Φ(x) with the exact erf.
     Gelu,
-    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_python_tanh`, `gelu_fast`, `gelu_accurate`: the
+    /// tanh approximation (each of Hugging Face's classes computes the same formula).
     GeluTanh,
     Relu,
     Tanh,
@@ -31,8 +32,9 @@ impl Activation {
     /// Maps a Hugging Face activation name.
     pub fn from_hf(name: &str) -> Option<Activation> {
         Some(match name {
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" | "gelu_python" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_python_tanh" | "gelu_fast"
+            | "gelu_accurate" => Activation::GeluTanh,
             "relu" => Activation::Relu,
             "tanh" => Activation::Tanh,
             "silu" | "swish" => Activation::Silu,
@@ -42,7 +44,7 @@ impl Activation {
     }
 
     pub const SUPPORTED: &'static str =
-        "gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, tanh, silu, swish, quick_gelu";
+        "gelu, gelu_python, gelu_new, gelu_pytorch_tanh, gelu_python_tanh, gelu_fast, gelu_accurate, relu, tanh, silu, swish, quick_gelu";
 }
 
 /// Operands are listed as `name [shape]` per op; B batch, T new tokens, P cached tokens,
