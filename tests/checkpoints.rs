@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::cli::{scratch, Scratch};
+use common::cli::{edit_json, fixture_copy, scratch, Scratch};
 use common::*;
 use cranformer_compiler::codegen::{LowerOptions, WeightFormat};
 use cranformer_compiler::jit::JitEngine;
@@ -418,6 +418,22 @@ fn right_padding_changes_nothing_in_real_positions() {
     }
 }
 
+/// BERT's `last_hidden_state` for one row of `ids` under `mask` (token types 0).
+fn bert_hidden(dir: &Path, ids: &[i64], mask: &[i64]) -> Vec<f32> {
+    let mut e = Interpreter::new(Arc::new(Model::load(dir).unwrap()));
+    let t = ids.len();
+    let ids = Tensor::i64(vec![1, t], ids.to_vec());
+    let types = Tensor::i64(vec![1, t], vec![0; t]);
+    let mask = Tensor::i64(vec![1, t], mask.to_vec());
+    let inputs = [
+        ("input_ids", &ids),
+        ("token_type_ids", &types),
+        ("attention_mask", &mask),
+    ];
+    let out = e.run("encode", &inputs).unwrap();
+    out["last_hidden_state"].as_f32().unwrap().to_vec()
+}
+
 #[test]
 fn a_gpt2_checkpoint_with_its_own_lm_head_uses_it() {
     // `lm_head.weight` = wte with its rows reversed: logit v becomes logit V-1-v, bit for bit.
@@ -441,11 +457,9 @@ fn a_gpt2_checkpoint_with_its_own_lm_head_uses_it() {
     for tie in [false, true] {
         let dir = model_copy("gpt2-tiny", &format!("ckpt-gpt2-head-{tie}"));
         write(&dir.join("model.safetensors"), &with_head, Store::F32);
-        let path = dir.join("config.json");
-        let mut cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        cfg["tie_word_embeddings"] = tie.into();
-        std::fs::write(&path, cfg.to_string()).unwrap();
+        edit_json(&dir.join("config.json"), |c| {
+            c["tie_word_embeddings"] = tie.into()
+        });
         let got = gpt2_logits(&dir, &IDS, None);
         let got = got.as_f32().unwrap();
         for (t, row) in got.chunks(v).enumerate() {
@@ -457,13 +471,10 @@ fn a_gpt2_checkpoint_with_its_own_lm_head_uses_it() {
         }
     }
     // Untied with no head in the checkpoint: an error naming the missing weight.
-    let dir = model_copy("gpt2-tiny", "ckpt-gpt2-no-head");
-    write(&dir.join("model.safetensors"), &tensors, Store::F32);
-    let path = dir.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    cfg["tie_word_embeddings"] = false.into();
-    std::fs::write(&path, cfg.to_string()).unwrap();
+    let dir = fixture_copy("gpt2-tiny", "ckpt-gpt2-no-head");
+    edit_json(&dir.join("config.json"), |c| {
+        c["tie_word_embeddings"] = false.into()
+    });
     let err = Model::load(&dir)
         .err()
         .expect("no lm_head.weight")
@@ -477,40 +488,13 @@ fn bert_as_a_decoder_attends_causally() {
     // positions give does not depend on the tokens after them, and the first position is what
     // the bidirectional model (checked against Hugging Face by the parity tests) gives for the
     // first token alone.
-    let dir = model_copy("bert-tiny", "ckpt-bert-decoder");
-    std::fs::copy(
-        fixture_dir("bert-tiny").join("model.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
-    let path = dir.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    cfg["is_decoder"] = true.into();
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    let run = |dir: &Path, ids: &[i64], mask: &[i64]| {
-        let mut e = Interpreter::new(Arc::new(Model::load(dir).unwrap()));
-        let t = ids.len();
-        let ids = Tensor::i64(vec![1, t], ids.to_vec());
-        let types = Tensor::i64(vec![1, t], vec![0; t]);
-        let mask = Tensor::i64(vec![1, t], mask.to_vec());
-        let out = e
-            .run(
-                "encode",
-                &[
-                    ("input_ids", &ids),
-                    ("token_type_ids", &types),
-                    ("attention_mask", &mask),
-                ],
-            )
-            .unwrap();
-        out["last_hidden_state"].as_f32().unwrap().to_vec()
-    };
+    let dir = fixture_copy("bert-tiny", "ckpt-bert-decoder");
+    edit_json(&dir.join("config.json"), |c| c["is_decoder"] = true.into());
     let ids = [101i64, 7592, 2088, 2003, 2307, 102];
-    let causal = run(&dir, &ids, &[1; 6]);
+    let causal = bert_hidden(&dir, &ids, &[1; 6]);
     let c = causal.len() / ids.len();
     for i in 0..ids.len() {
-        let prefix = run(&dir, &ids[..=i], &vec![1; i + 1]);
+        let prefix = bert_hidden(&dir, &ids[..=i], &vec![1; i + 1]);
         check_close(
             &format!("first {} positions", i + 1),
             &prefix,
@@ -521,7 +505,7 @@ fn bert_as_a_decoder_attends_causally() {
             |_| true,
         );
     }
-    let alone = run(&fixture_dir("bert-tiny"), &ids[..1], &[1]);
+    let alone = bert_hidden(&fixture_dir("bert-tiny"), &ids[..1], &[1]);
     check_close(
         "first position",
         &alone,
@@ -531,14 +515,14 @@ fn bert_as_a_decoder_attends_causally() {
         1e-5,
         |_| true,
     );
-    let bidirectional = run(&fixture_dir("bert-tiny"), &ids, &[1; 6]);
+    let bidirectional = bert_hidden(&fixture_dir("bert-tiny"), &ids, &[1; 6]);
     assert_ne!(
         causal[..c],
         bidirectional[..c],
         "the first position must not see the later ones"
     );
     // Right padding under the mask: causal and padding masks together.
-    let padded = run(
+    let padded = bert_hidden(
         &dir,
         &[&ids[..], &[0, 0]].concat(),
         &[1, 1, 1, 1, 1, 1, 0, 0],
@@ -558,48 +542,24 @@ fn bert_as_a_decoder_attends_causally() {
 fn activation_names_of_the_same_formula_give_the_same_model() {
     // Hugging Face's `gelu_accurate` and `gelu_python_tanh` compute gelu_new's tanh formula,
     // and `gelu_python` the exact erf GELU: each must run as the name the fixture has.
-    let tensors = tensors_of(&fixture_dir("gpt2-tiny"));
     let want = gpt2_logits(&fixture_dir("gpt2-tiny"), &IDS, None);
     for name in ["gelu_accurate", "gelu_python_tanh", "gelu_fast"] {
-        let dir = model_copy("gpt2-tiny", &format!("ckpt-act-{name}"));
-        write(&dir.join("model.safetensors"), &tensors, Store::F32);
-        let path = dir.join("config.json");
-        let mut cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(cfg["activation_function"], "gelu_new", "the fixture's");
-        cfg["activation_function"] = name.into();
-        std::fs::write(&path, cfg.to_string()).unwrap();
+        let dir = fixture_copy("gpt2-tiny", &format!("ckpt-act-{name}"));
+        edit_json(&dir.join("config.json"), |c| {
+            assert_eq!(c["activation_function"], "gelu_new", "the fixture's");
+            c["activation_function"] = name.into();
+        });
         assert_eq!(gpt2_logits(&dir, &IDS, None), want, "{name}");
     }
-    let encode = |dir: &Path| {
-        let mut e = Interpreter::new(Arc::new(Model::load(dir).unwrap()));
-        let ids = Tensor::i64(vec![1, 4], vec![101, 7592, 2088, 102]);
-        let zeros = Tensor::i64(vec![1, 4], vec![0; 4]);
-        let ones = Tensor::i64(vec![1, 4], vec![1; 4]);
-        let inputs = [
-            ("input_ids", &ids),
-            ("token_type_ids", &zeros),
-            ("attention_mask", &ones),
-        ];
-        e.run("encode", &inputs)
-            .unwrap()
-            .remove("last_hidden_state")
-    };
-    let dir = model_copy("bert-tiny", "ckpt-act-gelu_python");
-    std::fs::copy(
-        fixture_dir("bert-tiny").join("model.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
-    let path = dir.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(cfg["hidden_act"], "gelu", "the fixture's");
-    cfg["hidden_act"] = "gelu_python".into();
-    std::fs::write(&path, cfg.to_string()).unwrap();
+    let dir = fixture_copy("bert-tiny", "ckpt-act-gelu_python");
+    edit_json(&dir.join("config.json"), |c| {
+        assert_eq!(c["hidden_act"], "gelu", "the fixture's");
+        c["hidden_act"] = "gelu_python".into();
+    });
+    let ids = [101, 7592, 2088, 102];
     assert_eq!(
-        encode(&dir),
-        encode(&fixture_dir("bert-tiny")),
+        bert_hidden(&dir, &ids, &[1; 4]),
+        bert_hidden(&fixture_dir("bert-tiny"), &ids, &[1; 4]),
         "gelu_python"
     );
 }

@@ -8,6 +8,7 @@ mod common;
 #[path = "common/parity.rs"]
 mod parity;
 
+use common::cli::{edit_json, fixture_copy};
 use common::*;
 use parity::{run_cases, strs, Runner};
 use serde_json::Value;
@@ -59,20 +60,15 @@ fn t5v11_tiny_as_transformers_5_saves_it() {
     // to scale the decoder output in `scale_decoder_outputs`; flan-t5's own `lm_head.weight`
     // stays in the checkpoint and is still the head. Loaded and saved again that way, the v1.1
     // fixture must give its own references.
-    let dir = common::cli::scratch("t5v11-resaved");
-    for e in std::fs::read_dir(fixture_dir("t5v11-tiny")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
-    let path = dir.join("config.json");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(
-        cfg["tie_word_embeddings"], false,
-        "the fixture as first saved"
-    );
-    cfg["tie_word_embeddings"] = true.into();
-    cfg["scale_decoder_outputs"] = false.into();
-    std::fs::write(&path, cfg.to_string()).unwrap();
+    let dir = fixture_copy("t5v11-tiny", "t5v11-resaved");
+    edit_json(&dir.join("config.json"), |c| {
+        assert_eq!(
+            c["tie_word_embeddings"], false,
+            "the fixture as first saved"
+        );
+        c["tie_word_embeddings"] = true.into();
+        c["scale_decoder_outputs"] = false.into();
+    });
     run_fixture("t5v11-tiny", &dir);
 }
 
@@ -103,23 +99,10 @@ fn generation_stops_at_any_of_a_list_of_eos_ids() {
         );
         flat_ids(&g["new_ids"])
     };
-    let copy = |tag: &str| {
-        let dir = common::cli::scratch(tag);
-        for e in std::fs::read_dir(fixture_dir("gpt2-tiny")).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        }
-        dir
-    };
-    let edit = |path: &Path, f: &dyn Fn(&mut Value)| {
-        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        f(&mut v);
-        std::fs::write(path, v.to_string()).unwrap();
-    };
     // In config.json (the fixture's generation_config.json names 50256 alone: it goes).
-    let dir = copy("eos-list-config");
+    let dir = fixture_copy("gpt2-tiny", "eos-list-config");
     std::fs::remove_file(dir.join("generation_config.json")).unwrap();
-    edit(&dir.join("config.json"), &|c| {
+    edit_json(&dir.join("config.json"), |c| {
         c["eos_token_id"] = serde_json::json!([50256, stop])
     });
     assert_eq!(
@@ -128,8 +111,8 @@ fn generation_stops_at_any_of_a_list_of_eos_ids() {
         "eos_token_id list in config.json"
     );
     // In generation_config.json, which wins over config.json.
-    let dir = copy("eos-list-generation-config");
-    edit(&dir.join("generation_config.json"), &|c| {
+    let dir = fixture_copy("gpt2-tiny", "eos-list-generation-config");
+    edit_json(&dir.join("generation_config.json"), |c| {
         c["eos_token_id"] = serde_json::json!([stop, 50256])
     });
     assert_eq!(

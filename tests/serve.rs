@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cli::{bin, run_json, scratch};
+use common::cli::{bin, edit_json, fixture_copy, run_json, scratch};
 use common::http::{request, Resp, Server};
 use common::{fixture_dir, flat_ids, ids_of, minilm_dir, Reference};
 use serde_json::{json, Value};
@@ -871,15 +871,10 @@ fn gpt2_completions_stop_at_any_of_a_list_of_eos_ids() {
     let r = Reference::load("gpt2-tiny");
     let case = r.case("greedy_0");
     let ids = flat_ids(&case["new_ids"]);
-    let dir = scratch("serve-eos-list");
-    for e in std::fs::read_dir(fixture_dir("gpt2-tiny")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
-    let path = dir.join("generation_config.json");
-    let mut g: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    g["eos_token_id"] = json!([50256, ids[2]]);
-    std::fs::write(&path, g.to_string()).unwrap();
+    let dir = fixture_copy("gpt2-tiny", "serve-eos-list");
+    edit_json(&dir.join("generation_config.json"), |g| {
+        g["eos_token_id"] = json!([50256, ids[2]])
+    });
     let s = serve(&dir, &[]);
     let v = s
         .post(

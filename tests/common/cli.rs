@@ -61,3 +61,24 @@ impl Drop for Scratch {
         self.0.disable_cleanup(std::thread::panicking());
     }
 }
+
+/// A copy of fixture `name`'s model directory (config, weights, tokenizer; not its reference
+/// files) in a [`scratch`] directory named after `tag`, for a test to change.
+pub fn fixture_copy(name: &str, tag: &str) -> Scratch {
+    let dir = scratch(tag);
+    for e in std::fs::read_dir(super::fixture_dir(name)).unwrap() {
+        let p = e.unwrap().path();
+        let file = p.file_name().unwrap();
+        if !file.to_string_lossy().starts_with("reference") {
+            std::fs::copy(&p, dir.join(file)).unwrap();
+        }
+    }
+    dir
+}
+
+/// Rewrites the JSON file at `path` (a config.json, a generation_config.json) through `edit`.
+pub fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
