@@ -563,3 +563,98 @@ fn activation_names_of_the_same_formula_give_the_same_model() {
         "gelu_python"
     );
 }
+
+#[test]
+fn sentence_transformers_pipelines_pool_as_configured_or_are_refused() {
+    // sentence-transformers 6 writes `pooling_mode` as a name; older versions the
+    // `pooling_mode_*` flags (all-MiniLM-L6-v2's, checked against sentence-transformers by
+    // the parity tests). A pipeline cranformer cannot run exactly is refused, naming why.
+    let with = |tag: &str, modules: serde_json::Value, pooling: serde_json::Value| {
+        let dir = fixture_copy("bert-tiny", tag);
+        std::fs::write(dir.join("modules.json"), modules.to_string()).unwrap();
+        std::fs::create_dir(dir.join("1_Pooling")).unwrap();
+        std::fs::write(dir.join("1_Pooling/config.json"), pooling.to_string()).unwrap();
+        dir
+    };
+    let module = |i: usize, path: &str, ty: &str| {
+        serde_json::json!({"idx": i, "name": i.to_string(), "path": path,
+                           "type": format!("sentence_transformers.models.{ty}")})
+    };
+    let pipeline = |last: &str| {
+        serde_json::json!([
+            module(0, "", "Transformer"),
+            module(1, "1_Pooling", "Pooling"),
+            module(2, "2_X", last)
+        ])
+    };
+    let embed = |dir: &Path| {
+        let mut e = Interpreter::new(Arc::new(Model::load(dir).unwrap()));
+        let ids = Tensor::i64(vec![1, 4], vec![101, 7592, 2088, 102]);
+        let zeros = Tensor::i64(vec![1, 4], vec![0; 4]);
+        let ones = Tensor::i64(vec![1, 4], vec![1; 4]);
+        let inputs = [
+            ("input_ids", &ids),
+            ("token_type_ids", &zeros),
+            ("attention_mask", &ones),
+        ];
+        let out = e.run("embed", &inputs).unwrap();
+        out["embeddings"].as_f32().unwrap().to_vec()
+    };
+    let hidden = bert_hidden(&fixture_dir("bert-tiny"), &[101, 7592, 2088, 102], &[1; 4]);
+    let c = hidden.len() / 4;
+    // `pooling_mode: "cls"`, then Normalize: the first token's state at unit length.
+    let cls = with(
+        "st-cls",
+        pipeline("Normalize"),
+        serde_json::json!({"embedding_dimension": c, "pooling_mode": "cls", "include_prompt": true}),
+    );
+    let norm = hidden[..c].iter().map(|x| x * x).sum::<f32>().sqrt();
+    let want: Vec<f32> = hidden[..c].iter().map(|x| x / norm).collect();
+    check_close("cls", &want, &[c], &embed(&cls), 1e-6, 1e-5, |_| true);
+    // The legacy flags with none set: sentence-transformers pools by the mean.
+    let legacy = with(
+        "st-legacy-none",
+        pipeline("Normalize"),
+        serde_json::json!({"word_embedding_dimension": c, "pooling_mode_cls_token": false}),
+    );
+    let mean: Vec<f32> = (0..c)
+        .map(|j| (0..4).map(|t| hidden[t * c + j]).sum::<f32>() / 4.0)
+        .collect();
+    let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let want: Vec<f32> = mean.iter().map(|x| x / norm).collect();
+    check_close(
+        "legacy default",
+        &want,
+        &[c],
+        &embed(&legacy),
+        1e-6,
+        1e-5,
+        |_| true,
+    );
+
+    let refused = |dir: &Path, words: &[&str]| {
+        let err = Model::load(dir).err().expect("refused").to_string();
+        assert!(words.iter().all(|w| err.contains(w)), "{words:?}: {err}");
+    };
+    let dense = with(
+        "st-dense",
+        pipeline("Dense"),
+        serde_json::json!({"pooling_mode": "mean"}),
+    );
+    refused(&dense, &["modules.json", "Dense", "2_X"]);
+    let two = with(
+        "st-two-modes",
+        pipeline("Normalize"),
+        serde_json::json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}),
+    );
+    refused(&two, &["1_Pooling", "cls", "mean", "concatenates"]);
+    let sqrt = with(
+        "st-sqrt-len",
+        pipeline("Normalize"),
+        serde_json::json!({"pooling_mode": "mean_sqrt_len_tokens"}),
+    );
+    refused(
+        &sqrt,
+        &["1_Pooling", "mean_sqrt_len_tokens", "not supported"],
+    );
+}

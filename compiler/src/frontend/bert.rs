@@ -224,7 +224,9 @@ impl Layout<'_> {
     }
 }
 
-/// Reads sentence-transformers' modules.json (pooling mode, Normalize) when present.
+/// Reads sentence-transformers' modules.json (pooling mode, Normalize) when present. A
+/// pipeline with a module cranformer does not run (Dense, say), or a pooling it does not
+/// have, is refused with the module named: leaving it out would give other embeddings.
 fn pooling(dir: &Path) -> Result<Pooling, FrontendError> {
     let mut pooling = Pooling {
         mode: "mean".into(),
@@ -243,36 +245,80 @@ fn pooling(dir: &Path) -> Result<Pooling, FrontendError> {
     for m in &modules {
         let ty = m.get("type").and_then(|t| t.as_str()).unwrap_or("");
         let sub = m.get("path").and_then(|t| t.as_str()).unwrap_or("");
-        if ty.ends_with(".Normalize") {
-            pooling.normalize = true;
-        } else if ty.ends_with(".Pooling") {
-            let cfg_path = dir.join(sub).join("config.json");
-            let text = std::fs::read_to_string(&cfg_path).map_err(|e| FrontendError::Config {
-                path: cfg_path.clone(),
-                message: e.to_string(),
-            })?;
-            let cfg: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| FrontendError::Config {
+        let kind = ty.rsplit('.').next().unwrap_or("");
+        match kind {
+            "Transformer" => {}
+            "Normalize" => pooling.normalize = true,
+            "Pooling" => {
+                let cfg_path = dir.join(sub).join("config.json");
+                let bad = |message: String| FrontendError::Config {
                     path: cfg_path.clone(),
-                    message: e.to_string(),
-                })?;
-            let on = |k: &str| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-            pooling.mode = if on("pooling_mode_mean_tokens") {
-                "mean"
-            } else if on("pooling_mode_cls_token") {
-                "cls"
-            } else if on("pooling_mode_max_tokens") {
-                "max"
-            } else {
-                return Err(FrontendError::Config {
-                    path: cfg_path,
-                    message: "no supported pooling mode (mean, cls or max tokens)".into(),
-                });
+                    message,
+                };
+                let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(e.to_string()))?;
+                let cfg: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+                pooling.mode = pooling_mode(&cfg).map_err(bad)?;
             }
-            .into();
+            _ => {
+                return Err(bad(format!(
+                    "module {ty:?} (path {sub:?}) is not supported: cranformer runs \
+                     sentence-transformers pipelines of Transformer, Pooling and Normalize"
+                )))
+            }
         }
     }
     Ok(pooling)
+}
+
+/// Pooling modes in sentence-transformers' order (its legacy `pooling_mode_*` keys, and the
+/// order it concatenates several in).
+const POOLING_MODES: [(&str, &str); 6] = [
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_mean_tokens", "mean"),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+    ("pooling_mode_weightedmean_tokens", "weightedmean"),
+    ("pooling_mode_lasttoken", "lasttoken"),
+];
+
+/// The one pooling mode of a sentence-transformers Pooling config, as it reads one:
+/// `pooling_mode` (a name or a list of names, sentence-transformers 6), else the legacy
+/// `pooling_mode_*` flags, mean where none is set. Several modes are concatenated there; a
+/// mode cranformer has no op for, or several, is an error.
+fn pooling_mode(cfg: &serde_json::Value) -> Result<String, String> {
+    let modes: Vec<String> = match cfg.get("pooling_mode") {
+        Some(serde_json::Value::String(m)) => vec![m.clone()],
+        Some(serde_json::Value::Array(ms)) => ms
+            .iter()
+            .map(|m| m.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("pooling_mode {ms:?}: expected names of pooling modes"))?,
+        Some(other) => return Err(format!("pooling_mode {other}: expected a name or a list")),
+        None => {
+            let on = |k: &str| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+            let set: Vec<String> = POOLING_MODES
+                .iter()
+                .filter(|(k, _)| on(k))
+                .map(|(_, m)| m.to_string())
+                .collect();
+            if set.is_empty() {
+                vec!["mean".into()]
+            } else {
+                set
+            }
+        }
+    };
+    match &modes[..] {
+        [m] if ["mean", "cls", "max"].contains(&m.as_str()) => Ok(m.clone()),
+        [m] => Err(format!(
+            "pooling mode {m:?} is not supported (supported: mean, cls, max)"
+        )),
+        _ => Err(format!(
+            "pooling modes {modes:?} together (sentence-transformers concatenates them) are \
+             not supported: cranformer pools with one of mean, cls, max"
+        )),
+    }
 }
 
 /// sentence-transformers' `max_seq_length` from sentence_bert_config.json, when present: the
