@@ -579,6 +579,52 @@ fn packing_refuses_what_int8_cannot_hold() {
         PackedWeight::pack(&vec![0.0; k], k, 1, false, WeightFormat::I8).unwrap_err(),
         PackError::KTooLarge { k }
     );
+    // A finite weight past f16's 65504 (bf16's 3.39e38) would round to infinity: refused,
+    // naming the value and the way out. Up to the largest value, and infinities the
+    // checkpoint itself holds, pack as they are (as f32 keeps them).
+    let mut w = vec![0.5f32; 6];
+    w[5] = 7e4;
+    let err = PackedWeight::pack(&w, 2, 3, false, WeightFormat::F16).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PackError::OutOfRange {
+                format: "f16",
+                col: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("70000") && err.to_string().contains("bf16"),
+        "{err}"
+    );
+    w[5] = f32::MAX;
+    let err = PackedWeight::pack(&w, 2, 3, false, WeightFormat::Bf16).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PackError::OutOfRange {
+                format: "bf16",
+                col: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    w[5] = 65504.0;
+    assert_eq!(
+        PackedWeight::pack(&w, 2, 3, false, WeightFormat::F16)
+            .unwrap()
+            .unpack()[5],
+        65504.0
+    );
+    w[5] = f32::INFINITY;
+    for format in [WeightFormat::F16, WeightFormat::Bf16] {
+        let p = PackedWeight::pack(&w, 2, 3, false, format).unwrap();
+        assert_eq!(p.unpack()[5], f32::INFINITY, "{format:?}");
+    }
 }
 
 /// The word form (what prepared-weight tables and executables store) runs as the packed

@@ -143,6 +143,18 @@ pub enum PackError {
     /// A NaN or infinite weight has no int8 scale; f32 would propagate it, int8 would hide it.
     #[error("int8 cannot quantize output column {col}: it holds {value}")]
     NonFinite { col: usize, value: f32 },
+    /// A finite weight past the format's largest value (f16's 65504) would round to infinity
+    /// and turn every output it touches into inf or NaN.
+    #[error(
+        "{format} cannot hold output column {col}'s weight {value}: its largest value is {max} \
+         (use --dtype bf16, which has f32's range, or f32)"
+    )]
+    OutOfRange {
+        format: &'static str,
+        col: usize,
+        value: f32,
+        max: f32,
+    },
 }
 
 /// The largest K whose int8 dot products fit in i32 (`255·127·K < 2^31`).
@@ -223,7 +235,16 @@ impl PackedWeight {
                 for j in 0..n {
                     let (p, c) = (j / PACK_NR, j % PACK_NR);
                     for kk in 0..k {
-                        v[(p * kp + kk) * PACK_NR + c] = w.f16_bits_at(idx(kk, j));
+                        let bits = w.f16_bits_at(idx(kk, j));
+                        if bits & 0x7fff == 0x7c00 && at(kk, j).is_finite() {
+                            return Err(PackError::OutOfRange {
+                                format: "f16",
+                                col: j,
+                                value: at(kk, j),
+                                max: half::f16::MAX.to_f32(),
+                            });
+                        }
+                        v[(p * kp + kk) * PACK_NR + c] = bits;
                     }
                 }
                 out.data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -234,7 +255,16 @@ impl PackedWeight {
                     let (p, c) = (j / PACK_NR, j % PACK_NR);
                     for kk in 0..k {
                         let i = ((p * kp + kk / 2 * 2) * PACK_NR) + c * 2 + kk % 2;
-                        v[i] = w.bf16_bits_at(idx(kk, j));
+                        let bits = w.bf16_bits_at(idx(kk, j));
+                        if bits & 0x7fff == 0x7f80 && at(kk, j).is_finite() {
+                            return Err(PackError::OutOfRange {
+                                format: "bf16",
+                                col: j,
+                                value: at(kk, j),
+                                max: half::bf16::MAX.to_f32(),
+                            });
+                        }
+                        v[i] = bits;
                     }
                 }
                 out.data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
