@@ -84,7 +84,10 @@ pub fn activation(a: Activation, x: &mut [f32]) {
                 *v = (0.5 * f * (1.0 + (c * (f + 0.044715 * f * f * f)).tanh())) as f32;
             }
         }
-        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        // relu(NaN) is NaN, as in PyTorch (`max(0.0)` would give 0).
+        Activation::Relu => x
+            .iter_mut()
+            .for_each(|v| *v = if *v <= 0.0 { 0.0 } else { *v }),
         Activation::Tanh => x.iter_mut().for_each(|v| *v = v.tanh()),
         Activation::Silu => x.iter_mut().for_each(|v| *v = *v / (1.0 + (-*v).exp())),
         Activation::QuickGelu => x

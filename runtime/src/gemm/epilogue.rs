@@ -131,7 +131,9 @@ macro_rules! math {
         #[inline(always)]
         pub fn $tanh(x: f32) -> f32 {
             let ax = x.abs();
-            let e = $exp(2.0 * ax.min(9.0));
+            // Not `ax.min(9.0)`, which takes 9 for a NaN: tanh(NaN) is NaN, as in PyTorch,
+            // the interpreter and the generated f32x4 code.
+            let e = $exp(2.0 * if ax > 9.0 { 9.0 } else { ax });
             let large = 1.0 - 2.0 / (e + 1.0);
             let z = x * x;
             let mut p = -5.704_988_7e-3;
@@ -152,7 +154,14 @@ macro_rules! math {
         pub fn $act(a: Act, x: f32) -> f32 {
             match a {
                 Act::None => x,
-                Act::Relu => x.max(0.0),
+                // Not `x.max(0.0)`, which takes 0 for a NaN: relu(NaN) is NaN, as in PyTorch.
+                Act::Relu => {
+                    if x <= 0.0 {
+                        0.0
+                    } else {
+                        x
+                    }
+                }
                 Act::Gelu => {
                     let z = x * std::f32::consts::FRAC_1_SQRT_2;
                     let h = $half_erfc(z.abs());

@@ -364,6 +364,23 @@ fn activations_give_the_same_bits_on_every_isa() {
 }
 
 #[test]
+fn nan_stays_nan_through_every_activation_on_every_isa() {
+    // As in PyTorch: a NaN in the accumulator must not come out as a number. tanh clamped
+    // |x| with `min(9.0)` and relu took `max(0.0)`, both of which drop a NaN: a BERT pooler
+    // (tanh) turned NaN hidden states into confident ±0.99999994.
+    let cols = 37;
+    for a in Act::ALL {
+        assert!(epilogue::act(a, f32::NAN).is_nan(), "{a:?} scalar");
+        for isa in isas() {
+            let mut ys = vec![f32::NAN; 2 * cols];
+            // SAFETY: 2 rows of cols floats, no residual; the CPU has isa.
+            unsafe { epilogue::apply_on(isa, a, ys.as_mut_ptr(), cols, 2, cols, std::ptr::null()) };
+            assert!(ys.iter().all(|y| y.is_nan()), "{a:?} {isa:?}: {ys:?}");
+        }
+    }
+}
+
+#[test]
 fn epilogue_applies_act_then_residual_on_every_isa_and_blocking() {
     let (m, n, k) = (29, 75, 130);
     let mut seed = 5;
