@@ -600,6 +600,22 @@ fn kserve_infer_matches_the_forward_task() {
         )
         .expect(200);
     assert_eq!(v["id"], "r1");
+    // The tokens it read count in /metrics, every id of every row, as for the other routes.
+    let ids = case["input_ids"].as_array().unwrap();
+    let n = ids.len() * ids[0].as_array().unwrap().len();
+    let text = s.get("/metrics").text();
+    assert_eq!(
+        metric(&text, "cranformer_tokens_in_total"),
+        n as f64,
+        "{text}"
+    );
+    // An encoder has no decode steps: the ready line says how it batches instead.
+    assert!(
+        s.ready_line
+            .contains("batching: requests that arrive together share a call"),
+        "{}",
+        s.ready_line
+    );
     let out = &v["outputs"];
     assert_eq!(out.as_array().unwrap().len(), 1, "{v}");
     assert_eq!(out[0]["name"], "pooler_output");

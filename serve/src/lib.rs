@@ -235,7 +235,10 @@ async fn serve(app: Arc<App>, ready: std::sync::mpsc::Receiver<Result<bool>>) ->
         local.port(),
         app.name,
         app.info.architecture(),
-        if mixes {
+        if !app.info.tasks().contains(&"generate") {
+            // An encoder (or GPT-2 without its head) has no decode steps to share.
+            "requests that arrive together share a call, grouped by length"
+        } else if mixes {
             "continuous, streams of any length share each decode step"
         } else {
             "continuous, streams of equal length share each decode step"

@@ -177,8 +177,13 @@ pub fn run(
                     "request".as_ref(),
                 )
                 .map_err(ApiError::from_task);
-                let b = doc["input_ids"].as_array().map_or(0, Vec::len);
-                shared.metrics.batch("forward", b);
+                let rows = doc["input_ids"].as_array();
+                shared.metrics.batch("forward", rows.map_or(0, Vec::len));
+                // Tokens in: every id of every row (KServe's raw tensors, padding included).
+                let ids = rows.map_or(0, |r| {
+                    r.iter().map(|row| row.as_array().map_or(1, Vec::len)).sum()
+                });
+                shared.metrics.tokens_in.inc_by(ids as u64);
                 let _ = reply.send(result);
             }
         }
