@@ -53,9 +53,14 @@ pub enum TokenizeError {
     Encode { message: String },
     /// A truncation length that leaves no room for the text beside the special tokens.
     #[error(
-        "cannot truncate to {max_length} tokens: the special tokens of a pair alone take {special}"
+        "cannot truncate to {max_length} tokens: the special tokens of {what} alone take {special}"
     )]
-    TruncateTooShort { max_length: usize, special: usize },
+    TruncateTooShort {
+        max_length: usize,
+        special: usize,
+        /// "a text" or "a pair".
+        what: &'static str,
+    },
     /// An id is outside the vocabulary, or the decoder failed.
     #[error("cannot decode ids: {message}")]
     Decode { message: String },
@@ -66,6 +71,10 @@ pub enum TokenizeError {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     kind: TokenizerKind,
+    /// A truncating copy whose limit leaves no room for a pair's special tokens (a model of
+    /// three positions or fewer): `(max_length, special tokens of a pair)`, refused when a
+    /// pair is encoded. A single text, which has fewer, still truncates.
+    pair_too_long: Option<(usize, usize)>,
 }
 
 /// The longest special or added token accepted, in bytes. Real ones are a few dozen bytes;
@@ -164,7 +173,11 @@ impl Tokenizer {
         inner.with_padding(None);
         // Removing truncation cannot fail: only a stride too large for max_length is rejected.
         let _ = inner.with_truncation(None);
-        Tokenizer { inner, kind }
+        Tokenizer {
+            inner,
+            kind,
+            pair_too_long: None,
+        }
     }
 
     /// The tokenizer.json text to embed in a compiled model (truncation and padding removed).
@@ -204,6 +217,13 @@ impl Tokenizer {
 
     /// Encodes a sentence pair (BERT: [CLS] a [SEP] b [SEP], type ids 0 then 1).
     pub fn encode_pair(&self, a: &str, b: &str) -> Result<Encoding, TokenizeError> {
+        if let Some((max_length, special)) = self.pair_too_long {
+            return Err(TokenizeError::TruncateTooShort {
+                max_length,
+                special,
+                what: "a pair",
+            });
+        }
         self.encode_input(EncodeInput::Dual(a.into(), b.into()), true)
     }
 
@@ -212,14 +232,19 @@ impl Tokenizer {
     /// crate's own LongestFirst strategy, which for a pair takes tokens off the longer text
     /// first. Encodings that lost tokens say so in [`Encoding::truncated`].
     pub fn truncating(&self, max_length: usize) -> Result<Tokenizer, TokenizeError> {
-        // The crate subtracts the special tokens from max_length unchecked (it would underflow).
-        let special = self.encode_pair("", "")?.ids.len();
-        if max_length <= special {
+        // The crate subtracts the special tokens from max_length unchecked (it would underflow):
+        // a limit below a text's special tokens is refused here, below a pair's when a pair is
+        // encoded. At exactly their count the texts are cut to nothing, as in transformers
+        // (`[CLS] [SEP] [SEP]` for a pair at 3).
+        let single = self.encode("")?.ids.len();
+        if max_length < single {
             return Err(TokenizeError::TruncateTooShort {
                 max_length,
-                special,
+                special: single,
+                what: "a text",
             });
         }
+        let pair = self.encode_pair("", "")?.ids.len();
         let mut inner = self.inner.clone();
         inner
             .with_truncation(Some(TruncationParams {
@@ -234,6 +259,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner,
             kind: self.kind,
+            pair_too_long: (max_length < pair).then_some((max_length, pair)),
         })
     }
 

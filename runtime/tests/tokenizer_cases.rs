@@ -261,10 +261,23 @@ fn bert_special_tokens_and_pairs() {
         !tok.encode(&long).unwrap().truncated,
         "only a truncating copy cuts"
     );
-    // [CLS] a [SEP] b [SEP]: three special tokens leave no room at a limit of 3.
-    let err = tok.truncating(3).unwrap_err().to_string();
+    // At a limit of exactly the special tokens the texts are cut to nothing, as in
+    // transformers: [CLS] [SEP] [SEP] for a pair at 3, [CLS] [SEP] for a text at 2.
+    let at3 = tok.truncating(3).unwrap();
+    assert_eq!(at3.encode_pair(short, &long).unwrap().ids, [101, 102, 102]);
+    assert_eq!(at3.encode(short).unwrap().ids.len(), 3);
+    // Below a pair's special tokens a single text still truncates (a model of 2 positions);
+    // a pair is refused, and below a text's the limit itself.
+    let at2 = tok.truncating(2).unwrap();
+    assert_eq!(at2.encode(&long).unwrap().ids, [101, 102]);
+    let err = at2.encode_pair(short, "three").unwrap_err().to_string();
     assert!(
-        err.contains("truncate to 3 tokens") && err.contains("take 3"),
+        err.contains("truncate to 2 tokens") && err.contains("of a pair alone take 3"),
+        "{err}"
+    );
+    let err = tok.truncating(1).unwrap_err().to_string();
+    assert!(
+        err.contains("truncate to 1 tokens") && err.contains("of a text alone take 2"),
         "{err}"
     );
 }
