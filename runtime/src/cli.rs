@@ -243,7 +243,10 @@ pub struct RerankArgs {
     /// Print one JSON object: {"results": [{"index", "score", "logit"}, ..]}, best first.
     #[arg(long)]
     pub json: bool,
-    /// Documents to rank (put `--` before documents that start with '-').
+    /// Documents to rank (put `--` before documents that start with '-'). Each is paired with
+    /// the query as sentence-transformers' CrossEncoder pairs them: an empty document is still
+    /// a second text (`[CLS] query [SEP] [SEP]`), where `classify --pairs`, as the
+    /// text-classification pipeline, reads an empty second text as none.
     #[arg(required = true, value_parser = utf8())]
     pub docs: Vec<String>,
 }

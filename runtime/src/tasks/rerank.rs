@@ -12,6 +12,8 @@ pub fn run(s: &mut Session, a: &RerankArgs, out: &mut dyn Write) -> Result<()> {
     if !s.info.is_cross_encoder() {
         bail!("rerank needs a cross-encoder: a sequence classifier with one label");
     }
+    // Always a pair, an empty document too: CrossEncoder tokenizes the batch of pairs
+    // (`tokenizer(queries, docs)`), which keeps an empty second text and its [SEP].
     let inputs: Vec<Input> = a.docs.iter().map(|d| Input::Pair(&a.query, d)).collect();
     let encs = s.encode_all(&inputs, &s.positions_limit(true, ""))?;
     let logits = s.run_bert_rows("encode", "logits", &encs)?;
