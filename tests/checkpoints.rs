@@ -418,8 +418,8 @@ fn right_padding_changes_nothing_in_real_positions() {
     }
 }
 
-/// BERT's `last_hidden_state` for one row of `ids` under `mask` (token types 0).
-fn bert_hidden(dir: &Path, ids: &[i64], mask: &[i64]) -> Vec<f32> {
+/// BERT's `output` of entry point `entry` for one row of `ids` under `mask` (token types 0).
+fn bert_row(dir: &Path, entry: &str, output: &str, ids: &[i64], mask: &[i64]) -> Vec<f32> {
     let mut e = Interpreter::new(Arc::new(Model::load(dir).unwrap()));
     let t = ids.len();
     let ids = Tensor::i64(vec![1, t], ids.to_vec());
@@ -430,8 +430,13 @@ fn bert_hidden(dir: &Path, ids: &[i64], mask: &[i64]) -> Vec<f32> {
         ("token_type_ids", &types),
         ("attention_mask", &mask),
     ];
-    let out = e.run("encode", &inputs).unwrap();
-    out["last_hidden_state"].as_f32().unwrap().to_vec()
+    let out = e.run(entry, &inputs).unwrap();
+    out[output].as_f32().unwrap().to_vec()
+}
+
+/// BERT's `last_hidden_state` for one row (see [`bert_row`]).
+fn bert_hidden(dir: &Path, ids: &[i64], mask: &[i64]) -> Vec<f32> {
+    bert_row(dir, "encode", "last_hidden_state", ids, mask)
 }
 
 #[test]
@@ -587,19 +592,7 @@ fn sentence_transformers_pipelines_pool_as_configured_or_are_refused() {
             module(2, "2_X", last)
         ])
     };
-    let embed = |dir: &Path| {
-        let mut e = Interpreter::new(Arc::new(Model::load(dir).unwrap()));
-        let ids = Tensor::i64(vec![1, 4], vec![101, 7592, 2088, 102]);
-        let zeros = Tensor::i64(vec![1, 4], vec![0; 4]);
-        let ones = Tensor::i64(vec![1, 4], vec![1; 4]);
-        let inputs = [
-            ("input_ids", &ids),
-            ("token_type_ids", &zeros),
-            ("attention_mask", &ones),
-        ];
-        let out = e.run("embed", &inputs).unwrap();
-        out["embeddings"].as_f32().unwrap().to_vec()
-    };
+    let embed = |dir: &Path| bert_row(dir, "embed", "embeddings", &[101, 7592, 2088, 102], &[1; 4]);
     let hidden = bert_hidden(&fixture_dir("bert-tiny"), &[101, 7592, 2088, 102], &[1; 4]);
     let c = hidden.len() / 4;
     // `pooling_mode: "cls"`, then Normalize: the first token's state at unit length.

@@ -16,7 +16,7 @@ pub struct Pooling {
 /// The tokens generation stops at: Hugging Face's `eos_token_id`, which a config gives as one
 /// id, a list of ids (`int | list[int]`: generation stops at any of them) or null (none).
 /// Serialised as a list.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StopIds(Vec<i64>);
 
 impl StopIds {
@@ -150,14 +150,20 @@ impl ModelInfo {
         }
     }
 
-    /// Whether generation stops at token `id` (never for BERT, which does not generate).
-    pub fn stops_at(&self, id: i64) -> bool {
+    /// The tokens generation stops at (none for BERT, which does not generate).
+    pub fn stop_ids(&self) -> &StopIds {
+        static NONE: StopIds = StopIds(Vec::new());
         match self {
             ModelInfo::Gpt2 { eos_token_id, .. } | ModelInfo::T5 { eos_token_id, .. } => {
-                eos_token_id.contains(id)
+                eos_token_id
             }
-            ModelInfo::Bert { .. } => false,
+            ModelInfo::Bert { .. } => &NONE,
         }
+    }
+
+    /// Whether generation stops at token `id`.
+    pub fn stops_at(&self, id: i64) -> bool {
+        self.stop_ids().contains(id)
     }
 
     /// Rows of the token embedding (may exceed the tokenizer's vocabulary, as in T5).

@@ -120,15 +120,9 @@ impl Generator {
             Arch::Gpt2 { layers, width, .. } => (layers, width),
             _ => (0, 0),
         };
-        let stop = match &session.info {
-            ModelInfo::Gpt2 { eos_token_id, .. } | ModelInfo::T5 { eos_token_id, .. } => {
-                eos_token_id.clone()
-            }
-            ModelInfo::Bert { .. } => StopIds::default(),
-        };
         let mut g = Generator {
             arch,
-            stop,
+            stop: session.info.stop_ids().clone(),
             allowed,
             rows_step: false,
             batch: Batch {

@@ -207,6 +207,16 @@ impl PackedWeight {
         }
         let idx = |kk: usize, j: usize| if in_out { kk * n + j } else { j * k + kk };
         let at = |kk: usize, j: usize| w.f32_at(idx(kk, j));
+        // f16 / bf16 bits that came out infinite from a finite weight (past the format's
+        // largest value, `max`): refused, not packed.
+        let overflowed = |infinite: bool, kk: usize, j: usize, format: &'static str, max: f32| {
+            (infinite && at(kk, j).is_finite()).then(|| PackError::OutOfRange {
+                format,
+                col: j,
+                value: at(kk, j),
+                max,
+            })
+        };
         let panels = n.div_ceil(PACK_NR);
         let kp = format.padded_k(k);
         let mut out = PackedWeight {
@@ -236,13 +246,9 @@ impl PackedWeight {
                     let (p, c) = (j / PACK_NR, j % PACK_NR);
                     for kk in 0..k {
                         let bits = w.f16_bits_at(idx(kk, j));
-                        if bits & 0x7fff == 0x7c00 && at(kk, j).is_finite() {
-                            return Err(PackError::OutOfRange {
-                                format: "f16",
-                                col: j,
-                                value: at(kk, j),
-                                max: half::f16::MAX.to_f32(),
-                            });
+                        let inf = half::f16::from_bits(bits).is_infinite();
+                        if let Some(e) = overflowed(inf, kk, j, "f16", half::f16::MAX.to_f32()) {
+                            return Err(e);
                         }
                         v[(p * kp + kk) * PACK_NR + c] = bits;
                     }
@@ -256,13 +262,9 @@ impl PackedWeight {
                     for kk in 0..k {
                         let i = ((p * kp + kk / 2 * 2) * PACK_NR) + c * 2 + kk % 2;
                         let bits = w.bf16_bits_at(idx(kk, j));
-                        if bits & 0x7fff == 0x7f80 && at(kk, j).is_finite() {
-                            return Err(PackError::OutOfRange {
-                                format: "bf16",
-                                col: j,
-                                value: at(kk, j),
-                                max: half::bf16::MAX.to_f32(),
-                            });
+                        let inf = half::bf16::from_bits(bits).is_infinite();
+                        if let Some(e) = overflowed(inf, kk, j, "bf16", half::bf16::MAX.to_f32()) {
+                            return Err(e);
                         }
                         v[i] = bits;
                     }
