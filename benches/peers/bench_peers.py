@@ -308,10 +308,23 @@ def onnx_path(args, int8):
     return p
 
 
+def held_copy(module):
+    """With PEERS_HELD_AVX2 set (driver.py, for a run held to AVX2), `module` must have been
+    imported from hold_avx2.py's copy there, which sees no AVX-512: a figure labelled held is
+    never the installed package's. Returns the suffix for its version."""
+    held = os.environ.get("PEERS_HELD_AVX2")
+    if not held:
+        return ""
+    where = os.path.dirname(os.path.abspath(module.__file__))
+    if os.path.commonpath([where, os.path.abspath(held)]) != os.path.abspath(held):
+        sys.exit(f"{module.__name__} was imported from {where}, not from the held copy in {held}")
+    return " (held to AVX2: hold_avx2.py's copy)"
+
+
 def run_ort(args, workloads):
     import onnxruntime as ort
 
-    versions = {"onnxruntime": ort.__version__}
+    versions = {"onnxruntime": ort.__version__ + held_copy(ort)}
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = args.threads
@@ -331,7 +344,7 @@ def run_ort(args, workloads):
 def run_openvino(args, workloads):
     import openvino as ov
 
-    versions = {"openvino": ov.get_version()}
+    versions = {"openvino": ov.get_version() + held_copy(ov)}
     core = ov.Core()
     config = {
         "INFERENCE_PRECISION_HINT": "f32",
@@ -343,6 +356,19 @@ def run_openvino(args, workloads):
     got = compiled.get_property("INFERENCE_PRECISION_HINT")
     if str(got).lower() not in ("f32", "<type: 'float32'>", "float32"):
         sys.exit(f"OpenVINO compiled the model with inference precision {got}, not f32")
+    if os.environ.get("PEERS_HELD_AVX2"):
+        # The runtime model names each node's kernel (e.g. jit_avx2_f32): none may be AVX-512.
+        wide = sorted(
+            {
+                str(op.get_rt_info()["primitiveType"].astype(str))
+                for op in compiled.get_runtime_model().get_ordered_ops()
+                if "primitiveType" in op.get_rt_info()
+            }
+            - {""}
+        )
+        wide = [k for k in wide if "avx512" in k or "amx" in k]
+        if wide:
+            sys.exit(f"OpenVINO held to AVX2 still chose AVX-512 kernels: {', '.join(wide)}")
     req = compiled.create_infer_request()
     feeds = bert_feeds(args, [i.get_any_name() for i in compiled.inputs])
     times, _ = timed(lambda: req.infer(feeds), args.warmup, args.runs)

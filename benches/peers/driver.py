@@ -256,9 +256,31 @@ def last_lines(text, n=5):
     return lines[-n:] or ["(no output)"]
 
 
+# The packages hold_avx2.py can hold to AVX2, and the engines that import them.
+HOLDABLE = {"onnxruntime": ["onnxruntime", "onnxruntime-int8"], "openvino": ["openvino"]}
+LABELS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def held_packages(path):
+    """The packages hold_avx2.py made an AVX2 copy of in `path` (its stamp says it finished)."""
+    if not path:
+        return set()
+    return {p for p in HOLDABLE if os.path.isfile(os.path.join(path, f"{p}.stamp.json"))}
+
+
+def held_engines(path):
+    return {e for p in held_packages(path) for e in HOLDABLE[p]}
+
+
 def run_peer(a, engine, threads, workload):
     # llama.cpp from its AVX2 build when the run is held to AVX2 (run.sh makes it).
     python = a.llama_python if a.llama_python and engine.startswith("llama.cpp") else sys.executable
+    env = child_env(a, threads)
+    # ONNX Runtime and OpenVINO from the copies that see no AVX-512 (hold_avx2.py): first on
+    # the path, and named to bench_peers.py, which refuses to run another copy.
+    if engine in held_engines(a.held_path):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [a.held_path, env.get("PYTHONPATH")]))
+        env["PEERS_HELD_AVX2"] = a.held_path
     cmd = [
         python,
         os.path.join(HERE, "bench_peers.py"),
@@ -274,7 +296,7 @@ def run_peer(a, engine, threads, workload):
         "--workload",
         workload,
     ]
-    p = subprocess.run(cmd, env=child_env(a, threads), capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         return None, last_lines(p.stderr)
     lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
@@ -497,7 +519,8 @@ TARGETS = [
 ]
 SCALING_TARGET = 1.8
 # The peers `--isa avx2` holds there entirely (see ISA_ENV and README.md; llama.cpp too when
-# run.sh built it for AVX2): held to AVX2, each target is judged again against these alone.
+# run.sh built it for AVX2, ONNX Runtime and OpenVINO when hold_avx2.py made their copies):
+# held to AVX2, each target is judged again against these alone.
 HELD = {"ctranslate2", "pytorch"}
 
 
@@ -577,6 +600,33 @@ def targets(rows, meta, isa, held=None):
     return "\n".join(out)
 
 
+def isa_note(a):
+    """How each engine was held to --isa, and which were not."""
+    say = [f"ISA limited to {a.isa}: " + ", ".join(f"{k}={v}" for k, v in ISA_ENV[a.isa].items())]
+    wide = []
+    if a.llama_python:
+        say.append(f"llama.cpp from its {a.isa.upper()} build ({a.llama_python})")
+    else:
+        wide.append("llama.cpp (its kernels are fixed when it is built)")
+    packages = held_packages(a.held_path)
+    if packages:
+        say.append(
+            " and ".join(LABELS[p] for p in sorted(packages))
+            + f" from copies that see no AVX-512 ({a.held_path}, hold_avx2.py: their XCR0 "
+            "reads clear the AVX-512 state bits, so they take the paths of a CPU without it)"
+        )
+    if "onnxruntime" not in packages:
+        wide.append("ONNX Runtime (it picks its kernels from cpuid)")
+    if "openvino" not in packages:
+        wide.append(
+            "OpenVINO in part (it names AVX2 kernels for its matmuls, but on AMD Zen 5 its "
+            "BERT-base reached 282 GFLOP/s, above two cores' AVX2 FMA peak of 267)"
+        )
+    return "; ".join(say) + "." + (
+        " Not held, with the machine's full ISA: " + "; ".join(wide) + "." if wide else ""
+    )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", required=True)
@@ -609,6 +659,11 @@ def main():
         "--llama-python",
         default="",
         help="the Python of a venv whose llama-cpp-python was built for --isa (run.sh's)",
+    )
+    ap.add_argument(
+        "--held-path",
+        default="",
+        help="hold_avx2.py's directory: ONNX Runtime and OpenVINO from the copies made there",
     )
     ap.add_argument("--wait-quiet", type=float, default=60.0)
     ap.add_argument("--quiet-below", type=float, default=10.0)
@@ -707,13 +762,15 @@ def main():
     if a.isa:
         ran_at = (
             f"held to {a.isa.upper()} on a CPU with {m.get('isa')}: an approximation of an "
-            "AVX2 machine, and only the engines with a knob for it are held"
+            "AVX2 machine, and only the engines the notes name as held are held"
         )
     elif str(m.get("isa", "")).startswith("AVX2"):
         ran_at = f"an AVX2 machine ({m.get('isa')}): the machine the targets are for"
     else:
         ran_at = f"{m.get('isa')} as detected: the targets are for an AVX2 machine"
-    held = (HELD | {"llama.cpp", "llama.cpp-q8_0"}) if a.llama_python else HELD
+    held = HELD | held_engines(a.held_path) | (
+        {"llama.cpp", "llama.cpp-q8_0"} if a.llama_python else set()
+    )
     goals = targets(rows, meta, ran_at, held if a.isa else None)
     if goals:
         tbl += "\n" + goals
@@ -725,21 +782,7 @@ def main():
         + (f", {m['memory_gib']} GiB" if m.get("memory_gib") else "")
         + f"; threads {', '.join(map(str, threads))}. Load average (1, 5, 15 min) "
         f"{' '.join(load_start)} at the start, {' '.join(load_end)} at the end.",
-        (
-            f"ISA limited to {a.isa}: " + ", ".join(f"{k}={v}" for k, v in ISA_ENV[a.isa].items())
-            + (
-                f"; llama.cpp from its {a.isa.upper()} build ({a.llama_python}). ONNX Runtime "
-                "picks its kernels from cpuid: it ran with the machine's full ISA."
-                if a.llama_python
-                else ". ONNX Runtime picks its kernels from cpuid and llama.cpp's are fixed when "
-                "it is built: they ran with the machine's full ISA."
-            )
-            + " OpenVINO names AVX2 kernels for its "
-            "matmuls, but part of it still runs wider: on AMD Zen 5 its BERT-base reached 282 "
-            "GFLOP/s, above two cores' AVX2 FMA peak (267), so its column is no AVX2 figure."
-            if a.isa
-            else "ISA: each engine used what it detects (no limit asked)."
-        ),
+        isa_note(a) if a.isa else "ISA: each engine used what it detects (no limit asked).",
         "Peers: "
         + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
         + f"; Python {platform.python_version()}. cranformer: {a.cranformer_source or a.cranformer}"

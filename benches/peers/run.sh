@@ -48,9 +48,10 @@ usage() {
                    cranformer-int8, cranformer-bf16, or a family's f32 alone (ct2-f32).
                    cranformer f32 always runs (every ratio needs it), cranformer int8
                    whenever an int8 peer does. Repeatable.
-  --isa avx2       ask every engine that has a knob for it to stay at AVX2 (CRANFORMER_ISA,
+  --isa avx2       hold every engine to AVX2: those with a knob by it (CRANFORMER_ISA,
                    ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, CT2_FORCE_CPU_ISA,
-                   ATEN_CPU_CAPABILITY); see README.md for the engines without one
+                   ATEN_CPU_CAPABILITY), llama.cpp by a build of its own, ONNX Runtime and
+                   OpenVINO by copies that see no AVX-512 (hold_avx2.py); see README.md
   --rev REV        build cranformer from git revision REV (in target/peers/src-REV, own target
                    directory) instead of the working tree
   --cranformer BIN use this cranformer binary as it is
@@ -162,6 +163,19 @@ if [[ "$ISA" == avx2 ]] &&
     if [[ -f "$LLAMA_VENV/.peers-stamp" ]]; then
         EXTRA+=("--llama-python" "$LLAMA_VENV/bin/python")
     fi
+fi
+
+# 1c. Held to AVX2, ONNX Runtime and OpenVINO from copies that see no AVX-512: neither has a
+# knob that holds all of it (MLAS picks its kernels from cpuid; part of OpenVINO runs wider
+# whatever ONEDNN_MAX_CPU_ISA says). hold_avx2.py rewrites their reads of XCR0 so that the OS
+# seems not to save the AVX-512 registers; see README.md. Kept while the packages are unchanged.
+if [[ "$ISA" == avx2 ]]; then
+    HELD_DIR="$ROOT/target/peers-held-avx2"
+    step "ONNX Runtime and OpenVINO held to AVX2: $HELD_DIR"
+    SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    "$PY" "$HERE/hold_avx2.py" "$SITE" "$HELD_DIR" ||
+        echo "run.sh: see above: the engine named there runs with this machine's full ISA" >&2
+    EXTRA+=("--held-path" "$HELD_DIR")
 fi
 
 # 2. The models: random weights from a fixed seed, saved once; CTranslate2 conversions.

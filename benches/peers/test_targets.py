@@ -1,12 +1,15 @@
-"""Tests of driver.py's "Issue 8's targets" (run by .ci/run: `python3 benches/peers/test_targets.py`).
-Standard library only; no engine runs."""
+"""Tests of driver.py's "Issue 8's targets" and of hold_avx2.py's rewrite (run by .ci/run:
+`python3 benches/peers/test_targets.py`). Standard library only; no engine runs."""
 
+import json
 import os
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import driver  # noqa: E402
+import hold_avx2  # noqa: E402
 
 
 def row(workload, framework, threads, rnd, value):
@@ -122,6 +125,51 @@ class Targets(unittest.TestCase):
             rows += [row("bert-forward", "cranformer", 1, rnd, one), row("bert-forward", "cranformer", 2, rnd, 100)]
         out = driver.targets(rows, meta(["cranformer"], ["bert-forward"]), "AVX2")
         self.assertTrue(line(out, "- BERT-base 1 -> 2 threads").endswith("1.70x (1.50-1.90): NOT met"))
+
+
+class HoldAvx2(unittest.TestCase):
+    # Two readers as compiled in the libraries, between other code, and bytes that only look
+    # like the start of one (0f 01 d0 followed by something else).
+    MLAS = bytes.fromhex("0f01d0" "89c0" "48c1e220" "4809c2")
+    XBYAK = bytes.fromhex("0f01d0" "48c1e220" "89c0" "4889d7")
+    LOOKALIKE = bytes.fromhex("0f01d0" "41f60434080f84")
+
+    def test_each_reader_clears_the_avx512_state_bits_and_nothing_else(self):
+        data = bytearray(b"\x90" * 5 + self.MLAS + self.LOOKALIKE + self.XBYAK + self.MLAS + b"\xc3")
+        before = bytes(data)
+        self.assertEqual(hold_avx2.patch(data), 3)
+        changed = [i for i in range(len(data)) if data[i] != before[i]]
+        # `and $0x1f,%al` where each `mov %eax,%eax` was, and only there.
+        at = [5 + 3, 5 + 12 + 10 + 7, 5 + 12 + 10 + 12 + 3]
+        self.assertEqual(changed, [i + k for i in at for k in (0, 1)])
+        for i in at:
+            self.assertEqual(bytes(data[i : i + 2]), bytes.fromhex("241f"))
+        self.assertEqual(hold_avx2.patch(data), 0, "a rewritten reader is not rewritten again")
+
+    def test_a_copy_with_no_known_reader_is_refused_and_not_held(self):
+        with tempfile.TemporaryDirectory() as d:
+            site, out = os.path.join(d, "site"), os.path.join(d, "out")
+            os.makedirs(os.path.join(site, "onnxruntime", "capi"))
+            with open(os.path.join(site, "onnxruntime", "capi", "lib.so"), "wb") as f:
+                f.write(b"\x90" * 64 + self.MLAS)
+            os.makedirs(os.path.join(site, "openvino", "libs"))
+            with open(os.path.join(site, "openvino", "libs", "lib.so.1"), "wb") as f:
+                f.write(b"\x90" * 64 + self.LOOKALIKE)
+            self.assertIn("openvino: no XCR0 reader", hold_avx2.hold(site, out, "openvino"))
+            self.assertIsNone(hold_avx2.hold(site, out, "onnxruntime"))
+            with open(os.path.join(out, "onnxruntime", "capi", "lib.so"), "rb") as f:
+                self.assertEqual(f.read()[64 + 3 : 64 + 5], bytes.fromhex("241f"))
+            with open(os.path.join(site, "onnxruntime", "capi", "lib.so"), "rb") as f:
+                self.assertEqual(f.read()[64:], self.MLAS, "the installed package is left as it was")
+            with open(os.path.join(out, "onnxruntime.stamp.json")) as f:
+                self.assertEqual(json.load(f)["sites"], 1)
+            # The driver holds ONNX Runtime's engines only, and says OpenVINO ran wide.
+            self.assertEqual(driver.held_engines(out), {"onnxruntime", "onnxruntime-int8"})
+            note = driver.isa_note(type("A", (), {"isa": "avx2", "llama_python": "", "held_path": out}))
+            self.assertIn("ONNX Runtime from copies that see no AVX-512", note)
+            self.assertIn("Not held, with the machine's full ISA: llama.cpp", note)
+            self.assertIn("OpenVINO in part", note)
+            self.assertNotIn("ONNX Runtime (it picks", note)
 
 
 if __name__ == "__main__":
