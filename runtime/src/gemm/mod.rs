@@ -383,11 +383,16 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
     // starts late (woken from sleep, or preempted by another process) takes fewer chunks
     // instead of leaving its whole share to the others' wait.
     let panels = g.n.div_ceil(PACK_NR);
-    let (chunks, per) = chunks(panels, threads, g.m, gemv_group(isa));
-    threads::parallel_for_on(threads, chunks, &|t| {
-        let (p0, p1) = (t * per, ((t + 1) * per).min(panels));
-        let then = threads::next_in_share(t).map(|t| t * per);
-        block(g, isa, blocking, act, p0, p1, then);
+    let split = chunks(panels, threads, g.m, gemv_group(isa));
+    threads::parallel_for_on(threads, split.count, &|t| {
+        let (p0, p1) = split.range(t);
+        let then = threads::next_in_share(t)
+            .map(|t| split.range(t))
+            .filter(|(a, b)| a < b)
+            .map(|(a, _)| a);
+        if p0 < p1 {
+            block(g, isa, blocking, act, p0, p1, then);
+        }
     });
 }
 
@@ -417,26 +422,91 @@ pub fn gemv_group(isa: Isa) -> usize {
     }
 }
 
-/// How [`run`] cuts `panels` for `threads`: `(chunks, panels per chunk)`. Up to
-/// [`CHUNKS_PER_THREAD`] per thread; a decode row on an ISA with a GEMV (`group` panels read
-/// together, [`gemv_group`]) in chunks of one group each.
+/// How [`run`] cuts a matmul's panels into the tasks it hands out ([`chunks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunks {
+    /// Tasks.
+    pub count: usize,
+    /// Panels per task; the last of a share (or of all) may have fewer, or none.
+    pub per: usize,
+    /// Threads whose shares of the panels are cut apart (each share `count / shares` tasks),
+    /// or 1: one run of tasks over all the panels, cut into shares by task.
+    shares: usize,
+    panels: usize,
+}
+
+impl Chunks {
+    /// `panels` in one run of tasks of `per` panels each (the last may have fewer).
+    pub fn uniform(panels: usize, per: usize) -> Chunks {
+        let per = per.max(1);
+        Chunks {
+            count: panels.div_ceil(per).max(1),
+            per,
+            shares: 1,
+            panels,
+        }
+    }
+
+    /// Task `c`'s panels, `p0..p1` (empty for a share's spare task).
+    pub fn range(self, c: usize) -> (usize, usize) {
+        let (from, to, i) = if self.shares <= 1 {
+            (0, self.panels, c)
+        } else {
+            let tasks = self.count / self.shares;
+            let s = c / tasks;
+            (
+                crate::threads::share_start(s, self.shares, self.panels),
+                crate::threads::share_start(s + 1, self.shares, self.panels),
+                c % tasks,
+            )
+        };
+        (
+            (from + i * self.per).min(to),
+            (from + (i + 1) * self.per).min(to),
+        )
+    }
+
+    /// The most panels one of `threads` threads does when each runs its own share of the
+    /// tasks ([`crate::threads::share_start`]).
+    pub fn busiest(self, threads: usize) -> usize {
+        if self.shares > 1 {
+            self.panels.div_ceil(self.shares)
+        } else {
+            (self.count.div_ceil(threads.max(1)) * self.per).min(self.panels)
+        }
+    }
+}
+
+/// How [`run`] cuts `panels` for `threads`. Up to [`CHUNKS_PER_THREAD`] tasks per thread; a
+/// decode row on an ISA with a GEMV (`group` panels read together, [`gemv_group`]) as one
+/// share of the panels per thread, each share in tasks of one group (its last task takes what
+/// is left of it).
 ///
 /// A decode row streams its weights from DRAM, and two threads rarely get equal shares of
 /// the bandwidth: with one range of panels per thread, the first to finish waited on the other
 /// for 2-6 % of a decode step's GEMV time (GPT-2 124M's 49 matrices, AMD EPYC Zen 5, 2
-/// threads). Chunks of one group let it take the rest of the other's share instead. A chunk
+/// threads). Tasks of one group let it take the rest of the other's share instead. A task
 /// must not be cut below a group: a 768-wide GEMV in 8 chunks of 3 panels ran one panel at a
-/// time (4 a group), and the whole decode step on 2 threads was slower.
-pub fn chunks(panels: usize, threads: usize, m: usize, group: usize) -> (usize, usize) {
+/// time (4 a group), and the whole decode step on 2 threads was slower. The shares are cut
+/// apart so that they stay even: in tasks of one group over all the panels, T5-small's 16
+/// panels of 512 columns went 9 + 7 on AVX2 (groups of 3), and the cost model then ran those
+/// GEMVs on one thread, 1.1-1.2x slower than on two.
+pub fn chunks(panels: usize, threads: usize, m: usize, group: usize) -> Chunks {
     if threads <= 1 || panels <= 1 {
-        return (1, panels.max(1));
+        return Chunks::uniform(panels, panels);
     }
     if m == 1 && group > 1 {
-        return (panels.div_ceil(group), group);
+        let shares = threads.min(panels);
+        let tasks = panels.div_ceil(shares).div_ceil(group);
+        return Chunks {
+            count: shares * tasks,
+            per: group,
+            shares,
+            panels,
+        };
     }
     let chunks = panels.min(threads * CHUNKS_PER_THREAD);
-    let per = panels.div_ceil(chunks);
-    (panels.div_ceil(per), per)
+    Chunks::uniform(panels, panels.div_ceil(chunks))
 }
 
 /// `dst [kc][rows] = src [rows][kc]` (rows `lda` apart): a sliver of A transposed for the

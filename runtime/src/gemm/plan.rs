@@ -391,12 +391,13 @@ pub fn evaluate(p: &MachineProfile, pr: &Problem, c: Choice) -> Candidate {
     // Panels go out in chunks, several per thread (`gemm::chunks`; the generated kernel's
     // split for f32x4): the busiest thread does its share of chunks rounded up, against the
     // `panels / t` average.
-    let (chunks, per) = if c.kernel == Kernel::F32x4 {
-        crate::threads::split_tasks(panels, portable_grain(pr.k))
+    let busiest = if c.kernel == Kernel::F32x4 {
+        let (chunks, per) = crate::threads::split_tasks(panels, portable_grain(pr.k));
+        chunks.div_ceil(t) * per
     } else {
-        super::chunks(panels, t, pr.m, c.kernel.isa().map_or(0, super::gemv_group))
+        super::chunks(panels, t, pr.m, c.kernel.isa().map_or(0, super::gemv_group)).busiest(t)
     };
-    let imbalance = (chunks.div_ceil(t) * per * t) as f64 / panels as f64;
+    let imbalance = (busiest * t) as f64 / panels as f64;
     let (l1, l2) = (
         p.level("L1").map_or(32 << 10, |i| p.levels[i].bytes),
         p.level("L2").map_or(256 << 10, |i| p.levels[i].bytes),

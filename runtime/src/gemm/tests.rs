@@ -160,18 +160,51 @@ fn gemv_matches_the_tile_path_bit_for_bit() {
 fn a_decode_row_goes_out_in_chunks_of_one_gemv_group() {
     for isa in [Isa::Avx512, Isa::Avx2] {
         let group = gemv_group(isa);
-        for panels in [2, 6, 24, 25, 96, 1571] {
-            let (chunks, per) = chunks(panels, 2, 1, group);
-            // Whole groups, so no chunk runs its panels one at a time, covering every panel
-            // once; the last chunk takes what is left.
-            assert_eq!(per, group, "{isa:?} {panels} panels");
-            assert_eq!(chunks, panels.div_ceil(group), "{isa:?} {panels} panels");
+        for threads in [2, 3, 4] {
+            for panels in [2, 6, 16, 17, 24, 25, 64, 96, 1571] {
+                let split = chunks(panels, threads, 1, group);
+                let at = format!("{isa:?} {panels} panels on {threads} threads");
+                // Each thread's share, as the pool hands the tasks out first: whole groups but
+                // the share's last task, the shares one after the other and within one panel
+                // of each other, every panel once.
+                let mut next = 0;
+                for t in 0..threads {
+                    let (from, to) = (
+                        threads::share_start(t, threads, split.count),
+                        threads::share_start(t + 1, threads, split.count),
+                    );
+                    let start = next;
+                    let ranges: Vec<_> = (from..to).map(|c| split.range(c)).collect();
+                    for (i, &(p0, p1)) in ranges.iter().enumerate() {
+                        assert_eq!(p0, next, "{at}: task {}", from + i);
+                        assert!(p1 - p0 <= group, "{at}: task {}", from + i);
+                        if p1 < ranges.last().unwrap().1 {
+                            assert_eq!(p1 - p0, group, "{at}: task {} is cut short", from + i);
+                        }
+                        next = p1;
+                    }
+                    let share = next - start;
+                    assert!(
+                        share == panels / threads || share == panels.div_ceil(threads),
+                        "{at}: thread {t} has {share} panels"
+                    );
+                }
+                assert_eq!(next, panels, "{at}");
+                assert_eq!(split.busiest(threads), panels.div_ceil(threads), "{at}");
+            }
         }
     }
+    // T5-small's 512 columns (16 panels) with AVX2's groups of 3 on 2 threads: 3 + 3 + 2 a
+    // thread, not 9 panels for one and 7 for the other.
+    let split = chunks(16, 2, 1, 3);
+    assert_eq!((split.count, split.busiest(2)), (6, 8));
+    assert_eq!(split.range(2), (6, 8));
     // One thread, the portable path (no GEMV) and rows of a prefill keep their cuts.
-    assert_eq!(chunks(24, 1, 1, 4), (1, 24));
-    assert_eq!(chunks(24, 2, 1, 0), (8, 3));
-    assert_eq!(chunks(24, 2, 128, 4), (8, 3));
+    let cut = |s: Chunks| (s.count, s.per);
+    assert_eq!(cut(chunks(24, 1, 1, 4)), (1, 24));
+    assert_eq!(cut(chunks(24, 2, 1, 0)), (8, 3));
+    assert_eq!(cut(chunks(24, 2, 128, 4)), (8, 3));
+    assert_eq!(chunks(24, 2, 128, 4).busiest(2), 12);
 }
 
 #[test]
