@@ -384,15 +384,8 @@ unsafe fn run(g: &GemmCall, isa: Isa, blocking: Blocking, tasks: usize) {
     // instead of leaving its whole share to the others' wait.
     let panels = g.n.div_ceil(PACK_NR);
     let split = chunks(panels, threads, g.m, gemv_group(isa));
-    threads::parallel_for_on(threads, split.count, &|t| {
-        let (p0, p1) = split.range(t);
-        let then = threads::next_in_share(t)
-            .map(|t| split.range(t))
-            .filter(|(a, b)| a < b)
-            .map(|(a, _)| a);
-        if p0 < p1 {
-            block(g, isa, blocking, act, p0, p1, then);
-        }
+    split.run(threads, &|p0, p1, then| {
+        block(g, isa, blocking, act, p0, p1, then)
     });
 }
 
@@ -464,6 +457,22 @@ impl Chunks {
             (from + i * self.per).min(to),
             (from + (i + 1) * self.per).min(to),
         )
+    }
+
+    /// `f(p0, p1, then)` for every task with panels, on up to `threads` threads of the pool
+    /// (each its own share of the tasks first, then the others'); `then` is the first panel of
+    /// the task the same thread runs next in its share, if any (for fetching it ahead).
+    pub fn run(self, threads: usize, f: &(dyn Fn(usize, usize, Option<usize>) + Sync)) {
+        crate::threads::parallel_for_on(threads, self.count, &|t| {
+            let (p0, p1) = self.range(t);
+            let then = crate::threads::next_in_share(t)
+                .map(|t| self.range(t))
+                .filter(|(a, b)| a < b)
+                .map(|(a, _)| a);
+            if p0 < p1 {
+                f(p0, p1, then);
+            }
+        });
     }
 
     /// The most panels one of `threads` threads does when each runs its own share of the

@@ -715,15 +715,8 @@ unsafe fn run(g: &QGemmCall, kernel: &QKernel, bl: Blocking, tasks: usize) {
         super::chunks(panels, tasks, g.m, 0)
     };
     let go = |a: ReadyA| {
-        threads::parallel_for_on(tasks, split.count, &|t| {
-            let (p0, p1) = split.range(t);
-            let then = threads::next_in_share(t)
-                .map(|t| split.range(t))
-                .filter(|(a, b)| a < b)
-                .map(|(a, _)| a);
-            if p0 < p1 {
-                block(g, kernel, bl, act, a, p0, p1, then);
-            }
+        split.run(tasks, &|p0, p1, then| {
+            block(g, kernel, bl, act, a, p0, p1, then)
         })
     };
     if kernel.format == WeightFormat::I8 {
