@@ -358,15 +358,12 @@ def run_openvino(args, workloads):
         sys.exit(f"OpenVINO compiled the model with inference precision {got}, not f32")
     if os.environ.get("PEERS_HELD_AVX2"):
         # The runtime model names each node's kernel (e.g. jit_avx2_f32): none may be AVX-512.
-        wide = sorted(
-            {
-                str(op.get_rt_info()["primitiveType"].astype(str))
-                for op in compiled.get_runtime_model().get_ordered_ops()
-                if "primitiveType" in op.get_rt_info()
-            }
-            - {""}
-        )
-        wide = [k for k in wide if "avx512" in k or "amx" in k]
+        kinds = {
+            info["primitiveType"].astype(str)
+            for info in (op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops())
+            if "primitiveType" in info
+        }
+        wide = sorted(k for k in kinds if "avx512" in k or "amx" in k)
         if wide:
             sys.exit(f"OpenVINO held to AVX2 still chose AVX-512 kernels: {', '.join(wide)}")
     req = compiled.create_infer_request()

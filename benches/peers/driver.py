@@ -278,7 +278,7 @@ def run_peer(a, engine, threads, workload):
     env = child_env(a, threads)
     # ONNX Runtime and OpenVINO from the copies that see no AVX-512 (hold_avx2.py): first on
     # the path, and named to bench_peers.py, which refuses to run another copy.
-    if engine in held_engines(a.held_path):
+    if engine in a.held_engines:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [a.held_path, env.get("PYTHONPATH")]))
         env["PEERS_HELD_AVX2"] = a.held_path
     cmd = [
@@ -673,6 +673,8 @@ def main():
     ap.add_argument("--from-raw", help="no measuring: the tables of this raw.jsonl")
     ap.add_argument("--placement", default="", help="placement.c's binary, run before each measurement")
     a = ap.parse_args()
+    # The engines run from hold_avx2.py's copies, read once for the whole run.
+    a.held_engines = held_engines(a.held_path)
 
     threads = [int(t) for t in a.threads.split(",") if t.strip()]
     workloads = a.workload or list(WORKLOADS)
@@ -768,7 +770,7 @@ def main():
         ran_at = f"an AVX2 machine ({m.get('isa')}): the machine the targets are for"
     else:
         ran_at = f"{m.get('isa')} as detected: the targets are for an AVX2 machine"
-    held = HELD | held_engines(a.held_path) | (
+    held = HELD | a.held_engines | (
         {"llama.cpp", "llama.cpp-q8_0"} if a.llama_python else set()
     )
     goals = targets(rows, meta, ran_at, held if a.isa else None)

@@ -934,7 +934,7 @@ unsafe fn block(
                     while ir < mc {
                         let next = super::NextTile::after(ic, ir, tiles, col, nr, end);
                         let fetch = ahead.take().claim(g.c, g.ldc, next);
-                        let rows = mr.min(mc - ir);
+                        let rows = tiles.rows(ir);
                         let (a, lda) = match ready {
                             ReadyA::Quantized(q) if kernel.a_form == AForm::I16 => {
                                 (q.q16.as_ptr().add((ic + ir) * q.kp + pc).cast(), q.kp)
